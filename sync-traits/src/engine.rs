@@ -1,0 +1,476 @@
+//! The sync algorithm, written once over [`LocalStore`] and [`RemoteStore`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::{broadcast, Mutex};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::conflict::{ConflictPolicy, FieldMerge, Resolution};
+use crate::error::{RemoteError, SyncError};
+use crate::id::RecordId;
+use crate::record::{
+    Ack, Page, PendingChange, PushChange, PushOutcome, Rejection, RemoteState, Watermark,
+};
+use crate::remote::RemoteStore;
+use crate::store::LocalStore;
+
+/// Bounded exponential backoff for transient remote errors.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = no retry).
+    pub max_retries: usize,
+    /// Delay before the first retry.
+    pub initial_delay: Duration,
+    /// Upper bound of any single delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 5 retries, 100 ms doubling up to 5 s, with jitter.
+    fn default() -> Self {
+        Self {
+            max_retries: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Retry immediately, `n` times (for tests).
+    pub fn immediate(n: usize) -> Self {
+        Self {
+            max_retries: n,
+            initial_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Tuning for [`SyncEngine`].
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Outbox entries per push (also capped by [`RemoteStore::max_push_batch`]).
+    pub push_batch: usize,
+    /// Changes per pulled page.
+    pub page_size: usize,
+    /// Retry policy for transient remote errors.
+    pub retry: RetryPolicy,
+    /// How many times one `sync()` re-pushes changes that met a conflict and were
+    /// re-based; what remains goes out on the next `sync()`.
+    pub max_conflict_rounds: usize,
+    /// How many times one `sync()` restarts a full resync when the horizon moves
+    /// past it while it runs.
+    pub max_resyncs: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            push_batch: 500,
+            page_size: 1000,
+            retry: RetryPolicy::default(),
+            max_conflict_rounds: 3,
+            max_resyncs: 3,
+        }
+    }
+}
+
+/// Something the application may want to know about, sent while `sync()` runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncEvent {
+    /// Outbox entries settled so far in this sync, out of the outbox size at start.
+    PushProgress {
+        /// Settled so far.
+        pushed: usize,
+        /// Outbox size when the sync started.
+        total: usize,
+    },
+    /// Changes pulled so far in this sync.
+    PullProgress {
+        /// Changes received so far.
+        pulled: usize,
+        /// Watermark reached.
+        watermark: Watermark,
+    },
+    /// A pushed change met a newer server version; `resolution` is what the policy
+    /// decided. The local data is in `local` whatever the outcome.
+    Conflict {
+        /// The local change.
+        local: PendingChange,
+        /// The server's state.
+        server: RemoteState,
+        /// What was done.
+        resolution: Resolution,
+    },
+    /// The remote refused a change for good; it is kept in the store's quarantine.
+    Rejected {
+        /// The refused change with its data.
+        change: PendingChange,
+        /// Why.
+        rejection: Rejection,
+    },
+    /// The watermark was older than the server's horizon: a full resync started.
+    ResyncStarted,
+    /// A full resync finished; `removed` local records no longer exist on the server.
+    ResyncFinished {
+        /// Records removed locally.
+        removed: usize,
+    },
+    /// A transient error; the call is retried after `delay`.
+    Retrying {
+        /// The error text.
+        error: String,
+        /// Wait before the next attempt.
+        delay: Duration,
+    },
+}
+
+/// What one `sync()` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Local changes the remote applied.
+    pub pushed: usize,
+    /// Remote changes received.
+    pub pulled: usize,
+    /// Remote changes written locally.
+    pub applied: usize,
+    /// Conflicts met (each also sent as an event).
+    pub conflicts: usize,
+    /// Changes refused and quarantined.
+    pub rejected: usize,
+    /// Whether a full resync ran.
+    pub resynced: bool,
+    /// Outbox entries still pending at the end (re-based conflicts beyond the round
+    /// limit, or writes made during the sync).
+    pub remaining: usize,
+}
+
+/// Moves changes both ways between a local store and a remote.
+///
+/// `sync()` pushes the outbox in batches, then pulls pages until caught up. It is
+/// idempotent and safe to interrupt at any await point: the store's atomic steps
+/// (apply+watermark, ack) and the remote's idempotent pushes make a resumed sync
+/// converge with no duplicates. Concurrent `sync()` calls on one engine are
+/// serialised.
+pub struct SyncEngine<L, R> {
+    local: L,
+    remote: R,
+    policy: Box<dyn ConflictPolicy>,
+    config: SyncConfig,
+    events: broadcast::Sender<SyncEvent>,
+    running: Mutex<()>,
+}
+
+impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
+    /// An engine with the default config and the [`FieldMerge`] conflict policy.
+    pub fn new(local: L, remote: R) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            local,
+            remote,
+            policy: Box::new(FieldMerge),
+            config: SyncConfig::default(),
+            events,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Replaces the conflict policy.
+    pub fn with_policy(mut self, policy: impl ConflictPolicy + 'static) -> Self {
+        self.policy = Box::new(policy);
+        self
+    }
+
+    /// Replaces the config.
+    pub fn with_config(mut self, config: SyncConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Receives [`SyncEvent`]s from now on. Slow receivers may miss events (see
+    /// `tokio::sync::broadcast`); [`SyncReport`] always has the totals.
+    pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
+        self.events.subscribe()
+    }
+
+    /// The local store.
+    pub fn local(&self) -> &L {
+        &self.local
+    }
+
+    /// The remote.
+    pub fn remote(&self) -> &R {
+        &self.remote
+    }
+
+    /// Runs one sync: push, then pull until caught up.
+    pub async fn sync(&self) -> Result<SyncReport, SyncError> {
+        let _guard = self.running.lock().await;
+        let mut report = SyncReport::default();
+        async {
+            let client = self.local.client_id().await?;
+            self.push_all(&client, &mut report)
+                .instrument(info_span!("push"))
+                .await?;
+            self.pull_all(&mut report)
+                .instrument(info_span!("pull"))
+                .await?;
+            report.remaining = self.local.pending_count().await?;
+            info!(?report, "sync done");
+            Ok(report)
+        }
+        .instrument(info_span!("sync"))
+        .await
+    }
+
+    fn emit(&self, e: SyncEvent) {
+        let _ = self.events.send(e);
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, RemoteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RemoteError>>,
+    {
+        let p = &self.config.retry;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(p.initial_delay)
+            .with_max_delay(p.max_delay)
+            .with_max_times(p.max_retries)
+            .with_jitter();
+        f.retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(RemoteError::is_transient)
+            .notify(|e, delay| {
+                warn!(%e, ?delay, what, "transient remote error, retrying");
+                self.emit(SyncEvent::Retrying {
+                    error: e.to_string(),
+                    delay,
+                });
+            })
+            .await
+    }
+
+    async fn push_all(&self, client: &RecordId, report: &mut SyncReport) -> Result<(), SyncError> {
+        let total = self.local.pending_count().await?;
+        if total == 0 {
+            return Ok(());
+        }
+        let batch = self
+            .config
+            .push_batch
+            .min(self.remote.max_push_batch())
+            .max(1);
+        let mut settled = 0;
+        // Each pass walks the whole outbox once. Entries re-based after a conflict
+        // stay in the outbox and go out again in the next pass.
+        for pass in 0..=self.config.max_conflict_rounds {
+            let mut after = 0;
+            let mut any = false;
+            loop {
+                let entries = self.local.pending(after, batch).await?;
+                let Some(last) = entries.last() else { break };
+                any = true;
+                after = last.seq;
+                debug!(pass, n = entries.len(), "pushing batch");
+                settled += self.push_batch(client, entries, report).await?;
+                self.emit(SyncEvent::PushProgress {
+                    pushed: settled,
+                    total,
+                });
+            }
+            if !any {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes one batch and settles it; returns how many entries left the outbox.
+    async fn push_batch(
+        &self,
+        client: &RecordId,
+        entries: Vec<PendingChange>,
+        report: &mut SyncReport,
+    ) -> Result<usize, SyncError> {
+        let changes: Vec<PushChange> = entries.iter().map(PushChange::from).collect();
+        let outcomes = self
+            .retry("push", || self.remote.push(changes.clone()))
+            .await?;
+        if outcomes.len() != entries.len() {
+            return Err(SyncError::Protocol(format!(
+                "pushed {} changes, got {} outcomes",
+                entries.len(),
+                outcomes.len()
+            )));
+        }
+        let mut acks = Vec::with_capacity(entries.len());
+        let mut settled = 0;
+        for (entry, outcome) in entries.into_iter().zip(outcomes) {
+            let (collection, id, change_id) =
+                (entry.collection.clone(), entry.id.clone(), entry.change_id.clone());
+            match outcome {
+                PushOutcome::Applied { version } => {
+                    report.pushed += 1;
+                    settled += 1;
+                    acks.push(Ack::Applied {
+                        collection,
+                        id,
+                        change_id,
+                        version,
+                    });
+                }
+                PushOutcome::Conflict { current } => {
+                    let own = current.change_id.as_ref().map(|c| &c.client) == Some(client);
+                    if current.change_id.as_ref() == Some(&entry.change_id) {
+                        // The remote should have answered Applied; accept it.
+                        report.pushed += 1;
+                        settled += 1;
+                        acks.push(Ack::Applied {
+                            collection,
+                            id,
+                            change_id,
+                            version: current.version,
+                        });
+                    } else if own {
+                        // The server holds an earlier write of ours whose ack was
+                        // lost; our entry already contains it. Re-base, no conflict.
+                        debug!(%id, "re-basing on own earlier write");
+                        acks.push(Ack::Rebase {
+                            collection,
+                            id,
+                            change_id,
+                            base: current.version,
+                            op: None,
+                        });
+                    } else {
+                        report.conflicts += 1;
+                        let resolution = self.policy.resolve(&entry, &current);
+                        acks.push(match &resolution {
+                            Resolution::TakeServer => {
+                                settled += 1;
+                                Ack::TakeServer {
+                                    collection,
+                                    id,
+                                    change_id,
+                                    state: current.clone(),
+                                }
+                            }
+                            Resolution::KeepLocal => Ack::Rebase {
+                                collection,
+                                id,
+                                change_id,
+                                base: current.version,
+                                op: None,
+                            },
+                            Resolution::Replace(op) => Ack::Rebase {
+                                collection,
+                                id,
+                                change_id,
+                                base: current.version,
+                                op: Some(op.clone()),
+                            },
+                        });
+                        self.emit(SyncEvent::Conflict {
+                            local: entry,
+                            server: current,
+                            resolution,
+                        });
+                    }
+                }
+                PushOutcome::Rejected(rejection) => {
+                    report.rejected += 1;
+                    settled += 1;
+                    let server = self
+                        .retry("fetch", || self.remote.fetch(&collection, &id))
+                        .await?;
+                    warn!(%collection, %id, message = %rejection.message, "change rejected; quarantined");
+                    self.emit(SyncEvent::Rejected {
+                        change: entry.clone(),
+                        rejection: rejection.clone(),
+                    });
+                    acks.push(Ack::Quarantine {
+                        change: entry,
+                        rejection,
+                        server,
+                    });
+                }
+            }
+        }
+        self.local.ack(acks).await?;
+        Ok(settled)
+    }
+
+    async fn pull_all(&self, report: &mut SyncReport) -> Result<(), SyncError> {
+        let state = self.local.sync_state().await?;
+        let mut wm = state.watermark;
+        let mut resyncing = state.resyncing;
+        let mut resyncs = 0;
+        let limit = self.config.page_size.max(1);
+        loop {
+            let page = match self.retry("pull", || self.remote.pull(wm, limit)).await {
+                Ok(p) => p,
+                Err(RemoteError::WatermarkExpired { since, horizon })
+                    if resyncs < self.config.max_resyncs && since.0 > 0 =>
+                {
+                    resyncs += 1;
+                    info!(?since, ?horizon, "watermark expired; full resync");
+                    self.emit(SyncEvent::ResyncStarted);
+                    self.local.begin_resync().await?;
+                    report.resynced = true;
+                    resyncing = true;
+                    wm = Watermark(0);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            check_page(wm, &page)?;
+            let applied = self.local.apply_remote(&page).await?;
+            report.pulled += page.changes.len();
+            report.applied += applied.applied;
+            wm = page.watermark;
+            self.emit(SyncEvent::PullProgress {
+                pulled: report.pulled,
+                watermark: wm,
+            });
+            if !page.more {
+                break;
+            }
+        }
+        if resyncing {
+            let removed = self.local.finish_resync().await?;
+            self.emit(SyncEvent::ResyncFinished { removed });
+        }
+        Ok(())
+    }
+}
+
+/// Rejects pages that would break the watermark invariant.
+fn check_page(since: Watermark, page: &Page) -> Result<(), SyncError> {
+    if page.watermark < since {
+        return Err(SyncError::Protocol(format!(
+            "page watermark {:?} is behind the request {:?}",
+            page.watermark, since
+        )));
+    }
+    if page.more && page.watermark == since {
+        return Err(SyncError::Protocol(
+            "page says more but did not advance the watermark".into(),
+        ));
+    }
+    let mut prev = since;
+    for c in &page.changes {
+        let v = Watermark(c.state.version.0);
+        if v <= since || v > page.watermark || v < prev {
+            return Err(SyncError::Protocol(format!(
+                "change {}/{} at {:?} is outside or out of order in page ({:?}, {:?}]",
+                c.collection, c.id, c.state.version, since, page.watermark
+            )));
+        }
+        prev = v;
+    }
+    Ok(())
+}

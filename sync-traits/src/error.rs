@@ -1,0 +1,126 @@
+//! Errors at each boundary: local store, remote, engine.
+
+use thiserror::Error;
+
+use crate::record::Watermark;
+
+/// A string that is not a valid id.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid id {value:?}: {reason}")]
+pub struct InvalidId {
+    /// The offending value (truncated to 64 characters).
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Converting between a record's JSON fields and a typed struct failed.
+#[derive(Debug, Error)]
+pub enum FieldsError {
+    /// serde could not (de)serialise.
+    #[error("record fields do not match the type: {0}")]
+    Serde(#[source] serde_json::Error),
+    /// The value did not serialise to a JSON object.
+    #[error("a record must serialise to a JSON object, not a {0}")]
+    NotAnObject(&'static str),
+}
+
+/// Errors from a [`crate::LocalStore`]. A failed call changes nothing.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// An id is not in PocketBase's format.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// The collection is not known to this store.
+    #[error("unknown collection {0:?}")]
+    UnknownCollection(String),
+    /// The record's fields do not fit the collection's schema.
+    #[error("record {collection}/{id} does not fit the schema: {message}")]
+    Schema {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// The database file is not a tidemark store, or is damaged.
+    #[error("store is corrupt or not a tidemark store: {0}")]
+    Corrupt(String),
+    /// The store is busy or locked; retrying later may succeed.
+    #[error("store busy: {0}")]
+    Busy(String),
+    /// Any other backend failure.
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
+    }
+}
+
+/// Errors from a [`crate::RemoteStore`].
+#[derive(Debug, Error)]
+pub enum RemoteError {
+    /// The caller's watermark is older than the server's retention horizon; the
+    /// client must resync fully.
+    #[error("watermark {since:?} is older than the server's horizon {horizon:?}; a full resync is needed")]
+    WatermarkExpired {
+        /// What the client asked from.
+        since: Watermark,
+        /// The oldest watermark the server can still serve.
+        horizon: Watermark,
+    },
+    /// Credentials missing, wrong or expired (including a token the server silently
+    /// treated as a guest). Re-authenticate; nothing was changed.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// Network failure, timeout, connection reset, 5xx, rate limit: retry later.
+    #[error("transient remote error: {0}")]
+    Transient(String),
+    /// The server answered something that does not follow the protocol.
+    #[error("malformed response from remote: {0}")]
+    Malformed(String),
+    /// A request or response exceeded a limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// Any other permanent failure.
+    #[error("remote error: {0}")]
+    Permanent(String),
+}
+
+impl RemoteError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RemoteError::Transient(_))
+    }
+}
+
+/// Errors from [`crate::SyncEngine::sync`]. Local data is never discarded on error:
+/// whatever was not acknowledged stays in the outbox for the next sync.
+#[derive(Debug, Error)]
+pub enum SyncError {
+    /// The local store failed.
+    #[error("local store: {0}")]
+    Store(#[from] StoreError),
+    /// The remote failed (after retries, for transient errors).
+    #[error("remote: {0}")]
+    Remote(#[from] RemoteError),
+    /// The remote broke the protocol in a way the engine detected.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl SyncError {
+    /// Whether calling `sync()` again later may succeed without intervention.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Store(e) => e.is_transient(),
+            SyncError::Remote(e) => e.is_transient(),
+            SyncError::Protocol(_) => false,
+        }
+    }
+}

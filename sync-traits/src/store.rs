@@ -1,0 +1,122 @@
+//! The local side of the seam.
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::id::RecordId;
+use crate::record::{Ack, ApplyReport, Page, PendingChange, Quarantined, Record, SyncState};
+
+/// A local store that always works, offline included.
+///
+/// Implementations must make each method atomic: a call that returns an error has
+/// changed nothing, and a crash at any point leaves either the whole call's effect or
+/// none of it. Run [`crate::testkit::conformance`] (feature `testkit`) from your tests
+/// to check an implementation against this contract.
+///
+/// The trait is object-safe: `Box<dyn LocalStore>` and `Arc<dyn LocalStore>` work.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait LocalStore: Send + Sync {
+    // ---- application-facing ----
+
+    /// The record, if present locally.
+    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError>;
+
+    /// Every record of a collection, ordered by id.
+    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError>;
+
+    /// Creates or replaces a record and records the write in the outbox, in one
+    /// transaction. Writes to a record that already has an outbox entry are coalesced
+    /// into it (new change id, union of changed fields, same outbox position).
+    async fn put(&self, record: Record) -> Result<(), StoreError>;
+
+    /// Deletes a record and records the delete in the outbox, in one transaction.
+    /// Returns whether the record existed locally.
+    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError>;
+
+    // ---- engine-facing ----
+
+    /// This store's stable client id (made once, on first open, and persisted).
+    async fn client_id(&self) -> Result<RecordId, StoreError>;
+
+    /// The current watermark and whether a resync is in progress.
+    async fn sync_state(&self) -> Result<SyncState, StoreError>;
+
+    /// Applies a page of remote changes and sets the watermark to `page.watermark`
+    /// (never lowering it), in one transaction. A change to a record that has an
+    /// outbox entry is not applied (the push will meet it as a conflict); a change
+    /// whose version is not newer than the record's known version is skipped. During
+    /// a resync every record named in the page is marked as seen.
+    async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError>;
+
+    /// Up to `limit` outbox entries with `seq > after`, in ascending `seq` order.
+    async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError>;
+
+    /// Number of outbox entries.
+    async fn pending_count(&self) -> Result<usize, StoreError>;
+
+    /// Settles pushed outbox entries, all in one transaction (see [`Ack`]).
+    async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError>;
+
+    /// Starts a full resync: resets the watermark to zero and remembers that every
+    /// current record is unconfirmed. The outbox is untouched. Persisted, so a crash
+    /// mid-resync resumes it.
+    async fn begin_resync(&self) -> Result<(), StoreError>;
+
+    /// Ends a resync: removes every record not seen since `begin_resync` that has no
+    /// outbox entry. Returns how many were removed.
+    async fn finish_resync(&self) -> Result<usize, StoreError>;
+
+    /// Changes the remote refused for good, with their data.
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
+}
+
+macro_rules! forward_local_store {
+    ($($ptr:ident)::+) => {
+        #[async_trait]
+        impl<T: LocalStore + ?Sized> LocalStore for $($ptr)::+<T> {
+            async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+                (**self).get(c, id).await
+            }
+            async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
+                (**self).list(c).await
+            }
+            async fn put(&self, r: Record) -> Result<(), StoreError> {
+                (**self).put(r).await
+            }
+            async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
+                (**self).delete(c, id).await
+            }
+            async fn client_id(&self) -> Result<RecordId, StoreError> {
+                (**self).client_id().await
+            }
+            async fn sync_state(&self) -> Result<SyncState, StoreError> {
+                (**self).sync_state().await
+            }
+            async fn apply_remote(&self, p: &Page) -> Result<ApplyReport, StoreError> {
+                (**self).apply_remote(p).await
+            }
+            async fn pending(&self, a: u64, l: usize) -> Result<Vec<PendingChange>, StoreError> {
+                (**self).pending(a, l).await
+            }
+            async fn pending_count(&self) -> Result<usize, StoreError> {
+                (**self).pending_count().await
+            }
+            async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
+                (**self).ack(acks).await
+            }
+            async fn begin_resync(&self) -> Result<(), StoreError> {
+                (**self).begin_resync().await
+            }
+            async fn finish_resync(&self) -> Result<usize, StoreError> {
+                (**self).finish_resync().await
+            }
+            async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+                (**self).quarantined().await
+            }
+        }
+    };
+}
+
+forward_local_store!(std::sync::Arc);
+forward_local_store!(Box);
