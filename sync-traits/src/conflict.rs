@@ -99,7 +99,10 @@ mod tests {
     fn change(op: Op, changed: &[&str]) -> PendingChange {
         PendingChange {
             seq: 1,
-            change_id: ChangeId { client: new_id(), n: 1 },
+            change_id: ChangeId {
+                client: new_id(),
+                n: 1,
+            },
             collection: "c".into(),
             id: new_id(),
             base: Some(Version(1)),
@@ -148,7 +151,11 @@ mod tests {
         assert_eq!(ClientWins.resolve(&del, &edited), Resolution::KeepLocal);
         assert_eq!(ServerWins.resolve(&del, &edited), Resolution::TakeServer);
         let edit = change(Op::Upsert(fields(json!({"a": 3}))), &["a"]);
-        let gone = RemoteState { version: Version(6), fields: None, change_id: None };
+        let gone = RemoteState {
+            version: Version(6),
+            fields: None,
+            change_id: None,
+        };
         assert_eq!(FieldMerge.resolve(&edit, &gone), Resolution::KeepLocal);
         let custom = |_: &PendingChange, _: &RemoteState| Resolution::TakeServer;
         assert_eq!(custom.resolve(&edit, &gone), Resolution::TakeServer);

@@ -310,8 +310,11 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
         let mut acks = Vec::with_capacity(entries.len());
         let mut settled = 0;
         for (entry, outcome) in entries.into_iter().zip(outcomes) {
-            let (collection, id, change_id) =
-                (entry.collection.clone(), entry.id.clone(), entry.change_id.clone());
+            let (collection, id, change_id) = (
+                entry.collection.clone(),
+                entry.id.clone(),
+                entry.change_id.clone(),
+            );
             match outcome {
                 PushOutcome::Applied { version } => {
                     report.pushed += 1;

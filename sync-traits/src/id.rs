@@ -28,7 +28,10 @@ impl RecordId {
                 reason: "must be exactly 15 characters",
             });
         }
-        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(InvalidId {
                 value: s.to_owned(),
                 reason: "must contain only a-z and 0-9",
@@ -188,7 +191,14 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_ids() {
-        for bad in ["", "abc", "ABCDEFGHIJKLMNO", "abcdefghijklmn_", "abcdefghijklmnop", "abcdéfghijklmn"] {
+        for bad in [
+            "",
+            "abc",
+            "ABCDEFGHIJKLMNO",
+            "abcdefghijklmn_",
+            "abcdefghijklmnop",
+            "abcdéfghijklmn",
+        ] {
             assert!(RecordId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(serde_json::from_str::<RecordId>("\"short\"").is_err());
@@ -196,7 +206,10 @@ mod tests {
 
     #[test]
     fn change_id_round_trips() {
-        let c = ChangeId { client: new_id(), n: 42 };
+        let c = ChangeId {
+            client: new_id(),
+            n: 42,
+        };
         let s = c.to_string();
         assert_eq!(ChangeId::parse(&s).unwrap(), c);
         assert!(ChangeId::parse("abc.1").is_err());

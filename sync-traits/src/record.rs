@@ -70,11 +70,15 @@ fn kind(v: &Value) -> &'static str {
 
 /// The server's commit sequence number of the last change to a record (`seq`).
 /// Totally ordered in commit order across all collections of one remote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version(pub u64);
 
 /// The highest server `seq` a local store has applied. Zero means "never pulled".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Watermark(pub u64);
 
 /// A record's state on the server at some version: live with fields, or deleted
@@ -322,7 +326,10 @@ mod tests {
     #[test]
     fn typed_round_trip() {
         let id = new_id();
-        let s = Song { title: "a".into(), order: 3 };
+        let s = Song {
+            title: "a".into(),
+            order: 3,
+        };
         let r = Record::from_typed("songs", id.clone(), &s).unwrap();
         assert_eq!(r.fields["order"], 3);
         assert!(!r.fields.contains_key("id"));

@@ -31,7 +31,11 @@ pub trait RemoteStore: Send + Sync {
 
     /// The server's current state of one record as the caller sees it (`None` if it
     /// does not exist or is not visible).
-    async fn fetch(&self, collection: &str, id: &RecordId) -> Result<Option<RemoteState>, RemoteError>;
+    async fn fetch(
+        &self,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Option<RemoteState>, RemoteError>;
 
     /// Largest batch [`push`](RemoteStore::push) accepts.
     fn max_push_batch(&self) -> usize {

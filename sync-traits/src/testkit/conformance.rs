@@ -1,2 +1,748 @@
-//! The contract every [`crate::LocalStore`] must pass: plain async functions a store
-//! implementation calls from its own tests. (Being written.)
+//! The contract every [`LocalStore`] must pass: plain async functions that a store
+//! implementation calls from its own tests, each with a fresh, empty store.
+//!
+//! The cases use two collections a store must be able to hold:
+//! [`SONGS`] with fields `title` (text), `artist` (text), `order` (number, a SQL
+//! reserved word on purpose) and [`FRIENDS`] with `name` (text). Stores with a
+//! schema declare exactly these (see `tidemark_backends` for examples).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use sync_traits::testkit::{conformance, MemoryStore};
+//! conformance::run_all(|| async { MemoryStore::new() }).await;
+//! # }
+//! ```
+//!
+//! Failures panic with a message naming the broken rule.
+
+use std::future::Future;
+
+use serde_json::{json, Value};
+
+use crate::id::{new_id, RecordId};
+use crate::record::{
+    Ack, Fields, Op, Page, Record, Rejection, RemoteChange, RemoteState, Version, Watermark,
+};
+use crate::store::LocalStore;
+
+/// Collection with fields `title`, `artist` (text) and `order` (number).
+pub const SONGS: &str = "songs";
+/// Collection with field `name` (text).
+pub const FRIENDS: &str = "friends";
+
+fn fields(v: Value) -> Fields {
+    match v {
+        Value::Object(m) => m,
+        _ => Fields::new(),
+    }
+}
+
+/// A song record's fields.
+pub fn song(title: &str, order: i64) -> Fields {
+    fields(json!({"title": title, "artist": "someone", "order": order}))
+}
+
+fn remote(collection: &str, id: &RecordId, version: u64, f: Option<Fields>) -> RemoteChange {
+    RemoteChange {
+        collection: collection.into(),
+        id: id.clone(),
+        state: RemoteState {
+            version: Version(version),
+            fields: f,
+            change_id: None,
+        },
+    }
+}
+
+fn page(changes: Vec<RemoteChange>, watermark: u64) -> Page {
+    Page {
+        changes,
+        watermark: Watermark(watermark),
+        more: false,
+    }
+}
+
+/// Runs every case, each on a fresh store from `make`.
+pub async fn run_all<F, Fut, S>(mut make: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+    S: LocalStore,
+{
+    put_get_list_delete(&make().await).await;
+    writes_go_to_outbox(&make().await).await;
+    writes_coalesce(&make().await).await;
+    pending_is_ordered_with_cursor(&make().await).await;
+    client_id_is_stable(&make().await).await;
+    apply_remote_writes_data_and_watermark(&make().await).await;
+    apply_remote_skips_stale_versions(&make().await).await;
+    apply_remote_defers_pending_records(&make().await).await;
+    apply_remote_does_not_touch_outbox(&make().await).await;
+    ack_applied_clears_entry_and_sets_base(&make().await).await;
+    ack_applied_superseded_keeps_newer_write(&make().await).await;
+    ack_rebase_replaces_op_and_data(&make().await).await;
+    ack_rebase_superseded_changes_nothing(&make().await).await;
+    ack_take_server(&make().await).await;
+    ack_quarantine_keeps_data(&make().await).await;
+    ack_batch_mixed(&make().await).await;
+    resync_keeps_outbox_and_removes_unseen(&make().await).await;
+    create_then_delete_before_push(&make().await).await;
+    reserved_and_unknown_fields_round_trip(&make().await).await;
+    invalid_collection_is_an_error(&make().await).await;
+}
+
+/// put/get/list/delete behave like a map.
+pub async fn put_get_list_delete(s: &dyn LocalStore) {
+    let a = new_id();
+    let b = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    s.put(Record::new(SONGS, b.clone(), song("b", 2)))
+        .await
+        .unwrap();
+    s.put(Record::new(
+        FRIENDS,
+        a.clone(),
+        fields(json!({"name": "x"})),
+    ))
+    .await
+    .unwrap();
+    let got = s
+        .get(SONGS, &a)
+        .await
+        .unwrap()
+        .expect("put record must be readable");
+    assert_eq!(got.fields, song("a", 1), "get must return the fields put");
+    let list = s.list(SONGS).await.unwrap();
+    assert_eq!(
+        list.len(),
+        2,
+        "list must hold only this collection's records"
+    );
+    assert!(
+        list.windows(2).all(|w| w[0].id < w[1].id),
+        "list must be ordered by id"
+    );
+    assert!(
+        s.delete(SONGS, &a).await.unwrap(),
+        "delete of a present record returns true"
+    );
+    assert!(
+        s.get(SONGS, &a).await.unwrap().is_none(),
+        "deleted record must be gone"
+    );
+    assert!(
+        !s.delete(SONGS, &a).await.unwrap(),
+        "delete of an absent record returns false"
+    );
+    assert!(
+        s.get(FRIENDS, &a).await.unwrap().is_some(),
+        "same id in another collection is separate"
+    );
+}
+
+/// Every write leaves an outbox entry with the data, the base and changed fields.
+pub async fn writes_go_to_outbox(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1, "a put must create one outbox entry");
+    let e = &p[0];
+    assert_eq!((e.collection.as_str(), &e.id), (SONGS, &a));
+    assert_eq!(e.base, None, "a never-synced record has no base");
+    assert_eq!(e.op, Op::Upsert(song("a", 1)));
+    assert_eq!(e.changed.len(), 3, "a create changes every field it sets");
+    assert_eq!(
+        e.change_id.client,
+        s.client_id().await.unwrap(),
+        "change id carries the client id"
+    );
+    assert_eq!(s.pending_count().await.unwrap(), 1);
+}
+
+/// Several writes to one record before a push are one entry, same position, newest
+/// change id, union of changed fields.
+pub async fn writes_coalesce(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let first = s.pending(0, 10).await.unwrap().remove(0);
+    s.ack(vec![Ack::Applied {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: first.change_id.clone(),
+        version: Version(3),
+    }])
+    .await
+    .unwrap();
+    let mut f = song("a", 1);
+    f.insert("title".into(), json!("A"));
+    s.put(Record::new(SONGS, a.clone(), f.clone()))
+        .await
+        .unwrap();
+    let e1 = s.pending(0, 10).await.unwrap().remove(0);
+    assert_eq!(
+        e1.base,
+        Some(Version(3)),
+        "base is the known server version"
+    );
+    assert_eq!(
+        e1.changed.iter().collect::<Vec<_>>(),
+        vec!["title"],
+        "only title changed"
+    );
+    f.insert("order".into(), json!(9));
+    s.put(Record::new(SONGS, a.clone(), f.clone()))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1, "writes to one record coalesce");
+    let e2 = &p[0];
+    assert_eq!(e2.seq, e1.seq, "coalescing keeps the outbox position");
+    assert!(
+        e2.change_id.n > e1.change_id.n,
+        "each write gets a newer change id"
+    );
+    assert_eq!(e2.base, Some(Version(3)), "coalescing keeps the base");
+    assert_eq!(
+        e2.changed.iter().collect::<Vec<_>>(),
+        vec!["order", "title"]
+    );
+    assert_eq!(e2.op, Op::Upsert(f));
+    assert!(s.delete(SONGS, &a).await.unwrap());
+    let e3 = s.pending(0, 10).await.unwrap().remove(0);
+    assert_eq!(e3.op, Op::Delete, "a delete replaces the op");
+    assert_eq!(e3.base, Some(Version(3)));
+}
+
+/// `pending(after, limit)` pages through the outbox in order.
+pub async fn pending_is_ordered_with_cursor(s: &dyn LocalStore) {
+    for i in 0..5 {
+        s.put(Record::new(SONGS, new_id(), song("x", i)))
+            .await
+            .unwrap();
+    }
+    let all = s.pending(0, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(
+        all.windows(2).all(|w| w[0].seq < w[1].seq),
+        "pending is in seq order"
+    );
+    let two = s.pending(0, 2).await.unwrap();
+    assert_eq!(two, all[..2].to_vec(), "limit is respected");
+    let rest = s.pending(two[1].seq, 100).await.unwrap();
+    assert_eq!(rest, all[2..].to_vec(), "the cursor skips what was seen");
+    assert_eq!(s.pending_count().await.unwrap(), 5);
+}
+
+/// The client id is valid and does not change.
+pub async fn client_id_is_stable(s: &dyn LocalStore) {
+    let a = s.client_id().await.unwrap();
+    let b = s.client_id().await.unwrap();
+    assert_eq!(a, b, "client id must be stable");
+    assert!(RecordId::parse(a.as_str()).is_ok());
+}
+
+/// A page's upserts and tombstones land and the watermark moves, never back.
+pub async fn apply_remote_writes_data_and_watermark(s: &dyn LocalStore) {
+    let a = new_id();
+    let b = new_id();
+    s.apply_remote(&page(
+        vec![
+            remote(SONGS, &a, 1, Some(song("a", 1))),
+            remote(SONGS, &b, 2, Some(song("b", 2))),
+        ],
+        2,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(2));
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("a", 1)
+    );
+    let r = s
+        .apply_remote(&page(
+            vec![
+                remote(SONGS, &a, 5, None),
+                remote(SONGS, &b, 6, Some(song("B", 3))),
+            ],
+            7,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.applied, 2);
+    assert!(
+        s.get(SONGS, &a).await.unwrap().is_none(),
+        "a tombstone deletes"
+    );
+    assert_eq!(
+        s.get(SONGS, &b).await.unwrap().unwrap().fields,
+        song("B", 3)
+    );
+    assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(7));
+    s.apply_remote(&page(vec![], 4)).await.unwrap();
+    assert_eq!(
+        s.sync_state().await.unwrap().watermark,
+        Watermark(7),
+        "the watermark never moves back"
+    );
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        0,
+        "remote changes are not local writes"
+    );
+}
+
+/// A change not newer than what the store has is skipped.
+pub async fn apply_remote_skips_stale_versions(s: &dyn LocalStore) {
+    let a = new_id();
+    s.apply_remote(&page(vec![remote(SONGS, &a, 5, Some(song("new", 5)))], 5))
+        .await
+        .unwrap();
+    let r = s
+        .apply_remote(&page(vec![remote(SONGS, &a, 3, Some(song("old", 3)))], 5))
+        .await
+        .unwrap();
+    assert_eq!(r.stale, 1);
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("new", 5),
+        "older versions never overwrite newer"
+    );
+}
+
+/// A remote change to a record with unpushed local writes is left to the push.
+pub async fn apply_remote_defers_pending_records(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("mine", 1)))
+        .await
+        .unwrap();
+    let r = s
+        .apply_remote(&page(
+            vec![remote(SONGS, &a, 4, Some(song("theirs", 2)))],
+            4,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.deferred, 1);
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("mine", 1),
+        "local unpushed data is kept"
+    );
+    let e = s.pending(0, 10).await.unwrap().remove(0);
+    assert_eq!(e.base, None, "a deferred change does not move the base");
+    assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(4));
+}
+
+/// Applying remote changes creates no outbox entries and leaves existing ones alone.
+pub async fn apply_remote_does_not_touch_outbox(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("mine", 1)))
+        .await
+        .unwrap();
+    let before = s.pending(0, 10).await.unwrap();
+    let others: Vec<_> = (0..10)
+        .map(|i| remote(SONGS, &new_id(), i + 1, Some(song("r", i as i64))))
+        .collect();
+    s.apply_remote(&page(others, 10)).await.unwrap();
+    assert_eq!(
+        s.pending(0, 100).await.unwrap(),
+        before,
+        "outbox unchanged by apply_remote"
+    );
+    assert_eq!(s.list(SONGS).await.unwrap().len(), 11);
+}
+
+/// Applied removes the entry; the version becomes the base of the next write.
+pub async fn ack_applied_clears_entry_and_sets_base(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let e = s.pending(0, 10).await.unwrap().remove(0);
+    s.ack(vec![Ack::Applied {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: e.change_id,
+        version: Version(7),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        0,
+        "applied entry leaves the outbox"
+    );
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("a", 1),
+        "data stays"
+    );
+    let r = s
+        .apply_remote(&page(vec![remote(SONGS, &a, 7, Some(song("a", 1)))], 7))
+        .await
+        .unwrap();
+    assert_eq!(r.stale, 1, "the echo of our own write is not newer");
+    s.put(Record::new(SONGS, a.clone(), song("a", 2)))
+        .await
+        .unwrap();
+    assert_eq!(s.pending(0, 10).await.unwrap()[0].base, Some(Version(7)));
+}
+
+/// A newer write made while the older one was in flight survives its ack.
+pub async fn ack_applied_superseded_keeps_newer_write(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let sent = s.pending(0, 10).await.unwrap().remove(0);
+    s.put(Record::new(SONGS, a.clone(), song("a", 2)))
+        .await
+        .unwrap();
+    s.ack(vec![Ack::Applied {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: sent.change_id.clone(),
+        version: Version(5),
+    }])
+    .await
+    .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1, "the newer write must stay in the outbox");
+    assert_ne!(p[0].change_id, sent.change_id);
+    assert_eq!(
+        p[0].base,
+        Some(Version(5)),
+        "the newer write is now based on the applied version"
+    );
+    assert_eq!(p[0].op, Op::Upsert(song("a", 2)));
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("a", 2)
+    );
+}
+
+/// Rebase with a replacement op changes both the entry and the local record.
+pub async fn ack_rebase_replaces_op_and_data(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let e = s.pending(0, 10).await.unwrap().remove(0);
+    s.ack(vec![Ack::Rebase {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: e.change_id.clone(),
+        base: Version(9),
+        op: Some(Op::Upsert(song("merged", 4))),
+    }])
+    .await
+    .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1, "a rebased change stays pending");
+    assert_eq!(p[0].base, Some(Version(9)));
+    assert_eq!(p[0].op, Op::Upsert(song("merged", 4)));
+    assert_eq!(p[0].seq, e.seq);
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("merged", 4)
+    );
+    s.ack(vec![Ack::Rebase {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: p[0].change_id.clone(),
+        base: Version(10),
+        op: None,
+    }])
+    .await
+    .unwrap();
+    let p2 = s.pending(0, 10).await.unwrap();
+    assert_eq!(
+        (p2[0].base, &p2[0].op),
+        (Some(Version(10)), &Op::Upsert(song("merged", 4))),
+        "op None keeps the op"
+    );
+}
+
+/// Rebase of a superseded change id changes nothing.
+pub async fn ack_rebase_superseded_changes_nothing(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let old = s.pending(0, 10).await.unwrap().remove(0);
+    s.put(Record::new(SONGS, a.clone(), song("a", 2)))
+        .await
+        .unwrap();
+    let before = s.pending(0, 10).await.unwrap();
+    s.ack(vec![Ack::Rebase {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: old.change_id,
+        base: Version(9),
+        op: Some(Op::Delete),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.pending(0, 10).await.unwrap(), before);
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("a", 2)
+    );
+}
+
+/// TakeServer drops the local change and stores the server's state.
+pub async fn ack_take_server(s: &dyn LocalStore) {
+    let a = new_id();
+    let b = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("mine", 1)))
+        .await
+        .unwrap();
+    s.put(Record::new(SONGS, b.clone(), song("mine", 2)))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    s.ack(vec![
+        Ack::TakeServer {
+            collection: SONGS.into(),
+            id: a.clone(),
+            change_id: p[0].change_id.clone(),
+            state: RemoteState {
+                version: Version(4),
+                fields: Some(song("theirs", 1)),
+                change_id: None,
+            },
+        },
+        Ack::TakeServer {
+            collection: SONGS.into(),
+            id: b.clone(),
+            change_id: p[1].change_id.clone(),
+            state: RemoteState {
+                version: Version(5),
+                fields: None,
+                change_id: None,
+            },
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.pending_count().await.unwrap(), 0);
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("theirs", 1)
+    );
+    assert!(
+        s.get(SONGS, &b).await.unwrap().is_none(),
+        "a server tombstone deletes locally"
+    );
+    let r = s
+        .apply_remote(&page(vec![remote(SONGS, &a, 4, Some(song("x", 0)))], 5))
+        .await
+        .unwrap();
+    assert_eq!(r.stale, 1, "the taken version is known");
+}
+
+/// A refused change is kept with its data; the record follows the server.
+pub async fn ack_quarantine_keeps_data(s: &dyn LocalStore) {
+    let a = new_id();
+    let b = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("bad", 1)))
+        .await
+        .unwrap();
+    s.put(Record::new(SONGS, b.clone(), song("bad", 2)))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    let rejection = Rejection {
+        message: "invalid".into(),
+        fields: [("title".to_string(), "too long".to_string())].into(),
+    };
+    s.ack(vec![
+        Ack::Quarantine {
+            change: p[0].clone(),
+            rejection: rejection.clone(),
+            server: None,
+        },
+        Ack::Quarantine {
+            change: p[1].clone(),
+            rejection: rejection.clone(),
+            server: Some(RemoteState {
+                version: Version(3),
+                fields: Some(song("server", 2)),
+                change_id: None,
+            }),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        0,
+        "a quarantined change leaves the outbox"
+    );
+    let q = s.quarantined().await.unwrap();
+    assert_eq!(q.len(), 2, "both refused changes are kept");
+    assert_eq!(q[0].change, p[0], "with their data");
+    assert_eq!(q[0].rejection, rejection);
+    assert!(
+        s.get(SONGS, &a).await.unwrap().is_none(),
+        "record absent on the server is removed locally"
+    );
+    assert_eq!(
+        s.get(SONGS, &b).await.unwrap().unwrap().fields,
+        song("server", 2)
+    );
+}
+
+/// One ack call with many kinds settles all of them.
+pub async fn ack_batch_mixed(s: &dyn LocalStore) {
+    let ids: Vec<_> = (0..50).map(|_| new_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        s.put(Record::new(SONGS, id.clone(), song("x", i as i64)))
+            .await
+            .unwrap();
+    }
+    let p = s.pending(0, 100).await.unwrap();
+    let acks = p
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match i % 3 {
+            0 => Ack::Applied {
+                collection: SONGS.into(),
+                id: e.id.clone(),
+                change_id: e.change_id.clone(),
+                version: Version(i as u64 + 1),
+            },
+            1 => Ack::Rebase {
+                collection: SONGS.into(),
+                id: e.id.clone(),
+                change_id: e.change_id.clone(),
+                base: Version(100 + i as u64),
+                op: None,
+            },
+            _ => Ack::TakeServer {
+                collection: SONGS.into(),
+                id: e.id.clone(),
+                change_id: e.change_id.clone(),
+                state: RemoteState {
+                    version: Version(200 + i as u64),
+                    fields: Some(song("s", 0)),
+                    change_id: None,
+                },
+            },
+        })
+        .collect();
+    s.ack(acks).await.unwrap();
+    let left = s.pending(0, 100).await.unwrap();
+    assert_eq!(
+        left.len(),
+        p.iter().enumerate().filter(|(i, _)| i % 3 == 1).count()
+    );
+    assert!(left.iter().all(|e| e.base.unwrap().0 >= 100));
+    assert_eq!(s.list(SONGS).await.unwrap().len(), 50);
+}
+
+/// A resync keeps the outbox, keeps what the server still has, removes the rest.
+pub async fn resync_keeps_outbox_and_removes_unseen(s: &dyn LocalStore) {
+    let kept = new_id();
+    let gone = new_id();
+    let local = new_id();
+    s.apply_remote(&page(
+        vec![
+            remote(SONGS, &kept, 1, Some(song("k", 1))),
+            remote(SONGS, &gone, 2, Some(song("g", 2))),
+        ],
+        2,
+    ))
+    .await
+    .unwrap();
+    s.put(Record::new(SONGS, local.clone(), song("mine", 3)))
+        .await
+        .unwrap();
+    s.begin_resync().await.unwrap();
+    let st = s.sync_state().await.unwrap();
+    assert!(st.resyncing, "resync state is visible");
+    assert_eq!(st.watermark, Watermark(0), "a resync starts from zero");
+    s.apply_remote(&page(vec![remote(SONGS, &kept, 1, Some(song("k", 1)))], 10))
+        .await
+        .unwrap();
+    assert!(
+        s.sync_state().await.unwrap().resyncing,
+        "still resyncing until finished"
+    );
+    let removed = s.finish_resync().await.unwrap();
+    assert_eq!(removed, 1, "only the unseen synced record is removed");
+    assert!(s.get(SONGS, &gone).await.unwrap().is_none());
+    assert!(s.get(SONGS, &kept).await.unwrap().is_some());
+    assert!(
+        s.get(SONGS, &local).await.unwrap().is_some(),
+        "unpushed local records survive a resync"
+    );
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        1,
+        "the outbox survives a resync"
+    );
+    let st = s.sync_state().await.unwrap();
+    assert!(!st.resyncing);
+    assert_eq!(st.watermark, Watermark(10));
+}
+
+/// A record created and deleted before any push leaves a base-less delete.
+pub async fn create_then_delete_before_push(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    assert!(s.delete(SONGS, &a).await.unwrap());
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].base, &p[0].op), (None, &Op::Delete));
+}
+
+/// Reserved-word field names work, and fields the store does not know are kept.
+pub async fn reserved_and_unknown_fields_round_trip(s: &dyn LocalStore) {
+    let a = new_id();
+    let mut f = song("a", 1);
+    f.insert("zz_server_only".into(), json!({"nested": [1, 2, "x"]}));
+    s.apply_remote(&page(vec![remote(SONGS, &a, 1, Some(f.clone()))], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        f,
+        "unknown fields are kept"
+    );
+    let mut g = f.clone();
+    g.insert("order".into(), json!(2));
+    s.put(Record::new(SONGS, a.clone(), g.clone()))
+        .await
+        .unwrap();
+    let e = s.pending(0, 10).await.unwrap().remove(0);
+    assert_eq!(
+        e.op,
+        Op::Upsert(g),
+        "unknown fields are pushed back unchanged"
+    );
+    assert_eq!(e.changed.iter().collect::<Vec<_>>(), vec!["order"]);
+}
+
+/// A collection name that cannot exist is an error, not a panic.
+pub async fn invalid_collection_is_an_error(s: &dyn LocalStore) {
+    assert!(s.get("no such collection!", &new_id()).await.is_err());
+    assert!(s
+        .put(Record::new("no such collection!", new_id(), song("a", 1)))
+        .await
+        .is_err());
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        0,
+        "a failed put leaves nothing"
+    );
+}

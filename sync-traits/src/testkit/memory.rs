@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::id::{new_id, ChangeId, RecordId};
 use crate::record::{
-    Ack, ApplyReport, Fields, Op, Page, PendingChange, Quarantined, Record, RemoteState,
-    SyncState, Version, Watermark,
+    Ack, ApplyReport, Fields, Op, Page, PendingChange, Quarantined, Record, RemoteState, SyncState,
+    Version, Watermark,
 };
 use crate::store::LocalStore;
 
