@@ -4,7 +4,11 @@
 //!
 //! This is a testing aid, not a stable API.
 
+pub mod conformance;
+mod fake_remote;
+mod faults;
 mod memory;
 
+pub use fake_remote::{Access, FakeRemote};
+pub use faults::{Fault, FaultPlan, Faulty};
 pub use memory::{changed_fields, MemoryStore};
-pub mod conformance;

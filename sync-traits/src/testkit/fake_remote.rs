@@ -1,0 +1,349 @@
+//! [`FakeRemote`]: an in-memory server that models what tidemark relies on in
+//! PocketBase: a commit-ordered `seq`, tombstones, a retention horizon, conditional
+//! writes on a base version, idempotent change ids and per-user visibility.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::error::RemoteError;
+use crate::id::{ChangeId, RecordId};
+use crate::record::{
+    Fields, Op, Page, PushChange, PushOutcome, Record, Rejection, RemoteChange, RemoteState,
+    Version, Watermark,
+};
+use crate::remote::RemoteStore;
+
+type Key = (String, RecordId);
+
+/// Who is asking, for visibility.
+///
+/// `User(u)` sees records whose `owner` field is absent, null, `""` or `u` — the
+/// fake's stand-in for PocketBase's list/view rules. A record that was visible to `u`
+/// and no longer is (owner changed, deleted) reaches `u` as a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Superuser: sees and may write everything.
+    All,
+    /// An ordinary user.
+    User(String),
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    fields: Option<Fields>,
+    version: Version,
+    change_id: Option<ChangeId>,
+    past_owners: BTreeSet<String>,
+    public_ever: bool,
+}
+
+#[derive(Debug, Default)]
+struct Server {
+    seq: u64,
+    horizon: u64,
+    records: BTreeMap<Key, Entry>,
+    by_version: BTreeMap<u64, Key>,
+    pulls: u64,
+    pushes: u64,
+    applied: std::collections::HashMap<ChangeId, u32>,
+}
+
+fn owner(fields: &Fields) -> Option<&str> {
+    match fields.get("owner") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+impl Access {
+    fn sees_fields(&self, f: &Fields) -> bool {
+        match self {
+            Access::All => true,
+            Access::User(u) => owner(f).is_none_or(|o| o == u),
+        }
+    }
+
+    /// What this caller sees of an entry: `None` = nothing at all.
+    fn view(&self, e: &Entry) -> Option<RemoteState> {
+        let live = e.fields.as_ref().filter(|f| self.sees_fields(f));
+        let ever = match self {
+            Access::All => true,
+            Access::User(u) => e.public_ever || e.past_owners.contains(u),
+        };
+        if live.is_none() && !ever {
+            return None;
+        }
+        Some(RemoteState {
+            version: e.version,
+            fields: live.cloned(),
+            change_id: e.change_id.clone(),
+        })
+    }
+}
+
+/// An in-memory PocketBase-like remote. Clones share one server; [`FakeRemote::as_user`]
+/// gives another caller's view of the same server.
+#[derive(Clone, Debug)]
+pub struct FakeRemote {
+    server: Arc<Mutex<Server>>,
+    access: Access,
+    max_batch: usize,
+}
+
+impl Default for FakeRemote {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeRemote {
+    /// An empty server, seen as superuser.
+    pub fn new() -> Self {
+        Self {
+            server: Arc::default(),
+            access: Access::All,
+            max_batch: 500,
+        }
+    }
+
+    /// The same server as seen by `user`.
+    pub fn as_user(&self, user: &str) -> Self {
+        Self {
+            access: Access::User(user.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The same server with a different push batch limit.
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Server> {
+        self.server.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops every tombstone and sets the retention horizon to the current head, as
+    /// the server's retention job does for "older than the period". Returns the new
+    /// horizon.
+    pub fn compact(&self) -> Watermark {
+        let mut s = self.lock();
+        let dead: Vec<(u64, Key)> = s
+            .records
+            .iter()
+            .filter(|(_, e)| e.fields.is_none())
+            .map(|(k, e)| (e.version.0, k.clone()))
+            .collect();
+        for (v, k) in dead {
+            s.records.remove(&k);
+            s.by_version.remove(&v);
+        }
+        s.horizon = s.seq;
+        Watermark(s.horizon)
+    }
+
+    /// The current head `seq`.
+    pub fn head(&self) -> Watermark {
+        Watermark(self.lock().seq)
+    }
+
+    /// Live records this caller can see, ordered by (collection, id).
+    pub fn snapshot(&self) -> Vec<Record> {
+        let s = self.lock();
+        s.records
+            .iter()
+            .filter_map(|((c, id), e)| {
+                let f = self.access.view(e)?.fields?;
+                Some(Record::new(c.clone(), id.clone(), f))
+            })
+            .collect()
+    }
+
+    /// Number of pull and push calls served so far (round trips).
+    pub fn round_trips(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.pulls, s.pushes)
+    }
+
+    /// How many times each change id was applied (an idempotent remote applies each
+    /// at most once).
+    pub fn applied_change_ids(&self) -> std::collections::HashMap<ChangeId, u32> {
+        self.lock().applied.clone()
+    }
+
+    /// A write made directly on the server (admin UI, another service): no base
+    /// check, no change id.
+    pub fn server_write(&self, collection: &str, id: &RecordId, fields: Option<Fields>) -> Version {
+        let mut s = self.lock();
+        s.write((collection.to_owned(), id.clone()), fields, None)
+    }
+}
+
+impl Server {
+    fn write(&mut self, key: Key, fields: Option<Fields>, change_id: Option<ChangeId>) -> Version {
+        self.seq += 1;
+        let version = Version(self.seq);
+        let entry = self.records.entry(key.clone()).or_insert_with(|| Entry {
+            fields: None,
+            version,
+            change_id: None,
+            past_owners: BTreeSet::new(),
+            public_ever: false,
+        });
+        let old = entry.version.0;
+        if let Some(f) = &fields {
+            match owner(f) {
+                Some(o) => {
+                    entry.past_owners.insert(o.to_owned());
+                }
+                None => entry.public_ever = true,
+            }
+        }
+        entry.fields = fields;
+        entry.version = version;
+        if let Some(c) = &change_id {
+            *self.applied.entry(c.clone()).or_default() += 1;
+        }
+        entry.change_id = change_id;
+        self.by_version.remove(&old);
+        self.by_version.insert(version.0, key);
+        version
+    }
+
+    fn apply(&mut self, access: &Access, c: PushChange) -> PushOutcome {
+        let key = (c.collection.clone(), c.id.clone());
+        let cur = self.records.get(&key);
+        if let Some(e) = cur {
+            if e.change_id.as_ref() == Some(&c.change_id) {
+                return PushOutcome::Applied { version: e.version };
+            }
+        }
+        let reject = |m: &str| PushOutcome::Rejected(Rejection {
+            message: m.to_owned(),
+            fields: Default::default(),
+        });
+        // Permission: the caller must see the record now and may not give it away.
+        if let Some(e) = cur {
+            if let Some(f) = &e.fields {
+                if !access.sees_fields(f) {
+                    return reject("The requested resource wasn't found.");
+                }
+            }
+        }
+        if let Op::Upsert(f) = &c.op {
+            if !access.sees_fields(f) {
+                return reject("Failed to create record.");
+            }
+            if f.get("invalid") == Some(&Value::Bool(true)) {
+                return PushOutcome::Rejected(Rejection {
+                    message: "Failed to create record.".into(),
+                    fields: [("invalid".to_string(), "Must be false.".to_string())].into(),
+                });
+            }
+        }
+        match cur {
+            Some(e) if c.base != Some(e.version) => {
+                return PushOutcome::Conflict {
+                    current: access.view(e).unwrap_or(RemoteState {
+                        version: e.version,
+                        fields: None,
+                        change_id: None,
+                    }),
+                }
+            }
+            None if c.base.is_some() && c.base != Some(Version(self.horizon)) => {
+                // Deleted and compacted away: report a tombstone at the horizon.
+                return PushOutcome::Conflict {
+                    current: RemoteState {
+                        version: Version(self.horizon),
+                        fields: None,
+                        change_id: None,
+                    },
+                };
+            }
+            _ => {}
+        }
+        let fields = match c.op {
+            Op::Upsert(f) => Some(f),
+            Op::Delete => None,
+        };
+        if fields.is_none() && cur.is_none_or(|e| e.fields.is_none()) {
+            // Nothing to delete: already gone.
+            return PushOutcome::Applied {
+                version: cur.map_or(Version(self.seq), |e| e.version),
+            };
+        }
+        let version = self.write(key, fields, Some(c.change_id));
+        PushOutcome::Applied { version }
+    }
+}
+
+#[async_trait]
+impl RemoteStore for FakeRemote {
+    async fn pull(&self, since: Watermark, limit: usize) -> Result<Page, RemoteError> {
+        let mut s = self.lock();
+        s.pulls += 1;
+        if since.0 > 0 && since.0 < s.horizon {
+            return Err(RemoteError::WatermarkExpired {
+                since,
+                horizon: Watermark(s.horizon),
+            });
+        }
+        let limit = limit.max(1);
+        let mut changes = Vec::new();
+        let mut watermark = Watermark(s.seq);
+        let mut more = false;
+        for (v, key) in s.by_version.range(since.0 + 1..) {
+            let Some(state) = s.records.get(key).and_then(|e| self.access.view(e)) else {
+                continue;
+            };
+            if changes.len() == limit {
+                more = true;
+                break;
+            }
+            watermark = Watermark(*v);
+            changes.push(RemoteChange {
+                collection: key.0.clone(),
+                id: key.1.clone(),
+                state,
+            });
+        }
+        if !more {
+            watermark = Watermark(s.seq);
+        }
+        Ok(Page {
+            changes,
+            watermark,
+            more,
+        })
+    }
+
+    async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
+        if changes.len() > self.max_batch {
+            return Err(RemoteError::TooLarge(format!(
+                "batch of {} exceeds the limit of {}",
+                changes.len(),
+                self.max_batch
+            )));
+        }
+        let mut s = self.lock();
+        s.pushes += 1;
+        Ok(changes.into_iter().map(|c| s.apply(&self.access, c)).collect())
+    }
+
+    async fn fetch(&self, collection: &str, id: &RecordId) -> Result<Option<RemoteState>, RemoteError> {
+        let s = self.lock();
+        Ok(s.records
+            .get(&(collection.to_owned(), id.clone()))
+            .and_then(|e| self.access.view(e))
+            .filter(|st| st.fields.is_some()))
+    }
+
+    fn max_push_batch(&self) -> usize {
+        self.max_batch
+    }
+}
