@@ -1,0 +1,258 @@
+// tidemark server extension: shared code, loaded with require(`${__hooks}/tidemark.js`).
+// Not a hook file itself (only *.pb.js files are loaded as hooks).
+//
+// Protocol summary (see pocketbase-remote/README.md):
+// - every synced collection has fields tm_seq (number), tm_cid (text), tm_push (text)
+//   and an index on tm_seq;
+// - every create/update/delete gets the next global seq from the one-row table
+//   _tm_state inside the write's transaction;
+// - a tidemark client puts "<base>:<change id>" into tm_push (upserts) or the `tm`
+//   query parameter (deletes); the hooks check it, never store it, and answer through
+//   tm_push in the response: "" applied, "dup" already applied, "conflict" stale base
+//   (body = current record), "tombstone" stale base against a deleted record,
+//   "deleted" delete applied.
+
+// Synced collections: TIDEMARK_COLLECTIONS="name[:ownerField],..." or this default.
+// The owner field decides who sees a record's tombstone (empty: every signed-in user).
+const DEFAULT_COLLECTIONS = "songs:owner,friends:owner";
+
+function config() {
+  const raw = $os.getenv("TIDEMARK_COLLECTIONS") || DEFAULT_COLLECTIONS;
+  const out = [];
+  for (const part of raw.split(",")) {
+    const p = part.trim();
+    if (!p) continue;
+    const i = p.indexOf(":");
+    out.push(i < 0 ? { name: p, owner: "owner" } : { name: p.slice(0, i), owner: p.slice(i + 1) });
+  }
+  return out;
+}
+
+function collectionNames() {
+  return config().map((c) => c.name);
+}
+
+function ownerField(name) {
+  for (const c of config()) {
+    if (c.name === name) return c.owner;
+  }
+  return "";
+}
+
+// "<base>:<change id>" -> {base, cid}; "" -> null.
+function parsePush(s) {
+  if (!s) return null;
+  const i = s.indexOf(":");
+  if (i < 0) throw new BadRequestError("tidemark: malformed tm_push");
+  const base = parseInt(s.slice(0, i), 10);
+  if (!(base >= 0)) throw new BadRequestError("tidemark: malformed base in tm_push");
+  return { base: base, cid: s.slice(i + 1) };
+}
+
+function nextSeq(tx) {
+  const m = new DynamicModel({ seq: 0 });
+  tx.db().newQuery("UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 RETURNING seq").one(m);
+  return m.seq;
+}
+
+// Current {seq, cid} of a live record, read inside the transaction; null if absent.
+function current(tx, coll, id) {
+  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "" }));
+  tx.db()
+    .newQuery("SELECT [[tm_seq]], [[tm_cid]] FROM {{" + coll + "}} WHERE [[id]] = {:id} LIMIT 1")
+    .bind({ id: id })
+    .all(rows);
+  return rows.length ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid } : null;
+}
+
+// Newest tombstone {seq, cid} of a record; null if none.
+function tombstone(tx, coll, id) {
+  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "" }));
+  tx.db()
+    .newQuery(
+      "SELECT tm_seq, tm_cid FROM tm_tombstones WHERE coll = {:c} AND rid = {:r} ORDER BY tm_seq DESC LIMIT 1"
+    )
+    .bind({ c: coll, r: id })
+    .all(rows);
+  return rows.length ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid } : null;
+}
+
+function putTombstone(tx, coll, id, owner, seq, cid, moved) {
+  tx.db()
+    .newQuery(
+      "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at) VALUES " +
+        "(substr(lower(hex(randomblob(8))), 1, 15), {:c}, {:r}, {:o}, {:s}, {:cid}, {:m}, CAST(strftime('%s','now') AS INTEGER)) " +
+        "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
+        "moved = excluded.moved, at = excluded.at"
+    )
+    .bind({ c: coll, r: id, o: owner, s: seq, cid: cid, m: moved })
+    .execute();
+}
+
+// Runs fn(tx) in a transaction (joining the batch's one if any) with e.app = tx.
+function inTx(e, fn) {
+  const app = e.app;
+  app.runInTransaction((tx) => {
+    e.app = tx;
+    try {
+      fn(tx);
+    } finally {
+      e.app = app;
+    }
+  });
+}
+
+function onCreate(e) {
+  const push = parsePush(e.record.getString("tm_push"));
+  e.record.set("tm_push", "");
+  inTx(e, (tx) => {
+    if (push) {
+      const t = tombstone(tx, e.record.collection().name, e.record.id);
+      const cur = t ? t.seq : 0;
+      if (push.base !== cur) {
+        // Stale base against a deleted (or never seen) record: write nothing.
+        e.record.set("tm_seq", cur);
+        e.record.set("tm_cid", t ? t.cid : "");
+        e.record.set("tm_push", "tombstone");
+        return;
+      }
+    }
+    e.record.set("tm_seq", nextSeq(tx));
+    e.record.set("tm_cid", push ? push.cid : "");
+    e.next();
+  });
+}
+
+function onUpdate(e) {
+  const push = parsePush(e.record.getString("tm_push"));
+  e.record.set("tm_push", "");
+  const name = e.record.collection().name;
+  inTx(e, (tx) => {
+    if (push) {
+      const cur = current(tx, name, e.record.id);
+      if (cur && push.cid && cur.cid === push.cid) {
+        // Retried delivery of a change that already landed.
+        e.record.load(tx.findRecordById(name, e.record.id).fieldsData());
+        e.record.set("tm_push", "dup");
+        return;
+      }
+      if (!cur || cur.seq !== push.base) {
+        e.record.load(tx.findRecordById(name, e.record.id).fieldsData());
+        e.record.set("tm_push", "conflict");
+        return;
+      }
+    }
+    const seq = nextSeq(tx);
+    const of = ownerField(name);
+    if (of) {
+      const oldOwner = e.record.original().getString(of);
+      if (oldOwner && oldOwner !== e.record.getString(of)) {
+        // The record leaves the old owner's view: tell them with a tombstone.
+        putTombstone(tx, name, e.record.id, oldOwner, seq, push ? push.cid : "", true);
+      }
+    }
+    e.record.set("tm_seq", seq);
+    e.record.set("tm_cid", push ? push.cid : "");
+    e.next();
+  });
+}
+
+function onDelete(e) {
+  const push = parsePush(e.record.getString("tm_push"));
+  const name = e.record.collection().name;
+  const of = ownerField(name);
+  inTx(e, (tx) => {
+    const seq = nextSeq(tx);
+    putTombstone(tx, name, e.record.id, of ? e.record.getString(of) : "", seq, push ? push.cid : "", false);
+    e.next();
+    e.record.set("tm_seq", seq);
+    e.record.set("tm_cid", push ? push.cid : "");
+  });
+}
+
+// DELETE .../records/ID?tm=<base>:<cid>: conditional, idempotent delete that answers
+// with the tombstone's seq (or the current record on conflict) instead of 204.
+function onDeleteRequest(e) {
+  const q = e.requestInfo().query["tm"];
+  if (!q) return e.next();
+  const push = parsePush(q);
+  const name = e.record.collection().name;
+  let answer = null;
+  inTx(e, (tx) => {
+    const cur = current(tx, name, e.record.id);
+    if (!cur) return;
+    if (cur.seq !== push.base) {
+      const fresh = tx.findRecordById(name, e.record.id);
+      fresh.set("tm_push", "conflict");
+      answer = fresh;
+      return;
+    }
+    e.record.set("tm_push", q);
+    tx.delete(e.record);
+    answer = {
+      id: e.record.id,
+      collectionName: name,
+      tm_seq: e.record.getInt("tm_seq"),
+      tm_cid: push.cid,
+      tm_push: "deleted",
+    };
+  });
+  if (answer === null) throw new NotFoundError("tidemark: record already deleted");
+  return e.json(200, answer);
+}
+
+function state(app) {
+  const m = new DynamicModel({ seq: 0, horizon: 0 });
+  app.db().newQuery("SELECT seq, horizon FROM _tm_state WHERE id = 1").one(m);
+  return m;
+}
+
+function head(e) {
+  const s = state(e.app);
+  const batch = e.app.settings().batch;
+  return {
+    head: s.seq,
+    horizon: s.horizon,
+    collections: collectionNames(),
+    batchMax: batch.enabled ? batch.maxRequests : 0,
+    superuser: e.hasSuperuserAuth(),
+  };
+}
+
+// Tombstone retention in seconds: TIDEMARK_TOMBSTONE_RETENTION, default 30 days.
+function retentionSeconds() {
+  const v = parseInt($os.getenv("TIDEMARK_TOMBSTONE_RETENTION") || "", 10);
+  return v >= 0 ? v : 30 * 24 * 3600;
+}
+
+// Removes tombstones older than olderThan seconds and moves the horizon past them.
+function compact(app, olderThan) {
+  let result = { removed: 0, horizon: 0 };
+  app.runInTransaction((tx) => {
+    const cutoff = Math.floor(Date.now() / 1000) - olderThan;
+    const m = new DynamicModel({ s: 0, n: 0 });
+    tx.db()
+      .newQuery("SELECT COALESCE(MAX(tm_seq), 0) AS s, COUNT(*) AS n FROM tm_tombstones WHERE at <= {:cutoff}")
+      .bind({ cutoff: cutoff })
+      .one(m);
+    if (m.n > 0) {
+      tx.db().newQuery("UPDATE _tm_state SET horizon = MAX(horizon, {:s}) WHERE id = 1").bind({ s: m.s }).execute();
+      const r = tx.db().newQuery("DELETE FROM tm_tombstones WHERE tm_seq <= {:s}").bind({ s: m.s }).execute();
+      result.removed = r.rowsAffected();
+    }
+    result.horizon = state(tx).horizon;
+  });
+  return result;
+}
+
+module.exports = {
+  config,
+  collectionNames,
+  onCreate,
+  onUpdate,
+  onDelete,
+  onDeleteRequest,
+  head,
+  compact,
+  retentionSeconds,
+};

@@ -1,0 +1,53 @@
+/// <reference path="../pb_data/types.d.ts" />
+// tidemark server extension: seq assignment, conflict checks, tombstones, head route,
+// retention. Shared code lives in tidemark.js (handlers cannot see this file's
+// top-level variables, so each handler requires the module; require is cached).
+
+const TM_SYNCED = require(`${__hooks}/tidemark.js`).collectionNames();
+
+onRecordCreateExecute((e) => {
+  require(`${__hooks}/tidemark.js`).onCreate(e);
+}, ...TM_SYNCED);
+
+onRecordUpdateExecute((e) => {
+  require(`${__hooks}/tidemark.js`).onUpdate(e);
+}, ...TM_SYNCED);
+
+onRecordDeleteExecute((e) => {
+  require(`${__hooks}/tidemark.js`).onDelete(e);
+}, ...TM_SYNCED);
+
+onRecordDeleteRequest((e) => {
+  return require(`${__hooks}/tidemark.js`).onDeleteRequest(e);
+}, ...TM_SYNCED);
+
+// Head of the change sequence, retention horizon, synced collections, batch limit.
+// requireAuth: an invalid token is answered 401 here, not silently treated as guest.
+routerAdd(
+  "GET",
+  "/api/tidemark/head",
+  (e) => {
+    return e.json(200, require(`${__hooks}/tidemark.js`).head(e));
+  },
+  $apis.requireAuth()
+);
+
+// Compacts tombstones now. Body (optional): {"olderThanSeconds": N}. Superusers only.
+routerAdd(
+  "POST",
+  "/api/tidemark/compact",
+  (e) => {
+    const tm = require(`${__hooks}/tidemark.js`);
+    const body = e.requestInfo().body || {};
+    const olderThan = typeof body.olderThanSeconds === "number" ? body.olderThanSeconds : tm.retentionSeconds();
+    return e.json(200, tm.compact(e.app, olderThan));
+  },
+  $apis.requireSuperuserAuth()
+);
+
+// Retention job: TIDEMARK_COMPACT_CRON (default: hourly at minute 17).
+cronAdd("tidemark_compact", $os.getenv("TIDEMARK_COMPACT_CRON") || "17 * * * *", () => {
+  const tm = require(`${__hooks}/tidemark.js`);
+  const r = tm.compact($app, tm.retentionSeconds());
+  if (r.removed > 0) console.log(`tidemark: compacted ${r.removed} tombstones, horizon ${r.horizon}`);
+});

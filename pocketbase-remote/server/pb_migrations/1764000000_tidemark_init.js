@@ -1,0 +1,54 @@
+/// <reference path="../pb_data/types.d.ts" />
+// tidemark sync infrastructure: the global seq counter (_tm_state), the tombstones
+// collection and the batch API settings.
+migrate(
+  (app) => {
+    app
+      .db()
+      .newQuery(
+        "CREATE TABLE IF NOT EXISTS _tm_state (id INTEGER PRIMARY KEY CHECK (id = 1), " +
+          "seq INTEGER NOT NULL DEFAULT 0, horizon INTEGER NOT NULL DEFAULT 0)"
+      )
+      .execute();
+    app.db().newQuery("INSERT OR IGNORE INTO _tm_state (id, seq, horizon) VALUES (1, 0, 0)").execute();
+
+    // Tombstones hold ids and the owner only, never record data. Visible to the
+    // owner (or to every signed-in user for owner-less collections) and superusers.
+    const visible = "@request.auth.id != '' && (owner = '' || owner = @request.auth.id)";
+    const tombstones = new Collection({
+      type: "base",
+      name: "tm_tombstones",
+      listRule: visible,
+      viewRule: visible,
+      createRule: null,
+      updateRule: null,
+      deleteRule: null,
+      fields: [
+        { name: "coll", type: "text", required: true },
+        { name: "rid", type: "text", required: true },
+        { name: "owner", type: "text" },
+        { name: "tm_seq", type: "number", onlyInt: true },
+        { name: "tm_cid", type: "text" },
+        // true: the record still exists but left `owner`'s view (owner change).
+        { name: "moved", type: "bool" },
+        // unix seconds, for retention
+        { name: "at", type: "number", onlyInt: true },
+      ],
+      indexes: [
+        "CREATE UNIQUE INDEX idx_tm_tombstones_key ON tm_tombstones (coll, rid, owner)",
+        "CREATE INDEX idx_tm_tombstones_seq ON tm_tombstones (tm_seq)",
+      ],
+    });
+    app.save(tombstones);
+
+    const settings = app.settings();
+    settings.batch.enabled = true;
+    settings.batch.maxRequests = 1000;
+    settings.batch.timeout = 30;
+    app.save(settings);
+  },
+  (app) => {
+    app.delete(app.findCollectionByNameOrId("tm_tombstones"));
+    app.db().newQuery("DROP TABLE IF EXISTS _tm_state").execute();
+  }
+);

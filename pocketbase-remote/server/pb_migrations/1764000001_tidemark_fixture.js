@@ -1,0 +1,49 @@
+/// <reference path="../pb_data/types.d.ts" />
+// Sample schema (the seed's): `songs` and `friends`, owned by users, synced by tidemark.
+// A synced collection needs the fields tm_seq (number), tm_cid (text), tm_push (text),
+// an index on tm_seq, and its name in TIDEMARK_COLLECTIONS (see pb_hooks/tidemark.js).
+migrate(
+  (app) => {
+    const users = app.findCollectionByNameOrId("users");
+    const own = "@request.auth.id != '' && owner = @request.auth.id";
+    const create = "@request.auth.id != '' && @request.body.owner = @request.auth.id";
+    const tmFields = [
+      { name: "tm_seq", type: "number", onlyInt: true },
+      { name: "tm_cid", type: "text" },
+      { name: "tm_push", type: "text" },
+    ];
+    const owner = { name: "owner", type: "relation", collectionId: users.id, maxSelect: 1, cascadeDelete: false };
+
+    const defs = [
+      {
+        name: "songs",
+        fields: [
+          { name: "title", type: "text" },
+          { name: "artist", type: "text" },
+          { name: "order", type: "number" },
+          owner,
+        ],
+      },
+      { name: "friends", fields: [{ name: "name", type: "text" }, owner] },
+    ];
+    for (const d of defs) {
+      const c = new Collection({
+        type: "base",
+        name: d.name,
+        listRule: own,
+        viewRule: own,
+        createRule: create,
+        updateRule: own,
+        deleteRule: own,
+        fields: d.fields.concat(tmFields),
+        indexes: [`CREATE INDEX idx_${d.name}_tm_seq ON ${d.name} (tm_seq)`],
+      });
+      app.save(c);
+    }
+  },
+  (app) => {
+    for (const n of ["songs", "friends"]) {
+      app.delete(app.findCollectionByNameOrId(n));
+    }
+  }
+);
