@@ -13,7 +13,7 @@ use crate::id::RecordId;
 use crate::record::{
     Ack, Page, PendingChange, PushChange, PushOutcome, Rejection, RemoteState, Watermark,
 };
-use crate::remote::RemoteStore;
+use crate::remote::{PullMode, RemoteStore};
 use crate::store::LocalStore;
 
 /// Bounded exponential backoff for transient remote errors.
@@ -411,13 +411,27 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
         let state = self.local.sync_state().await?;
         let mut wm = state.watermark;
         let mut resyncing = state.resyncing;
+        if wm.0 == 0 && !resyncing {
+            // The first sync is a resync: pages below the horizon are then safe, and
+            // anything the store holds that the server lacks is removed at the end.
+            self.local.begin_resync().await?;
+            resyncing = true;
+        }
         let mut resyncs = 0;
         let limit = self.config.page_size.max(1);
         loop {
-            let page = match self.retry("pull", || self.remote.pull(wm, limit)).await {
+            let mode = if resyncing {
+                PullMode::Resync
+            } else {
+                PullMode::Incremental
+            };
+            let page = match self
+                .retry("pull", || self.remote.pull(wm, limit, mode))
+                .await
+            {
                 Ok(p) => p,
                 Err(RemoteError::WatermarkExpired { since, horizon })
-                    if resyncs < self.config.max_resyncs && since.0 > 0 =>
+                    if resyncs < self.config.max_resyncs && !resyncing =>
                 {
                     resyncs += 1;
                     info!(?since, ?horizon, "watermark expired; full resync");

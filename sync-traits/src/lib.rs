@@ -28,7 +28,7 @@ pub use record::{
     Ack, ApplyReport, Fields, Op, Page, PendingChange, PushChange, PushOutcome, Quarantined,
     Record, Rejection, RemoteChange, RemoteState, SyncState, Version, Watermark,
 };
-pub use remote::RemoteStore;
+pub use remote::{PullMode, RemoteStore};
 pub use store::LocalStore;
 
 /// Re-exported for implementors of the traits.

@@ -6,6 +6,18 @@ use crate::error::RemoteError;
 use crate::id::RecordId;
 use crate::record::{Page, PushChange, PushOutcome, RemoteState, Watermark};
 
+/// Whether a pull is part of a full resync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PullMode {
+    /// Catching up from a watermark: the remote must refuse a watermark below its
+    /// retention horizon with [`RemoteError::WatermarkExpired`].
+    Incremental,
+    /// Part of a full resync (or the first sync): the store will remove every
+    /// record the resync did not deliver, so missing tombstones do not matter and
+    /// the horizon is not checked.
+    Resync,
+}
+
 /// A server that holds the shared copy of the data.
 ///
 /// Contract (checked by the engine's property tests against
@@ -13,16 +25,31 @@ use crate::record::{Page, PushChange, PushOutcome, RemoteState, Watermark};
 /// - every write gets a `seq` in commit order; deletes leave tombstones;
 /// - [`pull`](RemoteStore::pull) from a watermark returns every change after it that
 ///   the caller may see, including a tombstone when a record leaves the caller's
-///   view; below the retention horizon it fails with
-///   [`RemoteError::WatermarkExpired`] (pulling from zero always works);
+///   view. In [`PullMode::Incremental`] a watermark that is not zero and is below the
+///   retention horizon fails with [`RemoteError::WatermarkExpired`] (tombstones the
+///   caller needed are gone). In [`PullMode::Resync`] the horizon is not checked:
+///   the caller is re-reading everything and removes what it did not see;
 /// - [`push`](RemoteStore::push) applies each change only if its base version is
-///   current, and answers one outcome per change, in order; a change id already
-///   applied answers `Applied` again (idempotent delivery).
+///   current, and answers one outcome per change, in order;
+/// - idempotent delivery: a change id already applied answers `Applied` again with
+///   **the version that change produced** (not the record's current version, which
+///   may be a later foreign write the caller must still pull), even if other writes
+///   came after it. Change counters of one client only grow and its outbox only
+///   holds its newest change per record, so a remote may keep, per record, the
+///   newest applied counter (and its version) of each client and answer `Applied`
+///   for any counter at or below it;
+/// - a `Conflict` carries the current state with the change id that produced it,
+///   so the engine can recognise its own earlier write.
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait RemoteStore: Send + Sync {
     /// Changes after `since`, at most `limit` of them.
-    async fn pull(&self, since: Watermark, limit: usize) -> Result<Page, RemoteError>;
+    async fn pull(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Page, RemoteError>;
 
     /// Pushes changes; one outcome per change, in the same order. An `Err` means the
     /// outcome of the whole call is unknown (some may have been applied): the engine
@@ -47,8 +74,8 @@ macro_rules! forward_remote_store {
     ($($ptr:ident)::+) => {
         #[async_trait]
         impl<T: RemoteStore + ?Sized> RemoteStore for $($ptr)::+<T> {
-            async fn pull(&self, since: Watermark, limit: usize) -> Result<Page, RemoteError> {
-                (**self).pull(since, limit).await
+            async fn pull(&self, since: Watermark, limit: usize, mode: PullMode) -> Result<Page, RemoteError> {
+                (**self).pull(since, limit, mode).await
             }
             async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
                 (**self).push(changes).await

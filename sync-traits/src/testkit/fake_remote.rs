@@ -14,7 +14,7 @@ use crate::record::{
     Fields, Op, Page, PushChange, PushOutcome, Record, Rejection, RemoteChange, RemoteState,
     Version, Watermark,
 };
-use crate::remote::RemoteStore;
+use crate::remote::{PullMode, RemoteStore};
 
 type Key = (String, RecordId);
 
@@ -38,6 +38,8 @@ struct Entry {
     change_id: Option<ChangeId>,
     past_owners: BTreeSet<String>,
     public_ever: bool,
+    /// Per writing client: the newest change counter applied and its version.
+    by_client: std::collections::HashMap<RecordId, (u64, Version)>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,8 @@ struct Server {
     pulls: u64,
     pushes: u64,
     applied: std::collections::HashMap<ChangeId, u32>,
+    /// Compacted tombstones keep only their idempotency memory.
+    graveyard: std::collections::HashMap<Key, std::collections::HashMap<RecordId, (u64, Version)>>,
 }
 
 fn owner(fields: &Fields) -> Option<&str> {
@@ -139,7 +143,9 @@ impl FakeRemote {
             .map(|(k, e)| (e.version.0, k.clone()))
             .collect();
         for (v, k) in dead {
-            s.records.remove(&k);
+            if let Some(e) = s.records.remove(&k) {
+                s.graveyard.insert(k, e.by_client);
+            }
             s.by_version.remove(&v);
         }
         s.horizon = s.seq;
@@ -187,12 +193,14 @@ impl Server {
     fn write(&mut self, key: Key, fields: Option<Fields>, change_id: Option<ChangeId>) -> Version {
         self.seq += 1;
         let version = Version(self.seq);
+        let grave = self.graveyard.remove(&key).unwrap_or_default();
         let entry = self.records.entry(key.clone()).or_insert_with(|| Entry {
             fields: None,
             version,
             change_id: None,
             past_owners: BTreeSet::new(),
             public_ever: false,
+            by_client: grave,
         });
         let old = entry.version.0;
         if let Some(f) = &fields {
@@ -207,6 +215,7 @@ impl Server {
         entry.version = version;
         if let Some(c) = &change_id {
             *self.applied.entry(c.clone()).or_default() += 1;
+            entry.by_client.insert(c.client.clone(), (c.n, version));
         }
         entry.change_id = change_id;
         self.by_version.remove(&old);
@@ -217,15 +226,28 @@ impl Server {
     fn apply(&mut self, access: &Access, c: PushChange) -> PushOutcome {
         let key = (c.collection.clone(), c.id.clone());
         let cur = self.records.get(&key);
-        if let Some(e) = cur {
-            if e.change_id.as_ref() == Some(&c.change_id) {
-                return PushOutcome::Applied { version: e.version };
+        let grave = if cur.is_none() {
+            self.graveyard.get(&key)
+        } else {
+            None
+        };
+        if let Some(by_client) = cur.map(|e| &e.by_client).or(grave) {
+            // Idempotency: this client's change counters only grow, and its outbox
+            // only ever holds its newest change to a record, so a counter at or below
+            // the newest applied one means this change (or a newer one it is part
+            // of) was applied already.
+            if let Some((n, v)) = by_client.get(&c.change_id.client) {
+                if *n >= c.change_id.n {
+                    return PushOutcome::Applied { version: *v };
+                }
             }
         }
-        let reject = |m: &str| PushOutcome::Rejected(Rejection {
-            message: m.to_owned(),
-            fields: Default::default(),
-        });
+        let reject = |m: &str| {
+            PushOutcome::Rejected(Rejection {
+                message: m.to_owned(),
+                fields: Default::default(),
+            })
+        };
         // Permission: the caller must see the record now and may not give it away.
         if let Some(e) = cur {
             if let Some(f) = &e.fields {
@@ -255,7 +277,9 @@ impl Server {
                     }),
                 }
             }
-            None if c.base.is_some() && c.base != Some(Version(self.horizon)) => {
+            None if (c.base.is_some() || grave.is_some())
+                && c.base != Some(Version(self.horizon)) =>
+            {
                 // Deleted and compacted away: report a tombstone at the horizon.
                 return PushOutcome::Conflict {
                     current: RemoteState {
@@ -272,10 +296,24 @@ impl Server {
             Op::Delete => None,
         };
         if fields.is_none() && cur.is_none_or(|e| e.fields.is_none()) {
-            // Nothing to delete: already gone.
-            return PushOutcome::Applied {
-                version: cur.map_or(Version(self.seq), |e| e.version),
-            };
+            // Nothing to delete: already gone. Counts as applied (once: a repeat is
+            // the same no-op, not a second application), and is remembered like any
+            // applied change so a later delivery is recognised.
+            let version = cur.map_or(Version(self.seq), |e| e.version);
+            let memo = (c.change_id.n, version);
+            match self.records.get_mut(&key) {
+                Some(e) => {
+                    e.by_client.insert(c.change_id.client.clone(), memo);
+                }
+                None => {
+                    self.graveyard
+                        .entry(key)
+                        .or_default()
+                        .insert(c.change_id.client.clone(), memo);
+                }
+            }
+            self.applied.entry(c.change_id).or_insert(1);
+            return PushOutcome::Applied { version };
         }
         let version = self.write(key, fields, Some(c.change_id));
         PushOutcome::Applied { version }
@@ -284,10 +322,15 @@ impl Server {
 
 #[async_trait]
 impl RemoteStore for FakeRemote {
-    async fn pull(&self, since: Watermark, limit: usize) -> Result<Page, RemoteError> {
+    async fn pull(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Page, RemoteError> {
         let mut s = self.lock();
         s.pulls += 1;
-        if since.0 > 0 && since.0 < s.horizon {
+        if mode == PullMode::Incremental && since.0 > 0 && since.0 < s.horizon {
             return Err(RemoteError::WatermarkExpired {
                 since,
                 horizon: Watermark(s.horizon),
@@ -332,10 +375,17 @@ impl RemoteStore for FakeRemote {
         }
         let mut s = self.lock();
         s.pushes += 1;
-        Ok(changes.into_iter().map(|c| s.apply(&self.access, c)).collect())
+        Ok(changes
+            .into_iter()
+            .map(|c| s.apply(&self.access, c))
+            .collect())
     }
 
-    async fn fetch(&self, collection: &str, id: &RecordId) -> Result<Option<RemoteState>, RemoteError> {
+    async fn fetch(
+        &self,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Option<RemoteState>, RemoteError> {
         let s = self.lock();
         Ok(s.records
             .get(&(collection.to_owned(), id.clone()))

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::error::RemoteError;
 use crate::id::RecordId;
 use crate::record::{Page, PushChange, PushOutcome, RemoteState, Watermark};
-use crate::remote::RemoteStore;
+use crate::remote::{PullMode, RemoteStore};
 
 /// One injected fault, consumed by the next matching call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,12 +62,20 @@ impl<R> Faulty<R> {
 
     /// Queues a fault for a coming push.
     pub fn on_push(&self, f: Fault) {
-        self.plan.lock().unwrap_or_else(|e| e.into_inner()).push.push_back(f);
+        self.plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push
+            .push_back(f);
     }
 
     /// Queues a fault for a coming pull.
     pub fn on_pull(&self, f: Fault) {
-        self.plan.lock().unwrap_or_else(|e| e.into_inner()).pull.push_back(f);
+        self.plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pull
+            .push_back(f);
     }
 
     /// Faults still queued (pull, push).
@@ -93,7 +101,9 @@ where
 {
     match fault {
         None => call().await,
-        Some(Fault::TransientBefore) => Err(RemoteError::Transient("injected: connection refused".into())),
+        Some(Fault::TransientBefore) => Err(RemoteError::Transient(
+            "injected: connection refused".into(),
+        )),
         Some(Fault::AuthBefore) => Err(RemoteError::Auth("injected: token expired".into())),
         Some(Fault::LoseResponse) => {
             call().await?;
@@ -101,7 +111,9 @@ where
         }
         Some(Fault::CrashAfter) => {
             call().await?;
-            Err(RemoteError::Permanent("injected: client crashed after the request".into()))
+            Err(RemoteError::Permanent(
+                "injected: client crashed after the request".into(),
+            ))
         }
         Some(Fault::Duplicate) => {
             let _ = call().await;
@@ -116,15 +128,24 @@ where
 
 #[async_trait]
 impl<R: RemoteStore> RemoteStore for Faulty<R> {
-    async fn pull(&self, since: Watermark, limit: usize) -> Result<Page, RemoteError> {
-        run(self.next(false), || self.inner.pull(since, limit)).await
+    async fn pull(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Page, RemoteError> {
+        run(self.next(false), || self.inner.pull(since, limit, mode)).await
     }
 
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
         run(self.next(true), || self.inner.push(changes.clone())).await
     }
 
-    async fn fetch(&self, collection: &str, id: &RecordId) -> Result<Option<RemoteState>, RemoteError> {
+    async fn fetch(
+        &self,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Option<RemoteState>, RemoteError> {
         self.inner.fetch(collection, id).await
     }
 
