@@ -1,0 +1,3 @@
+//! sled
+/// stub
+pub struct SledStore;

@@ -1,0 +1,26 @@
+//! The `sync_traits` conformance suite against every backend.
+
+use sync_traits::testkit::conformance;
+use tidemark_backends::Schema;
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_file_passes_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    conformance::run_all(|| {
+        n += 1;
+        let path = dir.path().join(format!("store{n}.db"));
+        async move { tidemark_backends::SqliteStore::open(path, Schema::conformance()).unwrap() }
+    })
+    .await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_in_memory_passes_conformance() {
+    conformance::run_all(|| async {
+        tidemark_backends::SqliteStore::open_in_memory(Schema::conformance()).unwrap()
+    })
+    .await;
+}
