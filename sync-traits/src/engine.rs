@@ -491,3 +491,340 @@ fn check_page(since: Watermark, page: &Page) -> Result<(), SyncError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Error paths of the engine, with mocked stores.
+
+    use super::*;
+    use crate::error::StoreError;
+    use crate::id::{new_id, ChangeId};
+    use crate::record::{ApplyReport, Op, PushOutcome, RemoteChange, SyncState, Version};
+    use crate::remote::MockRemoteStore;
+    use crate::store::MockLocalStore;
+    use mockall::predicate::eq;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn change(client: &RecordId) -> PendingChange {
+        PendingChange {
+            seq: 1,
+            change_id: ChangeId {
+                client: client.clone(),
+                n: 1,
+            },
+            collection: "songs".into(),
+            id: new_id(),
+            base: None,
+            op: Op::Upsert(
+                serde_json::json!({"title": "x"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+            changed: ["title".to_string()].into(),
+        }
+    }
+
+    fn local_with(pending: Vec<PendingChange>, wm: u64) -> MockLocalStore {
+        local_counted(pending, wm).0
+    }
+
+    /// A mock store whose outbox empties when the returned counter is set to 0.
+    fn local_counted(pending: Vec<PendingChange>, wm: u64) -> (MockLocalStore, Arc<AtomicUsize>) {
+        let client = pending
+            .first()
+            .map(|p| p.change_id.client.clone())
+            .unwrap_or_else(new_id);
+        let mut l = MockLocalStore::new();
+        l.expect_client_id().returning(move || Ok(client.clone()));
+        let n = pending.len();
+        let count = Arc::new(AtomicUsize::new(n));
+        let c2 = count.clone();
+        let c3 = count.clone();
+        l.expect_pending_count()
+            .returning(move || Ok(c2.load(Ordering::SeqCst)));
+        l.expect_pending().returning(move |after, _| {
+            Ok(pending
+                .iter()
+                .filter(|p| p.seq > after && count.load(Ordering::SeqCst) > 0)
+                .cloned()
+                .collect())
+        });
+        l.expect_sync_state().returning(move || {
+            Ok(SyncState {
+                watermark: Watermark(wm),
+                resyncing: false,
+            })
+        });
+        (l, c3)
+    }
+
+    fn fast<L: LocalStore, R: RemoteStore>(e: SyncEngine<L, R>) -> SyncEngine<L, R> {
+        e.with_config(SyncConfig {
+            retry: RetryPolicy::immediate(3),
+            ..SyncConfig::default()
+        })
+    }
+
+    fn empty_page(wm: u64) -> Page {
+        Page {
+            changes: vec![],
+            watermark: Watermark(wm),
+            more: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_pull_errors_are_retried_then_succeed() {
+        let mut local = local_with(vec![], 3);
+        local.expect_apply_remote().times(1).returning(|p| {
+            assert_eq!(p.changes.len(), 1);
+            Ok(ApplyReport {
+                applied: 1,
+                ..Default::default()
+            })
+        });
+        let mut remote = MockRemoteStore::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        remote.expect_pull().returning(move |since, _, mode| {
+            assert_eq!((since, mode), (Watermark(3), PullMode::Incremental));
+            if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(RemoteError::Transient("connection reset".into()))
+            } else {
+                Ok(Page {
+                    changes: vec![RemoteChange {
+                        collection: "songs".into(),
+                        id: new_id(),
+                        state: RemoteState {
+                            version: Version(4),
+                            fields: None,
+                            change_id: None,
+                        },
+                    }],
+                    watermark: Watermark(4),
+                    more: false,
+                })
+            }
+        });
+        let engine = fast(SyncEngine::new(local, remote));
+        let mut events = engine.subscribe();
+        let report = engine.sync().await.expect("sync succeeds after retries");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "two failures, then success"
+        );
+        assert_eq!((report.pulled, report.applied), (1, 1));
+        let mut retries = 0;
+        while let Ok(e) = events.try_recv() {
+            if matches!(e, SyncEvent::Retrying { .. }) {
+                retries += 1;
+            }
+        }
+        assert_eq!(retries, 2, "each retry is reported");
+    }
+
+    #[tokio::test]
+    async fn transient_errors_give_up_after_the_bound_and_change_nothing() {
+        let client = new_id();
+        let mut local = local_with(vec![change(&client)], 0);
+        local.expect_ack().never();
+        local.expect_apply_remote().never();
+        let mut remote = MockRemoteStore::new();
+        remote.expect_max_push_batch().return_const(100usize);
+        remote
+            .expect_push()
+            .times(4)
+            .returning(|_| Err(RemoteError::Transient("503".into())));
+        let err = fast(SyncEngine::new(local, remote))
+            .sync()
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "the caller may try again later: {err}");
+    }
+
+    #[tokio::test]
+    async fn permanent_rejection_is_quarantined_and_reported() {
+        let client = new_id();
+        let pending = change(&client);
+        let (mut local, outbox) = local_counted(vec![pending.clone()], 0);
+        let p2 = pending.clone();
+        local.expect_ack().times(1).returning(move |acks| {
+            outbox.store(0, Ordering::SeqCst);
+            assert_eq!(acks.len(), 1);
+            match &acks[0] {
+                Ack::Quarantine {
+                    change,
+                    rejection,
+                    server,
+                } => {
+                    assert_eq!(change, &p2, "the change is kept whole, with its data");
+                    assert_eq!(
+                        rejection.fields.get("title").map(String::as_str),
+                        Some("too long")
+                    );
+                    assert!(server.is_none());
+                }
+                other => panic!("expected quarantine, got {other:?}"),
+            }
+            Ok(())
+        });
+        local.expect_begin_resync().returning(|| Ok(()));
+        local
+            .expect_apply_remote()
+            .returning(|_| Ok(ApplyReport::default()));
+        local.expect_finish_resync().returning(|| Ok(0));
+        let mut remote = MockRemoteStore::new();
+        remote.expect_max_push_batch().return_const(100usize);
+        remote.expect_push().times(1).returning(|_| {
+            Ok(vec![PushOutcome::Rejected(Rejection {
+                message: "Failed to create record.".into(),
+                fields: [("title".to_string(), "too long".to_string())].into(),
+            })])
+        });
+        remote.expect_fetch().times(1).returning(|_, _| Ok(None));
+        remote.expect_pull().returning(|_, _, _| Ok(empty_page(0)));
+        let engine = fast(SyncEngine::new(local, remote));
+        let mut events = engine.subscribe();
+        let report = engine.sync().await.unwrap();
+        assert_eq!(report.rejected, 1);
+        let rejected = std::iter::from_fn(|| events.try_recv().ok())
+            .filter(|e| matches!(e, SyncEvent::Rejected { change, .. } if change == &pending))
+            .count();
+        assert_eq!(rejected, 1, "the app is told, with the data");
+    }
+
+    #[tokio::test]
+    async fn expired_watermark_resyncs_from_zero_keeping_the_outbox() {
+        let mut local = local_with(vec![], 7);
+        let mut seq = mockall::Sequence::new();
+        local
+            .expect_begin_resync()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|| Ok(()));
+        local
+            .expect_apply_remote()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(ApplyReport::default()));
+        local
+            .expect_finish_resync()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|| Ok(2));
+        local.expect_ack().never();
+        let mut remote = MockRemoteStore::new();
+        remote
+            .expect_pull()
+            .with(
+                eq(Watermark(7)),
+                mockall::predicate::always(),
+                eq(PullMode::Incremental),
+            )
+            .times(1)
+            .returning(|since, _, _| {
+                Err(RemoteError::WatermarkExpired {
+                    since,
+                    horizon: Watermark(9),
+                })
+            });
+        remote
+            .expect_pull()
+            .with(
+                eq(Watermark(0)),
+                mockall::predicate::always(),
+                eq(PullMode::Resync),
+            )
+            .times(1)
+            .returning(|_, _, _| Ok(empty_page(12)));
+        let engine = fast(SyncEngine::new(local, remote));
+        let mut events = engine.subscribe();
+        let report = engine.sync().await.unwrap();
+        assert!(report.resynced);
+        let evs: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert!(evs.contains(&SyncEvent::ResyncStarted));
+        assert!(evs.contains(&SyncEvent::ResyncFinished { removed: 2 }));
+    }
+
+    #[tokio::test]
+    async fn auth_failure_is_a_clear_error_and_changes_nothing() {
+        let client = new_id();
+        let mut local = local_with(vec![change(&client)], 0);
+        local.expect_ack().never();
+        local.expect_apply_remote().never();
+        local.expect_begin_resync().never();
+        let mut remote = MockRemoteStore::new();
+        remote.expect_max_push_batch().return_const(100usize);
+        remote
+            .expect_push()
+            .times(1)
+            .returning(|_| Err(RemoteError::Auth("token expired; sign in again".into())));
+        let err = fast(SyncEngine::new(local, remote))
+            .sync()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::Remote(RemoteError::Auth(_))));
+        assert!(!err.is_transient());
+        assert!(
+            err.to_string()
+                .contains("authentication failed: token expired"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_outcome_count_is_a_protocol_error_and_acks_nothing() {
+        let client = new_id();
+        let mut local = local_with(vec![change(&client)], 0);
+        local.expect_ack().never();
+        let mut remote = MockRemoteStore::new();
+        remote.expect_max_push_batch().return_const(100usize);
+        remote.expect_push().returning(|_| Ok(vec![]));
+        let err = fast(SyncEngine::new(local, remote))
+            .sync()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::Protocol(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_page_outside_its_range_is_refused_before_applying() {
+        let mut local = local_with(vec![], 5);
+        local.expect_apply_remote().never();
+        let mut remote = MockRemoteStore::new();
+        remote.expect_pull().returning(|_, _, _| {
+            Ok(Page {
+                changes: vec![RemoteChange {
+                    collection: "songs".into(),
+                    id: new_id(),
+                    state: RemoteState {
+                        version: Version(3),
+                        fields: None,
+                        change_id: None,
+                    },
+                }],
+                watermark: Watermark(6),
+                more: false,
+            })
+        });
+        let err = fast(SyncEngine::new(local, remote))
+            .sync()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::Protocol(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn store_failure_stops_the_sync() {
+        let mut local = MockLocalStore::new();
+        local
+            .expect_client_id()
+            .returning(|| Err(StoreError::Busy("database is locked".into())));
+        let remote = MockRemoteStore::new();
+        let err = SyncEngine::new(local, remote).sync().await.unwrap_err();
+        assert!(err.is_transient());
+    }
+}

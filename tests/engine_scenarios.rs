@@ -1,0 +1,302 @@
+//! Readable end-to-end scenarios of the engine over MemoryStore and FakeRemote.
+//! The property test covers interleavings; these pin down named behaviours.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use sync_traits::testkit::{FakeRemote, MemoryStore};
+use sync_traits::{
+    new_id, ClientWins, FieldMerge, Fields, LocalStore, Record, ServerWins, SyncEngine, SyncEvent,
+};
+
+fn f(v: serde_json::Value) -> Fields {
+    v.as_object().cloned().unwrap()
+}
+
+type Engine = SyncEngine<Arc<MemoryStore>, FakeRemote>;
+
+fn client(remote: &FakeRemote) -> (Arc<MemoryStore>, Engine) {
+    let store = Arc::new(MemoryStore::new());
+    (store.clone(), SyncEngine::new(store, remote.clone()))
+}
+
+#[tokio::test]
+async fn offline_edits_on_two_clients_converge() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let (b, eb) = client(&server);
+    let x = new_id();
+    let y = new_id();
+    a.put(Record::new(
+        "songs",
+        x.clone(),
+        f(json!({"title": "from a"})),
+    ))
+    .await
+    .unwrap();
+    b.put(Record::new(
+        "songs",
+        y.clone(),
+        f(json!({"title": "from b"})),
+    ))
+    .await
+    .unwrap();
+    ea.sync().await.unwrap();
+    eb.sync().await.unwrap();
+    ea.sync().await.unwrap();
+    assert_eq!(a.all_records(), b.all_records());
+    assert_eq!(a.all_records(), server.snapshot());
+    assert_eq!(server.snapshot().len(), 2);
+    // Delete propagates.
+    b.delete("songs", &x).await.unwrap();
+    eb.sync().await.unwrap();
+    ea.sync().await.unwrap();
+    assert!(a.get("songs", &x).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn field_merge_keeps_edits_to_different_fields() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let (b, eb) = client(&server);
+    let eb = eb.with_policy(FieldMerge);
+    let x = new_id();
+    a.put(Record::new(
+        "songs",
+        x.clone(),
+        f(json!({"title": "t", "order": 1})),
+    ))
+    .await
+    .unwrap();
+    ea.sync().await.unwrap();
+    eb.sync().await.unwrap();
+    a.put(Record::new(
+        "songs",
+        x.clone(),
+        f(json!({"title": "T", "order": 1})),
+    ))
+    .await
+    .unwrap();
+    b.put(Record::new(
+        "songs",
+        x.clone(),
+        f(json!({"title": "t", "order": 2})),
+    ))
+    .await
+    .unwrap();
+    ea.sync().await.unwrap();
+    let mut events = eb.subscribe();
+    let r = eb.sync().await.unwrap();
+    assert_eq!(r.conflicts, 1);
+    assert!(matches!(
+        events.try_recv().unwrap(),
+        SyncEvent::Conflict { .. }
+    ));
+    ea.sync().await.unwrap();
+    let want = f(json!({"title": "T", "order": 2}));
+    assert_eq!(a.get("songs", &x).await.unwrap().unwrap().fields, want);
+    assert_eq!(b.get("songs", &x).await.unwrap().unwrap().fields, want);
+}
+
+#[tokio::test]
+async fn delete_versus_edit_is_decided_by_policy_and_reported() {
+    for (server_wins, expect_alive) in [(true, true), (false, false)] {
+        let server = FakeRemote::new();
+        let (a, ea) = client(&server);
+        let (b, eb) = client(&server);
+        let eb = if server_wins {
+            eb.with_policy(ServerWins)
+        } else {
+            eb.with_policy(ClientWins)
+        };
+        let x = new_id();
+        a.put(Record::new("songs", x.clone(), f(json!({"title": "t"}))))
+            .await
+            .unwrap();
+        ea.sync().await.unwrap();
+        eb.sync().await.unwrap();
+        a.put(Record::new(
+            "songs",
+            x.clone(),
+            f(json!({"title": "edited"})),
+        ))
+        .await
+        .unwrap();
+        b.delete("songs", &x).await.unwrap();
+        ea.sync().await.unwrap();
+        let r = eb.sync().await.unwrap();
+        assert_eq!(r.conflicts, 1, "delete-vs-edit is surfaced");
+        ea.sync().await.unwrap();
+        assert_eq!(a.get("songs", &x).await.unwrap().is_some(), expect_alive);
+        assert_eq!(b.get("songs", &x).await.unwrap().is_some(), expect_alive);
+    }
+}
+
+#[tokio::test]
+async fn create_then_edit_offline_both_land() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let x = new_id();
+    a.put(Record::new("songs", x.clone(), f(json!({"title": "v1"}))))
+        .await
+        .unwrap();
+    a.put(Record::new(
+        "songs",
+        x.clone(),
+        f(json!({"title": "v2", "order": 3})),
+    ))
+    .await
+    .unwrap();
+    let r = ea.sync().await.unwrap();
+    assert_eq!(r.pushed, 1, "coalesced into one push");
+    assert_eq!(
+        server.snapshot()[0].fields,
+        f(json!({"title": "v2", "order": 3}))
+    );
+}
+
+#[tokio::test]
+async fn users_see_only_their_records_and_lose_records_given_away() {
+    let server = FakeRemote::new();
+    let alice_remote = server.as_user("alice");
+    let bob_remote = server.as_user("bob");
+    let (alice, ea) = client(&alice_remote);
+    let (bob, eb) = client(&bob_remote);
+    let x = new_id();
+    alice
+        .put(Record::new(
+            "songs",
+            x.clone(),
+            f(json!({"title": "secret", "owner": "alice"})),
+        ))
+        .await
+        .unwrap();
+    bob.put(Record::new(
+        "songs",
+        new_id(),
+        f(json!({"title": "bob's", "owner": "bob"})),
+    ))
+    .await
+    .unwrap();
+    ea.sync().await.unwrap();
+    eb.sync().await.unwrap();
+    ea.sync().await.unwrap();
+    assert_eq!(alice.all_records().len(), 1, "alice sees only hers");
+    assert_eq!(bob.all_records().len(), 1, "bob sees only his");
+    assert!(bob.get("songs", &x).await.unwrap().is_none());
+    // Alice gives the record to bob: it leaves her store and reaches his.
+    alice
+        .put(Record::new(
+            "songs",
+            x.clone(),
+            f(json!({"title": "secret", "owner": "bob"})),
+        ))
+        .await
+        .unwrap();
+    let r = ea.sync().await.unwrap();
+    assert_eq!(
+        r.rejected, 1,
+        "a user may not give a record away in the fake's rules"
+    );
+    // An admin reassigns it instead.
+    server.server_write(
+        "songs",
+        &x,
+        Some(f(json!({"title": "secret", "owner": "bob"}))),
+    );
+    ea.sync().await.unwrap();
+    eb.sync().await.unwrap();
+    assert!(
+        alice.get("songs", &x).await.unwrap().is_none(),
+        "owner change removes it from the old owner"
+    );
+    assert!(bob.get("songs", &x).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn client_past_the_horizon_resyncs_and_keeps_its_outbox() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let (b, eb) = client(&server);
+    let gone = new_id();
+    a.put(Record::new(
+        "songs",
+        gone.clone(),
+        f(json!({"title": "doomed"})),
+    ))
+    .await
+    .unwrap();
+    ea.sync().await.unwrap();
+    eb.sync().await.unwrap();
+    // b goes offline and writes; meanwhile a deletes, and the server compacts.
+    let mine = new_id();
+    b.put(Record::new(
+        "songs",
+        mine.clone(),
+        f(json!({"title": "offline write"})),
+    ))
+    .await
+    .unwrap();
+    a.delete("songs", &gone).await.unwrap();
+    ea.sync().await.unwrap();
+    server.compact();
+    let mut events = eb.subscribe();
+    let r = eb.sync().await.unwrap();
+    assert!(r.resynced);
+    let evs: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(
+        evs.contains(&SyncEvent::ResyncFinished { removed: 1 }),
+        "{evs:?}"
+    );
+    assert!(
+        b.get("songs", &gone).await.unwrap().is_none(),
+        "the compacted delete still reached b"
+    );
+    assert!(
+        server.snapshot().iter().any(|r| r.id == mine),
+        "the outbox landed"
+    );
+    ea.sync().await.unwrap();
+    assert_eq!(a.all_records(), b.all_records());
+}
+
+#[tokio::test]
+async fn a_sync_with_nothing_to_do_is_one_round_trip() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    a.put(Record::new("songs", new_id(), f(json!({"title": "x"}))))
+        .await
+        .unwrap();
+    ea.sync().await.unwrap();
+    let before = server.round_trips();
+    let r = ea.sync().await.unwrap();
+    let after = server.round_trips();
+    assert_eq!(
+        (after.0 - before.0) + (after.1 - before.1),
+        1,
+        "one pull, no push"
+    );
+    assert_eq!((r.pushed, r.pulled), (0, 0));
+}
+
+#[tokio::test]
+async fn ten_thousand_records_page_correctly() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    for i in 0..10_000 {
+        a.put(Record::new("songs", new_id(), f(json!({"order": i}))))
+            .await
+            .unwrap();
+    }
+    let r = ea.sync().await.unwrap();
+    assert_eq!(r.pushed, 10_000);
+    let (b, eb) = client(&server);
+    let mut events = eb.subscribe();
+    let r = eb.sync().await.unwrap();
+    assert_eq!(r.pulled, 10_000);
+    assert_eq!(b.all_records(), server.snapshot());
+    let pages = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| matches!(e, SyncEvent::PullProgress { .. }))
+        .count();
+    assert_eq!(pages, 10, "page size 1000");
+}
