@@ -24,3 +24,25 @@ async fn sqlite_in_memory_passes_conformance() {
     })
     .await;
 }
+
+#[cfg(feature = "sled")]
+#[tokio::test]
+async fn sled_passes_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    conformance::run_all(|| {
+        n += 1;
+        let path = dir.path().join(format!("store{n}"));
+        async move { tidemark_backends::SledStore::open(path, Schema::conformance()).unwrap() }
+    })
+    .await;
+}
+
+#[cfg(feature = "sled")]
+#[tokio::test]
+async fn sled_temporary_passes_conformance() {
+    conformance::run_all(|| async {
+        tidemark_backends::SledStore::open_temporary(Schema::conformance()).unwrap()
+    })
+    .await;
+}
