@@ -49,43 +49,104 @@ function parsePush(s) {
   return { base: base, cid: s.slice(i + 1) };
 }
 
+// "<client>.<n>" -> {client, n}; anything else -> null (no idempotency memory).
+function parseCid(cid) {
+  const i = cid.lastIndexOf(".");
+  if (i <= 0) return null;
+  const n = parseInt(cid.slice(i + 1), 10);
+  return n >= 0 ? { client: cid.slice(0, i), n: n } : null;
+}
+
+// Idempotency memory kept in tm_clients (hidden JSON field): per client that wrote the
+// record, [newest applied counter, seq it produced]. Capped to the newest entries.
+const MAX_CLIENTS = 64;
+
+function parseClients(raw) {
+  if (!raw) return {};
+  try {
+    const v = JSON.parse(raw);
+    return v && typeof v === "object" && !Array.isArray(v) ? v : {};
+  } catch (_) {
+    return {};
+  }
+}
+
+// The seq that an earlier delivery of this change produced, or 0.
+function remembered(clients, cid) {
+  const c = parseCid(cid);
+  if (!c) return 0;
+  const m = clients[c.client];
+  return Array.isArray(m) && m[0] >= c.n ? m[1] : 0;
+}
+
+function remember(clients, cid, seq) {
+  const c = parseCid(cid);
+  if (c) clients[c.client] = [c.n, seq];
+  const keys = Object.keys(clients);
+  if (keys.length > MAX_CLIENTS) {
+    keys.sort((a, b) => clients[b][1] - clients[a][1]);
+    for (const k of keys.slice(MAX_CLIENTS)) delete clients[k];
+  }
+  return JSON.stringify(clients);
+}
+
+function rawJson(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "string") return v;
+  try {
+    return toString(v);
+  } catch (_) {
+    return "";
+  }
+}
+
 function nextSeq(tx) {
   const m = new DynamicModel({ seq: 0 });
   tx.db().newQuery("UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 RETURNING seq").one(m);
   return m.seq;
 }
 
-// Current {seq, cid} of a live record, read inside the transaction; null if absent.
+// Current {seq, cid, clients} of a live record, read inside the transaction; null if absent.
 function current(tx, coll, id) {
-  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "" }));
-  tx.db()
-    .newQuery("SELECT [[tm_seq]], [[tm_cid]] FROM {{" + coll + "}} WHERE [[id]] = {:id} LIMIT 1")
-    .bind({ id: id })
-    .all(rows);
-  return rows.length ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid } : null;
-}
-
-// Newest tombstone {seq, cid} of a record; null if none.
-function tombstone(tx, coll, id) {
-  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "" }));
+  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "", tm_clients: "" }));
   tx.db()
     .newQuery(
-      "SELECT tm_seq, tm_cid FROM tm_tombstones WHERE coll = {:c} AND rid = {:r} ORDER BY tm_seq DESC LIMIT 1"
+      "SELECT [[tm_seq]], [[tm_cid]], COALESCE([[tm_clients]], '') AS tm_clients FROM {{" +
+        coll +
+        "}} WHERE [[id]] = {:id} LIMIT 1"
+    )
+    .bind({ id: id })
+    .all(rows);
+  return rows.length
+    ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid, clients: parseClients(rows[0].tm_clients) }
+    : null;
+}
+
+// Newest tombstone {seq, cid, clients} of a record; null if none.
+function tombstone(tx, coll, id) {
+  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "", tm_clients: "" }));
+  tx.db()
+    .newQuery(
+      "SELECT tm_seq, tm_cid, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
+        "WHERE coll = {:c} AND rid = {:r} AND moved = FALSE ORDER BY tm_seq DESC LIMIT 1"
     )
     .bind({ c: coll, r: id })
     .all(rows);
-  return rows.length ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid } : null;
+  return rows.length
+    ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid, clients: parseClients(rows[0].tm_clients) }
+    : null;
 }
 
-function putTombstone(tx, coll, id, owner, seq, cid, moved) {
+function putTombstone(tx, coll, id, owner, seq, cid, moved, clients) {
   tx.db()
     .newQuery(
-      "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at) VALUES " +
-        "(substr(lower(hex(randomblob(8))), 1, 15), {:c}, {:r}, {:o}, {:s}, {:cid}, {:m}, CAST(strftime('%s','now') AS INTEGER)) " +
+      "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at, tm_clients) VALUES " +
+        "(substr(lower(hex(randomblob(8))), 1, 15), {:c}, {:r}, {:o}, {:s}, {:cid}, {:m}, " +
+        "CAST(strftime('%s','now') AS INTEGER), {:cl}) " +
         "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
-        "moved = excluded.moved, at = excluded.at"
+        "moved = excluded.moved, at = excluded.at, tm_clients = excluded.tm_clients"
     )
-    .bind({ c: coll, r: id, o: owner, s: seq, cid: cid, m: moved })
+    .bind({ c: coll, r: id, o: owner, s: seq, cid: cid, m: moved, cl: clients || "{}" })
     .execute();
 }
 
@@ -106,8 +167,17 @@ function onCreate(e) {
   const push = parsePush(e.record.getString("tm_push"));
   e.record.set("tm_push", "");
   inTx(e, (tx) => {
+    let clients = {};
     if (push) {
       const t = tombstone(tx, e.record.collection().name, e.record.id);
+      if (t) clients = t.clients;
+      const done = remembered(clients, push.cid);
+      if (done) {
+        // Retried delivery; the record was deleted since.
+        e.record.set("tm_seq", done);
+        e.record.set("tm_push", "dup");
+        return;
+      }
       const cur = t ? t.seq : 0;
       if (push.base !== cur) {
         // Stale base against a deleted (or never seen) record: write nothing.
@@ -117,8 +187,10 @@ function onCreate(e) {
         return;
       }
     }
-    e.record.set("tm_seq", nextSeq(tx));
+    const seq = nextSeq(tx);
+    e.record.set("tm_seq", seq);
     e.record.set("tm_cid", push ? push.cid : "");
+    e.record.set("tm_clients", push ? remember(clients, push.cid, seq) : "{}");
     e.next();
   });
 }
@@ -128,11 +200,15 @@ function onUpdate(e) {
   e.record.set("tm_push", "");
   const name = e.record.collection().name;
   inTx(e, (tx) => {
+    let clientsRaw;
     if (push) {
       const cur = current(tx, name, e.record.id);
-      if (cur && push.cid && cur.cid === push.cid) {
-        // Retried delivery of a change that already landed.
+      const clients = cur ? cur.clients : {};
+      const done = remembered(clients, push.cid);
+      if (done) {
+        // Retried delivery of a change that already landed: answer its seq.
         e.record.load(tx.findRecordById(name, e.record.id).fieldsData());
+        e.record.set("tm_seq", done);
         e.record.set("tm_push", "dup");
         return;
       }
@@ -141,6 +217,7 @@ function onUpdate(e) {
         e.record.set("tm_push", "conflict");
         return;
       }
+      clientsRaw = clients;
     }
     const seq = nextSeq(tx);
     const of = ownerField(name);
@@ -148,11 +225,16 @@ function onUpdate(e) {
       const oldOwner = e.record.original().getString(of);
       if (oldOwner && oldOwner !== e.record.getString(of)) {
         // The record leaves the old owner's view: tell them with a tombstone.
-        putTombstone(tx, name, e.record.id, oldOwner, seq, push ? push.cid : "", true);
+        putTombstone(tx, name, e.record.id, oldOwner, seq, push ? push.cid : "", true, "{}");
       }
     }
     e.record.set("tm_seq", seq);
     e.record.set("tm_cid", push ? push.cid : "");
+    // Never take tm_clients from the request body.
+    e.record.set(
+      "tm_clients",
+      push ? remember(clientsRaw, push.cid, seq) : rawJson(e.record.original().get("tm_clients")) || "{}"
+    );
     e.next();
   });
 }
@@ -163,7 +245,9 @@ function onDelete(e) {
   const of = ownerField(name);
   inTx(e, (tx) => {
     const seq = nextSeq(tx);
-    putTombstone(tx, name, e.record.id, of ? e.record.getString(of) : "", seq, push ? push.cid : "", false);
+    const clients = parseClients(rawJson(e.record.get("tm_clients")));
+    const cl = push ? remember(clients, push.cid, seq) : JSON.stringify(clients);
+    putTombstone(tx, name, e.record.id, of ? e.record.getString(of) : "", seq, push ? push.cid : "", false, cl);
     e.next();
     e.record.set("tm_seq", seq);
     e.record.set("tm_cid", push ? push.cid : "");
@@ -181,6 +265,12 @@ function onDeleteRequest(e) {
   inTx(e, (tx) => {
     const cur = current(tx, name, e.record.id);
     if (!cur) return;
+    const done = remembered(cur.clients, push.cid);
+    if (done) {
+      // Retried delete of a record that was re-created since.
+      answer = { id: e.record.id, collectionName: name, tm_seq: done, tm_cid: push.cid, tm_push: "dup" };
+      return;
+    }
     if (cur.seq !== push.base) {
       const fresh = tx.findRecordById(name, e.record.id);
       fresh.set("tm_push", "conflict");
@@ -188,6 +278,7 @@ function onDeleteRequest(e) {
       return;
     }
     e.record.set("tm_push", q);
+    e.record.set("tm_clients", JSON.stringify(cur.clients));
     tx.delete(e.record);
     answer = {
       id: e.record.id,

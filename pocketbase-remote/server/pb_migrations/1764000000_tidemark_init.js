@@ -33,6 +33,8 @@ migrate(
         { name: "moved", type: "bool" },
         // unix seconds, for retention
         { name: "at", type: "number", onlyInt: true },
+        // idempotency memory carried over from the deleted record
+        { name: "tm_clients", type: "json", hidden: true },
       ],
       indexes: [
         "CREATE UNIQUE INDEX idx_tm_tombstones_key ON tm_tombstones (coll, rid, owner)",

@@ -1,6 +1,7 @@
 /// <reference path="../pb_data/types.d.ts" />
 // Sample schema (the seed's): `songs` and `friends`, owned by users, synced by tidemark.
 // A synced collection needs the fields tm_seq (number), tm_cid (text), tm_push (text),
+// tm_clients (json, hidden),
 // an index on tm_seq, and its name in TIDEMARK_COLLECTIONS (see pb_hooks/tidemark.js).
 migrate(
   (app) => {
@@ -11,6 +12,8 @@ migrate(
       { name: "tm_seq", type: "number", onlyInt: true },
       { name: "tm_cid", type: "text" },
       { name: "tm_push", type: "text" },
+      // idempotency memory: {"<client>": [newest applied counter, its seq]}
+      { name: "tm_clients", type: "json", hidden: true },
     ];
     const owner = { name: "owner", type: "relation", collectionId: users.id, maxSelect: 1, cascadeDelete: false };
 

@@ -1,0 +1,547 @@
+//! The client: configuration, authentication, HTTP plumbing.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::Value;
+use sync_traits::{
+    async_trait, Page, PullMode, PushChange, PushOutcome, RecordId, RemoteError, RemoteState,
+    RemoteStore, Watermark,
+};
+use tokio::sync::Mutex;
+
+use crate::auth::{now_secs, Credentials, Token};
+use crate::error::{transport, ApiError, ProtocolError};
+
+/// Builds a [`PocketBaseRemote`].
+#[derive(Debug)]
+pub struct Builder {
+    url: String,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_response_bytes: usize,
+    collections: Option<Vec<String>>,
+}
+
+impl Builder {
+    /// Authenticates as a superuser.
+    pub fn superuser(mut self, email: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::Superuser {
+            email: email.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Authenticates as a record of the auth collection `collection` (e.g. `users`).
+    pub fn user(
+        mut self,
+        collection: impl Into<String>,
+        identity: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(Credentials::User {
+            collection: collection.into(),
+            identity: identity.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Uses a token obtained elsewhere (refreshed before expiry; no re-login).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::Token(token.into()));
+        self
+    }
+
+    /// Uses these credentials.
+    pub fn credentials(mut self, c: Credentials) -> Self {
+        self.credentials = Some(c);
+        self
+    }
+
+    /// Timeout of each HTTP request (default 60 s). Not applied to the realtime stream.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Largest response body accepted (default 64 MiB); bigger ones fail with
+    /// `RemoteError::TooLarge`.
+    pub fn max_response_bytes(mut self, n: usize) -> Self {
+        self.max_response_bytes = n;
+        self
+    }
+
+    /// Synced collections to pull. Default: the list the server reports in its head
+    /// route (its `TIDEMARK_COLLECTIONS`).
+    pub fn collections<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.collections = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Authenticates and reads the server's head (batch limit, collections).
+    ///
+    /// Fails with `RemoteError::Auth` for wrong credentials or an invalid token,
+    /// `RemoteError::Permanent` when the server lacks the tidemark extension or has
+    /// the batch API disabled, `RemoteError::Transient` when it cannot be reached.
+    pub async fn connect(self) -> Result<PocketBaseRemote, RemoteError> {
+        let credentials = self
+            .credentials
+            .ok_or_else(|| RemoteError::Auth("no credentials given".into()))?;
+        for name in self.collections.iter().flatten() {
+            check_collection_name(name)?;
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(|e| RemoteError::Permanent(format!("http client: {e}")))?;
+        let sse = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(Duration::from_secs(6 * 60))
+            .build()
+            .map_err(|e| RemoteError::Permanent(format!("http client: {e}")))?;
+        let token = match &credentials {
+            Credentials::Token(t) => Some(Token::new(t.clone())),
+            _ => None,
+        };
+        let remote = PocketBaseRemote {
+            inner: Arc::new(Inner {
+                base: self.url.trim_end_matches('/').to_owned(),
+                http,
+                sse,
+                credentials,
+                token: Mutex::new(token),
+                max_response_bytes: self.max_response_bytes,
+                batch_max: AtomicUsize::new(1),
+                collections: std::sync::RwLock::new(Vec::new()),
+                fixed_collections: self.collections.is_some(),
+                requests: AtomicU64::new(0),
+            }),
+        };
+        if let Some(c) = self.collections {
+            *remote
+                .inner
+                .collections
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = c;
+        }
+        let head = remote.head().await?;
+        if head.batch_max == 0 {
+            return Err(RemoteError::Permanent(
+                "the server's batch API is disabled; apply the tidemark migrations".into(),
+            ));
+        }
+        Ok(remote)
+    }
+}
+
+pub(crate) fn check_collection_name(name: &str) -> Result<(), RemoteError> {
+    if !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(RemoteError::Permanent(format!(
+            "invalid collection name {name:?}"
+        )))
+    }
+}
+
+/// The server's sync position as reported by `GET /api/tidemark/head`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Highest seq committed.
+    pub head: Watermark,
+    /// Retention horizon: pulls from `0 < since < horizon` are refused as expired.
+    pub horizon: Watermark,
+    /// Synced collections the server knows.
+    pub collections: Vec<String>,
+    /// The batch API's `maxRequests` (0 when disabled).
+    pub batch_max: usize,
+    /// Whether the caller is a superuser.
+    pub superuser: bool,
+}
+
+/// tidemark's remote over a PocketBase server running the tidemark extension.
+///
+/// Cheap to clone (shared connection pool and token). See the crate docs for the
+/// protocol.
+#[derive(Clone)]
+pub struct PocketBaseRemote {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PocketBaseRemote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PocketBaseRemote")
+            .field("url", &self.inner.base)
+            .field("credentials", &self.inner.credentials)
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub sse: reqwest::Client,
+    pub credentials: Credentials,
+    pub token: Mutex<Option<Token>>,
+    pub max_response_bytes: usize,
+    pub batch_max: AtomicUsize,
+    pub collections: std::sync::RwLock<Vec<String>>,
+    pub fixed_collections: bool,
+    pub requests: AtomicU64,
+}
+
+/// A response: status and (size-capped) body.
+pub(crate) struct Resp {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub(crate) fn json(&self, context: &str) -> Result<Value, ProtocolError> {
+        serde_json::from_slice(&self.body).map_err(|source| ProtocolError::Json {
+            context: context.to_owned(),
+            source,
+        })
+    }
+}
+
+impl PocketBaseRemote {
+    /// Starts building a remote for the server at `url` (e.g. `http://127.0.0.1:8090`).
+    pub fn builder(url: impl Into<String>) -> Builder {
+        Builder {
+            url: url.into(),
+            credentials: None,
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            max_response_bytes: 64 << 20,
+            collections: None,
+        }
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// HTTP requests sent so far by this remote (and its clones), including
+    /// authentication; for tests and benchmarks.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// The current auth token (authenticating first if needed).
+    pub async fn token(&self) -> Result<String, RemoteError> {
+        self.valid_token(false).await
+    }
+
+    /// Collections this remote pulls.
+    pub fn collections(&self) -> Vec<String> {
+        self.inner
+            .collections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the server's head. Also verifies the token: an invalid one is answered
+    /// 401 by this route (not treated as a guest) and reported as `RemoteError::Auth`.
+    pub async fn head(&self) -> Result<Head, RemoteError> {
+        let r = self.call(Method::GET, "/api/tidemark/head", None).await?;
+        if r.status == StatusCode::NOT_FOUND {
+            return Err(RemoteError::Permanent(
+                "GET /api/tidemark/head not found: the server lacks the tidemark pb_hooks".into(),
+            ));
+        }
+        let v = expect_ok(&r, "head")?;
+        let ctx = "head";
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| ProtocolError::Field {
+                    context: ctx.into(),
+                    field: k.into(),
+                })
+        };
+        let head = Head {
+            head: Watermark(num("head")?),
+            horizon: Watermark(num("horizon")?),
+            batch_max: usize::try_from(num("batchMax")?).unwrap_or(usize::MAX),
+            superuser: v.get("superuser").and_then(Value::as_bool).unwrap_or(false),
+            collections: v
+                .get("collections")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str())
+                        .filter(|c| check_collection_name(c).is_ok())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        if head.batch_max > 0 {
+            self.inner
+                .batch_max
+                .store(head.batch_max, Ordering::Relaxed);
+        }
+        if !self.inner.fixed_collections {
+            *self
+                .inner
+                .collections
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = head.collections.clone();
+        }
+        Ok(head)
+    }
+
+    /// Runs tombstone compaction now (superusers only): removes tombstones older than
+    /// `older_than` and returns the new horizon. The server also does this on its own
+    /// schedule (`TIDEMARK_COMPACT_CRON`, `TIDEMARK_TOMBSTONE_RETENTION`).
+    pub async fn compact(&self, older_than: Duration) -> Result<Watermark, RemoteError> {
+        let body = serde_json::json!({ "olderThanSeconds": older_than.as_secs() });
+        let r = self
+            .call(Method::POST, "/api/tidemark/compact", Some(&body))
+            .await?;
+        let v = expect_ok(&r, "compact")?;
+        let h = v
+            .get("horizon")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ProtocolError::Field {
+                context: "compact".into(),
+                field: "horizon".into(),
+            })?;
+        Ok(Watermark(h))
+    }
+
+    /// A valid token: logs in, or refreshes one close to expiry. `force` discards the
+    /// current token first (after a 401).
+    pub(crate) async fn valid_token(&self, force: bool) -> Result<String, RemoteError> {
+        let mut guard = self.inner.token.lock().await;
+        if force && self.inner.credentials.password_login().is_some() {
+            *guard = None;
+        }
+        if let Some(t) = guard.as_ref() {
+            if !t.needs_refresh(now_secs()) {
+                return Ok(t.value.clone());
+            }
+            // Close to expiry: refresh; if that fails, log in again (if we can).
+            let coll = match &self.inner.credentials {
+                Credentials::Superuser { .. } => Some("_superusers".to_owned()),
+                Credentials::User { collection, .. } => Some(collection.clone()),
+                Credentials::Token(_) => t.collection_id.clone(),
+            };
+            if let Some(coll) = coll {
+                let url = format!("{}/api/collections/{}/auth-refresh", self.inner.base, coll);
+                let req = self.inner.http.post(url).header("Authorization", &t.value);
+                match self.send(req, "auth-refresh").await {
+                    Ok(r) if r.status.is_success() => {
+                        let tok = token_of(&r, "auth-refresh")?;
+                        *guard = Some(Token::new(tok.clone()));
+                        return Ok(tok);
+                    }
+                    Ok(r) if self.inner.credentials.password_login().is_none() => {
+                        return Err(RemoteError::Auth(format!(
+                            "token refresh refused ({}): {}",
+                            r.status,
+                            ApiError::parse(&r.body).message
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let Some((coll, identity, password)) = self.inner.credentials.password_login() else {
+            return guard
+                .as_ref()
+                .map(|t| t.value.clone())
+                .ok_or_else(|| RemoteError::Auth("no token".into()));
+        };
+        let url = format!(
+            "{}/api/collections/{}/auth-with-password",
+            self.inner.base, coll
+        );
+        let body = serde_json::json!({ "identity": identity, "password": password });
+        let r = self
+            .send(self.inner.http.post(url).json(&body), "auth-with-password")
+            .await?;
+        if r.status.is_server_error() || r.status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(RemoteError::Transient(format!("login: {}", r.status)));
+        }
+        if !r.status.is_success() {
+            return Err(RemoteError::Auth(format!(
+                "login to {coll} as {identity} refused ({}): {}",
+                r.status,
+                ApiError::parse(&r.body).message
+            )));
+        }
+        let tok = token_of(&r, "auth-with-password")?;
+        *guard = Some(Token::new(tok.clone()));
+        Ok(tok)
+    }
+
+    /// Sends a request (no auth), reading the body up to the size limit.
+    pub(crate) async fn send(
+        &self,
+        req: RequestBuilder,
+        context: &str,
+    ) -> Result<Resp, RemoteError> {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        let mut resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let limit = self.inner.max_response_bytes;
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(ProtocolError::TooLarge {
+                context: context.into(),
+                limit,
+            }
+            .into());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > limit {
+                return Err(ProtocolError::TooLarge {
+                    context: context.into(),
+                    limit,
+                }
+                .into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Resp { status, body })
+    }
+
+    /// An authenticated call. 401 → one re-login (password credentials) then
+    /// `RemoteError::Auth`; 5xx/408/429 → `RemoteError::Transient`. Other statuses
+    /// are returned for the caller to interpret.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Resp, RemoteError> {
+        self.call_query(method, path_and_query, &[], body).await
+    }
+
+    pub(crate) async fn call_query(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Resp, RemoteError> {
+        let mut force = false;
+        for attempt in 0..2 {
+            let token = self.valid_token(force).await?;
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), format!("{}{}", self.inner.base, path))
+                .header("Authorization", token);
+            if !query.is_empty() {
+                req = req.query(query);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let r = self.send(req, path).await?;
+            if r.status == StatusCode::UNAUTHORIZED {
+                if attempt == 0 && self.inner.credentials.password_login().is_some() {
+                    force = true;
+                    continue;
+                }
+                return Err(RemoteError::Auth(format!(
+                    "{path}: {}",
+                    ApiError::parse(&r.body).message
+                )));
+            }
+            if r.status.is_server_error()
+                || r.status == StatusCode::TOO_MANY_REQUESTS
+                || r.status == StatusCode::REQUEST_TIMEOUT
+            {
+                return Err(RemoteError::Transient(format!(
+                    "{path}: {} {}",
+                    r.status,
+                    ApiError::parse(&r.body).message
+                )));
+            }
+            return Ok(r);
+        }
+        Err(RemoteError::Auth(format!("{path}: unauthorized")))
+    }
+
+    /// Confirms the token is still valid (the head route requires auth); an invalid
+    /// one surfaces as `RemoteError::Auth`. Called before reporting "not found" or
+    /// "rejected", which PocketBase also answers to a token it treated as a guest.
+    pub(crate) async fn verify_auth(&self) -> Result<(), RemoteError> {
+        self.head().await.map(|_| ())
+    }
+}
+
+fn token_of(r: &Resp, ctx: &str) -> Result<String, RemoteError> {
+    let v = r.json(ctx)?;
+    v.get("token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ProtocolError::Field {
+                context: ctx.into(),
+                field: "token".into(),
+            }
+            .into()
+        })
+}
+
+/// A 2xx JSON body, or the error the status means.
+pub(crate) fn expect_ok(r: &Resp, ctx: &str) -> Result<Value, RemoteError> {
+    if r.status.is_success() {
+        return Ok(r.json(ctx)?);
+    }
+    let e = ApiError::parse(&r.body);
+    Err(match r.status {
+        StatusCode::FORBIDDEN => RemoteError::Permanent(format!("{ctx}: forbidden: {}", e.message)),
+        s => RemoteError::Permanent(format!("{ctx}: {s}: {}", e.message)),
+    })
+}
+
+#[async_trait]
+impl RemoteStore for PocketBaseRemote {
+    async fn pull(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Page, RemoteError> {
+        self.pull_page(since, limit, mode).await
+    }
+
+    async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
+        self.push_changes(changes).await
+    }
+
+    async fn fetch(
+        &self,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Option<RemoteState>, RemoteError> {
+        self.fetch_state(collection, id).await
+    }
+
+    fn max_push_batch(&self) -> usize {
+        self.inner.batch_max.load(Ordering::Relaxed).max(1)
+    }
+}

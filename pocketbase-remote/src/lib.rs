@@ -1,0 +1,44 @@
+//! # pocketbase-remote — tidemark's [`RemoteStore`] over PocketBase
+//!
+//! [`PocketBaseRemote`] talks to a stock PocketBase (0.40.x) that runs the JS
+//! extension shipped in this crate's `server/` folder (`pb_hooks`, `pb_migrations`).
+//! The protocol is described in the crate's README; in short:
+//!
+//! - **pull**: `GET /api/tidemark/head` (one round trip when nothing changed), then
+//!   PocketBase's own list API per synced collection and for `tm_tombstones`, filtered
+//!   by `tm_seq` and sorted by it, so each collection's own list rule decides what the
+//!   caller sees;
+//! - **push**: `/api/batch` in chunks of the server's `maxRequests`; each upsert carries
+//!   `tm_push = "<base>:<change id>"`, each delete `?tm=<base>:<change id>`; the hooks
+//!   assign the seq inside the write's transaction, refuse stale bases (conflict) and
+//!   recognise retried deliveries (idempotency);
+//! - **realtime**: [`PocketBaseRemote::subscribe`] turns PocketBase's SSE events into
+//!   "changes available" hints; correctness never depends on them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sync_traits::RemoteError> {
+//! use pocketbase_remote::PocketBaseRemote;
+//! let remote = PocketBaseRemote::builder("http://127.0.0.1:8090")
+//!     .user("users", "alice@example.com", "secret-password")
+//!     .connect()
+//!     .await?;
+//! # let _ = remote; Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod auth;
+mod client;
+mod error;
+#[cfg(feature = "test-harness")]
+pub mod harness;
+mod pull;
+mod push;
+mod realtime;
+
+pub use auth::Credentials;
+pub use client::{Builder, Head, PocketBaseRemote};
+pub use error::ProtocolError;
+pub use realtime::Hints;
+
+/// Name of the tombstones collection created by the server migration.
+pub const TOMBSTONES: &str = "tm_tombstones";

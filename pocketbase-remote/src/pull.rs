@@ -1,0 +1,347 @@
+//! Pull (consistent multi-collection cut over PocketBase's list API) and fetch.
+
+use std::collections::HashSet;
+
+use futures_util::future::try_join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{Map, Value};
+use sync_traits::{
+    ChangeId, Fields, Page, PullMode, RecordId, RemoteChange, RemoteError, RemoteState, Version,
+    Watermark,
+};
+use tracing::warn;
+
+use crate::client::{check_collection_name, expect_ok, PocketBaseRemote};
+use crate::error::ProtocolError;
+use crate::TOMBSTONES;
+
+/// PocketBase clamps `perPage` to this.
+pub(crate) const MAX_PER_PAGE: usize = 1000;
+
+/// Members of a record response that are not record fields.
+const META: &[&str] = &[
+    "id",
+    "collectionId",
+    "collectionName",
+    "expand",
+    "tm_seq",
+    "tm_cid",
+    "tm_push",
+];
+
+/// One pulled item before merging: seq, whether it is a live record (wins over a
+/// tombstone with the same seq), the change.
+struct Item {
+    seq: u64,
+    live: bool,
+    change: RemoteChange,
+}
+
+/// Splits a record body into its fields and sync metadata.
+pub(crate) fn record_state(v: &Value, ctx: &str) -> Result<(RecordId, RemoteState), ProtocolError> {
+    let obj = v.as_object().ok_or_else(|| ProtocolError::Invalid {
+        context: ctx.into(),
+        message: "record is not an object".into(),
+    })?;
+    let id = parse_id(obj, "id", ctx)?;
+    let seq = obj
+        .get("tm_seq")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| field(ctx, "tm_seq"))?;
+    let fields: Fields = obj
+        .iter()
+        .filter(|(k, _)| !META.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((
+        id,
+        RemoteState {
+            version: Version(seq),
+            fields: Some(fields),
+            change_id: change_id(obj),
+        },
+    ))
+}
+
+/// A tombstone body → (collection, id, state).
+fn tombstone_state(v: &Value, ctx: &str) -> Result<(String, RecordId, RemoteState), ProtocolError> {
+    let obj = v.as_object().ok_or_else(|| ProtocolError::Invalid {
+        context: ctx.into(),
+        message: "tombstone is not an object".into(),
+    })?;
+    let coll = obj
+        .get("coll")
+        .and_then(Value::as_str)
+        .filter(|c| check_collection_name(c).is_ok())
+        .ok_or_else(|| field(ctx, "coll"))?;
+    let id = parse_id(obj, "rid", ctx)?;
+    let seq = obj
+        .get("tm_seq")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| field(ctx, "tm_seq"))?;
+    Ok((
+        coll.to_owned(),
+        id,
+        RemoteState {
+            version: Version(seq),
+            fields: None,
+            change_id: change_id(obj),
+        },
+    ))
+}
+
+pub(crate) fn change_id(obj: &Map<String, Value>) -> Option<ChangeId> {
+    obj.get("tm_cid")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .and_then(|s| ChangeId::parse(s).ok())
+}
+
+fn parse_id(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<RecordId, ProtocolError> {
+    obj.get(key)
+        .and_then(Value::as_str)
+        .and_then(|s| RecordId::parse(s).ok())
+        .ok_or_else(|| field(ctx, key))
+}
+
+pub(crate) fn field(ctx: &str, f: &str) -> ProtocolError {
+    ProtocolError::Field {
+        context: ctx.into(),
+        field: f.into(),
+    }
+}
+
+impl PocketBaseRemote {
+    pub(crate) async fn pull_page(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Page, RemoteError> {
+        let head = self.head().await?;
+        if since > head.head {
+            // The server lost history (e.g. restored from a backup): start over.
+            return Err(RemoteError::WatermarkExpired {
+                since,
+                horizon: head.horizon,
+            });
+        }
+        if mode == PullMode::Incremental && since.0 > 0 && since < head.horizon {
+            return Err(RemoteError::WatermarkExpired {
+                since,
+                horizon: head.horizon,
+            });
+        }
+        if since == head.head {
+            return Ok(Page {
+                changes: Vec::new(),
+                watermark: since,
+                more: false,
+            });
+        }
+        let h = head.head.0;
+        let per = limit.clamp(1, MAX_PER_PAGE);
+        let mut sources: Vec<(String, bool)> =
+            self.collections().into_iter().map(|c| (c, false)).collect();
+        sources.push((TOMBSTONES.to_owned(), true));
+        let lists = try_join_all(
+            sources
+                .iter()
+                .map(|(name, tomb)| self.list_range(name, *tomb, since.0, h, per, head.superuser)),
+        )
+        .await?;
+
+        // Consistent cut: everything <= w is complete in every source.
+        let mut w = h;
+        for items in &lists {
+            if items.len() >= per {
+                if let Some(last) = items.last() {
+                    w = w.min(last.seq);
+                }
+            }
+        }
+        let mut all: Vec<Item> = lists.into_iter().flatten().filter(|i| i.seq <= w).collect();
+        all.sort_by_key(|i| (i.seq, i.live));
+        if all.len() > limit.max(1) {
+            let lim = limit.max(1);
+            let s = all[lim - 1].seq;
+            let cut = if all[lim].seq == s {
+                let first = all.iter().position(|i| i.seq == s).unwrap_or(0);
+                if first == 0 {
+                    all.iter().position(|i| i.seq > s).unwrap_or(all.len())
+                } else {
+                    first
+                }
+            } else {
+                lim
+            };
+            all.truncate(cut);
+            w = all.last().map(|i| i.seq).unwrap_or(since.0);
+        }
+        // A record appears once, with its newest state in the page.
+        let mut seen = HashSet::new();
+        let mut changes: Vec<RemoteChange> = all
+            .into_iter()
+            .rev()
+            .filter(|i| seen.insert((i.change.collection.clone(), i.change.id.clone())))
+            .map(|i| i.change)
+            .collect();
+        changes.reverse();
+        Ok(Page {
+            changes,
+            watermark: Watermark(w),
+            more: w < h,
+        })
+    }
+
+    /// One source's changes with `since < tm_seq <= head`, ascending, at most `per`.
+    async fn list_range(
+        &self,
+        name: &str,
+        tombstones: bool,
+        since: u64,
+        head: u64,
+        per: usize,
+        superuser: bool,
+    ) -> Result<Vec<Item>, RemoteError> {
+        let mut filter = format!("(tm_seq>{since} && tm_seq<={head})");
+        if tombstones && superuser {
+            // A superuser sees the record itself; "left your view" tombstones are
+            // for the old owner only.
+            filter.push_str(" && moved=false");
+        }
+        let ctx = format!("list {name}");
+        let path = format!("/api/collections/{name}/records");
+        let q = [
+            ("filter", filter),
+            ("sort", "tm_seq".to_owned()),
+            ("perPage", per.to_string()),
+            ("page", "1".to_owned()),
+            ("skipTotal", "1".to_owned()),
+        ];
+        let r = self.call_query(Method::GET, &path, &q, None).await?;
+        if r.status == StatusCode::FORBIDDEN {
+            warn!(
+                collection = name,
+                "list refused; treating the collection as invisible"
+            );
+            return Ok(Vec::new());
+        }
+        if r.status == StatusCode::NOT_FOUND || r.status == StatusCode::BAD_REQUEST {
+            return Err(RemoteError::Permanent(format!(
+                "{ctx}: {} (is the collection synced, with a tm_seq field?)",
+                r.status
+            )));
+        }
+        let v = expect_ok(&r, &ctx)?;
+        let items = v
+            .get("items")
+            .and_then(Value::as_array)
+            .ok_or_else(|| field(&ctx, "items"))?;
+        if items.len() > per {
+            return Err(ProtocolError::Invalid {
+                context: ctx,
+                message: format!("{} items for perPage {per}", items.len()),
+            }
+            .into());
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut prev = since;
+        for it in items {
+            let (collection, id, state) = if tombstones {
+                tombstone_state(it, &ctx)?
+            } else {
+                let (id, st) = record_state(it, &ctx)?;
+                (name.to_owned(), id, st)
+            };
+            let seq = state.version.0;
+            if seq <= since || seq > head || seq < prev {
+                return Err(ProtocolError::Invalid {
+                    context: ctx,
+                    message: format!("seq {seq} out of order or outside ({since}, {head}]"),
+                }
+                .into());
+            }
+            prev = seq;
+            out.push(Item {
+                seq,
+                live: !tombstones,
+                change: RemoteChange {
+                    collection,
+                    id,
+                    state,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn fetch_state(
+        &self,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Option<RemoteState>, RemoteError> {
+        check_collection_name(collection)?;
+        let ctx = format!("fetch {collection}/{id}");
+        let r = self
+            .call(
+                Method::GET,
+                &format!("/api/collections/{collection}/records/{id}"),
+                None,
+            )
+            .await?;
+        if r.status.is_success() {
+            let (got, st) = record_state(&r.json(&ctx)?, &ctx)?;
+            if &got != id {
+                return Err(ProtocolError::Invalid {
+                    context: ctx,
+                    message: format!("server answered record {got}"),
+                }
+                .into());
+            }
+            return Ok(Some(st));
+        }
+        if r.status != StatusCode::NOT_FOUND && r.status != StatusCode::FORBIDDEN {
+            expect_ok(&r, &ctx)?;
+        }
+        match self.tombstone_of(collection, id).await? {
+            Some(t) => Ok(Some(t)),
+            None => {
+                self.verify_auth().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The newest tombstone of a record visible to the caller.
+    pub(crate) async fn tombstone_of(
+        &self,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Option<RemoteState>, RemoteError> {
+        let ctx = format!("tombstone {collection}/{id}");
+        let q = [
+            ("filter", format!("(coll='{collection}' && rid='{id}')")),
+            ("sort", "-tm_seq".to_owned()),
+            ("perPage", "1".to_owned()),
+            ("skipTotal", "1".to_owned()),
+        ];
+        let r = self
+            .call_query(
+                Method::GET,
+                &format!("/api/collections/{TOMBSTONES}/records"),
+                &q,
+                None,
+            )
+            .await?;
+        let v = expect_ok(&r, &ctx)?;
+        let items = v
+            .get("items")
+            .and_then(Value::as_array)
+            .ok_or_else(|| field(&ctx, "items"))?;
+        match items.first() {
+            None => Ok(None),
+            Some(t) => Ok(Some(tombstone_state(t, &ctx)?.2)),
+        }
+    }
+}
