@@ -1,0 +1,683 @@
+//! RemoteStore behaviour against a real PocketBase 0.40.6 running the tidemark
+//! extension (started by `pocketbase_remote::harness::TestServer`).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pocketbase_remote::harness::{TestServer, USER_PASSWORD};
+use pocketbase_remote::PocketBaseRemote;
+use serde_json::json;
+use sync_traits::{new_id, PullMode, PushOutcome, RemoteError, RemoteStore, Watermark};
+
+async fn two_users(
+    srv: &TestServer,
+) -> (
+    sync_traits::RecordId,
+    PocketBaseRemote,
+    sync_traits::RecordId,
+    PocketBaseRemote,
+) {
+    let a = srv.create_user("a@t.io").await;
+    let b = srv.create_user("b@t.io").await;
+    (a, srv.user("a@t.io").await, b, srv.user("b@t.io").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
+    let srv = TestServer::start();
+    let (a, ra, b, rb) = two_users(&srv).await;
+    let admin = srv.superuser().await;
+    let done = Arc::new(AtomicBool::new(false));
+
+    // A poller pulls while the writers run; it must not skip anything.
+    let poller = {
+        let admin = admin.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut wm = Watermark(0);
+            let mut seen = HashSet::new();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let p = admin
+                    .pull(wm, 200, PullMode::Incremental)
+                    .await
+                    .expect("pull");
+                for c in &p.changes {
+                    seen.insert(c.id.clone());
+                }
+                wm = p.watermark;
+                if finished && !p.more {
+                    return (wm, seen);
+                }
+                if !p.more {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+
+    let mut writers = Vec::new();
+    // Batch writers through the remote.
+    for (uid, r) in [(a.clone(), ra.clone()), (b.clone(), rb.clone())] {
+        writers.push(tokio::spawn(async move {
+            let mut c = Client::new();
+            let mut n = 0;
+            for round in 0..15 {
+                let batch: Vec<_> = (0..40)
+                    .map(|i| {
+                        c.upsert(
+                            "songs",
+                            &new_id(),
+                            None,
+                            song(&format!("b{round}-{i}"), i, &uid),
+                        )
+                    })
+                    .collect();
+                n += batch.len();
+                for o in r.push(batch).await.expect("push") {
+                    applied(&o);
+                }
+            }
+            n
+        }));
+    }
+    // Single REST creates (plain PocketBase writes, no tidemark metadata).
+    for (uid, email) in [(a.clone(), "a@t.io"), (b.clone(), "b@t.io")] {
+        let url = srv.url().to_owned();
+        writers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let auth: serde_json::Value = http
+                .post(format!("{url}/api/collections/users/auth-with-password"))
+                .json(&json!({"identity": email, "password": USER_PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let token = auth["token"].as_str().unwrap().to_owned();
+            for i in 0..150 {
+                let coll = if i % 2 == 0 { "songs" } else { "friends" };
+                let body = if coll == "songs" {
+                    json!({"title": format!("r{i}"), "owner": uid.as_str()})
+                } else {
+                    json!({"name": format!("r{i}"), "owner": uid.as_str()})
+                };
+                let r = http
+                    .post(format!("{url}/api/collections/{coll}/records"))
+                    .header("Authorization", &token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+            }
+            150
+        }));
+    }
+    let mut total = 0;
+    for w in writers {
+        total += w.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let (wm, seen) = poller.await.unwrap();
+
+    let head = admin.head().await.unwrap();
+    assert_eq!(head.head.0 as usize, total, "one seq per write");
+    assert_eq!(wm, head.head);
+    assert_eq!(seen.len(), total, "the concurrent poller skipped changes");
+
+    let mut seqs: Vec<u64> = pull_all(&admin, 0, 1000)
+        .await
+        .iter()
+        .flat_map(|p| p.changes.iter().map(|c| c.state.version.0))
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "seqs unique and gap-free"
+    );
+}
+
+#[tokio::test]
+async fn stale_base_is_a_conflict_with_the_current_state() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let (mut x, mut y) = (Client::new(), Client::new());
+    let id = new_id();
+    let v1 = applied(
+        &ra.push(vec![x.upsert("songs", &id, None, song("one", 1, &a))])
+            .await
+            .unwrap()[0],
+    );
+    let xc = x.upsert("songs", &id, Some(v1), song("two", 2, &a));
+    let x_cid = xc.change_id.clone();
+    let v2 = applied(&ra.push(vec![xc]).await.unwrap()[0]);
+    assert!(v2 > v1);
+
+    // y still thinks the record is at v1.
+    let out = ra
+        .push(vec![
+            y.upsert("songs", &id, Some(v1), song("mine", 3, &a)),
+            y.delete("songs", &id, v1),
+            y.upsert("songs", &id, None, song("create", 4, &a)),
+        ])
+        .await
+        .unwrap();
+    for o in &out {
+        match o {
+            PushOutcome::Conflict { current } => {
+                assert_eq!(current.version.0, v2);
+                assert_eq!(current.change_id.as_ref(), Some(&x_cid));
+                let f = current.fields.as_ref().expect("live");
+                assert_eq!(f["title"], "two");
+                assert_eq!(f["order"], 2);
+                assert!(!f.contains_key("tm_seq") && !f.contains_key("tm_push"));
+            }
+            other => panic!("expected conflict, got {other:?}"),
+        }
+    }
+    // Nothing was written.
+    let st = ra.fetch("songs", &id).await.unwrap().unwrap();
+    assert_eq!(st.version.0, v2);
+    assert_eq!(st.fields.unwrap()["title"], "two");
+
+    // Delete at the right base, then a stale update meets the tombstone.
+    let d = applied(&ra.push(vec![x.delete("songs", &id, v2)]).await.unwrap()[0]);
+    let out = ra
+        .push(vec![y.upsert("songs", &id, Some(v2), song("late", 5, &a))])
+        .await
+        .unwrap();
+    match &out[0] {
+        PushOutcome::Conflict { current } => {
+            assert_eq!(current.version.0, d);
+            assert!(current.fields.is_none());
+        }
+        other => panic!("expected tombstone conflict, got {other:?}"),
+    }
+    // A create (no base) also meets the tombstone; re-creating on top of it works.
+    assert!(matches!(
+        ra.push(vec![y.upsert("songs", &id, None, song("again", 6, &a))])
+            .await
+            .unwrap()[0],
+        PushOutcome::Conflict { .. }
+    ));
+    let v3 = applied(
+        &ra.push(vec![y.upsert("songs", &id, Some(d), song("again", 6, &a))])
+            .await
+            .unwrap()[0],
+    );
+    assert!(v3 > d);
+    assert_eq!(
+        ra.fetch("songs", &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .fields
+            .unwrap()["title"],
+        "again"
+    );
+}
+
+#[tokio::test]
+async fn retried_push_is_idempotent() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut x = Client::new();
+    let (id1, id2, id3) = (new_id(), new_id(), new_id());
+    let setup = ra
+        .push(vec![
+            x.upsert("songs", &id2, None, song("u", 1, &a)),
+            x.upsert(
+                "friends",
+                &id3,
+                None,
+                sync_traits::Fields::from_iter([
+                    ("name".to_owned(), json!("f")),
+                    ("owner".to_owned(), json!(a.as_str())),
+                ]),
+            ),
+        ])
+        .await
+        .unwrap();
+    let (b2, b3) = (applied(&setup[0]), applied(&setup[1]));
+
+    let batch = vec![
+        x.upsert("songs", &id1, None, song("new", 1, &a)),
+        x.upsert("songs", &id2, Some(b2), song("upd", 2, &a)),
+        x.delete("friends", &id3, b3),
+    ];
+    let first = ra.push(batch.clone()).await.unwrap();
+    let head = ra.head().await.unwrap().head;
+    // The response was "lost": the same changes are delivered again.
+    let second = ra.push(batch.clone()).await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(ra.head().await.unwrap().head, head, "nothing applied twice");
+    for o in &first {
+        applied(o);
+    }
+
+    // Even after someone else wrote on top, a late retry answers the version it produced.
+    let mut y = Client::new();
+    let v_upd = applied(&first[1]);
+    applied(
+        &ra.push(vec![y.upsert("songs", &id2, Some(v_upd), song("y", 9, &a))])
+            .await
+            .unwrap()[0],
+    );
+    let third = ra.push(vec![batch[1].clone()]).await.unwrap();
+    assert_eq!(third[0], first[1]);
+    // And a retried create after the record was deleted by someone else.
+    let v_new = applied(&first[0]);
+    applied(&ra.push(vec![y.delete("songs", &id1, v_new)]).await.unwrap()[0]);
+    assert_eq!(ra.push(vec![batch[0].clone()]).await.unwrap()[0], first[0]);
+}
+
+#[tokio::test]
+async fn users_see_only_their_records_and_tombstones_do_not_leak() {
+    let srv = TestServer::start();
+    let (a, ra, b, rb) = two_users(&srv).await;
+    let (mut ca, mut cb) = (Client::new(), Client::new());
+    let ids_a: Vec<_> = (0..5).map(|_| new_id()).collect();
+    let ids_b: Vec<_> = (0..3).map(|_| new_id()).collect();
+    let va: Vec<u64> = ra
+        .push(
+            ids_a
+                .iter()
+                .map(|id| ca.upsert("songs", id, None, song("a", 1, &a)))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(applied)
+        .collect();
+    rb.push(
+        ids_b
+            .iter()
+            .map(|id| cb.upsert("songs", id, None, song("b", 1, &b)))
+            .collect(),
+    )
+    .await
+    .unwrap()
+    .iter()
+    .for_each(|o| {
+        applied(o);
+    });
+    applied(
+        &ra.push(vec![ca.delete("songs", &ids_a[0], va[0])])
+            .await
+            .unwrap()[0],
+    );
+
+    let seen_b: HashSet<_> = pull_all(&rb, 0, 1000)
+        .await
+        .into_iter()
+        .flat_map(|p| p.changes)
+        .map(|c| {
+            assert!(c.state.fields.is_some(), "b got a tombstone: {c:?}");
+            c.id
+        })
+        .collect();
+    assert_eq!(seen_b, ids_b.iter().cloned().collect());
+    let seen_a: Vec<_> = pull_all(&ra, 0, 1000)
+        .await
+        .into_iter()
+        .flat_map(|p| p.changes)
+        .collect();
+    assert_eq!(seen_a.len(), 5);
+    assert!(seen_a
+        .iter()
+        .any(|c| c.id == ids_a[0] && c.state.fields.is_none()));
+
+    // B can neither read nor overwrite A's records.
+    assert_eq!(rb.fetch("songs", &ids_a[1]).await.unwrap(), None);
+    assert_eq!(
+        rb.fetch("songs", &ids_a[0]).await.unwrap(),
+        None,
+        "tombstone visible to b"
+    );
+    let out = rb
+        .push(vec![cb.upsert(
+            "songs",
+            &ids_a[1],
+            Some(va[1]),
+            song("hijack", 9, &b),
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], PushOutcome::Rejected(_)), "{out:?}");
+    let out = rb
+        .push(vec![cb.delete("songs", &ids_a[1], va[1])])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], PushOutcome::Rejected(_)), "{out:?}");
+    assert_eq!(
+        ra.fetch("songs", &ids_a[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .fields
+            .unwrap()["title"],
+        "a"
+    );
+    // Creating a record owned by someone else is refused by the create rule.
+    let out = rb
+        .push(vec![cb.upsert("songs", &new_id(), None, song("x", 1, &a))])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], PushOutcome::Rejected(_)), "{out:?}");
+}
+
+#[tokio::test]
+async fn owner_change_removes_the_record_from_the_old_owners_pull() {
+    let srv = TestServer::start();
+    let (a, ra, b, rb) = two_users(&srv).await;
+    let admin = srv.superuser().await;
+    let mut ca = Client::new();
+    let id = new_id();
+    let v1 = applied(
+        &ra.push(vec![ca.upsert("songs", &id, None, song("gift", 1, &a))])
+            .await
+            .unwrap()[0],
+    );
+    let wm = pull_all(&ra, 0, 100).await.last().unwrap().watermark;
+    let v2 = applied(
+        &ra.push(vec![ca.upsert("songs", &id, Some(v1), song("gift", 1, &b))])
+            .await
+            .unwrap()[0],
+    );
+
+    let after: Vec<_> = pull_all(&ra, wm.0, 100)
+        .await
+        .into_iter()
+        .flat_map(|p| p.changes)
+        .collect();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].id, id);
+    assert_eq!(after[0].state.version.0, v2);
+    assert!(
+        after[0].state.fields.is_none(),
+        "old owner must get a tombstone"
+    );
+
+    let for_b: Vec<_> = pull_all(&rb, 0, 100)
+        .await
+        .into_iter()
+        .flat_map(|p| p.changes)
+        .collect();
+    assert_eq!(for_b.len(), 1);
+    assert_eq!(for_b[0].state.fields.as_ref().unwrap()["owner"], b.as_str());
+
+    // A superuser sees the live record, not the "left your view" tombstone.
+    let for_admin: Vec<_> = pull_all(&admin, 0, 100)
+        .await
+        .into_iter()
+        .flat_map(|p| p.changes)
+        .collect();
+    assert_eq!(for_admin.len(), 1);
+    assert!(for_admin[0].state.fields.is_some());
+}
+
+#[tokio::test]
+async fn watermark_below_the_horizon_expires_after_compaction() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let admin = srv.superuser().await;
+    let mut ca = Client::new();
+    let ids: Vec<_> = (0..3).map(|_| new_id()).collect();
+    let v: Vec<u64> = ra
+        .push(
+            ids.iter()
+                .map(|id| ca.upsert("songs", id, None, song("s", 1, &a)))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(applied)
+        .collect();
+    let d = applied(
+        &ra.push(vec![ca.delete("songs", &ids[0], v[0])])
+            .await
+            .unwrap()[0],
+    );
+    assert_eq!(ra.head().await.unwrap().horizon, Watermark(0));
+
+    let horizon = admin.compact(Duration::ZERO).await.unwrap();
+    assert_eq!(horizon, Watermark(d));
+    assert_eq!(ra.head().await.unwrap().horizon, Watermark(d));
+
+    match ra.pull(Watermark(1), 100, PullMode::Incremental).await {
+        Err(RemoteError::WatermarkExpired { since, horizon }) => {
+            assert_eq!(since, Watermark(1));
+            assert_eq!(horizon, Watermark(d));
+        }
+        other => panic!("expected WatermarkExpired, got {other:?}"),
+    }
+    // From zero, in resync mode and at the horizon, pulling works.
+    let p = ra
+        .pull(Watermark(0), 100, PullMode::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(p.changes.len(), 2, "{p:?}");
+    let p = ra.pull(Watermark(1), 100, PullMode::Resync).await.unwrap();
+    assert_eq!(p.changes.len(), 2);
+    let p = ra
+        .pull(Watermark(d), 100, PullMode::Incremental)
+        .await
+        .unwrap();
+    assert!(p.changes.is_empty() && !p.more);
+    // Users cannot compact.
+    assert!(ra.compact(Duration::ZERO).await.is_err());
+}
+
+#[tokio::test]
+async fn one_bad_record_does_not_block_the_batch() {
+    let srv = TestServer::start();
+    let (a, ra, b, _) = two_users(&srv).await;
+    let admin = srv.superuser().await;
+    let mut c = Client::new();
+    // Superuser: a relation to a user that does not exist fails validation.
+    let ghost = new_id();
+    let batch: Vec<_> = (0..20)
+        .map(|i| {
+            let owner = if i == 7 || i == 13 { &ghost } else { &a };
+            c.upsert("songs", &new_id(), None, song(&format!("s{i}"), i, owner))
+        })
+        .collect();
+    let out = admin.push(batch).await.unwrap();
+    assert_eq!(out.len(), 20);
+    for (i, o) in out.iter().enumerate() {
+        if i == 7 || i == 13 {
+            match o {
+                PushOutcome::Rejected(r) => assert!(r.fields.contains_key("owner"), "{r:?}"),
+                other => panic!("{i}: expected rejection, got {other:?}"),
+            }
+        } else {
+            applied(o);
+        }
+    }
+    // A user: the create rule refuses a record owned by someone else.
+    let batch: Vec<_> = (0..10)
+        .map(|i| {
+            c.upsert(
+                "songs",
+                &new_id(),
+                None,
+                song("u", i, if i == 3 { &b } else { &a }),
+            )
+        })
+        .collect();
+    let out = ra.push(batch).await.unwrap();
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(matches!(o, PushOutcome::Rejected(_)), i == 3, "{i}: {o:?}");
+    }
+    assert_eq!(
+        pull_all(&ra, 0, 1000)
+            .await
+            .iter()
+            .map(|p| p.changes.len())
+            .sum::<usize>(),
+        18 + 9
+    );
+}
+
+#[tokio::test]
+async fn invalid_credentials_are_auth_errors() {
+    let srv = TestServer::start();
+    srv.create_user("a@t.io").await;
+    let bad_token = PocketBaseRemote::builder(srv.url())
+        .token("not-a-valid-token")
+        .connect()
+        .await;
+    assert!(
+        matches!(bad_token, Err(RemoteError::Auth(_))),
+        "{bad_token:?}"
+    );
+    let bad_pw = PocketBaseRemote::builder(srv.url())
+        .user("users", "a@t.io", "wrong-password")
+        .connect()
+        .await;
+    assert!(matches!(bad_pw, Err(RemoteError::Auth(_))), "{bad_pw:?}");
+
+    // A token that was valid and is not any more (signed for another server/key):
+    // PocketBase would treat it as a guest; we report Auth instead of empty pulls.
+    let other = TestServer::start();
+    other.create_user("a@t.io").await;
+    let foreign = other.user("a@t.io").await.token().await.unwrap();
+    let r = PocketBaseRemote::builder(srv.url())
+        .token(foreign)
+        .connect()
+        .await;
+    assert!(matches!(r, Err(RemoteError::Auth(_))), "{r:?}");
+
+    // A working token-only remote works.
+    let tok = srv.user("a@t.io").await.token().await.unwrap();
+    let r = PocketBaseRemote::builder(srv.url())
+        .token(tok)
+        .connect()
+        .await
+        .unwrap();
+    r.pull(Watermark(0), 10, PullMode::Incremental)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_through_more_than_5000_records_in_two_collections() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut c = Client::new();
+    let mut expect = BTreeMap::new();
+    let mut batch = Vec::new();
+    for i in 0..5_600 {
+        let id = new_id();
+        let ch = if i % 8 == 0 {
+            c.upsert(
+                "friends",
+                &id,
+                None,
+                sync_traits::Fields::from_iter([
+                    ("name".to_owned(), json!(format!("f{i}"))),
+                    ("owner".to_owned(), json!(a.as_str())),
+                ]),
+            )
+        } else {
+            c.upsert("songs", &id, None, song(&format!("s{i}"), i, &a))
+        };
+        expect.insert(id, ());
+        batch.push(ch);
+    }
+    let out = ra.push(batch).await.unwrap();
+    assert_eq!(out.len(), 5_600);
+    out.iter().for_each(|o| {
+        applied(o);
+    });
+
+    for limit in [1000, 777] {
+        let pages = pull_all(&ra, 0, limit).await;
+        let mut last = 0;
+        let mut got = HashMap::new();
+        for p in &pages {
+            for ch in &p.changes {
+                assert!(ch.state.version.0 > last, "not ascending");
+                last = ch.state.version.0;
+                assert!(ch.state.version.0 <= p.watermark.0);
+                assert!(got.insert(ch.id.clone(), ()).is_none(), "duplicate");
+            }
+        }
+        assert_eq!(got.len(), 5_600, "limit {limit}");
+        assert!(pages.len() >= 5_600 / limit);
+    }
+}
+
+#[tokio::test]
+async fn a_sync_with_nothing_to_do_is_one_round_trip() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut c = Client::new();
+    ra.push(vec![c.upsert("songs", &new_id(), None, song("s", 1, &a))])
+        .await
+        .unwrap();
+    let wm = pull_all(&ra, 0, 100).await.last().unwrap().watermark;
+    let before = ra.requests_sent();
+    let p = ra.pull(wm, 100, PullMode::Incremental).await.unwrap();
+    assert!(p.changes.is_empty() && !p.more && p.watermark == wm);
+    assert_eq!(ra.requests_sent() - before, 1);
+}
+
+#[tokio::test]
+async fn fetch_returns_live_state_tombstone_or_none() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut c = Client::new();
+    let id = new_id();
+    assert_eq!(ra.fetch("songs", &id).await.unwrap(), None);
+    let ch = c.upsert("songs", &id, None, song("s", 1, &a));
+    let cid = ch.change_id.clone();
+    let v = applied(&ra.push(vec![ch]).await.unwrap()[0]);
+    let st = ra.fetch("songs", &id).await.unwrap().unwrap();
+    assert_eq!((st.version.0, st.change_id), (v, Some(cid)));
+    let del = c.delete("songs", &id, v);
+    let dcid = del.change_id.clone();
+    let d = applied(&ra.push(vec![del]).await.unwrap()[0]);
+    let st = ra.fetch("songs", &id).await.unwrap().unwrap();
+    assert_eq!(
+        (st.version.0, st.fields, st.change_id),
+        (d, None, Some(dcid))
+    );
+    assert!(ra.fetch("no such", &id).await.is_err());
+}
+
+#[tokio::test]
+async fn realtime_hint_arrives_after_a_write() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut hints = ra.subscribe();
+    // One hint right after connecting (events are not replayed).
+    tokio::time::timeout(Duration::from_secs(10), hints.next())
+        .await
+        .expect("connect hint");
+    while hints.try_next().is_some() {}
+    let writer = srv.user("a@t.io").await;
+    let mut c = Client::new();
+    writer
+        .push(vec![c.upsert(
+            "songs",
+            &new_id(),
+            None,
+            song("live", 1, &a),
+        )])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), hints.next())
+        .await
+        .expect("change hint");
+}
