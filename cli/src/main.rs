@@ -1,0 +1,209 @@
+//! `tidemark`: run the demo, start a local PocketBase with the tidemark extension,
+//! sync a local SQLite store with a PocketBase server, show a store's status.
+
+mod demo;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pocketbase_remote::PocketBaseRemote;
+use sync_traits::{LocalStore, SyncEngine, SyncEvent};
+use tidemark_backends::{CollectionSchema, Schema, SqliteStore};
+
+#[derive(Parser)]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Offline-first sync between a local store and PocketBase"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local PocketBase with the tidemark hooks, sync two offline clients
+    /// (an SQLite file and a sled database) through it, and print what happened.
+    Demo {
+        /// Use the in-memory fake server and in-memory stores instead (no PocketBase).
+        #[arg(long)]
+        offline: bool,
+        /// Where the demo's SQLite file goes.
+        #[arg(long, default_value = ".tidemark/demo.sqlite")]
+        db: PathBuf,
+    },
+    /// Run a local PocketBase with the tidemark hooks and migrations until Ctrl-C.
+    Serve,
+    /// Sync a local SQLite store (the demo's `songs`/`friends` schema) with a server.
+    Sync {
+        /// PocketBase URL.
+        #[arg(long, env = "TIDEMARK_URL")]
+        url: String,
+        /// Auth collection of the user (`_superusers` for a superuser).
+        #[arg(long, default_value = "users")]
+        collection: String,
+        /// Login.
+        #[arg(long, env = "TIDEMARK_EMAIL")]
+        email: String,
+        /// Password.
+        #[arg(long, env = "TIDEMARK_PASSWORD")]
+        password: String,
+        /// The SQLite file.
+        #[arg(long, default_value = ".tidemark/demo.sqlite")]
+        db: PathBuf,
+    },
+    /// Print a local store's sync state: watermark, outbox, quarantine, records.
+    Status {
+        /// The SQLite file.
+        #[arg(long, default_value = ".tidemark/demo.sqlite")]
+        db: PathBuf,
+    },
+}
+
+/// The demo schema: the seed project's songs and friends.
+pub(crate) fn demo_schema() -> Schema {
+    Schema::new()
+        .collection(
+            CollectionSchema::new("songs")
+                .text("title")
+                .text("artist")
+                .number("order")
+                .relation("owner"),
+        )
+        .collection(
+            CollectionSchema::new("friends")
+                .text("name")
+                .relation("owner"),
+        )
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Demo { offline: true, .. } => demo::offline().await,
+        Command::Demo { offline: false, db } => demo::pocketbase(&db).await,
+        Command::Serve => serve().await,
+        Command::Sync {
+            url,
+            collection,
+            email,
+            password,
+            db,
+        } => sync(&url, &collection, &email, &password, &db).await,
+        Command::Status { db } => status(&db).await,
+    }
+}
+
+async fn serve() -> Result<()> {
+    let server = pocketbase_remote::harness::TestServer::start();
+    println!("PocketBase with the tidemark extension at {}", server.url());
+    println!(
+        "superuser: {} / {}   admin UI: {}/_/",
+        pocketbase_remote::harness::ADMIN_EMAIL,
+        pocketbase_remote::harness::ADMIN_PASSWORD,
+        server.url()
+    );
+    println!("Ctrl-C to stop (the data directory is temporary).");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+fn open_sqlite(db: &std::path::Path) -> Result<SqliteStore> {
+    if let Some(dir) = db.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    SqliteStore::open(db, demo_schema()).with_context(|| format!("opening {}", db.display()))
+}
+
+async fn sync(
+    url: &str,
+    coll: &str,
+    email: &str,
+    password: &str,
+    db: &std::path::Path,
+) -> Result<()> {
+    let store = open_sqlite(db)?;
+    let builder = PocketBaseRemote::builder(url);
+    let builder = if coll == "_superusers" {
+        builder.superuser(email, password)
+    } else {
+        builder.user(coll, email, password)
+    };
+    let remote = builder
+        .connect()
+        .await
+        .context("connecting to PocketBase")?;
+    let engine = SyncEngine::new(store, remote);
+    let mut events = engine.subscribe();
+    let report = engine
+        .sync()
+        .await
+        .context("sync failed; local data is kept")?;
+    while let Ok(e) = events.try_recv() {
+        print_event(&e);
+    }
+    println!("{report:?}");
+    Ok(())
+}
+
+pub(crate) fn print_event(e: &SyncEvent) {
+    match e {
+        SyncEvent::Conflict {
+            local,
+            server,
+            resolution,
+        } => println!(
+            "      conflict on {}/{}: local change to {:?} met server version {} -> {}",
+            local.collection,
+            local.id,
+            local.changed,
+            server.version.0,
+            match resolution {
+                sync_traits::Resolution::TakeServer => "took the server's record",
+                sync_traits::Resolution::KeepLocal => "kept the local change",
+                sync_traits::Resolution::Replace(_) => "merged field by field",
+            }
+        ),
+        SyncEvent::Rejected { change, rejection } => println!(
+            "  rejected {}/{}: {} {:?} (kept in quarantine)",
+            change.collection, change.id, rejection.message, rejection.fields
+        ),
+        SyncEvent::ResyncStarted => println!("  watermark past the server's horizon: full resync"),
+        SyncEvent::ResyncFinished { removed } if *removed > 0 => {
+            println!("      resync done, {removed} stale records removed")
+        }
+        SyncEvent::ResyncFinished { .. } => {}
+        SyncEvent::Retrying { error, delay } => println!("  retrying in {delay:?}: {error}"),
+        SyncEvent::PushProgress { .. } | SyncEvent::PullProgress { .. } => {}
+    }
+}
+
+async fn status(db: &std::path::Path) -> Result<()> {
+    let store = open_sqlite(db)?;
+    let st = store.sync_state().await?;
+    println!("store:       {}", db.display());
+    println!("client id:   {}", store.client_id().await?);
+    println!(
+        "watermark:   {}{}",
+        st.watermark.0,
+        if st.resyncing {
+            " (resync in progress)"
+        } else {
+            ""
+        }
+    );
+    println!("outbox:      {} unpushed", store.pending_count().await?);
+    println!("quarantine:  {} refused", store.quarantined().await?.len());
+    for c in ["songs", "friends"] {
+        println!("{c:<12} {} records", store.list(c).await?.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Hand-made mutants of the engine and stores: each breaks one rule on purpose and
+must make the convergence property test fail. Run from the repo root:
+
+    python3 scripts/mutations.py            # all mutants
+    python3 scripts/mutations.py M1 M5      # some
+
+Works on a copy of sync-traits/ and tests/ in a temp dir; the tree is not touched.
+"""
+import os, shutil, subprocess, sys, tempfile
+
+E = "sync-traits/src/engine.rs"
+M = "sync-traits/src/testkit/memory.rs"
+F = "sync-traits/src/testkit/fake_remote.rs"
+
+MUTANTS = {
+    "M1 watermark advanced before the page is applied": (E,
+        "            let applied = self.local.apply_remote(&page).await?;",
+        "            let mark = Page { changes: vec![], watermark: page.watermark, more: page.more };\n"
+        "            self.local.apply_remote(&mark).await?;\n"
+        "            if page.more { self.remote.pull(page.watermark, limit, mode).await?; }\n"
+        "            let applied = self.local.apply_remote(&page).await?;"),
+    "M2 ack before the push succeeds": (E,
+        "        let outcomes = self\n            .retry(\"push\", || self.remote.push(changes.clone()))\n            .await?;",
+        "        self.local.ack(entries.iter().map(|e| Ack::Applied { collection: e.collection.clone(), id: e.id.clone(), change_id: e.change_id.clone(), version: crate::record::Version(0) }).collect()).await?;\n"
+        "        let outcomes = self\n            .retry(\"push\", || self.remote.push(changes.clone()))\n            .await?;"),
+    "M3 apply_remote overwrites records with unpushed writes": (M,
+        "            if g.outbox_index.contains_key(&key) {\n                report.deferred += 1;",
+        "            if false {\n                report.deferred += 1;"),
+    "M4 conflicts silently re-based (client wins, not reported)": (E,
+        "                        report.conflicts += 1;\n                        let resolution = self.policy.resolve(&entry, &current);",
+        "                        let resolution = Resolution::KeepLocal;"),
+    "M5 a conflict is taken as applied": (E,
+        "                    let own = current.change_id.as_ref().map(|c| &c.client) == Some(client);",
+        "                    let own = false;\n                    let entry = PendingChange { change_id: current.change_id.clone().unwrap_or(entry.change_id.clone()), ..entry };"),
+    "M6 remote forgets applied change ids (no idempotency)": (F,
+        "                if *n >= c.change_id.n {",
+        "                if *n >= c.change_id.n && false {"),
+    "M7 resync never removes records the server no longer has": (E,
+        "            let removed = self.local.finish_resync().await?;",
+        "            let removed = 0; let _ = &self.local;"),
+    "M8 begin_resync clears the outbox": (M,
+        "        g.watermark = Watermark(0);\n        g.resyncing = true;",
+        "        g.watermark = Watermark(0);\n        g.resyncing = true;\n        g.outbox.clear();\n        g.outbox_index.clear();"),
+    "M9 ack removes an entry superseded by a newer write": (M,
+        "                    match g.matching(&key, &change_id) {\n                        Some(seq) => g.remove_entry(&key, seq),",
+        "                    match g.outbox_index.get(&key).copied() {\n                        Some(seq) => g.remove_entry(&key, seq),"),
+    "M10 own earlier write treated as a foreign conflict": (E,
+        "                    let own = current.change_id.as_ref().map(|c| &c.client) == Some(client);",
+        "                    let own = false && current.change_id.as_ref().map(|c| &c.client) == Some(client);"),
+    "M11 apply_remote does not skip stale versions": (M,
+        "            if g.versions.get(&key).is_some_and(|v| *v >= c.state.version) {",
+        "            if false {"),
+    "M12 pull stops after the first page": (E,
+        "            if !page.more {\n                break;\n            }",
+        "            break;"),
+    "M13 fake skips the base-version check": (F,
+        "            Some(e) if c.base != Some(e.version) => {",
+        "            Some(e) if false && c.base != Some(e.version) => {"),
+}
+
+def main():
+    root = os.getcwd()
+    want = sys.argv[1:]
+    work = tempfile.mkdtemp(prefix="tidemark-mut-")
+    for d in ["sync-traits", "tests", "src", "benches"]:
+        shutil.copytree(os.path.join(root, d), os.path.join(work, d))
+    shutil.copy(os.path.join(root, "Cargo.lock"), work)
+    toml = open(os.path.join(root, "Cargo.toml")).read()
+    import re
+    toml = re.sub(r'members = \[[^\]]*\]', 'members = ["sync-traits"]', toml)
+    toml = re.sub(r'\n\[\[bench\]\][^\[]*', '\n', toml)
+    toml = re.sub(r'^tidemark-backends = \{ workspace = true.*$', '', toml, flags=re.M)
+    open(os.path.join(work, "Cargo.toml"), "w").write(toml)
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(root, "target", "mutants"),
+               PROPTEST_CASES=os.environ.get("PROPTEST_CASES", "256"))
+    results = []
+    for name, (path, old, new) in MUTANTS.items():
+        if want and name.split()[0] not in want:
+            continue
+        p = os.path.join(work, path)
+        orig = open(p).read()
+        assert old in orig, f"{name}: pattern not found"
+        open(p, "w").write(orig.replace(old, new, 1))
+        r = subprocess.run(["cargo", "test", "--release", "--test", "convergence", "--test", "engine_scenarios"],
+                           cwd=work, env=env, capture_output=True, text=True)
+        open(p, "w").write(orig)
+        out = r.stdout + r.stderr
+        if "error[" in out or "could not compile" in out:
+            verdict = "BUILD ERROR"
+        elif r.returncode != 0:
+            verdict = "caught"
+        else:
+            verdict = "MISSED"
+        why = ""
+        for line in out.splitlines():
+            if "Test failed:" in line or ("panicked at" in line and not why):
+                why = line.strip()[:160]
+        results.append((name, verdict, why))
+        print(f"{verdict:12} {name}  {why}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    missed = [r for r in results if r[1] != "caught"]
+    print(f"{len(results) - len(missed)} caught, {len(missed)} not caught")
+
+if __name__ == "__main__":
+    main()
