@@ -127,25 +127,15 @@ impl PocketBaseRemote {
     }
 }
 
+/// Cheap jitter (not security relevant): a randomly seeded hash of the clock.
 fn jitter_ms() -> u32 {
-    let mut b = [0u8; 4];
-    // Jitter only; a failure just means no jitter.
-    let _ = getrandom_fill(&mut b);
-    u32::from_le_bytes(b)
-}
-
-fn getrandom_fill(b: &mut [u8]) -> Result<(), ()> {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
+    h.write_u128(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| ())?
-            .as_nanos() as u64,
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
     );
-    let v = h.finish().to_le_bytes();
-    for (d, s) in b.iter_mut().zip(v.iter()) {
-        *d = *s;
-    }
-    Ok(())
+    h.finish() as u32
 }

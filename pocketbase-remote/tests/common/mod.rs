@@ -25,9 +25,18 @@ pub struct Client {
     pub n: u64,
 }
 
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Client {
     pub fn new() -> Self {
-        Self { id: new_id(), n: 0 }
+        Self {
+            id: new_id(),
+            n: 0,
+        }
     }
     pub fn cid(&mut self) -> ChangeId {
         self.n += 1;
