@@ -25,8 +25,14 @@ async fn two_devices_converge_through_pocketbase() {
     let d2 = SyncEngine::new(MemoryStore::new(), srv.user("a@t.io").await);
 
     let (s1, s2) = (new_id(), new_id());
-    d1.local().put(Record::new("songs", s1.clone(), song("one", 1, &a))).await.unwrap();
-    d1.local().put(Record::new("songs", s2.clone(), song("two", 2, &a))).await.unwrap();
+    d1.local()
+        .put(Record::new("songs", s1.clone(), song("one", 1, &a)))
+        .await
+        .unwrap();
+    d1.local()
+        .put(Record::new("songs", s2.clone(), song("two", 2, &a)))
+        .await
+        .unwrap();
     let r = d1.sync().await.unwrap();
     assert_eq!(r.pushed, 2);
     d2.sync().await.unwrap();
@@ -35,13 +41,22 @@ async fn two_devices_converge_through_pocketbase() {
     // Offline edits on both devices: non-overlapping fields of s1, a delete, a create.
     let mut f = d1.local().get("songs", &s1).await.unwrap().unwrap().fields;
     f.insert("title".into(), "one (d1)".into());
-    d1.local().put(Record::new("songs", s1.clone(), f)).await.unwrap();
+    d1.local()
+        .put(Record::new("songs", s1.clone(), f))
+        .await
+        .unwrap();
     let s3 = new_id();
-    d1.local().put(Record::new("songs", s3.clone(), song("three", 3, &a))).await.unwrap();
+    d1.local()
+        .put(Record::new("songs", s3.clone(), song("three", 3, &a)))
+        .await
+        .unwrap();
 
     let mut f = d2.local().get("songs", &s1).await.unwrap().unwrap().fields;
     f.insert("order".into(), 10.into());
-    d2.local().put(Record::new("songs", s1.clone(), f)).await.unwrap();
+    d2.local()
+        .put(Record::new("songs", s1.clone(), f))
+        .await
+        .unwrap();
     d2.local().delete("songs", &s2).await.unwrap();
 
     d1.sync().await.unwrap();
@@ -51,7 +66,10 @@ async fn two_devices_converge_through_pocketbase() {
     let r = d2.sync().await.unwrap();
     assert_eq!(r.remaining, 0);
 
-    let (l1, l2) = (local_snapshot(d1.local()).await, local_snapshot(d2.local()).await);
+    let (l1, l2) = (
+        local_snapshot(d1.local()).await,
+        local_snapshot(d2.local()).await,
+    );
     assert_eq!(l1, l2);
     assert_eq!(l1.len(), 2);
     let one = l1.iter().find(|r| r.id == s1).unwrap();
@@ -59,7 +77,11 @@ async fn two_devices_converge_through_pocketbase() {
     assert_eq!(one.fields["order"], 10);
 
     // And both equal the server as the user sees it.
-    let p = d1.remote().pull(Watermark(0), 1000, PullMode::Resync).await.unwrap();
+    let p = d1
+        .remote()
+        .pull(Watermark(0), 1000, PullMode::Resync)
+        .await
+        .unwrap();
     let mut server: Vec<Record> = p
         .changes
         .into_iter()
@@ -69,4 +91,61 @@ async fn two_devices_converge_through_pocketbase() {
     assert_eq!(server, l1);
     assert_eq!(d1.local().pending_count().await.unwrap(), 0);
     assert_eq!(d2.local().pending_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn lost_duplicated_and_crashed_pushes_converge_without_duplicates() {
+    use sync_traits::testkit::{Fault, Faulty};
+    use sync_traits::{RetryPolicy, SyncConfig};
+
+    let srv = TestServer::start();
+    let a = srv.create_user("a@t.io").await;
+    let config = SyncConfig {
+        retry: RetryPolicy::immediate(3),
+        push_batch: 7,
+        ..SyncConfig::default()
+    };
+    let remote = Faulty::new(srv.user("a@t.io").await);
+    let d1 = SyncEngine::new(MemoryStore::new(), remote.clone()).with_config(config.clone());
+    let d2 = SyncEngine::new(MemoryStore::new(), srv.user("a@t.io").await).with_config(config);
+
+    let ids: Vec<_> = (0..20).map(|_| new_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        d1.local()
+            .put(Record::new(
+                "songs",
+                id.clone(),
+                song(&format!("s{i}"), i as i64, &a),
+            ))
+            .await
+            .unwrap();
+    }
+    remote.on_push(Fault::LoseResponse);
+    remote.on_push(Fault::Duplicate);
+    remote.on_push(Fault::CrashAfter);
+    // The crash ends this sync; the "restarted" client syncs again.
+    assert!(d1.sync().await.is_err());
+    d1.sync().await.unwrap();
+    assert_eq!(d1.local().pending_count().await.unwrap(), 0);
+
+    // Edits and deletes through the same faults.
+    for id in &ids[..5] {
+        d1.local().delete("songs", id).await.unwrap();
+    }
+    remote.on_push(Fault::LoseResponse);
+    remote.on_push(Fault::Duplicate);
+    d1.sync().await.unwrap();
+    d2.sync().await.unwrap();
+
+    let head = d1.remote().inner().head().await.unwrap().head;
+    assert_eq!(
+        head,
+        Watermark(25),
+        "20 creates + 5 deletes, each applied once"
+    );
+    assert_eq!(
+        local_snapshot(d1.local()).await,
+        local_snapshot(d2.local()).await
+    );
+    assert_eq!(local_snapshot(d2.local()).await.len(), 15);
 }

@@ -33,10 +33,7 @@ impl Default for Client {
 
 impl Client {
     pub fn new() -> Self {
-        Self {
-            id: new_id(),
-            n: 0,
-        }
+        Self { id: new_id(), n: 0 }
     }
     pub fn cid(&mut self) -> ChangeId {
         self.n += 1;

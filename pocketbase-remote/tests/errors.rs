@@ -1,0 +1,220 @@
+//! What the client does with servers that misbehave: typed errors, never a panic.
+//! A tiny fake HTTP server on 127.0.0.1 answers canned responses.
+
+use std::sync::Arc;
+
+use pocketbase_remote::PocketBaseRemote;
+use serde_json::json;
+use sync_traits::{
+    new_id, ChangeId, Op, PullMode, PushChange, RemoteError, RemoteStore, Watermark,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
+
+/// Serves `handler(method, path)` on a local port; returns the base URL.
+async fn fake(handler: Handler) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let h = handler.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut tmp).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        let first = text.lines().next().unwrap_or("");
+                        let mut parts = first.split(' ');
+                        let (m, p) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                        let (status, body) = h(m, p.split('?').next().unwrap_or(""));
+                        let resp = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(resp.as_bytes()).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+const HEAD: &str =
+    r#"{"head":10,"horizon":0,"collections":["songs"],"batchMax":50,"superuser":false}"#;
+
+fn base(m: &str, p: &str) -> Option<(u16, String)> {
+    match (m, p) {
+        ("POST", p) if p.ends_with("/auth-with-password") => {
+            Some((200, json!({"token": "x.y.z", "record": {}}).to_string()))
+        }
+        ("GET", "/api/tidemark/head") => Some((200, HEAD.into())),
+        _ => None,
+    }
+}
+
+async fn connect(url: &str) -> PocketBaseRemote {
+    PocketBaseRemote::builder(url)
+        .user("users", "a@t.io", "pw")
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn change() -> PushChange {
+    PushChange {
+        change_id: ChangeId {
+            client: new_id(),
+            n: 1,
+        },
+        collection: "songs".into(),
+        id: new_id(),
+        base: None,
+        op: Op::Upsert(Default::default()),
+    }
+}
+
+#[tokio::test]
+async fn garbage_bodies_are_malformed() {
+    let url = fake(Arc::new(|m, p| {
+        base(m, p).unwrap_or_else(|| match p {
+            "/api/collections/songs/records" => (200, "{not json".into()),
+            "/api/batch" => (
+                200,
+                r#"[{"status":200,"body":{"tm_push":"","tm_seq":"seven"}}]"#.into(),
+            ),
+            _ => (200, r#"{"items":[]}"#.into()),
+        })
+    }))
+    .await;
+    let r = connect(&url).await;
+    let e = r
+        .pull(Watermark(0), 100, PullMode::Incremental)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::Malformed(_)), "{e:?}");
+    let e = r.push(vec![change()]).await.unwrap_err();
+    assert!(matches!(e, RemoteError::Malformed(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn out_of_window_seqs_and_wrong_reply_counts_are_malformed() {
+    let url = fake(Arc::new(|m, p| {
+        base(m, p).unwrap_or_else(|| match p {
+            "/api/collections/songs/records" => (
+                200,
+                json!({"items":[{"id": "aaaaaaaaaaaaaaa", "tm_seq": 99}]}).to_string(),
+            ),
+            "/api/batch" => (200, "[]".into()),
+            _ => (200, r#"{"items":[]}"#.into()),
+        })
+    }))
+    .await;
+    let r = connect(&url).await;
+    let e = r
+        .pull(Watermark(0), 100, PullMode::Incremental)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::Malformed(_)), "{e:?}");
+    let e = r.push(vec![change()]).await.unwrap_err();
+    assert!(matches!(e, RemoteError::Malformed(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn oversize_responses_are_too_large() {
+    let big = format!(r#"{{"items":[],"pad":"{}"}}"#, "x".repeat(200_000));
+    let url = fake(Arc::new(move |m, p| {
+        base(m, p).unwrap_or_else(|| (200, big.clone()))
+    }))
+    .await;
+    let r = PocketBaseRemote::builder(&url)
+        .user("users", "a@t.io", "pw")
+        .max_response_bytes(100_000)
+        .connect()
+        .await
+        .unwrap();
+    let e = r
+        .pull(Watermark(0), 100, PullMode::Incremental)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::TooLarge(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn server_errors_and_unreachable_servers_are_transient() {
+    let url = fake(Arc::new(|m, p| {
+        base(m, p).unwrap_or((503, r#"{"message":"busy","status":503,"data":{}}"#.into()))
+    }))
+    .await;
+    let r = connect(&url).await;
+    assert!(r
+        .pull(Watermark(0), 10, PullMode::Incremental)
+        .await
+        .unwrap_err()
+        .is_transient());
+    assert!(r.push(vec![change()]).await.unwrap_err().is_transient());
+
+    // A batch whose failing sub-request is a 5xx is transient as a whole.
+    let url = fake(Arc::new(|m, p| {
+        base(m, p).unwrap_or((400, json!({"status":400,"message":"Batch transaction failed.","data":{"requests":{"0":{"code":"batch_request_failed","response":{"status":500,"message":"boom","data":{}}}}}}).to_string()))
+    }))
+    .await;
+    let r = connect(&url).await;
+    assert!(r.push(vec![change()]).await.unwrap_err().is_transient());
+
+    // Nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = PocketBaseRemote::builder(format!("http://127.0.0.1:{port}"))
+        .user("users", "a@t.io", "pw")
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_server_without_the_extension_is_a_permanent_error() {
+    let url = fake(Arc::new(|m, p| match (m, p) {
+        ("POST", _) => (200, json!({"token": "x.y.z"}).to_string()),
+        _ => (
+            404,
+            r#"{"message":"not found","status":404,"data":{}}"#.into(),
+        ),
+    }))
+    .await;
+    let e = PocketBaseRemote::builder(&url)
+        .superuser("a@t.io", "pw")
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::Permanent(_)), "{e:?}");
+}
