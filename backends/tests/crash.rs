@@ -1,0 +1,254 @@
+//! Crash safety with a real kill: a child process (this test binary re-run with an
+//! environment variable) applies large pages and acks large pushes in a loop and is
+//! SIGKILLed at a random moment; the reopened store must hold each call whole or
+//! not at all, and (with the default durability settings) every call the child saw
+//! return.
+//!
+//! Workload, round `r` = 1, 2, ...:
+//! 1. apply a page that sets all `PAGE` songs to `order = r`, watermark `r * PAGE`;
+//! 2. put `LOCAL` friends records with `order = r`, one call each;
+//! 3. ack all their outbox entries as applied in one call.
+//!
+//! Invariants after a kill: every song has `order == watermark / PAGE` (a page is
+//! never half applied, and the watermark moves with its data); among the friends,
+//! the outbox holds exactly the newest round's writes or nothing (an ack is never
+//! half applied); the watermark is at least the last one the child reported.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sync_traits::{Ack, LocalStore, Page, Record, RecordId, RemoteChange, RemoteState, Version, Watermark};
+use tidemark_backends::Schema;
+
+const PAGE: u64 = 3000;
+const LOCAL: u64 = 200;
+const KILLS: usize = 24;
+
+fn id(prefix: char, i: u64) -> RecordId {
+    RecordId::parse(&format!("{prefix}{i:014}")).unwrap()
+}
+
+fn open(kind: &str, path: &std::path::Path) -> Box<dyn LocalStore> {
+    match kind {
+        "sqlite" => Box::new(tidemark_backends::SqliteStore::open(path, Schema::conformance()).unwrap()),
+        "sled-noflush" => Box::new(
+            tidemark_backends::SledStore::open_with(
+                path,
+                Schema::conformance(),
+                tidemark_backends::sled::SledOptions {
+                    flush_every_write: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        ),
+        _ => Box::new(tidemark_backends::SledStore::open(path, Schema::conformance()).unwrap()),
+    }
+}
+
+async fn child(kind: &str, path: &std::path::Path) {
+    let s = open(kind, path);
+    let mut round = s.sync_state().await.unwrap().watermark.0 / PAGE;
+    let mut out = std::io::stdout();
+    // Settle what a killed predecessor left in the outbox, so each round starts empty.
+    ack_all(&*s, round * PAGE).await;
+    loop {
+        round += 1;
+        let page = Page {
+            changes: (0..PAGE)
+                .map(|i| RemoteChange {
+                    collection: "songs".into(),
+                    id: id('s', i),
+                    state: RemoteState {
+                        version: Version((round - 1) * PAGE + i + 1),
+                        fields: Some(
+                            json!({"title": format!("song {i}"), "artist": "x", "order": round})
+                                .as_object()
+                                .cloned()
+                                .unwrap(),
+                        ),
+                        change_id: None,
+                    },
+                })
+                .collect(),
+            watermark: Watermark(round * PAGE),
+            more: false,
+        };
+        s.apply_remote(&page).await.unwrap();
+        writeln!(out, "APPLIED {}", round * PAGE).unwrap();
+        out.flush().unwrap();
+        for i in 0..LOCAL {
+            let f = json!({"name": format!("friend {i}"), "order": round});
+            s.put(Record::new("friends", id('f', i), f.as_object().cloned().unwrap()))
+                .await
+                .unwrap();
+        }
+        ack_all(&*s, round * PAGE).await;
+        writeln!(out, "ACKED {round}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+async fn ack_all(s: &dyn LocalStore, version: u64) {
+    let acks = s
+        .pending(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| Ack::Applied {
+            collection: e.collection,
+            id: e.id,
+            change_id: e.change_id,
+            version: Version(version),
+        })
+        .collect();
+    s.ack(acks).await.unwrap();
+}
+
+/// Entry point of the child process; a no-op in a normal test run.
+#[tokio::test]
+async fn crash_child() {
+    let (Ok(kind), Ok(path)) = (std::env::var("TIDEMARK_CRASH_KIND"), std::env::var("TIDEMARK_CRASH_PATH")) else {
+        return;
+    };
+    child(&kind, std::path::Path::new(&path)).await;
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+async fn check(kind: &str, path: &std::path::Path, reported_wm: u64, acked: u64) -> (u64, usize) {
+    let s = open(kind, path);
+    let wm = s.sync_state().await.unwrap().watermark.0;
+    assert_eq!(wm % PAGE, 0, "watermark {wm} is not at a page boundary");
+    if kind == "sled-noflush" {
+        if wm < reported_wm {
+            eprintln!("{kind}: LOST {} pages that the child saw applied", (reported_wm - wm) / PAGE);
+        }
+    } else {
+        assert!(wm >= reported_wm, "{kind}: watermark {wm} lost an apply the child saw return ({reported_wm})");
+    }
+    let round = wm / PAGE;
+    let songs = s.list("songs").await.unwrap();
+    if round == 0 {
+        assert!(songs.is_empty(), "{kind}: songs present with watermark 0");
+    } else {
+        assert_eq!(songs.len() as u64, PAGE, "{kind}: page half applied");
+        for r in &songs {
+            assert_eq!(r.fields["order"], json!(round), "{kind}: song {} does not match watermark {wm}", r.id);
+        }
+    }
+    let friends = s.list("friends").await.unwrap();
+    let newest = friends.iter().filter_map(|r| r.fields["order"].as_u64()).max().unwrap_or(0);
+    let of_newest = friends.iter().filter(|r| r.fields["order"] == json!(newest)).count();
+    let pending = s.pending(0, 100_000).await.unwrap();
+    // Only the newest round's writes can be pending (every round starts with an
+    // empty outbox), and an ack settles all of them or none.
+    let mut pending_ids: Vec<_> = pending.iter().map(|e| e.id.clone()).collect();
+    pending_ids.sort();
+    let newest_ids: Vec<_> = friends
+        .iter()
+        .filter(|r| r.fields["order"] == json!(newest))
+        .map(|r| r.id.clone())
+        .collect();
+    assert!(
+        pending.is_empty() || pending_ids == newest_ids,
+        "{kind}: ack half applied: {} pending, {} records of round {newest}",
+        pending.len(),
+        of_newest
+    );
+    if kind == "sled-noflush" && newest < acked {
+        eprintln!("{kind}: LOST acked round {acked}, friends are at round {newest}");
+    }
+    if kind != "sled-noflush" {
+        assert!(newest >= acked, "{kind}: round {acked} was acked but friends are at {newest}");
+    }
+    (wm, pending.len())
+}
+
+fn kill_loop(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let exe = std::env::current_exe().unwrap();
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut rng = Rng(seed | 1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let started = Instant::now();
+    let (mut reported, mut acked) = (0u64, 0u64);
+    let mut kills = 0;
+    let mut mid_ack = 0;
+    while kills < KILLS && started.elapsed() < Duration::from_secs(150) {
+        let mut c = Command::new(&exe)
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env("TIDEMARK_CRASH_KIND", kind)
+            .env("TIDEMARK_CRASH_PATH", &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = c.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut last = (0u64, 0u64);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(w) = line.strip_prefix("APPLIED ") {
+                    last.0 = w.parse().unwrap_or(0);
+                } else if let Some(r) = line.strip_prefix("ACKED ") {
+                    last.1 = r.parse().unwrap_or(0);
+                }
+            }
+            last
+        });
+        std::thread::sleep(Duration::from_millis(150 + rng.next() % 900));
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+        let (w, a) = reader.join().unwrap();
+        reported = reported.max(w);
+        acked = acked.max(a);
+        if kind == "sled-noflush" {
+            // Lost calls are expected here: measure, then restart the count from
+            // what survived.
+            let (wm, _) = rt.block_on(check(kind, &path, reported, acked));
+            reported = wm;
+            acked = 0;
+        }
+        let (wm, pending) = rt.block_on(check(kind, &path, reported, acked));
+        if pending > 0 {
+            mid_ack += 1;
+        }
+        eprintln!("{kind}: kill {kills}: watermark {wm}, {pending} pending");
+        kills += 1;
+    }
+    assert!(kills >= 20, "{kind}: only {kills} kills in the time budget");
+    assert!(reported > 0, "{kind}: the child never got to apply a page");
+    eprintln!("{kind}: {kills} kills, {mid_ack} with local writes pending, last watermark {reported}");
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_survives_sigkill() {
+    kill_loop("sqlite");
+}
+
+#[cfg(feature = "sled")]
+#[test]
+fn sled_survives_sigkill() {
+    kill_loop("sled");
+}
+
+/// Observation, not a guarantee: sled without a flush per call keeps each
+/// transaction atomic but loses the calls of its last flush interval.
+#[cfg(feature = "sled")]
+#[test]
+#[ignore = "observation of sled's durability without flush; run with --ignored"]
+fn sled_without_flush_loses_recent_calls() {
+    kill_loop("sled-noflush");
+}

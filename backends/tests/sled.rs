@@ -1,0 +1,112 @@
+//! sled-specific behaviour: persistence across reopen, schema checks, typed errors.
+#![cfg(feature = "sled")]
+
+use serde_json::{json, Value};
+use sync_traits::{
+    new_id, Fields, LocalStore, Page, Record, RemoteChange, RemoteState, StoreError, Version,
+    Watermark,
+};
+use tidemark_backends::{CollectionSchema, Schema, SledStore};
+
+fn f(v: Value) -> Fields {
+    v.as_object().cloned().unwrap()
+}
+
+fn schema() -> Schema {
+    Schema::new().collection(
+        CollectionSchema::new("songs")
+            .text("title")
+            .number("order")
+            .relation("album"),
+    )
+}
+
+#[tokio::test]
+async fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let id = new_id();
+    let (client, p) = {
+        let s = SledStore::open(&path, schema()).unwrap();
+        s.put(Record::new("songs", id.clone(), f(json!({"title": "a", "x": [1]}))))
+            .await
+            .unwrap();
+        s.apply_remote(&Page {
+            changes: vec![RemoteChange {
+                collection: "songs".into(),
+                id: new_id(),
+                state: RemoteState {
+                    version: Version(4),
+                    fields: Some(f(json!({"order": 2.0}))),
+                    change_id: None,
+                },
+            }],
+            watermark: Watermark(4),
+            more: false,
+        })
+        .await
+        .unwrap();
+        (s.client_id().await.unwrap(), s.pending(0, 10).await.unwrap())
+    };
+    let s = SledStore::open(&path, schema()).unwrap();
+    assert_eq!(s.client_id().await.unwrap(), client, "client id persists");
+    assert_eq!(s.pending(0, 10).await.unwrap(), p, "outbox persists");
+    assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(4));
+    let all = s.list("songs").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter().any(|r| r.fields == f(json!({"order": 2}))),
+        "integral floats in number fields are stored as integers, like the SQLite store"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error_and_changes_nothing() {
+    let s = SledStore::open_temporary(schema()).unwrap();
+    let id = new_id();
+    assert!(matches!(
+        s.put(Record::new("songs", id.clone(), f(json!({"order": "x"})))).await,
+        Err(StoreError::Schema { .. })
+    ));
+    assert!(matches!(
+        s.put(Record::new("songs", id.clone(), f(json!({"album": "NOPE"})))).await,
+        Err(StoreError::InvalidId(_))
+    ));
+    assert!(matches!(
+        s.get("nope", &id).await,
+        Err(StoreError::UnknownCollection(_))
+    ));
+    assert_eq!(s.pending_count().await.unwrap(), 0);
+    assert!(s.list("songs").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn foreign_and_unreadable_databases_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plain file where the database directory should be.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"hello").unwrap();
+    assert!(matches!(
+        SledStore::open(&file, schema()),
+        Err(StoreError::Corrupt(_))
+    ));
+    // A sled database written by something else.
+    let foreign = dir.path().join("foreign");
+    {
+        let db = sled::open(&foreign).unwrap();
+        db.insert("k", "v").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        SledStore::open(&foreign, schema()),
+        Err(StoreError::Corrupt(_))
+    ));
+    // Schema kind changes are refused.
+    let p = dir.path().join("ok");
+    drop(SledStore::open(&p, schema()).unwrap());
+    let bad = Schema::new().collection(CollectionSchema::new("songs").bool("title"));
+    assert!(matches!(
+        SledStore::open(&p, bad),
+        Err(StoreError::Schema { .. })
+    ));
+}
