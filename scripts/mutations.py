@@ -37,8 +37,8 @@ MUTANTS = {
         "                if *n >= c.change_id.n {",
         "                if *n >= c.change_id.n && false {"),
     "M7 resync never removes records the server no longer has": (E,
-        "            let removed = self.local.finish_resync().await?;",
-        "            let removed = 0; let _ = &self.local;"),
+        "                let removed = self.local.finish_resync().await?;",
+        "                let removed = 0;"),
     "M8 begin_resync clears the outbox": (M,
         "        g.watermark = Watermark(0);\n        g.resyncing = true;",
         "        g.watermark = Watermark(0);\n        g.resyncing = true;\n        g.outbox.clear();\n        g.outbox_index.clear();"),
@@ -52,8 +52,14 @@ MUTANTS = {
         "            if g.versions.get(&key).is_some_and(|v| *v >= c.state.version) {",
         "            if false {"),
     "M12 pull stops after the first page": (E,
-        "            if !page.more {\n                break;\n            }",
-        "            break;"),
+        "            if !page.more {\n                return Ok(());\n            }",
+        "            return Ok(());"),
+    "M14 resync ignores a horizon that moved while it ran": (E,
+        "            if after == before {",
+        "            if after == before || true {"),
+    "M15 an interrupted resync resumes where it stopped": (E,
+        "            return self.resync(report).await;\n        }\n        if state.watermark.0 == 0 {",
+        "            return self.pull_pages(state.watermark, PullMode::Resync, report).await.and(Ok(())).and_then(|_| Ok(()));\n        }\n        if state.watermark.0 == 0 {"),
     "M13 fake skips the base-version check": (F,
         "            Some(e) if c.base != Some(e.version) => {",
         "            Some(e) if false && c.base != Some(e.version) => {"),
@@ -63,14 +69,13 @@ def main():
     root = os.getcwd()
     want = sys.argv[1:]
     work = tempfile.mkdtemp(prefix="tidemark-mut-")
-    for d in ["sync-traits", "tests", "src", "benches"]:
+    for d in ["sync-traits", "backends", "tests", "src", "benches"]:
         shutil.copytree(os.path.join(root, d), os.path.join(work, d))
     shutil.copy(os.path.join(root, "Cargo.lock"), work)
     toml = open(os.path.join(root, "Cargo.toml")).read()
     import re
-    toml = re.sub(r'members = \[[^\]]*\]', 'members = ["sync-traits"]', toml)
+    toml = re.sub(r'members = \[[^\]]*\]', 'members = ["sync-traits", "backends"]', toml)
     toml = re.sub(r'\n\[\[bench\]\][^\[]*', '\n', toml)
-    toml = re.sub(r'^tidemark-backends = \{ workspace = true.*$', '', toml, flags=re.M)
     open(os.path.join(work, "Cargo.toml"), "w").write(toml)
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(root, "target", "mutants"),
                PROPTEST_CASES=os.environ.get("PROPTEST_CASES", "256"))
@@ -84,6 +89,10 @@ def main():
         open(p, "w").write(orig.replace(old, new, 1))
         r = subprocess.run(["cargo", "test", "--release", "--test", "convergence", "--test", "engine_scenarios"],
                            cwd=work, env=env, capture_output=True, text=True)
+        if r.returncode == 0 and os.environ.get("PROPERTY_ONLY") != "1":
+            # The unit tests and the conformance suite are part of the net too.
+            r = subprocess.run(["cargo", "test", "--release", "-p", "sync-traits", "--lib", "--test", "conformance_memory"],
+                               cwd=work, env=env, capture_output=True, text=True)
         open(p, "w").write(orig)
         out = r.stdout + r.stderr
         if "error[" in out or "could not compile" in out:

@@ -29,8 +29,9 @@ fn step(clients: usize) -> impl Strategy<Value = Step> {
         2 => (c.clone(), rec.clone()).prop_map(|(c, r)| Step::Delete(c, r)),
         6 => c.clone().prop_map(Step::Sync),
         1 => c.clone().prop_map(Step::ToggleOnline),
-        1 => c.clone().prop_map(Step::CrashAfterPush),
-        1 => c.clone().prop_map(Step::CrashAfterPull),
+        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::CrashAfterPush(c, k)),
+        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::CrashAfterPull(c, k)),
+        1 => (c.clone(), rec.clone(), 0..3usize, 0..100i64).prop_map(|(c, r, f, v)| Step::WriteDuringPush(c, r, f, v)),
         1 => c.clone().prop_map(Step::LoseResponse),
         1 => c.clone().prop_map(Step::Duplicate),
         1 => c.clone().prop_map(Step::Transient),
@@ -61,6 +62,22 @@ proptest! {
     #[test]
     fn converges_memory((policies, steps) in scenario()) {
         let kinds = vec![StoreKind::Memory; policies.len()];
+        run_case(&kinds, &policies, &steps)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256) / 4,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    /// Clients on SQLite, sled and memory mixed in one run.
+    #[test]
+    fn converges_mixed_stores((policies, steps) in scenario()) {
+        let all = [StoreKind::Sqlite, StoreKind::Sled, StoreKind::Memory];
+        let kinds: Vec<_> = (0..policies.len()).map(|i| all[(i + policies[0] as usize) % 3]).collect();
         run_case(&kinds, &policies, &steps)?;
     }
 }

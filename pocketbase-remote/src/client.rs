@@ -541,6 +541,10 @@ impl RemoteStore for PocketBaseRemote {
         self.fetch_state(collection, id).await
     }
 
+    async fn horizon(&self) -> Result<Watermark, RemoteError> {
+        Ok(self.head().await?.horizon)
+    }
+
     fn max_push_batch(&self) -> usize {
         self.inner.batch_max.load(Ordering::Relaxed).max(1)
     }

@@ -409,41 +409,73 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
 
     async fn pull_all(&self, report: &mut SyncReport) -> Result<(), SyncError> {
         let state = self.local.sync_state().await?;
-        let mut wm = state.watermark;
-        let mut resyncing = state.resyncing;
-        if wm.0 == 0 && !resyncing {
-            // The first sync is a resync: pages below the horizon are then safe, and
-            // anything the store holds that the server lacks is removed at the end.
-            self.local.begin_resync().await?;
-            resyncing = true;
+        if state.resyncing {
+            // A resync interrupted by a crash: the horizon it began under is unknown,
+            // so start it again.
+            info!("resuming an interrupted resync from zero");
+            self.emit(SyncEvent::ResyncStarted);
+            report.resynced = true;
+            return self.resync(report).await;
         }
-        let mut resyncs = 0;
+        if state.watermark.0 == 0 {
+            // The first sync is a resync: anything the store holds that the server
+            // lacks is removed at the end, and pages below the horizon are safe.
+            return self.resync(report).await;
+        }
+        match self
+            .pull_pages(state.watermark, PullMode::Incremental, report)
+            .await
+        {
+            Err(SyncError::Remote(RemoteError::WatermarkExpired { since, horizon })) => {
+                info!(?since, ?horizon, "watermark expired; full resync");
+                self.emit(SyncEvent::ResyncStarted);
+                report.resynced = true;
+                self.resync(report).await
+            }
+            other => other,
+        }
+    }
+
+    /// Full resync: re-read everything from zero, then remove what was not seen. If
+    /// the server's horizon moves meanwhile, a tombstone this resync needed may have
+    /// been compacted, so it starts again (bounded by `max_resyncs`).
+    async fn resync(&self, report: &mut SyncReport) -> Result<(), SyncError> {
+        for attempt in 0..=self.config.max_resyncs {
+            let before = self.retry("horizon", || self.remote.horizon()).await?;
+            self.local.begin_resync().await?;
+            self.pull_pages(Watermark(0), PullMode::Resync, report)
+                .await?;
+            let after = self.retry("horizon", || self.remote.horizon()).await?;
+            if after == before {
+                let removed = self.local.finish_resync().await?;
+                self.emit(SyncEvent::ResyncFinished { removed });
+                return Ok(());
+            }
+            info!(
+                attempt,
+                ?before,
+                ?after,
+                "horizon moved during resync; restarting it"
+            );
+        }
+        Err(SyncError::Remote(RemoteError::Transient(
+            "the server's retention horizon kept moving during a full resync".into(),
+        )))
+    }
+
+    /// Pulls and applies pages from `from` until the remote says there is no more.
+    async fn pull_pages(
+        &self,
+        from: Watermark,
+        mode: PullMode,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let limit = self.config.page_size.max(1);
+        let mut wm = from;
         loop {
-            let mode = if resyncing {
-                PullMode::Resync
-            } else {
-                PullMode::Incremental
-            };
-            let page = match self
+            let page = self
                 .retry("pull", || self.remote.pull(wm, limit, mode))
-                .await
-            {
-                Ok(p) => p,
-                Err(RemoteError::WatermarkExpired { since, horizon })
-                    if resyncs < self.config.max_resyncs && !resyncing =>
-                {
-                    resyncs += 1;
-                    info!(?since, ?horizon, "watermark expired; full resync");
-                    self.emit(SyncEvent::ResyncStarted);
-                    self.local.begin_resync().await?;
-                    report.resynced = true;
-                    resyncing = true;
-                    wm = Watermark(0);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
+                .await?;
             check_page(wm, &page)?;
             let applied = self.local.apply_remote(&page).await?;
             report.pulled += page.changes.len();
@@ -454,14 +486,9 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
                 watermark: wm,
             });
             if !page.more {
-                break;
+                return Ok(());
             }
         }
-        if resyncing {
-            let removed = self.local.finish_resync().await?;
-            self.emit(SyncEvent::ResyncFinished { removed });
-        }
-        Ok(())
     }
 }
 
@@ -677,6 +704,7 @@ mod tests {
             .returning(|_| Ok(ApplyReport::default()));
         local.expect_finish_resync().returning(|| Ok(0));
         let mut remote = MockRemoteStore::new();
+        remote.expect_horizon().returning(|| Ok(Watermark(0)));
         remote.expect_max_push_batch().return_const(100usize);
         remote.expect_push().times(1).returning(|_| {
             Ok(vec![PushOutcome::Rejected(Rejection {
@@ -717,6 +745,10 @@ mod tests {
             .returning(|| Ok(2));
         local.expect_ack().never();
         let mut remote = MockRemoteStore::new();
+        remote
+            .expect_horizon()
+            .times(2)
+            .returning(|| Ok(Watermark(9)));
         remote
             .expect_pull()
             .with(

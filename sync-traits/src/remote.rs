@@ -64,6 +64,11 @@ pub trait RemoteStore: Send + Sync {
         id: &RecordId,
     ) -> Result<Option<RemoteState>, RemoteError>;
 
+    /// The retention horizon now: the oldest watermark an incremental pull may start
+    /// from. The engine reads it before and after a full resync; if it moved, the
+    /// resync restarts (a tombstone it needed may have been compacted meanwhile).
+    async fn horizon(&self) -> Result<Watermark, RemoteError>;
+
     /// Largest batch [`push`](RemoteStore::push) accepts.
     fn max_push_batch(&self) -> usize {
         500
@@ -82,6 +87,9 @@ macro_rules! forward_remote_store {
             }
             async fn fetch(&self, c: &str, id: &RecordId) -> Result<Option<RemoteState>, RemoteError> {
                 (**self).fetch(c, id).await
+            }
+            async fn horizon(&self) -> Result<Watermark, RemoteError> {
+                (**self).horizon().await
             }
             fn max_push_batch(&self) -> usize {
                 (**self).max_push_batch()

@@ -3,15 +3,16 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use proptest::test_runner::TestCaseError;
-use serde_json::json;
+use serde_json::{json, Value};
 use sync_traits::testkit::{FakeRemote, Fault, Faulty, MemoryStore};
 use sync_traits::{
-    new_id, ChangeId, ClientWins, FieldMerge, Fields, LocalStore, Record, RecordId, RetryPolicy,
-    ServerWins, SyncConfig, SyncEngine, SyncEvent,
+    async_trait, new_id, ChangeId, ClientWins, FieldMerge, Fields, LocalStore, Page, PullMode,
+    PushChange, PushOutcome, Record, RecordId, RemoteError, RemoteState, RemoteStore, RetryPolicy,
+    ServerWins, SyncConfig, SyncEngine, SyncEvent, Watermark,
 };
 
 /// Records the steps pick from (a small pool, so clients collide often).
@@ -33,10 +34,14 @@ pub enum Step {
     Sync(usize),
     /// Client goes offline / online.
     ToggleOnline(usize),
-    /// The remote applies the client's next push, then the client dies before acking.
-    CrashAfterPush(usize),
-    /// The client fetches a page, then dies before applying it.
-    CrashAfterPull(usize),
+    /// The remote applies the client's k-th next push, then the client dies before
+    /// acking.
+    CrashAfterPush(usize, usize),
+    /// The client fetches its k-th next page, then dies before applying it.
+    CrashAfterPull(usize, usize),
+    /// While the client's push is in flight (after the remote applied it, before the
+    /// answer), the app changes one field of the record locally; then it syncs.
+    WriteDuringPush(usize, usize, usize, i64),
     /// The response to the next push is lost (the engine retries).
     LoseResponse(usize),
     /// The next push is delivered twice.
@@ -58,29 +63,104 @@ pub enum Step {
 pub enum StoreKind {
     /// `MemoryStore`.
     Memory,
+    /// `SqliteStore` on an in-memory database.
+    Sqlite,
+    /// `SledStore` on a temporary database.
+    Sled,
 }
 
-type Engine = SyncEngine<Arc<dyn LocalStore>, Faulty<FakeRemote>>;
+/// What one local write meant.
+#[derive(Clone, Debug)]
+struct Write {
+    rec: usize,
+    change_id: ChangeId,
+    /// `None` for a delete; else the whole record written.
+    fields: Option<Fields>,
+    /// Fields this write changed (empty for a delete).
+    changed: Vec<String>,
+}
+
+type Log = Arc<Mutex<Vec<Write>>>;
+
+/// A local write the app makes while a push is in flight.
+type Pending = Arc<Mutex<Vec<(usize, RecordId, usize, i64)>>>;
+
+/// Remote wrapper that performs queued app writes after the inner push was applied
+/// and before its answer reaches the engine.
+#[derive(Clone)]
+struct Interleave {
+    inner: Faulty<FakeRemote>,
+    store: Arc<dyn LocalStore>,
+    during_push: Pending,
+    log: Log,
+}
+
+#[async_trait]
+impl RemoteStore for Interleave {
+    async fn pull(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Page, RemoteError> {
+        self.inner.pull(since, limit, mode).await
+    }
+
+    async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
+        let r = self.inner.push(changes).await;
+        let queued: Vec<_> = std::mem::take(&mut *self.during_push.lock().unwrap());
+        for (rec, id, field, v) in queued {
+            update(&*self.store, &self.log, rec, &id, field, v)
+                .await
+                .map_err(|e| RemoteError::Permanent(format!("harness write failed: {e}")))?;
+        }
+        r
+    }
+
+    async fn fetch(&self, c: &str, id: &RecordId) -> Result<Option<RemoteState>, RemoteError> {
+        self.inner.fetch(c, id).await
+    }
+
+    async fn horizon(&self) -> Result<Watermark, RemoteError> {
+        self.inner.horizon().await
+    }
+
+    fn max_push_batch(&self) -> usize {
+        self.inner.max_push_batch()
+    }
+}
+
+type Engine = SyncEngine<Arc<dyn LocalStore>, Interleave>;
 
 struct Client {
     engine: Engine,
     store: Arc<dyn LocalStore>,
-    remote: Faulty<FakeRemote>,
+    remote: Interleave,
+    policy: u8,
     online: bool,
     events: tokio::sync::broadcast::Receiver<SyncEvent>,
+    client_id: RecordId,
     /// Change ids reported to the app in conflict or rejection events.
     reported: HashSet<ChangeId>,
-    /// Every write: (record, change id), in order.
-    writes: Vec<(usize, ChangeId)>,
+    /// A conflict reported against this client's own write (a spurious conflict).
+    spurious: Option<String>,
+    log: Log,
 }
 
-fn make_store(kind: StoreKind) -> Arc<dyn LocalStore> {
-    match kind {
+fn make_store(kind: StoreKind) -> Result<Arc<dyn LocalStore>, TestCaseError> {
+    let schema = tidemark_backends::Schema::conformance;
+    Ok(match kind {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-    }
+        StoreKind::Sqlite => {
+            Arc::new(tidemark_backends::SqliteStore::open_in_memory(schema()).map_err(fail)?)
+        }
+        StoreKind::Sled => {
+            Arc::new(tidemark_backends::SledStore::open_temporary(schema()).map_err(fail)?)
+        }
+    })
 }
 
-fn make_engine(store: Arc<dyn LocalStore>, remote: Faulty<FakeRemote>, policy: u8) -> Engine {
+fn make_engine(store: Arc<dyn LocalStore>, remote: Interleave, policy: u8) -> Engine {
     let e = SyncEngine::new(store, remote).with_config(SyncConfig {
         push_batch: 3,
         page_size: 2,
@@ -101,11 +181,84 @@ fn song(v: i64) -> Fields {
         .unwrap_or_default()
 }
 
+fn field_value(field: usize, v: i64) -> Value {
+    if FIELDS[field] == "order" {
+        json!(v)
+    } else {
+        json!(format!("{}{v}", FIELDS[field]))
+    }
+}
+
+/// Writes through the store API and logs what the write meant.
+async fn write(
+    store: &dyn LocalStore,
+    log: &Log,
+    rec: usize,
+    id: &RecordId,
+    fields: Option<Fields>,
+) -> Result<(), TestCaseError> {
+    let before = store.get(COLL, id).await.map_err(fail)?.map(|r| r.fields);
+    let done = match &fields {
+        Some(f) => {
+            store
+                .put(Record::new(COLL, id.clone(), f.clone()))
+                .await
+                .map_err(fail)?;
+            true
+        }
+        None => store.delete(COLL, id).await.map_err(fail)?,
+    };
+    if !done {
+        return Ok(());
+    }
+    let changed = match &fields {
+        Some(f) => sync_traits::testkit::changed_fields(before.as_ref(), Some(f))
+            .into_iter()
+            .collect(),
+        None => vec![],
+    };
+    // The outbox entry for this record now carries this write's change id.
+    let entries = store.pending(0, usize::MAX).await.map_err(fail)?;
+    let e = entries
+        .iter()
+        .find(|e| &e.id == id)
+        .ok_or_else(|| TestCaseError::fail("a local write left no outbox entry"))?;
+    log.lock().unwrap().push(Write {
+        rec,
+        change_id: e.change_id.clone(),
+        fields,
+        changed,
+    });
+    Ok(())
+}
+
+async fn update(
+    store: &dyn LocalStore,
+    log: &Log,
+    rec: usize,
+    id: &RecordId,
+    field: usize,
+    v: i64,
+) -> Result<(), TestCaseError> {
+    if let Some(mut r) = store.get(COLL, id).await.map_err(fail)? {
+        r.fields.insert(FIELDS[field].into(), field_value(field, v));
+        write(store, log, rec, id, Some(r.fields)).await?;
+    }
+    Ok(())
+}
+
 impl Client {
     fn drain_events(&mut self) {
         while let Ok(e) = self.events.try_recv() {
             match e {
-                SyncEvent::Conflict { local, .. } => {
+                SyncEvent::Conflict { local, server, .. } => {
+                    if server
+                        .change_id
+                        .as_ref()
+                        .is_some_and(|c| c.client == self.client_id)
+                    {
+                        self.spurious = Some(format!("{local:?} vs {server:?}"));
+                    }
                     self.reported.insert(local.change_id);
                 }
                 SyncEvent::Rejected { change, .. } => {
@@ -122,26 +275,7 @@ impl Client {
         id: &RecordId,
         fields: Option<Fields>,
     ) -> Result<(), TestCaseError> {
-        let done = match fields {
-            Some(f) => {
-                self.store
-                    .put(Record::new(COLL, id.clone(), f))
-                    .await
-                    .map_err(fail)?;
-                true
-            }
-            None => self.store.delete(COLL, id).await.map_err(fail)?,
-        };
-        if done {
-            // The outbox entry for this record now carries this write's change id.
-            let entries = self.store.pending(0, usize::MAX).await.map_err(fail)?;
-            let e = entries
-                .iter()
-                .find(|e| &e.id == id)
-                .ok_or_else(|| TestCaseError::fail("a local write left no outbox entry"))?;
-            self.writes.push((rec, e.change_id.clone()));
-        }
-        Ok(())
+        write(&*self.store, &self.log, rec, id, fields).await
     }
 
     async fn sync(&mut self) {
@@ -149,6 +283,12 @@ impl Client {
         // must survive them, which the final checks prove.
         let _ = self.engine.sync().await;
         self.drain_events();
+    }
+
+    /// A crashed client restarts: a new engine over the same store.
+    fn restart(&mut self) {
+        self.engine = make_engine(self.store.clone(), self.remote.clone(), self.policy);
+        self.events = self.engine.subscribe();
     }
 }
 
@@ -172,25 +312,32 @@ async fn run_case_async(
 ) -> Result<(), TestCaseError> {
     let server = FakeRemote::new();
     let ids: Vec<RecordId> = (0..RECORDS).map(|_| new_id()).collect();
-    let mut clients: Vec<Client> = kinds
-        .iter()
-        .zip(policies)
-        .map(|(k, p)| {
-            let store = make_store(*k);
-            let remote = Faulty::new(server.clone());
-            let engine = make_engine(store.clone(), remote.clone(), *p);
-            let events = engine.subscribe();
-            Client {
-                engine,
-                store,
-                remote,
-                online: true,
-                events,
-                reported: HashSet::new(),
-                writes: Vec::new(),
-            }
-        })
-        .collect();
+    let mut clients = Vec::new();
+    for (k, p) in kinds.iter().zip(policies) {
+        let store = make_store(*k)?;
+        let log = Log::default();
+        let remote = Interleave {
+            inner: Faulty::new(server.clone()),
+            store: store.clone(),
+            during_push: Pending::default(),
+            log: log.clone(),
+        };
+        let engine = make_engine(store.clone(), remote.clone(), *p);
+        let events = engine.subscribe();
+        let client_id = store.client_id().await.map_err(fail)?;
+        clients.push(Client {
+            engine,
+            store,
+            remote,
+            policy: *p,
+            online: true,
+            events,
+            client_id,
+            reported: HashSet::new(),
+            spurious: None,
+            log,
+        });
+    }
 
     for step in steps {
         match *step {
@@ -201,20 +348,10 @@ async fn run_case_async(
                 }
             }
             Step::Update(c, r, f, v) => {
-                let cl = &mut clients[c];
-                if let Some(mut rec) = cl.store.get(COLL, &ids[r]).await.map_err(fail)? {
-                    let val = if FIELDS[f] == "order" {
-                        json!(v)
-                    } else {
-                        json!(format!("{}{v}", FIELDS[f]))
-                    };
-                    rec.fields.insert(FIELDS[f].into(), val);
-                    cl.write(r, &ids[r], Some(rec.fields)).await?;
-                }
+                let cl = &clients[c];
+                update(&*cl.store, &cl.log, r, &ids[r], f, v).await?;
             }
-            Step::Delete(c, r) => {
-                clients[c].write(r, &ids[r], None).await?;
-            }
+            Step::Delete(c, r) => clients[c].write(r, &ids[r], None).await?,
             Step::Invalid(c, r) => {
                 let mut f = song(-1);
                 f.insert("invalid".into(), json!(true));
@@ -226,31 +363,50 @@ async fn run_case_async(
                 }
             }
             Step::ToggleOnline(c) => clients[c].online = !clients[c].online,
-            Step::CrashAfterPush(c) | Step::LoseResponse(c) | Step::Duplicate(c) => {
-                let fault = match step {
-                    Step::CrashAfterPush(_) => Fault::CrashAfter,
-                    Step::LoseResponse(_) => Fault::LoseResponse,
-                    _ => Fault::Duplicate,
-                };
+            Step::WriteDuringPush(c, r, f, v) => {
                 let cl = &mut clients[c];
                 if cl.online {
-                    cl.remote.on_push(fault);
+                    cl.remote
+                        .during_push
+                        .lock()
+                        .unwrap()
+                        .push((r, ids[r].clone(), f, v));
                     cl.sync().await;
-                    // A crashed client restarts: a new engine over the same store.
-                    let p = policies[c];
-                    cl.engine = make_engine(cl.store.clone(), cl.remote.clone(), p);
-                    cl.events = cl.engine.subscribe();
+                    cl.remote.during_push.lock().unwrap().clear();
                 }
             }
-            Step::CrashAfterPull(c) | Step::Transient(c) => {
-                let fault = if matches!(step, Step::Transient(_)) {
-                    Fault::TransientBefore
-                } else {
-                    Fault::CrashAfter
-                };
+            Step::CrashAfterPush(c, k) | Step::CrashAfterPull(c, k) => {
                 let cl = &mut clients[c];
                 if cl.online {
-                    cl.remote.on_pull(fault);
+                    let push = matches!(step, Step::CrashAfterPush(..));
+                    for f in std::iter::repeat_n(Fault::Pass, k).chain([Fault::CrashAfter]) {
+                        if push {
+                            cl.remote.inner.on_push(f);
+                        } else {
+                            cl.remote.inner.on_pull(f);
+                        }
+                    }
+                    cl.sync().await;
+                    cl.restart();
+                }
+            }
+            Step::LoseResponse(c) | Step::Duplicate(c) => {
+                let cl = &mut clients[c];
+                if cl.online {
+                    cl.remote
+                        .inner
+                        .on_push(if matches!(step, Step::LoseResponse(_)) {
+                            Fault::LoseResponse
+                        } else {
+                            Fault::Duplicate
+                        });
+                    cl.sync().await;
+                }
+            }
+            Step::Transient(c) => {
+                let cl = &mut clients[c];
+                if cl.online {
+                    cl.remote.inner.on_pull(Fault::TransientBefore);
                     cl.sync().await;
                 }
             }
@@ -264,22 +420,17 @@ async fn run_case_async(
                 server.compact();
             }
         }
-        // Unused faults (a push fault when the outbox was empty) must not leak into
-        // the quiet round; clear them by letting them expire in a no-op call.
+        // Faults that found no call (a push fault when the outbox was empty) must not
+        // leak into later steps: spend them on no-op calls.
         for cl in &clients {
-            while cl.remote.queued() != (0, 0) {
-                let (pull, push) = cl.remote.queued();
+            let faulty = &cl.remote.inner;
+            while faulty.queued() != (0, 0) {
+                let (pull, push) = faulty.queued();
                 if push > 0 {
-                    let _ = sync_traits::RemoteStore::push(&cl.remote, vec![]).await;
+                    let _ = faulty.push(vec![]).await;
                 }
                 if pull > 0 {
-                    let _ = sync_traits::RemoteStore::pull(
-                        &cl.remote,
-                        server.head(),
-                        1,
-                        sync_traits::PullMode::Incremental,
-                    )
-                    .await;
+                    let _ = faulty.pull(server.head(), 1, PullMode::Incremental).await;
                 }
             }
         }
@@ -300,6 +451,19 @@ async fn run_case_async(
     }
 
     check_invariants(&server, &clients).await
+}
+
+/// Whether `later` (same client, same record) carries `earlier`'s intent forward: a
+/// delete or recreate replaces everything; an upsert keeps each field `earlier`
+/// changed, or changes it again on purpose.
+fn supersedes(later: &Write, earlier: &Write) -> bool {
+    match (&later.fields, &earlier.fields) {
+        (None, _) | (Some(_), None) => true,
+        (Some(l), Some(e)) => earlier
+            .changed
+            .iter()
+            .all(|f| l.get(f) == e.get(f) || later.changed.contains(f)),
+    }
 }
 
 async fn check_invariants(server: &FakeRemote, clients: &[Client]) -> Result<(), TestCaseError> {
@@ -343,30 +507,25 @@ async fn check_invariants(server: &FakeRemote, clients: &[Client]) -> Result<(),
                 "client {i} has {left} unpushed changes after the quiet round"
             )));
         }
-        // 2. No silent loss.
-        let quarantined: HashSet<ChangeId> = cl
-            .store
-            .quarantined()
-            .await
-            .map_err(fail)?
-            .into_iter()
-            .map(|q| q.change.change_id)
-            .collect();
-        let mut last_per_record: HashMap<usize, usize> = HashMap::new();
-        for (k, (rec, _)) in cl.writes.iter().enumerate() {
-            last_per_record.insert(*rec, k);
+        // Conflicts are real: never against the client's own earlier write.
+        if let Some(s) = &cl.spurious {
+            return Err(TestCaseError::fail(format!(
+                "client {i}: conflict with its own write: {s}"
+            )));
         }
-        for (k, (rec, cid)) in cl.writes.iter().enumerate() {
-            let superseded = last_per_record.get(rec).is_some_and(|last| *last > k);
-            let on_server = applied.contains_key(cid);
-            let reported = cl.reported.contains(cid);
+        // 2. No silent loss.
+        let writes = cl.log.lock().unwrap().clone();
+        for (k, w) in writes.iter().enumerate() {
+            let superseded = writes[k + 1..]
+                .iter()
+                .any(|l| l.rec == w.rec && supersedes(l, w));
+            let on_server = applied.contains_key(&w.change_id);
+            let reported = cl.reported.contains(&w.change_id);
             if !(on_server || reported || superseded) {
                 return Err(TestCaseError::fail(format!(
-                    "client {i}: write {cid} to record {rec} was silently lost"
+                    "client {i}: write {} to record {} was silently lost: {w:?}",
+                    w.change_id, w.rec
                 )));
-            }
-            if cl.reported.contains(cid) && !on_server && !quarantined.contains(cid) {
-                // Reported as a conflict: fine, the app had the data in the event.
             }
         }
     }

@@ -393,6 +393,10 @@ impl RemoteStore for FakeRemote {
             .filter(|st| st.fields.is_some()))
     }
 
+    async fn horizon(&self) -> Result<Watermark, RemoteError> {
+        Ok(Watermark(self.lock().horizon))
+    }
+
     fn max_push_batch(&self) -> usize {
         self.max_batch
     }

@@ -14,6 +14,8 @@ use crate::remote::{PullMode, RemoteStore};
 /// One injected fault, consumed by the next matching call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
+    /// No fault: lets one call through (to aim a later fault at the n-th call).
+    Pass,
     /// Fail with a transient error before the call reaches the remote.
     TransientBefore,
     /// Fail with an auth error before the call reaches the remote.
@@ -100,7 +102,7 @@ where
     Fut: std::future::Future<Output = Result<T, RemoteError>>,
 {
     match fault {
-        None => call().await,
+        None | Some(Fault::Pass) => call().await,
         Some(Fault::TransientBefore) => Err(RemoteError::Transient(
             "injected: connection refused".into(),
         )),
@@ -147,6 +149,10 @@ impl<R: RemoteStore> RemoteStore for Faulty<R> {
         id: &RecordId,
     ) -> Result<Option<RemoteState>, RemoteError> {
         self.inner.fetch(collection, id).await
+    }
+
+    async fn horizon(&self) -> Result<Watermark, RemoteError> {
+        self.inner.horizon().await
     }
 
     fn max_push_batch(&self) -> usize {
