@@ -65,9 +65,12 @@ pub(crate) struct Token {
     pub exp: Option<u64>,
     /// Auth collection id, used for auth-refresh.
     pub collection_id: Option<String>,
+    /// When we got it, unix seconds.
+    pub obtained: u64,
 }
 
-/// Refresh this long before expiry.
+/// Refresh this long before expiry at most (and at a quarter of the lifetime left
+/// for short-lived tokens).
 const REFRESH_MARGIN_SECS: u64 = 300;
 
 pub(crate) fn now_secs() -> u64 {
@@ -103,12 +106,15 @@ impl Token {
             value,
             exp,
             collection_id,
+            obtained: now_secs(),
         }
     }
 
     /// Whether the token should be refreshed now.
     pub(crate) fn needs_refresh(&self, now: u64) -> bool {
-        matches!(self.exp, Some(exp) if exp <= now + REFRESH_MARGIN_SECS)
+        let Some(exp) = self.exp else { return false };
+        let margin = REFRESH_MARGIN_SECS.min(exp.saturating_sub(self.obtained) / 4);
+        exp <= now.saturating_add(margin)
     }
 }
 
@@ -127,11 +133,17 @@ mod tests {
 
     #[test]
     fn reads_exp_and_collection() {
-        let t = Token::new(jwt(r#"{"exp":1000,"collectionId":"pbc_1","id":"x"}"#));
-        assert_eq!(t.exp, Some(1000));
+        let mut t = Token::new(jwt(r#"{"exp":10000,"collectionId":"pbc_1","id":"x"}"#));
+        assert_eq!(t.exp, Some(10000));
         assert_eq!(t.collection_id.as_deref(), Some("pbc_1"));
-        assert!(t.needs_refresh(800));
-        assert!(!t.needs_refresh(600));
+        t.obtained = 0;
+        assert!(t.needs_refresh(9800));
+        assert!(!t.needs_refresh(9600));
+        // A 20 s token refreshes with 5 s left.
+        t.obtained = 9980;
+        assert!(!t.needs_refresh(9994));
+        assert!(t.needs_refresh(9995));
+        assert!(t.needs_refresh(20000));
     }
 
     #[test]

@@ -681,3 +681,44 @@ async fn realtime_hint_arrives_after_a_write() {
         .await
         .expect("change hint");
 }
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_before_they_expire() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    // Users' tokens now live 10 s (PocketBase's minimum).
+    let admin = srv.superuser().await;
+    let r = reqwest::Client::new()
+        .patch(format!("{}/api/collections/users", srv.url()))
+        .header("Authorization", admin.token().await.unwrap())
+        .json(&json!({"authToken": {"duration": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let user = srv.user("a@t.io").await;
+    let token_only = PocketBaseRemote::builder(srv.url())
+        .token(user.token().await.unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let t1 = user.token().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(8_300)).await;
+    // Both refresh (password login and token-only) and keep working past 10 s.
+    let mut c = Client::new();
+    user.push(vec![c.upsert("songs", &new_id(), None, song("s", 1, &a))])
+        .await
+        .unwrap();
+    assert_ne!(user.token().await.unwrap(), t1);
+    token_only
+        .pull(Watermark(0), 10, PullMode::Incremental)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let p = token_only
+        .pull(Watermark(0), 10, PullMode::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(p.changes.len(), 1);
+    drop(ra);
+}

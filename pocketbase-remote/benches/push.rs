@@ -1,0 +1,171 @@
+//! Push and sync costs against a real PocketBase (started by the test harness).
+//!
+//! - `push/batched`: 10k changes through `RemoteStore::push` (batches of the server's
+//!   `maxRequests`) vs `push/one_request_per_record` (2k changes, one REST call each);
+//!   compare the elements/s figures.
+//! - `batch_hooks`: raw `/api/batch` creates of 1000 records with and without the
+//!   tidemark hooks (a server whose `TIDEMARK_COLLECTIONS` names no collection).
+//! - `noop_sync`: a pull with nothing to do (one round trip).
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pocketbase_remote::harness::TestServer;
+use pocketbase_remote::PocketBaseRemote;
+use serde_json::json;
+use sync_traits::{new_id, ChangeId, Op, PullMode, PushChange, RecordId, RemoteStore};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn songs(n: usize, owner: &RecordId, client: &RecordId, counter: &mut u64) -> Vec<PushChange> {
+    (0..n)
+        .map(|i| {
+            *counter += 1;
+            PushChange {
+                change_id: ChangeId { client: client.clone(), n: *counter },
+                collection: "songs".into(),
+                id: new_id(),
+                base: None,
+                op: Op::Upsert(
+                    json!({"title": format!("song {i}"), "artist": "bench", "order": i, "owner": owner.as_str()})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn push(c: &mut Criterion) {
+    let rt = rt();
+    let srv = TestServer::start();
+    let (owner, remote) = rt.block_on(async {
+        let owner = srv.create_user("bench@t.io").await;
+        (owner, srv.user("bench@t.io").await)
+    });
+    let client = new_id();
+    let mut counter = 0u64;
+    let http = reqwest::Client::new();
+    let token = rt.block_on(remote.token()).unwrap();
+
+    let mut g = c.benchmark_group("push");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("batched", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let batch = songs(10_000, &owner, &client, &mut counter);
+                let t = Instant::now();
+                let out = rt.block_on(remote.push(batch)).unwrap();
+                total += t.elapsed();
+                assert_eq!(out.len(), 10_000);
+            }
+            total
+        })
+    });
+    g.throughput(Throughput::Elements(2_000));
+    g.bench_function("one_request_per_record", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let batch = songs(2_000, &owner, &client, &mut counter);
+                let t = Instant::now();
+                rt.block_on(async {
+                    for ch in batch {
+                        let Op::Upsert(mut f) = ch.op else {
+                            unreachable!()
+                        };
+                        f.insert("id".into(), json!(ch.id.as_str()));
+                        f.insert("tm_push".into(), json!(format!("0:{}", ch.change_id)));
+                        let r = http
+                            .post(format!("{}/api/collections/songs/records", srv.url()))
+                            .header("Authorization", &token)
+                            .json(&f)
+                            .send()
+                            .await
+                            .unwrap();
+                        assert!(r.status().is_success());
+                        let _ = r.bytes().await;
+                    }
+                });
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+async fn raw_batch(http: &reqwest::Client, url: &str, token: &str, owner: &RecordId, n: usize) {
+    let reqs: Vec<_> = (0..n)
+        .map(|i| {
+            json!({"method": "POST", "url": "/api/collections/songs/records",
+                   "body": {"id": new_id().as_str(), "title": format!("s{i}"), "artist": "b", "order": i, "owner": owner.as_str()}})
+        })
+        .collect();
+    let r = http
+        .post(format!("{url}/api/batch"))
+        .header("Authorization", token)
+        .json(&json!({ "requests": reqs }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let _ = r.bytes().await;
+}
+
+fn batch_hooks(c: &mut Criterion) {
+    let rt = rt();
+    let with = TestServer::start();
+    let without = TestServer::start_with_env(&[("TIDEMARK_COLLECTIONS", "no_such_collection")]);
+    let http = reqwest::Client::new();
+    let mut g = c.benchmark_group("batch_hooks");
+    g.sample_size(10).measurement_time(Duration::from_secs(15));
+    g.throughput(Throughput::Elements(1000));
+    for (name, srv) in [("with_hooks", &with), ("without_hooks", &without)] {
+        let (owner, token, admin) = rt.block_on(async {
+            let owner = srv.create_user("bench@t.io").await;
+            let token = srv.user("bench@t.io").await.token().await.unwrap();
+            (owner, token, srv.superuser().await.token().await.unwrap())
+        });
+        g.bench_function(format!("{name}/user"), |b| {
+            b.iter(|| rt.block_on(raw_batch(&http, srv.url(), &token, &owner, 1000)))
+        });
+        g.bench_function(format!("{name}/superuser"), |b| {
+            b.iter(|| rt.block_on(raw_batch(&http, srv.url(), &admin, &owner, 1000)))
+        });
+    }
+    g.finish();
+}
+
+fn noop_sync(c: &mut Criterion) {
+    let rt = rt();
+    let srv = TestServer::start();
+    let remote: PocketBaseRemote = rt.block_on(async {
+        srv.create_user("bench@t.io").await;
+        srv.user("bench@t.io").await
+    });
+    let head = rt.block_on(remote.head()).unwrap().head;
+    c.bench_function("noop_sync/pull_at_head", |b| {
+        b.iter(|| {
+            let p = rt
+                .block_on(remote.pull(head, 1000, PullMode::Incremental))
+                .unwrap();
+            assert!(p.changes.is_empty() && !p.more);
+        })
+    });
+}
+
+criterion_group!(benches, push, batch_hooks, noop_sync);
+criterion_main!(benches);
