@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the whole test suite: installs the pinned PocketBase
+# into .venv, checks formatting and lints, then runs every test (unit, conformance,
+# property, crash, end-to-end against a real PocketBase) and the doctests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export TIDEMARK_POCKETBASE="$(bash scripts/install-pocketbase.sh)"
+echo "PocketBase: $("$TIDEMARK_POCKETBASE" --version)"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
