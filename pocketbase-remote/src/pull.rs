@@ -27,6 +27,7 @@ const META: &[&str] = &[
     "tm_seq",
     "tm_cid",
     "tm_push",
+    "tm_clients",
 ];
 
 /// One pulled item before merging: seq, whether it is a live record (wins over a

@@ -722,3 +722,134 @@ async fn short_lived_tokens_are_refreshed_before_they_expire() {
     assert_eq!(p.changes.len(), 1);
     drop(ra);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poller_misses_nothing_while_records_are_updated_and_deleted() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let admin = srv.superuser().await;
+    let mut c = Client::new();
+    let ids: Vec<_> = (0..300).map(|_| new_id()).collect();
+    let mut versions: HashMap<_, u64> = HashMap::new();
+    for (id, o) in ids.iter().zip(
+        ra.push(
+            ids.iter()
+                .map(|id| c.upsert("songs", id, None, song("v0", 0, &a)))
+                .collect(),
+        )
+        .await
+        .unwrap(),
+    ) {
+        versions.insert(id.clone(), applied(&o));
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let admin = admin.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            // A local mirror fed only by pulled pages.
+            let mut mirror: HashMap<sync_traits::RecordId, (u64, Option<sync_traits::Fields>)> =
+                HashMap::new();
+            let mut wm = Watermark(0);
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let p = admin
+                    .pull(wm, 50, PullMode::Incremental)
+                    .await
+                    .expect("pull");
+                for ch in p.changes {
+                    let e = mirror.entry(ch.id).or_insert((0, None));
+                    assert!(ch.state.version.0 > e.0, "version went back");
+                    *e = (ch.state.version.0, ch.state.fields);
+                }
+                wm = p.watermark;
+                if finished && !p.more {
+                    return mirror;
+                }
+            }
+        })
+    };
+
+    // Writers: batched updates and deletes through the remote, plain REST updates.
+    let token = ra.token().await.unwrap();
+    let http = reqwest::Client::new();
+    for round in 1..=6usize {
+        let mut batch = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(&v) = versions.get(id) else { continue };
+            if i % 3 == round % 3 {
+                batch.push(c.upsert(
+                    "songs",
+                    id,
+                    Some(v),
+                    song(&format!("v{round}"), round as i64, &a),
+                ));
+            } else if i % 50 == round {
+                batch.push(c.delete("songs", id, v));
+            }
+        }
+        let out = ra.push(batch.clone()).await.unwrap();
+        for (ch, o) in batch.iter().zip(out) {
+            let v = applied(&o);
+            if ch.op == sync_traits::Op::Delete {
+                versions.remove(&ch.id);
+            } else {
+                versions.insert(ch.id.clone(), v);
+            }
+        }
+        // Plain REST updates (no tidemark metadata) of a few records.
+        for id in ids.iter().skip(round).step_by(37) {
+            if !versions.contains_key(id) {
+                continue;
+            }
+            let r = http
+                .patch(format!("{}/api/collections/songs/records/{id}", srv.url()))
+                .header("Authorization", &token)
+                .json(&json!({"artist": format!("rest{round}")}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            let body: serde_json::Value = r.json().await.unwrap();
+            versions.insert(
+                id.clone(),
+                body["tm_seq"].as_u64().expect("REST write got a seq"),
+            );
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let mirror = poller.await.unwrap();
+
+    let live: HashMap<_, _> = mirror
+        .into_iter()
+        .filter_map(|(id, (v, f))| f.map(|f| (id, (v, f))))
+        .collect();
+    assert_eq!(live.len(), versions.len());
+    for (id, v) in &versions {
+        let (mv, f) = &live[id];
+        assert_eq!(mv, v, "mirror is behind for {id}");
+        let server = ra.fetch("songs", id).await.unwrap().unwrap();
+        assert_eq!(Some(f), server.fields.as_ref());
+    }
+
+    // A late retry of an early change still answers the version it produced, even
+    // after plain REST writes came on top (idempotency memory is preserved).
+    let mut late = Client::new();
+    let id = ids
+        .iter()
+        .find(|id| versions.contains_key(*id))
+        .unwrap()
+        .clone();
+    let first = late.upsert("songs", &id, Some(versions[&id]), song("late", 99, &a));
+    let v = applied(&ra.push(vec![first.clone()]).await.unwrap()[0]);
+    let r = http
+        .patch(format!("{}/api/collections/songs/records/{id}", srv.url()))
+        .header("Authorization", &token)
+        .json(&json!({"artist": "after", "tm_clients": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(applied(&ra.push(vec![first]).await.unwrap()[0]), v);
+}
