@@ -147,7 +147,10 @@ impl TestServer {
         cmd.arg("serve")
             .arg("--http")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--hooksWatch=false");
+            .arg("--hooksWatch=false")
+            // Collection changes made by tests through the API must not write
+            // migration files into the repository's pb_migrations.
+            .arg("--automigrate=false");
         common(&mut cmd);
         cmd.stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
