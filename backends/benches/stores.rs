@@ -1,1 +1,293 @@
-fn main() {}
+//! Store benchmarks: applying a 10k-record page vs a raw bulk insert of the same
+//! rows, local put-with-outbox vs a raw single-row insert, opening a 100k store.
+//!
+//! cargo bench -p tidemark-backends --bench stores -- --warm-up-time 1 --measurement-time 3
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+use sync_traits::{
+    new_id, Fields, LocalStore, Page, Record, RecordId, RemoteChange, RemoteState, Version,
+    Watermark,
+};
+use tidemark_backends::{Schema, SledStore, SqliteStore};
+
+const N: usize = 10_000;
+
+fn song(i: usize) -> Fields {
+    json!({"title": format!("song number {i}"), "artist": "some artist", "order": i})
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn rows(n: usize) -> Vec<(RecordId, Fields)> {
+    (0..n).map(|i| (new_id(), song(i))).collect()
+}
+
+fn page(rows: &[(RecordId, Fields)], base: u64) -> Page {
+    Page {
+        changes: rows
+            .iter()
+            .enumerate()
+            .map(|(i, (id, f))| RemoteChange {
+                collection: "songs".into(),
+                id: id.clone(),
+                state: RemoteState {
+                    version: Version(base + i as u64 + 1),
+                    fields: Some(f.clone()),
+                    change_id: None,
+                },
+            })
+            .collect(),
+        watermark: Watermark(base + rows.len() as u64),
+        more: false,
+    }
+}
+
+fn raw_sqlite(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(
+        r#"PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+           CREATE TABLE "songs" ("id" TEXT PRIMARY KEY NOT NULL, "title" TEXT, "artist" TEXT, "order" NUMERIC);"#,
+    )
+    .unwrap();
+    c
+}
+
+fn raw_sqlite_insert(c: &mut rusqlite::Connection, rows: &[(RecordId, Fields)]) {
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare_cached(
+                r#"INSERT INTO "songs" ("id", "title", "artist", "order") VALUES (?1, ?2, ?3, ?4)"#,
+            )
+            .unwrap();
+        for (id, f) in rows {
+            st.execute(rusqlite::params![
+                id.as_str(),
+                f["title"].as_str(),
+                f["artist"].as_str(),
+                f["order"].as_i64()
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+fn bench_apply(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let data = rows(N);
+    let p = page(&data, 0);
+    let mut g = c.benchmark_group("apply_10k_page");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    g.bench_function("sqlite_store", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
+                (d, s)
+            },
+            |(_d, s)| rt.block_on(s.apply_remote(&p)).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("sqlite_raw_insert", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let c = raw_sqlite(&d.path().join("raw.db"));
+                (d, c)
+            },
+            |(_d, mut c)| raw_sqlite_insert(&mut c, &data),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("sled_store", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let s = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
+                (d, s)
+            },
+            |(_d, s)| rt.block_on(s.apply_remote(&p)).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("sled_raw_batch", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let db = sled::open(d.path().join("raw")).unwrap();
+                let t = db.open_tree("songs").unwrap();
+                (d, db, t)
+            },
+            |(_d, db, t)| {
+                let mut batch = sled::Batch::default();
+                for (id, f) in &data {
+                    batch.insert(id.as_str(), serde_json::to_vec(f).unwrap());
+                }
+                t.apply_batch(batch).unwrap();
+                db.flush().unwrap();
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn bench_put(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("local_put");
+    g.throughput(Throughput::Elements(1));
+    let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
+    let mut i = 0;
+    g.bench_function("sqlite_store_put_with_outbox", |b| {
+        b.iter(|| {
+            i += 1;
+            rt.block_on(s.put(Record::new("songs", new_id(), song(i))))
+                .unwrap()
+        })
+    });
+    let raw = raw_sqlite(&d.path().join("raw.db"));
+    g.bench_function("sqlite_raw_insert_autocommit", |b| {
+        let mut st = raw
+            .prepare(
+                r#"INSERT INTO "songs" ("id", "title", "artist", "order") VALUES (?1, ?2, ?3, ?4)"#,
+            )
+            .unwrap();
+        b.iter(|| {
+            i += 1;
+            let f = song(i);
+            st.execute(rusqlite::params![
+                new_id().as_str(),
+                f["title"].as_str(),
+                f["artist"].as_str(),
+                f["order"].as_i64()
+            ])
+            .unwrap()
+        })
+    });
+    let sl = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
+    g.bench_function("sled_store_put_with_outbox_flush", |b| {
+        b.iter(|| {
+            i += 1;
+            rt.block_on(sl.put(Record::new("songs", new_id(), song(i))))
+                .unwrap()
+        })
+    });
+    let sl2 = SledStore::open_with(
+        d.path().join("sled2"),
+        Schema::conformance(),
+        tidemark_backends::sled::SledOptions {
+            flush_every_write: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    g.bench_function("sled_store_put_with_outbox_noflush", |b| {
+        b.iter(|| {
+            i += 1;
+            rt.block_on(sl2.put(Record::new("songs", new_id(), song(i))))
+                .unwrap()
+        })
+    });
+    let db = sled::open(d.path().join("sledraw")).unwrap();
+    let t = db.open_tree("songs").unwrap();
+    g.bench_function("sled_raw_insert_flush", |b| {
+        b.iter(|| {
+            i += 1;
+            t.insert(new_id().as_str(), serde_json::to_vec(&song(i)).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        })
+    });
+    g.bench_function("sled_raw_insert_noflush", |b| {
+        b.iter(|| {
+            i += 1;
+            t.insert(new_id().as_str(), serde_json::to_vec(&song(i)).unwrap())
+                .unwrap();
+        })
+    });
+    g.finish();
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn bench_open(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let sqlite_path = d.path().join("big.db");
+    let sled_path = d.path().join("bigsled");
+    {
+        let s = SqliteStore::open(&sqlite_path, Schema::conformance()).unwrap();
+        let l = SledStore::open(&sled_path, Schema::conformance()).unwrap();
+        for k in 0..10u64 {
+            let p = page(&rows(N), k * N as u64);
+            rt.block_on(s.apply_remote(&p)).unwrap();
+            rt.block_on(l.apply_remote(&p)).unwrap();
+        }
+    }
+    // One measured open each, with resident memory before/after (printed).
+    for (name, open) in [
+        (
+            "sqlite",
+            Box::new(|| {
+                Box::new(SqliteStore::open(&sqlite_path, Schema::conformance()).unwrap())
+                    as Box<dyn LocalStore>
+            }) as Box<dyn Fn() -> Box<dyn LocalStore>>,
+        ),
+        (
+            "sled",
+            Box::new(|| {
+                Box::new(SledStore::open(&sled_path, Schema::conformance()).unwrap())
+                    as Box<dyn LocalStore>
+            }),
+        ),
+    ] {
+        let before = rss_kib();
+        let t = Instant::now();
+        let s = open();
+        let took = t.elapsed();
+        let after_open = rss_kib();
+        let n = rt.block_on(s.list("songs")).unwrap().len();
+        drop(s);
+        eprintln!(
+            "open_100k/{name}: {n} records, open {took:?}, RSS +{} KiB after open",
+            after_open.saturating_sub(before)
+        );
+    }
+    let mut g = c.benchmark_group("open_100k");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("sqlite_store", |b| {
+        b.iter(|| SqliteStore::open(&sqlite_path, Schema::conformance()).unwrap())
+    });
+    g.bench_function("sled_store", |b| {
+        b.iter(|| SledStore::open(&sled_path, Schema::conformance()).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_put, bench_open);
+criterion_main!(benches);

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use ::sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, Transactional,
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
 use ::sled::{Db, IVec, Tree};
 use async_trait::async_trait;
@@ -43,7 +43,9 @@ use sync_traits::{
 };
 
 use crate::common::changed_fields;
-use crate::schema::{canonical_fields, check_collection_name, schema_err, CollectionSchema, Schema};
+use crate::schema::{
+    canonical_fields, check_collection_name, schema_err, CollectionSchema, Schema,
+};
 
 const FORMAT: &[u8] = b"tidemark-sled/1";
 const META: usize = 0;
@@ -52,7 +54,14 @@ const OUTBOX: usize = 2;
 const OUTBOX_IDX: usize = 3;
 const SEEN: usize = 4;
 const QUARANTINE: usize = 5;
-const FIXED: [&str; 6] = ["meta", "versions", "outbox", "outbox_idx", "seen", "quarantine"];
+const FIXED: [&str; 6] = [
+    "meta",
+    "versions",
+    "outbox",
+    "outbox_idx",
+    "seen",
+    "quarantine",
+];
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -189,8 +198,7 @@ impl SledStore {
         let names = db.tree_names();
         let has_meta = names.iter().any(|n| n.as_ref() == b"meta");
         if !has_meta {
-            let foreign = names.len() > 1
-                || !db.is_empty();
+            let foreign = names.len() > 1 || !db.is_empty();
             if foreign {
                 return Err(corrupt("the sled database is not a tidemark store"));
             }
@@ -544,7 +552,11 @@ impl LocalStore for SledStore {
         for item in self.trees[i].iter() {
             let (k, v) = item.map_err(sled_err)?;
             let id = std::str::from_utf8(&k).map_err(|_| corrupt("record key is not UTF-8"))?;
-            out.push(Record::new(collection, RecordId::parse(id)?, fields_of(&v)?));
+            out.push(Record::new(
+                collection,
+                RecordId::parse(id)?,
+                fields_of(&v)?,
+            ));
         }
         Ok(out)
     }

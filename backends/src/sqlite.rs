@@ -25,10 +25,12 @@
 //! (the app's own rusqlite connection, the `sqlite3` shell) are captured into the
 //! outbox by triggers, coalesced like API writes, and pushed by the next sync. The
 //! store's own writes (API writes, which record the outbox entry themselves, and
-//! remote applies, which must not be echoed) switch capture off inside their
-//! transaction through the `capture` row of `_tidemark_meta`; it is switched back
-//! on before commit, so other connections never see it off. Record ids are
-//! immutable (`UPDATE ... SET id` is refused).
+//! remote applies, which must not be echoed) never fire them: the store's
+//! connection runs with `SQLITE_DBCONFIG_ENABLE_TRIGGER` off, which makes SQLite
+//! compile its statements without the triggers (no per-row cost at all), while
+//! every other connection fires them. [`SqliteStore::with_connection`] turns
+//! them on for the app's own SQL on the store's connection. Record ids are
+//! immutable (`UPDATE ... SET id` is refused) and must be 15 chars of `[a-z0-9]`.
 //!
 //! # Schema evolution
 //!
@@ -52,6 +54,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::config::DbConfig;
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
 };
@@ -105,8 +108,6 @@ CREATE TABLE "_tidemark_quarantine" (
 );
 "#;
 
-const CAPTURE_OFF: &str = r#"UPDATE "_tidemark_meta" SET "value" = 0 WHERE "key" = 'capture'"#;
-const CAPTURE_ON: &str = r#"UPDATE "_tidemark_meta" SET "value" = 1 WHERE "key" = 'capture'"#;
 const GET_META: &str = r#"SELECT "value" FROM "_tidemark_meta" WHERE "key" = ?1"#;
 const SET_META: &str = r#"UPDATE "_tidemark_meta" SET "value" = ?2 WHERE "key" = ?1"#;
 const BUMP_COUNTER: &str = r#"UPDATE "_tidemark_meta" SET "value" = "value" + 1 WHERE "key" = 'counter' RETURNING "value""#;
@@ -121,9 +122,15 @@ const OUTBOX_DELETE: &str = r#"DELETE FROM "_tidemark_outbox" WHERE "seq" = ?1"#
 const OUTBOX_PAGE: &str = r#"SELECT "seq", "collection", "id", "change_n", "base", "changed" FROM "_tidemark_outbox" WHERE "seq" > ?1 ORDER BY "seq" LIMIT ?2"#;
 const VERSION_GET: &str =
     r#"SELECT "version" FROM "_tidemark_versions" WHERE "collection" = ?1 AND "id" = ?2"#;
-const VERSION_SET: &str = r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version") VALUES (?1, ?2, ?3) ON CONFLICT ("collection", "id") DO UPDATE SET "version" = excluded."version""#;
+const VERSION_RAISE: &str = r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version") VALUES (?1, ?2, ?3) ON CONFLICT ("collection", "id") DO UPDATE SET "version" = excluded."version" WHERE excluded."version" > "version""#;
 const SEEN_MARK: &str =
     r#"INSERT INTO "_tidemark_seen" ("collection", "id") VALUES (?1, ?2) ON CONFLICT DO NOTHING"#;
+
+/// A version as stored: SQLite integers are signed 64-bit, so versions are capped
+/// at `i64::MAX` (a server seq never gets near it).
+fn sql_version(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 /// Quotes an SQL identifier.
 fn q(ident: &str) -> String {
@@ -190,36 +197,55 @@ impl Table {
         }
     }
 
-    /// The row values (id, declared columns, `_extra`) for a record. Checks types.
-    fn row_values(&self, id: &RecordId, fields: &Fields) -> Result<Vec<SqlValue>, StoreError> {
+    /// Checks a record against the schema and binds it (id, declared columns,
+    /// `_extra`) to the upsert statement, without copying strings.
+    fn bind_row(
+        &self,
+        st: &mut rusqlite::Statement<'_>,
+        id: &RecordId,
+        fields: &Fields,
+    ) -> Result<(), StoreError> {
         let c = &self.schema;
-        let mut vals = Vec::with_capacity(c.fields.len() + 2);
-        vals.push(SqlValue::Text(id.as_str().to_owned()));
-        let mut extra = Fields::new();
-        for f in &c.fields {
-            match fields.get(&f.name) {
-                None => vals.push(SqlValue::Null),
-                Some(Value::Null) => {
-                    vals.push(SqlValue::Null);
-                    extra.insert(f.name.clone(), Value::Null);
+        st.raw_bind_parameter(1, id.as_str()).map_err(sql_err)?;
+        let mut extra: Vec<(&String, &Value)> = Vec::new();
+        for (i, f) in c.fields.iter().enumerate() {
+            let idx = i + 2;
+            let r = match (f.kind, fields.get(&f.name)) {
+                (_, None) => st.raw_bind_parameter(idx, SqlValue::Null),
+                (_, Some(v @ Value::Null)) => {
+                    extra.push((&f.name, v));
+                    st.raw_bind_parameter(idx, SqlValue::Null)
                 }
-                Some(v) => {
-                    let v = check_value(&c.name, id, &f.name, f.kind, v)?;
-                    vals.push(to_sql(f.kind, &v));
+                (FieldKind::Text, Some(Value::String(s))) => st.raw_bind_parameter(idx, s.as_str()),
+                (FieldKind::Number, Some(Value::Number(n))) if n.is_i64() => {
+                    st.raw_bind_parameter(idx, n.as_i64().unwrap_or_default())
                 }
-            }
+                (FieldKind::Bool, Some(Value::Bool(b))) => st.raw_bind_parameter(idx, *b),
+                (kind, Some(v)) => {
+                    let v = check_value(&c.name, id, &f.name, kind, v)?;
+                    st.raw_bind_parameter(idx, to_sql(kind, &v))
+                }
+            };
+            r.map_err(sql_err)?;
         }
         for (k, v) in fields {
             if k != "id" && c.kind_of(k).is_none() {
-                extra.insert(k.clone(), v.clone());
+                extra.push((k, v));
             }
         }
-        vals.push(if extra.is_empty() {
-            SqlValue::Null
+        let idx = c.fields.len() + 2;
+        if extra.is_empty() {
+            st.raw_bind_parameter(idx, SqlValue::Null)
         } else {
-            SqlValue::Text(Value::Object(extra).to_string())
-        });
-        Ok(vals)
+            extra.sort_by(|a, b| a.0.cmp(b.0));
+            let map: serde_json::Map<String, Value> = extra
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            st.raw_bind_parameter(idx, Value::Object(map).to_string())
+        }
+        .map_err(sql_err)?;
+        Ok(())
     }
 
     /// Reads declared columns and `_extra` starting at column `offset`.
@@ -284,7 +310,7 @@ fn from_sql(kind: FieldKind, v: ValueRef<'_>) -> Option<Value> {
 fn create_table_sql(c: &CollectionSchema) -> String {
     let mut cols = vec![
         "\"id\" TEXT PRIMARY KEY NOT NULL DEFAULT (substr(lower(hex(randomblob(8))), 1, 15)) \
-         CHECK (length(\"id\") = 15 AND \"id\" NOT GLOB '*[^a-z0-9]*')"
+         "
             .to_string(),
     ];
     for f in &c.fields {
@@ -294,8 +320,8 @@ fn create_table_sql(c: &CollectionSchema) -> String {
     format!("CREATE TABLE {} (\n  {}\n)", q(&c.name), cols.join(",\n  "))
 }
 
-fn trigger_names(c: &CollectionSchema) -> [String; 4] {
-    ["ai", "au", "ad", "id"].map(|s| q(&format!("_tidemark_{}_{s}", c.name)))
+fn trigger_names(c: &CollectionSchema) -> [String; 5] {
+    ["ai", "au", "ad", "id", "bi"].map(|s| q(&format!("_tidemark_{}_{s}", c.name)))
 }
 
 /// Triggers that capture plain-SQL writes on a collection's table into the outbox.
@@ -344,7 +370,7 @@ fn triggers_sql(c: &CollectionSchema) -> String {
         ));
         parts.join(" UNION ")
     };
-    let when = "WHEN (SELECT \"value\" FROM \"_tidemark_meta\" WHERE \"key\" = 'capture') IS NOT 0";
+    let when = "";
     let body = |row: &str, changed: &str| -> String {
         format!(
             "UPDATE \"_tidemark_meta\" SET \"value\" = \"value\" + 1 WHERE \"key\" = 'counter';\n\
@@ -359,13 +385,15 @@ fn triggers_sql(c: &CollectionSchema) -> String {
              WHERE NOT EXISTS (SELECT 1 FROM \"_tidemark_outbox\" WHERE \"collection\" = {cl} AND \"id\" = {row}.\"id\");"
         )
     };
-    let [ai, au, ad, idt] = trigger_names(c);
+    let [ai, au, ad, idt, bi] = trigger_names(c);
     format!(
         "CREATE TRIGGER {ai} AFTER INSERT ON {t} {when} BEGIN\n{}\nEND;\n\
          CREATE TRIGGER {au} AFTER UPDATE ON {t} {when} BEGIN\n{}\nEND;\n\
          CREATE TRIGGER {ad} AFTER DELETE ON {t} {when} BEGIN\n{}\nEND;\n\
          CREATE TRIGGER {idt} BEFORE UPDATE OF \"id\" ON {t} WHEN OLD.\"id\" IS NOT NEW.\"id\" BEGIN \
-         SELECT RAISE(ABORT, 'tidemark: record ids cannot change; delete and insert instead'); END;\n",
+         SELECT RAISE(ABORT, 'tidemark: record ids cannot change; delete and insert instead'); END;\n\
+         CREATE TRIGGER {bi} BEFORE INSERT ON {t} WHEN length(NEW.\"id\") IS NOT 15 OR NEW.\"id\" GLOB '*[^a-z0-9]*' BEGIN \
+         SELECT RAISE(ABORT, 'tidemark: a record id is 15 characters of a-z0-9'); END;\n",
         body("NEW", &keys_of("NEW")),
         body("NEW", &updated),
         body("OLD", &keys_of("OLD")),
@@ -421,10 +449,25 @@ impl SqliteStore {
         s
     }
 
-    /// Runs `f` with the store's connection, for plain-SQL reads (or writes, which
-    /// the triggers capture into the outbox like any other).
-    pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        f(&self.lock())
+    /// Runs `f` with the store's connection, for plain-SQL reads or writes. Writes
+    /// to synced tables are captured into the outbox by the triggers, exactly as
+    /// from any other connection.
+    pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> Result<T, StoreError> {
+        struct TriggersOff<'a>(&'a Connection);
+        impl Drop for TriggersOff<'_> {
+            fn drop(&mut self) {
+                let _ = self
+                    .0
+                    .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false);
+            }
+        }
+        let conn = self.lock();
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)
+            .map_err(sql_err)?;
+        let guard = TriggersOff(&conn);
+        let out = f(guard.0);
+        drop(guard);
+        Ok(out)
     }
 
     fn init(mut conn: Connection, schema: Schema, wal: bool) -> Result<Self, StoreError> {
@@ -448,6 +491,12 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(sql_err)?;
         conn.set_prepared_statement_cache_capacity(128);
+        // The store's own connection never fires the capture triggers: API writes
+        // record their outbox entry themselves and remote applies must not echo.
+        // Statements are compiled without the (non-TEMP) triggers, so this costs
+        // nothing per row. Other connections to the file fire them.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .map_err(sql_err)?;
 
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -483,7 +532,6 @@ impl SqliteStore {
             for k in ["counter", "watermark", "resyncing"] {
                 ins.execute(params![k, 0i64]).map_err(sql_err)?;
             }
-            ins.execute(params!["capture", 1i64]).map_err(sql_err)?;
         } else {
             let format: Option<String> = tx
                 .query_row(GET_META, ["format"], |r| r.get(0))
@@ -499,7 +547,6 @@ impl SqliteStore {
             .query_row(GET_META, ["client"], |r| r.get(0))
             .map_err(|e| corrupt(format!("client id missing: {e}")))?;
         let client = RecordId::parse(&client).map_err(|e| corrupt(format!("client id: {e}")))?;
-        tx.execute(CAPTURE_OFF, []).map_err(sql_err)?;
 
         // Stored collections.
         let mut stored: HashMap<String, CollectionSchema> = HashMap::new();
@@ -574,7 +621,6 @@ impl SqliteStore {
         for (name, c) in stored {
             tables.insert(name, Table::new(c));
         }
-        tx.execute(CAPTURE_ON, []).map_err(sql_err)?;
         tx.commit().map_err(sql_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -633,9 +679,8 @@ impl SqliteStore {
             let Ok(id) = RecordId::parse(&id) else {
                 continue;
             };
-            if let Ok(vals) = t.row_values(&id, &fields) {
-                up.execute(rusqlite::params_from_iter(vals))
-                    .map_err(sql_err)?;
+            if t.bind_row(&mut up, &id, &fields).is_ok() {
+                up.raw_execute().map_err(sql_err)?;
             }
         }
         Ok(())
@@ -654,7 +699,7 @@ impl SqliteStore {
             .ok_or_else(|| StoreError::UnknownCollection(collection.to_owned()))
     }
 
-    /// Runs `f` in an IMMEDIATE transaction with trigger capture off.
+    /// Runs `f` in an IMMEDIATE transaction (triggers are off on this connection).
     fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
@@ -663,13 +708,7 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
-        tx.prepare_cached(CAPTURE_OFF)
-            .and_then(|mut s| s.execute([]))
-            .map_err(sql_err)?;
         let out = f(&tx)?;
-        tx.prepare_cached(CAPTURE_ON)
-            .and_then(|mut s| s.execute([]))
-            .map_err(sql_err)?;
         tx.commit().map_err(sql_err)?;
         Ok(out)
     }
@@ -687,10 +726,9 @@ impl SqliteStore {
         id: &RecordId,
         fields: &Fields,
     ) -> Result<(), StoreError> {
-        let vals = t.row_values(id, fields)?;
         let mut st = conn.prepare_cached(&t.upsert).map_err(sql_err)?;
-        st.execute(rusqlite::params_from_iter(vals))
-            .map_err(sql_err)?;
+        t.bind_row(&mut st, id, fields)?;
+        st.raw_execute().map_err(sql_err)?;
         Ok(())
     }
 
@@ -720,17 +758,10 @@ impl SqliteStore {
             .map(|v| v as u64))
     }
 
-    fn set_version(conn: &Connection, c: &str, id: &RecordId, v: u64) -> Result<(), StoreError> {
-        let mut st = conn.prepare_cached(VERSION_SET).map_err(sql_err)?;
-        st.execute(params![c, id.as_str(), v as i64])
-            .map_err(sql_err)?;
-        Ok(())
-    }
-
     fn raise_version(conn: &Connection, c: &str, id: &RecordId, v: u64) -> Result<(), StoreError> {
-        if Self::version(conn, c, id)?.is_none_or(|cur| cur < v) {
-            Self::set_version(conn, c, id, v)?;
-        }
+        let mut st = conn.prepare_cached(VERSION_RAISE).map_err(sql_err)?;
+        st.execute(params![c, id.as_str(), sql_version(v)])
+            .map_err(sql_err)?;
         Ok(())
     }
 
@@ -827,7 +858,7 @@ impl SqliteStore {
                     None => {
                         if let Some((seq, _, _)) = Self::outbox_entry(tx, &collection, &id)? {
                             tx.prepare_cached(OUTBOX_SET_BASE)
-                                .and_then(|mut s| s.execute(params![seq, version.0 as i64]))
+                                .and_then(|mut s| s.execute(params![seq, sql_version(version.0)]))
                                 .map_err(sql_err)?;
                         }
                     }
@@ -854,7 +885,7 @@ impl SqliteStore {
                     }
                 }
                 tx.prepare_cached(OUTBOX_SET_BASE)
-                    .and_then(|mut s| s.execute(params![seq, base.0 as i64]))
+                    .and_then(|mut s| s.execute(params![seq, sql_version(base.0)]))
                     .map_err(sql_err)?;
                 Ok(())
             }
@@ -984,9 +1015,14 @@ impl LocalStore for SqliteStore {
             let mut report = ApplyReport::default();
             let mut seen = tx.prepare_cached(SEEN_MARK).map_err(sql_err)?;
             let mut pending = tx.prepare_cached(OUTBOX_EXISTS).map_err(sql_err)?;
-            let mut get_v = tx.prepare_cached(VERSION_GET).map_err(sql_err)?;
-            let mut set_v = tx.prepare_cached(VERSION_SET).map_err(sql_err)?;
-            for c in &page.changes {
+            let mut newer = tx.prepare_cached(VERSION_RAISE).map_err(sql_err)?;
+            let mut upserts: Vec<(&str, rusqlite::CachedStatement<'_>)> = Vec::new();
+            // Visit the page in key order (stable, so repeated keys keep their order
+            // and the result is the same): the index inserts then hit neighbouring
+            // b-tree pages instead of random ones.
+            let mut order: Vec<&sync_traits::RemoteChange> = page.changes.iter().collect();
+            order.sort_by(|a, b| (&a.collection, &a.id).cmp(&(&b.collection, &b.id)));
+            for c in order {
                 let (coll, id) = (c.collection.as_str(), c.id.as_str());
                 if resyncing {
                     seen.execute([coll, id]).map_err(sql_err)?;
@@ -995,24 +1031,36 @@ impl LocalStore for SqliteStore {
                     report.deferred += 1;
                     continue;
                 }
-                let cur: Option<i64> = get_v
-                    .query_row([coll, id], |r| r.get(0))
-                    .optional()
-                    .map_err(sql_err)?;
-                if cur.is_some_and(|v| v as u64 >= c.state.version.0) {
+                // Records the version only if it is newer: one statement reads and
+                // writes, and "no row changed" means stale.
+                if newer
+                    .execute(params![coll, id, sql_version(c.state.version.0)])
+                    .map_err(sql_err)?
+                    == 0
+                {
                     report.stale += 1;
                     continue;
                 }
                 let t = self.table(coll)?;
                 match &c.state.fields {
-                    Some(f) => Self::write_row(tx, t, &c.id, f)?,
+                    Some(f) => {
+                        // One prepared upsert per collection for the whole page.
+                        let st = match upserts.iter_mut().position(|(n, _)| *n == coll) {
+                            Some(i) => &mut upserts[i].1,
+                            None => {
+                                let st = tx.prepare_cached(&t.upsert).map_err(sql_err)?;
+                                upserts.push((coll, st));
+                                let last = upserts.len() - 1;
+                                &mut upserts[last].1
+                            }
+                        };
+                        t.bind_row(st, &c.id, f)?;
+                        st.raw_execute().map_err(sql_err)?;
+                    }
                     None => {
                         Self::delete_row(tx, t, &c.id)?;
                     }
                 }
-                set_v
-                    .execute(params![coll, id, c.state.version.0 as i64])
-                    .map_err(sql_err)?;
                 report.applied += 1;
             }
             let wm = Self::meta_i64(tx, "watermark")? as u64;

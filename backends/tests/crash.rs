@@ -19,7 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sync_traits::{Ack, LocalStore, Page, Record, RecordId, RemoteChange, RemoteState, Version, Watermark};
+use sync_traits::{
+    Ack, LocalStore, Page, Record, RecordId, RemoteChange, RemoteState, Version, Watermark,
+};
 use tidemark_backends::Schema;
 
 const PAGE: u64 = 3000;
@@ -32,7 +34,9 @@ fn id(prefix: char, i: u64) -> RecordId {
 
 fn open(kind: &str, path: &std::path::Path) -> Box<dyn LocalStore> {
     match kind {
-        "sqlite" => Box::new(tidemark_backends::SqliteStore::open(path, Schema::conformance()).unwrap()),
+        "sqlite" => {
+            Box::new(tidemark_backends::SqliteStore::open(path, Schema::conformance()).unwrap())
+        }
         "sled-noflush" => Box::new(
             tidemark_backends::SledStore::open_with(
                 path,
@@ -81,9 +85,13 @@ async fn child(kind: &str, path: &std::path::Path) {
         out.flush().unwrap();
         for i in 0..LOCAL {
             let f = json!({"name": format!("friend {i}"), "order": round});
-            s.put(Record::new("friends", id('f', i), f.as_object().cloned().unwrap()))
-                .await
-                .unwrap();
+            s.put(Record::new(
+                "friends",
+                id('f', i),
+                f.as_object().cloned().unwrap(),
+            ))
+            .await
+            .unwrap();
         }
         ack_all(&*s, round * PAGE).await;
         writeln!(out, "ACKED {round}").unwrap();
@@ -110,7 +118,10 @@ async fn ack_all(s: &dyn LocalStore, version: u64) {
 /// Entry point of the child process; a no-op in a normal test run.
 #[tokio::test]
 async fn crash_child() {
-    let (Ok(kind), Ok(path)) = (std::env::var("TIDEMARK_CRASH_KIND"), std::env::var("TIDEMARK_CRASH_PATH")) else {
+    let (Ok(kind), Ok(path)) = (
+        std::env::var("TIDEMARK_CRASH_KIND"),
+        std::env::var("TIDEMARK_CRASH_PATH"),
+    ) else {
         return;
     };
     child(&kind, std::path::Path::new(&path)).await;
@@ -132,10 +143,16 @@ async fn check(kind: &str, path: &std::path::Path, reported_wm: u64, acked: u64)
     assert_eq!(wm % PAGE, 0, "watermark {wm} is not at a page boundary");
     if kind == "sled-noflush" {
         if wm < reported_wm {
-            eprintln!("{kind}: LOST {} pages that the child saw applied", (reported_wm - wm) / PAGE);
+            eprintln!(
+                "{kind}: LOST {} pages that the child saw applied",
+                (reported_wm - wm) / PAGE
+            );
         }
     } else {
-        assert!(wm >= reported_wm, "{kind}: watermark {wm} lost an apply the child saw return ({reported_wm})");
+        assert!(
+            wm >= reported_wm,
+            "{kind}: watermark {wm} lost an apply the child saw return ({reported_wm})"
+        );
     }
     let round = wm / PAGE;
     let songs = s.list("songs").await.unwrap();
@@ -144,12 +161,24 @@ async fn check(kind: &str, path: &std::path::Path, reported_wm: u64, acked: u64)
     } else {
         assert_eq!(songs.len() as u64, PAGE, "{kind}: page half applied");
         for r in &songs {
-            assert_eq!(r.fields["order"], json!(round), "{kind}: song {} does not match watermark {wm}", r.id);
+            assert_eq!(
+                r.fields["order"],
+                json!(round),
+                "{kind}: song {} does not match watermark {wm}",
+                r.id
+            );
         }
     }
     let friends = s.list("friends").await.unwrap();
-    let newest = friends.iter().filter_map(|r| r.fields["order"].as_u64()).max().unwrap_or(0);
-    let of_newest = friends.iter().filter(|r| r.fields["order"] == json!(newest)).count();
+    let newest = friends
+        .iter()
+        .filter_map(|r| r.fields["order"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let of_newest = friends
+        .iter()
+        .filter(|r| r.fields["order"] == json!(newest))
+        .count();
     let pending = s.pending(0, 100_000).await.unwrap();
     // Only the newest round's writes can be pending (every round starts with an
     // empty outbox), and an ack settles all of them or none.
@@ -170,7 +199,10 @@ async fn check(kind: &str, path: &std::path::Path, reported_wm: u64, acked: u64)
         eprintln!("{kind}: LOST acked round {acked}, friends are at round {newest}");
     }
     if kind != "sled-noflush" {
-        assert!(newest >= acked, "{kind}: round {acked} was acked but friends are at {newest}");
+        assert!(
+            newest >= acked,
+            "{kind}: round {acked} was acked but friends are at {newest}"
+        );
     }
     (wm, pending.len())
 }
@@ -179,9 +211,15 @@ fn kill_loop(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     let exe = std::env::current_exe().unwrap();
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let mut rng = Rng(seed | 1);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let started = Instant::now();
     let (mut reported, mut acked) = (0u64, 0u64);
     let mut kills = 0;
@@ -229,7 +267,9 @@ fn kill_loop(kind: &str) {
     }
     assert!(kills >= 20, "{kind}: only {kills} kills in the time budget");
     assert!(reported > 0, "{kind}: the child never got to apply a page");
-    eprintln!("{kind}: {kills} kills, {mid_ack} with local writes pending, last watermark {reported}");
+    eprintln!(
+        "{kind}: {kills} kills, {mid_ack} with local writes pending, last watermark {reported}"
+    );
 }
 
 #[cfg(feature = "sqlite")]

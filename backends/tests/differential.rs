@@ -63,8 +63,14 @@ fn value() -> impl Strategy<Value = Value> {
 /// `order`) plus undeclared fields.
 fn fields() -> impl Strategy<Value = Fields> {
     (
-        proptest::option::of(prop_oneof!["[a-z]{0,5}".prop_map(Value::from), Just(Value::Null)]),
-        proptest::option::of(prop_oneof!["[a-z]{0,3}".prop_map(Value::from), Just(Value::Null)]),
+        proptest::option::of(prop_oneof![
+            "[a-z]{0,5}".prop_map(Value::from),
+            Just(Value::Null)
+        ]),
+        proptest::option::of(prop_oneof![
+            "[a-z]{0,3}".prop_map(Value::from),
+            Just(Value::Null)
+        ]),
         proptest::option::of(prop_oneof![
             (-50i64..50).prop_map(Value::from),
             (-50i64..50).prop_map(|i| Value::from(i as f64 + 0.5)),
@@ -147,9 +153,9 @@ impl Subject {
             Kind::SqliteMemory => Box::new(
                 tidemark_backends::SqliteStore::open_in_memory(Schema::conformance()).unwrap(),
             ),
-            Kind::SqliteFile(p) => Box::new(
-                tidemark_backends::SqliteStore::open(p, Schema::conformance()).unwrap(),
-            ),
+            Kind::SqliteFile(p) => {
+                Box::new(tidemark_backends::SqliteStore::open(p, Schema::conformance()).unwrap())
+            }
             Kind::Sled(p) => Box::new(
                 tidemark_backends::SledStore::open_with(
                     p,
@@ -187,7 +193,10 @@ fn norm(p: &PendingChange) -> (u64, u64, String, RecordId, Option<Version>, Op, 
 }
 
 fn norm_q(q: &Quarantined) -> (String, String) {
-    (format!("{:?}", norm(&q.change)), q.rejection.message.clone())
+    (
+        format!("{:?}", norm(&q.change)),
+        q.rejection.message.clone(),
+    )
 }
 
 #[derive(Debug, PartialEq)]
@@ -227,9 +236,19 @@ fn state(version: u64, fields: Option<Fields>) -> RemoteState {
 async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
     match step {
         Step::Put(c, i, f) => {
-            format!("{:?}", s.put(Record::new(COLLS[*c], ids[*i].clone(), f.clone())).await.map_err(|e| e.to_string()))
+            format!(
+                "{:?}",
+                s.put(Record::new(COLLS[*c], ids[*i].clone(), f.clone()))
+                    .await
+                    .map_err(|e| e.to_string())
+            )
         }
-        Step::Delete(c, i) => format!("{:?}", s.delete(COLLS[*c], &ids[*i]).await.map_err(|e| e.to_string())),
+        Step::Delete(c, i) => format!(
+            "{:?}",
+            s.delete(COLLS[*c], &ids[*i])
+                .await
+                .map_err(|e| e.to_string())
+        ),
         Step::Apply(changes, w) => {
             let page = Page {
                 changes: changes
@@ -243,7 +262,10 @@ async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
                 watermark: Watermark(*w),
                 more: false,
             };
-            format!("{:?}", s.apply_remote(&page).await.map_err(|e| e.to_string()))
+            format!(
+                "{:?}",
+                s.apply_remote(&page).await.map_err(|e| e.to_string())
+            )
         }
         Step::Pending(a, l) => {
             let p = s.pending(*a, *l).await.unwrap();
@@ -264,7 +286,12 @@ async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
                     }
                     let (collection, id) = (e.collection.clone(), e.id.clone());
                     match kind {
-                        AckKind::Applied(v) => Ack::Applied { collection, id, change_id, version: Version(*v) },
+                        AckKind::Applied(v) => Ack::Applied {
+                            collection,
+                            id,
+                            change_id,
+                            version: Version(*v),
+                        },
                         AckKind::Rebase(b, op) => Ack::Rebase {
                             collection,
                             id,
@@ -272,13 +299,21 @@ async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
                             base: Version(*b),
                             op: op.clone().map(|o| o.map_or(Op::Delete, Op::Upsert)),
                         },
-                        AckKind::TakeServer(v, f) => Ack::TakeServer { collection, id, change_id, state: state(*v, f.clone()) },
+                        AckKind::TakeServer(v, f) => Ack::TakeServer {
+                            collection,
+                            id,
+                            change_id,
+                            state: state(*v, f.clone()),
+                        },
                         AckKind::Quarantine(server) => {
                             let mut change = e.clone();
                             change.change_id = change_id;
                             Ack::Quarantine {
                                 change,
-                                rejection: Rejection { message: "no".into(), fields: Default::default() },
+                                rejection: Rejection {
+                                    message: "no".into(),
+                                    fields: Default::default(),
+                                },
                                 server: server.clone().map(|(v, f)| state(v, f)),
                             }
                         }

@@ -28,9 +28,13 @@ async fn state_survives_reopen() {
     let id = new_id();
     let (client, p) = {
         let s = SledStore::open(&path, schema()).unwrap();
-        s.put(Record::new("songs", id.clone(), f(json!({"title": "a", "x": [1]}))))
-            .await
-            .unwrap();
+        s.put(Record::new(
+            "songs",
+            id.clone(),
+            f(json!({"title": "a", "x": [1]})),
+        ))
+        .await
+        .unwrap();
         s.apply_remote(&Page {
             changes: vec![RemoteChange {
                 collection: "songs".into(),
@@ -46,7 +50,10 @@ async fn state_survives_reopen() {
         })
         .await
         .unwrap();
-        (s.client_id().await.unwrap(), s.pending(0, 10).await.unwrap())
+        (
+            s.client_id().await.unwrap(),
+            s.pending(0, 10).await.unwrap(),
+        )
     };
     let s = SledStore::open(&path, schema()).unwrap();
     assert_eq!(s.client_id().await.unwrap(), client, "client id persists");
@@ -65,11 +72,17 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
     let s = SledStore::open_temporary(schema()).unwrap();
     let id = new_id();
     assert!(matches!(
-        s.put(Record::new("songs", id.clone(), f(json!({"order": "x"})))).await,
+        s.put(Record::new("songs", id.clone(), f(json!({"order": "x"}))))
+            .await,
         Err(StoreError::Schema { .. })
     ));
     assert!(matches!(
-        s.put(Record::new("songs", id.clone(), f(json!({"album": "NOPE"})))).await,
+        s.put(Record::new(
+            "songs",
+            id.clone(),
+            f(json!({"album": "NOPE"}))
+        ))
+        .await,
         Err(StoreError::InvalidId(_))
     ));
     assert!(matches!(

@@ -62,7 +62,10 @@ async fn records_are_typed_columns_queryable_with_sql() {
         .put(Record::new("songs", id.clone(), fields.clone()))
         .await
         .unwrap();
-    assert_eq!(store.get("songs", &id).await.unwrap().unwrap().fields, fields);
+    assert_eq!(
+        store.get("songs", &id).await.unwrap().unwrap().fields,
+        fields
+    );
     let app = Connection::open(&path).unwrap();
     let row: (String, i64, i64, String, String, String, String, String) = app
         .query_row(
@@ -129,8 +132,11 @@ async fn plain_sql_writes_are_captured_and_coalesced() {
         .await
         .unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 0);
-    app.execute(r#"UPDATE "songs" SET "order" = 2 WHERE "id" = ?1"#, [id.as_str()])
-        .unwrap();
+    app.execute(
+        r#"UPDATE "songs" SET "order" = 2 WHERE "id" = ?1"#,
+        [id.as_str()],
+    )
+    .unwrap();
     let e1 = store.pending(0, 10).await.unwrap().remove(0);
     assert_eq!(e1.base, Some(Version(5)));
     assert_eq!(e1.changed.iter().collect::<Vec<_>>(), vec!["order"]);
@@ -162,7 +168,10 @@ async fn plain_sql_writes_are_captured_and_coalesced() {
     app.execute(r#"DELETE FROM "songs" WHERE "id" = ?1"#, [id.as_str()])
         .unwrap();
     let p = store.pending(0, 10).await.unwrap();
-    assert_eq!((p.len(), &p[0].op, p[0].base), (1, &Op::Delete, Some(Version(5))));
+    assert_eq!(
+        (p.len(), &p[0].op, p[0].base),
+        (1, &Op::Delete, Some(Version(5)))
+    );
 
     // An insert without an id gets a valid random id.
     app.execute(r#"INSERT INTO "songs" ("title") VALUES ('no id')"#, [])
@@ -205,21 +214,36 @@ async fn remote_applies_and_acks_are_not_echoed() {
         .apply_remote(&page(vec![change("songs", &b, 3, None)], 3))
         .await
         .unwrap();
-    assert_eq!(store.pending_count().await.unwrap(), 0, "apply must not echo");
+    assert_eq!(
+        store.pending_count().await.unwrap(),
+        0,
+        "apply must not echo"
+    );
     store.begin_resync().await.unwrap();
     store
         .apply_remote(&page(vec![change("songs", &a, 1, None)], 3))
         .await
         .unwrap();
     store.finish_resync().await.unwrap();
-    assert_eq!(store.pending_count().await.unwrap(), 0, "resync must not echo");
+    assert_eq!(
+        store.pending_count().await.unwrap(),
+        0,
+        "resync must not echo"
+    );
     // Capture is back on for other connections after the store's transactions.
     let app = Connection::open(&path).unwrap();
-    app.execute(r#"UPDATE "songs" SET "title" = 'x' WHERE "id" = ?1"#, [a.as_str()])
-        .unwrap();
+    app.execute(
+        r#"UPDATE "songs" SET "title" = 'x' WHERE "id" = ?1"#,
+        [a.as_str()],
+    )
+    .unwrap();
     let p = store.pending(0, 10).await.unwrap();
     assert_eq!(p.len(), 1);
-    assert_eq!(p[0].base, Some(Version(1)), "SQL edit is based on the remote version");
+    assert_eq!(
+        p[0].base,
+        Some(Version(1)),
+        "SQL edit is based on the remote version"
+    );
     // TakeServer of the SQL write does not echo either.
     store
         .ack(vec![Ack::TakeServer {
@@ -247,13 +271,24 @@ async fn schema_evolution_adds_columns_and_keeps_unknown_fields() {
     {
         let store = SqliteStore::open(&path, v1.clone()).unwrap();
         store
-            .apply_remote(&page(vec![change("songs", &id, 1, Some(fields.clone()))], 1))
+            .apply_remote(&page(
+                vec![change("songs", &id, 1, Some(fields.clone()))],
+                1,
+            ))
             .await
             .unwrap();
-        assert_eq!(store.get("songs", &id).await.unwrap().unwrap().fields, fields);
+        assert_eq!(
+            store.get("songs", &id).await.unwrap().unwrap().fields,
+            fields
+        );
     }
     let v2 = Schema::new()
-        .collection(CollectionSchema::new("songs").text("title").number("year").text("gone"))
+        .collection(
+            CollectionSchema::new("songs")
+                .text("title")
+                .number("year")
+                .text("gone"),
+        )
         .collection(CollectionSchema::new("albums").text("name"));
     let store = SqliteStore::open(&path, v2).unwrap();
     assert_eq!(
@@ -266,14 +301,18 @@ async fn schema_evolution_adds_columns_and_keeps_unknown_fields() {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap()
-    });
-    assert_eq!(year, 1999, "a value kept in _extra moves into its new column");
+    }).unwrap();
+    assert_eq!(
+        year, 1999,
+        "a value kept in _extra moves into its new column"
+    );
     assert_eq!(extra, r#"{"gone":null,"mood":{"a":[1,null]}}"#);
     assert!(store.list("albums").await.unwrap().is_empty());
     // The new column is captured by the regenerated triggers.
     store.with_connection(|c| {
-        c.execute(r#"UPDATE "songs" SET "year" = 2000"#, []).unwrap()
-    });
+        c.execute(r#"UPDATE "songs" SET "year" = 2000"#, [])
+            .unwrap()
+    }).unwrap();
     let p = store.pending(0, 10).await.unwrap();
     assert_eq!(p[0].changed.iter().collect::<Vec<_>>(), vec!["year"]);
     drop(store);
@@ -306,10 +345,16 @@ async fn reserved_words_work_as_collection_and_field_names() {
         .await
         .unwrap();
     store
-        .apply_remote(&page(vec![change("order", &new_id(), 1, Some(fields.clone()))], 1))
+        .apply_remote(&page(
+            vec![change("order", &new_id(), 1, Some(fields.clone()))],
+            1,
+        ))
         .await
         .unwrap();
-    assert_eq!(store.get("order", &id).await.unwrap().unwrap().fields, fields);
+    assert_eq!(
+        store.get("order", &id).await.unwrap().unwrap().fields,
+        fields
+    );
     let n: i64 = store.with_connection(|c| {
         c.query_row(
             r#"SELECT count(*) FROM "order" WHERE "group" = 3 AND "from" = 'x'"#,
@@ -317,14 +362,20 @@ async fn reserved_words_work_as_collection_and_field_names() {
             |r| r.get(0),
         )
         .unwrap()
-    });
+    }).unwrap();
     assert_eq!(n, 2);
     store.with_connection(|c| {
-        c.execute(r#"UPDATE "order" SET "select" = TRUE WHERE "id" = ?1"#, [id.as_str()])
-            .unwrap()
-    });
+        c.execute(
+            r#"UPDATE "order" SET "select" = TRUE WHERE "id" = ?1"#,
+            [id.as_str()],
+        )
+        .unwrap()
+    }).unwrap();
     let p = store.pending(0, 10).await.unwrap();
-    assert_eq!(p[0].changed.iter().collect::<Vec<_>>(), vec!["from", "group", "select", "table", "where"]);
+    assert_eq!(
+        p[0].changed.iter().collect::<Vec<_>>(),
+        vec!["from", "group", "select", "table", "where"]
+    );
 }
 
 #[tokio::test]
@@ -340,19 +391,34 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         json!({"order": 18446744073709551615u64}),
     ];
     for b in bad {
-        let r = store.put(Record::new("songs", id.clone(), f(b.clone()))).await;
-        assert!(matches!(r, Err(StoreError::Schema { .. })), "{b} gave {r:?}");
+        let r = store
+            .put(Record::new("songs", id.clone(), f(b.clone())))
+            .await;
+        assert!(
+            matches!(r, Err(StoreError::Schema { .. })),
+            "{b} gave {r:?}"
+        );
     }
     let r = store
-        .put(Record::new("songs", id.clone(), f(json!({"album": "NOPE"}))))
+        .put(Record::new(
+            "songs",
+            id.clone(),
+            f(json!({"album": "NOPE"})),
+        ))
         .await;
     assert!(matches!(r, Err(StoreError::InvalidId(_))), "{r:?}");
     let r = store
-        .put(Record::new("songs", id.clone(), f(json!({"tags": ["ok", 1]}))))
+        .put(Record::new(
+            "songs",
+            id.clone(),
+            f(json!({"tags": ["ok", 1]})),
+        ))
         .await;
     assert!(r.is_err());
     assert!(matches!(
-        store.put(Record::new("nope", id.clone(), Fields::new())).await,
+        store
+            .put(Record::new("nope", id.clone(), Fields::new()))
+            .await,
         Err(StoreError::UnknownCollection(_))
     ));
     assert!(matches!(
@@ -399,9 +465,13 @@ async fn corrupt_and_foreign_files_are_refused() {
     {
         let s = SqliteStore::open(&good, schema()).unwrap();
         for _ in 0..200 {
-            s.put(Record::new("songs", new_id(), f(json!({"title": "x".repeat(500)}))))
-                .await
-                .unwrap();
+            s.put(Record::new(
+                "songs",
+                new_id(),
+                f(json!({"title": "x".repeat(500)})),
+            ))
+            .await
+            .unwrap();
         }
     }
     let mut bytes = std::fs::read(&good).unwrap();
