@@ -91,8 +91,9 @@ fn push(c: &mut Criterion) {
                             .send()
                             .await
                             .unwrap();
-                        assert!(r.status().is_success());
-                        let _ = r.bytes().await;
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        assert!(status.is_success(), "{status} {body}");
                     }
                 });
                 total += t.elapsed();

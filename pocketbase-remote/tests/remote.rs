@@ -853,3 +853,22 @@ async fn a_poller_misses_nothing_while_records_are_updated_and_deleted() {
     assert!(r.status().is_success());
     assert_eq!(applied(&ra.push(vec![first]).await.unwrap()[0]), v);
 }
+
+/// The harness runs with `--automigrate=false`: tests that change collections through
+/// the API must not write migration files into the shipped folder.
+#[test]
+fn shipped_migrations_folder_holds_only_tidemark_files() {
+    let dir = pocketbase_remote::harness::server_dir().join("pb_migrations");
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "1764000000_tidemark_init.js",
+            "1764000001_tidemark_fixture.js"
+        ]
+    );
+}
