@@ -6,13 +6,35 @@ use sync_traits::{new_id, LocalStore, Page, RemoteChange, RemoteState, Version, 
 use tidemark_backends::{Schema, SqliteStore};
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let n = 10_000;
     let rows: Vec<_> = (0..n)
-        .map(|i| (new_id(), json!({"title": format!("song number {i}"), "artist": "some artist", "order": i}).as_object().cloned().unwrap()))
+        .map(|i| {
+            (
+                new_id(),
+                json!({"title": format!("song number {i}"), "artist": "some artist", "order": i})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            )
+        })
         .collect();
     let page = Page {
-        changes: rows.iter().enumerate().map(|(i, (id, f))| RemoteChange { collection: "songs".into(), id: id.clone(), state: RemoteState { version: Version(i as u64 + 1), fields: Some(f.clone()), change_id: None } }).collect(),
+        changes: rows
+            .iter()
+            .enumerate()
+            .map(|(i, (id, f))| RemoteChange {
+                collection: "songs".into(),
+                id: id.clone(),
+                state: RemoteState {
+                    version: Version(i as u64 + 1),
+                    fields: Some(f.clone()),
+                    change_id: None,
+                },
+            })
+            .collect(),
         watermark: Watermark(n as u64),
         more: false,
     };
@@ -30,7 +52,13 @@ fn main() {
         {
             let mut st = tx.prepare_cached(r#"INSERT INTO "songs" ("id", "title", "artist", "order") VALUES (?1, ?2, ?3, ?4)"#).unwrap();
             for (id, f) in &rows {
-                st.execute(rusqlite::params![id.as_str(), f["title"].as_str(), f["artist"].as_str(), f["order"].as_i64()]).unwrap();
+                st.execute(rusqlite::params![
+                    id.as_str(),
+                    f["title"].as_str(),
+                    f["artist"].as_str(),
+                    f["order"].as_i64()
+                ])
+                .unwrap();
             }
         }
         tx.commit().unwrap();
@@ -38,5 +66,10 @@ fn main() {
     }
     ts.sort_by(f64::total_cmp);
     tr.sort_by(f64::total_cmp);
-    println!("store median {:.1} ms, raw median {:.1} ms, ratio {:.2}", ts[7], tr[7], ts[7] / tr[7]);
+    println!(
+        "store median {:.1} ms, raw median {:.1} ms, ratio {:.2}",
+        ts[7],
+        tr[7],
+        ts[7] / tr[7]
+    );
 }

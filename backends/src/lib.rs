@@ -54,6 +54,7 @@
 //! and `sync_traits::testkit::MemoryStore` and compare every result — see
 //! `backends/tests/differential.rs` in this repository.
 #![warn(missing_docs)]
+#![cfg_attr(not(any(feature = "sqlite", feature = "sled")), allow(dead_code))]
 
 mod common;
 pub mod schema;

@@ -280,7 +280,7 @@ pub(crate) fn check_value(
                 Err(bad("a number that fits a 64-bit signed integer"))
             } else {
                 let f = n.as_f64().ok_or_else(|| bad("a finite number"))?;
-                if f.fract() == 0.0 && f >= -9.2e18 && f <= 9.2e18 {
+                if f.fract() == 0.0 && (-9.2e18..=9.2e18).contains(&f) {
                     Ok(Value::from(f as i64))
                 } else {
                     Ok(v.clone())

@@ -53,8 +53,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::config::DbConfig;
+use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
 };
@@ -311,7 +311,7 @@ fn create_table_sql(c: &CollectionSchema) -> String {
     let mut cols = vec![
         "\"id\" TEXT PRIMARY KEY NOT NULL DEFAULT (substr(lower(hex(randomblob(8))), 1, 15)) \
          "
-            .to_string(),
+        .to_string(),
     ];
     for f in &c.fields {
         cols.push(format!("{} {}", q(&f.name), f.kind.sql_type()));

@@ -1,3 +1,4 @@
+#![cfg(all(feature = "sqlite", feature = "sled"))]
 //! Crash safety with a real kill: a child process (this test binary re-run with an
 //! environment variable) applies large pages and acks large pushes in a loop and is
 //! SIGKILLed at a random moment; the reopened store must hold each call whole or

@@ -1,3 +1,4 @@
+#![cfg(all(feature = "sqlite", feature = "sled"))]
 //! Differential property test: the same random sequence of operations (put, delete,
 //! apply_remote, pending, every ack variant incl. superseded ones, resync, reopen)
 //! runs against the reference `MemoryStore` and every backend; every observable
@@ -179,8 +180,11 @@ impl Subject {
     }
 }
 
+/// A pending change without its client id: (seq, change n, collection, id, base, op, changed).
+type Norm = (u64, u64, String, RecordId, Option<Version>, Op, Vec<String>);
+
 /// A pending change with the client id blanked (each store has its own).
-fn norm(p: &PendingChange) -> (u64, u64, String, RecordId, Option<Version>, Op, Vec<String>) {
+fn norm(p: &PendingChange) -> Norm {
     (
         p.seq,
         p.change_id.n,
@@ -202,7 +206,7 @@ fn norm_q(q: &Quarantined) -> (String, String) {
 #[derive(Debug, PartialEq)]
 struct Observed {
     records: Vec<Record>,
-    pending: Vec<(u64, u64, String, RecordId, Option<Version>, Op, Vec<String>)>,
+    pending: Vec<Norm>,
     count: usize,
     watermark: Watermark,
     resyncing: bool,

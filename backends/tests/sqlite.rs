@@ -296,12 +296,14 @@ async fn schema_evolution_adds_columns_and_keeps_unknown_fields() {
         fields,
         "rows and unknown fields survive a schema change"
     );
-    let (year, extra): (i64, String) = store.with_connection(|c| {
-        c.query_row(r#"SELECT "year", "_extra" FROM "songs""#, [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+    let (year, extra): (i64, String) = store
+        .with_connection(|c| {
+            c.query_row(r#"SELECT "year", "_extra" FROM "songs""#, [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
         })
-        .unwrap()
-    }).unwrap();
+        .unwrap();
     assert_eq!(
         year, 1999,
         "a value kept in _extra moves into its new column"
@@ -309,10 +311,12 @@ async fn schema_evolution_adds_columns_and_keeps_unknown_fields() {
     assert_eq!(extra, r#"{"gone":null,"mood":{"a":[1,null]}}"#);
     assert!(store.list("albums").await.unwrap().is_empty());
     // The new column is captured by the regenerated triggers.
-    store.with_connection(|c| {
-        c.execute(r#"UPDATE "songs" SET "year" = 2000"#, [])
-            .unwrap()
-    }).unwrap();
+    store
+        .with_connection(|c| {
+            c.execute(r#"UPDATE "songs" SET "year" = 2000"#, [])
+                .unwrap()
+        })
+        .unwrap();
     let p = store.pending(0, 10).await.unwrap();
     assert_eq!(p[0].changed.iter().collect::<Vec<_>>(), vec!["year"]);
     drop(store);
@@ -355,22 +359,26 @@ async fn reserved_words_work_as_collection_and_field_names() {
         store.get("order", &id).await.unwrap().unwrap().fields,
         fields
     );
-    let n: i64 = store.with_connection(|c| {
-        c.query_row(
-            r#"SELECT count(*) FROM "order" WHERE "group" = 3 AND "from" = 'x'"#,
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
-    }).unwrap();
+    let n: i64 = store
+        .with_connection(|c| {
+            c.query_row(
+                r#"SELECT count(*) FROM "order" WHERE "group" = 3 AND "from" = 'x'"#,
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        })
+        .unwrap();
     assert_eq!(n, 2);
-    store.with_connection(|c| {
-        c.execute(
-            r#"UPDATE "order" SET "select" = TRUE WHERE "id" = ?1"#,
-            [id.as_str()],
-        )
-        .unwrap()
-    }).unwrap();
+    store
+        .with_connection(|c| {
+            c.execute(
+                r#"UPDATE "order" SET "select" = TRUE WHERE "id" = ?1"#,
+                [id.as_str()],
+            )
+            .unwrap()
+        })
+        .unwrap();
     let p = store.pending(0, 10).await.unwrap();
     assert_eq!(
         p[0].changed.iter().collect::<Vec<_>>(),
