@@ -1,3 +1,4 @@
+#![cfg(any(feature = "sqlite", feature = "sled"))]
 //! The `sync_traits` conformance suite against every backend.
 
 use sync_traits::testkit::conformance;
