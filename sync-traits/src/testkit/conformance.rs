@@ -89,6 +89,13 @@ where
     create_then_delete_before_push(&make().await).await;
     reserved_and_unknown_fields_round_trip(&make().await).await;
     invalid_collection_is_an_error(&make().await).await;
+    tombstone_version_blocks_older_upsert(&make().await).await;
+    ack_applied_without_entry_records_version(&make().await).await;
+    ack_quarantine_superseded_keeps_newer_write(&make().await).await;
+    ack_rebase_to_delete_removes_local_record(&make().await).await;
+    failed_apply_changes_nothing(&make().await).await;
+    finish_resync_without_begin_is_a_no_op(&make().await).await;
+    change_ids_increase_across_records(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -744,5 +751,161 @@ pub async fn invalid_collection_is_an_error(s: &dyn LocalStore) {
         s.pending_count().await.unwrap(),
         0,
         "a failed put leaves nothing"
+    );
+}
+
+/// A tombstone's version is remembered: an older upsert arriving later is stale.
+pub async fn tombstone_version_blocks_older_upsert(s: &dyn LocalStore) {
+    let a = new_id();
+    s.apply_remote(&page(vec![remote(SONGS, &a, 2, Some(song("a", 1)))], 2))
+        .await
+        .unwrap();
+    s.apply_remote(&page(vec![remote(SONGS, &a, 5, None)], 5))
+        .await
+        .unwrap();
+    let r = s
+        .apply_remote(&page(vec![remote(SONGS, &a, 3, Some(song("old", 3)))], 5))
+        .await
+        .unwrap();
+    assert_eq!(r.stale, 1, "an upsert older than the tombstone is stale");
+    assert!(
+        s.get(SONGS, &a).await.unwrap().is_none(),
+        "a deleted record is not resurrected by an older version"
+    );
+}
+
+/// An Applied ack for a record without an outbox entry (a duplicate ack) only
+/// records the version.
+pub async fn ack_applied_without_entry_records_version(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let e = s.pending(0, 10).await.unwrap().remove(0);
+    let ack = Ack::Applied {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: e.change_id,
+        version: Version(4),
+    };
+    s.ack(vec![ack.clone()]).await.unwrap();
+    s.ack(vec![ack]).await.unwrap();
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        0,
+        "a duplicate ack creates nothing"
+    );
+    let r = s
+        .apply_remote(&page(vec![remote(SONGS, &a, 4, Some(song("x", 0)))], 4))
+        .await
+        .unwrap();
+    assert_eq!(r.stale, 1, "the acked version is known");
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("a", 1)
+    );
+}
+
+/// A superseded change is quarantined, but the newer write and its data stay.
+pub async fn ack_quarantine_superseded_keeps_newer_write(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let old = s.pending(0, 10).await.unwrap().remove(0);
+    s.put(Record::new(SONGS, a.clone(), song("a", 2)))
+        .await
+        .unwrap();
+    let before = s.pending(0, 10).await.unwrap();
+    s.ack(vec![Ack::Quarantine {
+        change: old.clone(),
+        rejection: Rejection {
+            message: "no".into(),
+            fields: Default::default(),
+        },
+        server: None,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.quarantined().await.unwrap()[0].change, old);
+    assert_eq!(
+        s.pending(0, 10).await.unwrap(),
+        before,
+        "the newer entry stays"
+    );
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("a", 2),
+        "the newer data stays"
+    );
+}
+
+/// A rebase whose merge result is a delete removes the local record.
+pub async fn ack_rebase_to_delete_removes_local_record(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let e = s.pending(0, 10).await.unwrap().remove(0);
+    s.ack(vec![Ack::Rebase {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: e.change_id,
+        base: Version(3),
+        op: Some(Op::Delete),
+    }])
+    .await
+    .unwrap();
+    assert!(s.get(SONGS, &a).await.unwrap().is_none());
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!((p[0].base, &p[0].op), (Some(Version(3)), &Op::Delete));
+}
+
+/// A page that cannot be applied whole is not applied at all.
+pub async fn failed_apply_changes_nothing(s: &dyn LocalStore) {
+    let a = new_id();
+    let r = s
+        .apply_remote(&page(
+            vec![
+                remote(SONGS, &a, 1, Some(song("a", 1))),
+                remote("no such collection!", &new_id(), 2, Some(song("b", 2))),
+            ],
+            2,
+        ))
+        .await;
+    assert!(r.is_err(), "a page naming an impossible collection fails");
+    assert!(
+        s.get(SONGS, &a).await.unwrap().is_none(),
+        "no change of a failed page lands"
+    );
+    assert_eq!(
+        s.sync_state().await.unwrap().watermark,
+        Watermark(0),
+        "the watermark of a failed page does not move"
+    );
+}
+
+/// finish_resync without begin_resync removes nothing.
+pub async fn finish_resync_without_begin_is_a_no_op(s: &dyn LocalStore) {
+    let a = new_id();
+    s.apply_remote(&page(vec![remote(SONGS, &a, 1, Some(song("a", 1)))], 1))
+        .await
+        .unwrap();
+    assert_eq!(s.finish_resync().await.unwrap(), 0);
+    assert!(s.get(SONGS, &a).await.unwrap().is_some());
+    assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(1));
+}
+
+/// Change ids grow across records, so a remote can order one client's writes.
+pub async fn change_ids_increase_across_records(s: &dyn LocalStore) {
+    for i in 0..3 {
+        s.put(Record::new(SONGS, new_id(), song("x", i)))
+            .await
+            .unwrap();
+    }
+    let p = s.pending(0, 10).await.unwrap();
+    assert!(
+        p.windows(2).all(|w| w[0].change_id.n < w[1].change_id.n),
+        "change ids strictly increase"
     );
 }
