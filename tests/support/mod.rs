@@ -56,6 +56,9 @@ pub enum Step {
     ServerDelete(usize),
     /// The server compacts its log: tombstones go, the horizon moves to the head.
     Compact,
+    /// While the client syncs, right after its k-th pull returns, the server deletes
+    /// a record and compacts (a resync in progress must notice the horizon move).
+    DeleteAndCompactDuringPull(usize, usize, usize),
 }
 
 /// Which local store a client uses.
@@ -93,6 +96,8 @@ struct Interleave {
     store: Arc<dyn LocalStore>,
     during_push: Pending,
     log: Log,
+    /// (pulls to let through, record to delete) — then delete it and compact.
+    during_pull: Arc<Mutex<Option<(usize, RecordId)>>>,
 }
 
 #[async_trait]
@@ -321,6 +326,7 @@ async fn run_case_async(
             store: store.clone(),
             during_push: Pending::default(),
             log: log.clone(),
+            during_pull: Arc::default(),
         };
         let engine = make_engine(store.clone(), remote.clone(), *p);
         let events = engine.subscribe();
@@ -418,6 +424,14 @@ async fn run_case_async(
             }
             Step::Compact => {
                 server.compact();
+            }
+            Step::DeleteAndCompactDuringPull(c, k, r) => {
+                let cl = &mut clients[c];
+                if cl.online {
+                    *cl.remote.during_pull.lock().unwrap() = Some((k, ids[r].clone()));
+                    cl.sync().await;
+                    *cl.remote.during_pull.lock().unwrap() = None;
+                }
             }
         }
         // Faults that found no call (a push fault when the outbox was empty) must not
