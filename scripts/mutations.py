@@ -69,14 +69,10 @@ def main():
     root = os.getcwd()
     want = sys.argv[1:]
     work = tempfile.mkdtemp(prefix="tidemark-mut-")
-    for d in ["sync-traits", "backends", "tests", "src", "benches"]:
+    for d in ["sync-traits", "backends", "pocketbase-remote", "cli", "tests", "src", "benches"]:
         shutil.copytree(os.path.join(root, d), os.path.join(work, d))
     shutil.copy(os.path.join(root, "Cargo.lock"), work)
-    toml = open(os.path.join(root, "Cargo.toml")).read()
-    import re
-    toml = re.sub(r'members = \[[^\]]*\]', 'members = ["sync-traits", "backends"]', toml)
-    toml = re.sub(r'\n\[\[bench\]\][^\[]*', '\n', toml)
-    open(os.path.join(work, "Cargo.toml"), "w").write(toml)
+    shutil.copy(os.path.join(root, "Cargo.toml"), work)
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(root, "target", "mutants"),
                PROPTEST_CASES=os.environ.get("PROPTEST_CASES", "256"))
     results = []
@@ -95,16 +91,22 @@ def main():
                                cwd=work, env=env, capture_output=True, text=True)
         open(p, "w").write(orig)
         out = r.stdout + r.stderr
-        if "error[" in out or "could not compile" in out:
+        if os.environ.get("MUTANT_LOG"):
+            open(os.environ["MUTANT_LOG"] + "." + name.split()[0], "w").write(out)
+        if "error[" in out or "could not compile" in out or "test result:" not in out:
             verdict = "BUILD ERROR"
         elif r.returncode != 0:
             verdict = "caught"
         else:
             verdict = "MISSED"
         why = ""
-        for line in out.splitlines():
-            if "Test failed:" in line or ("panicked at" in line and not why):
+        lines = out.splitlines()
+        for i, line in enumerate(lines):
+            if "Test failed:" in line:
                 why = line.strip()[:160]
+                break
+            if "panicked at" in line and not why:
+                why = (line.strip() + " " + (lines[i + 1].strip() if i + 1 < len(lines) else ""))[:200]
         results.append((name, verdict, why))
         print(f"{verdict:12} {name}  {why}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
