@@ -96,7 +96,21 @@ impl PocketBaseRemote {
         auth_verified: &mut bool,
     ) -> Result<Vec<PushOutcome>, RemoteError> {
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; chunk.len()];
-        let mut queue: VecDeque<Vec<usize>> = VecDeque::from([(0..chunk.len()).collect()]);
+        // A collection the server does not sync has no hooks: its writes would get no
+        // seq and no conflict check. Refuse them without sending.
+        let synced = self.collections();
+        for (i, c) in chunk.iter().enumerate() {
+            if !synced.iter().any(|s| s == &c.collection) {
+                outcomes[i] = Some(PushOutcome::Rejected(Rejection {
+                    message: format!("collection {:?} is not synced by this server", c.collection),
+                    fields: BTreeMap::new(),
+                }));
+            }
+        }
+        let first: Vec<usize> = (0..chunk.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        let mut queue: VecDeque<Vec<usize>> = VecDeque::from([first]);
         while let Some(group) = queue.pop_front() {
             if group.is_empty() {
                 continue;

@@ -18,7 +18,8 @@ use crate::TOMBSTONES;
 /// A hint means: pull soon. Hints are coalesced (many events → one pending hint), one
 /// is also sent after every (re)connect because events missed while disconnected are
 /// not replayed. Correctness never depends on hints: a client that never receives one
-/// still converges by pulling. Dropping `Hints` stops the background task.
+/// still converges by pulling. Dropping `Hints` stops the background task. Also a
+/// `futures::Stream` of `()`.
 #[derive(Debug)]
 pub struct Hints {
     rx: mpsc::Receiver<()>,
@@ -34,6 +35,17 @@ impl Hints {
     /// A pending hint, without waiting.
     pub fn try_next(&mut self) -> Option<()> {
         self.rx.try_recv().ok()
+    }
+}
+
+impl futures_util::Stream for Hints {
+    type Item = ();
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        self.rx.poll_recv(cx)
     }
 }
 

@@ -527,6 +527,16 @@ async fn one_bad_record_does_not_block_the_batch() {
             .sum::<usize>(),
         18 + 9
     );
+    // A collection the server does not sync is refused without being written.
+    let out = ra
+        .push(vec![
+            c.upsert("users", &new_id(), None, song("x", 1, &a)),
+            c.upsert("songs", &new_id(), None, song("ok", 1, &a)),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], PushOutcome::Rejected(_)), "{out:?}");
+    applied(&out[1]);
 }
 
 #[tokio::test]

@@ -28,12 +28,15 @@ function config() {
   return out;
 }
 
+// Parsed once per JS runtime (modules are cached per runtime).
+const CONFIG = config();
+
 function collectionNames() {
-  return config().map((c) => c.name);
+  return CONFIG.map((c) => c.name);
 }
 
 function ownerField(name) {
-  for (const c of config()) {
+  for (const c of CONFIG) {
     if (c.name === name) return c.owner;
   }
   return "";
@@ -150,9 +153,14 @@ function putTombstone(tx, coll, id, owner, seq, cid, moved, clients) {
     .execute();
 }
 
-// Runs fn(tx) in a transaction (joining the batch's one if any) with e.app = tx.
+// Runs fn(tx) in a transaction with e.app = tx. Inside /api/batch the app already is
+// the batch's transaction: use it directly (cheaper than a nested runInTransaction).
 function inTx(e, fn) {
   const app = e.app;
+  if (app.isTransactional()) {
+    fn(app);
+    return;
+  }
   app.runInTransaction((tx) => {
     e.app = tx;
     try {
@@ -169,6 +177,31 @@ function onCreate(e) {
   inTx(e, (tx) => {
     let clients = {};
     if (push) {
+      // Common case in one statement: no tombstone -> next seq.
+      const rows = arrayOf(new DynamicModel({ seq: 0 }));
+      tx.db()
+        .newQuery(
+          "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 AND NOT EXISTS " +
+            "(SELECT 1 FROM tm_tombstones WHERE coll = {:c} AND rid = {:r} AND moved = FALSE) RETURNING seq"
+        )
+        .bind({ c: e.record.collection().name, r: e.record.id })
+        .all(rows);
+      if (rows.length && push.base === 0) {
+        const seq = rows[0].seq;
+        e.record.set("tm_seq", seq);
+        e.record.set("tm_cid", push.cid);
+        e.record.set("tm_clients", remember(clients, push.cid, seq));
+        e.next();
+        return;
+      }
+      if (rows.length) {
+        // base > 0 but the record never existed: conflict, and give the seq back.
+        tx.db().newQuery("UPDATE _tm_state SET seq = seq - 1 WHERE id = 1").execute();
+        e.record.set("tm_seq", 0);
+        e.record.set("tm_cid", "");
+        e.record.set("tm_push", "tombstone");
+        return;
+      }
       const t = tombstone(tx, e.record.collection().name, e.record.id);
       if (t) clients = t.clients;
       const done = remembered(clients, push.cid);
@@ -201,7 +234,25 @@ function onUpdate(e) {
   const name = e.record.collection().name;
   inTx(e, (tx) => {
     let clientsRaw;
+    let seq = 0;
     if (push) {
+      // Common case in one statement: the base is current -> next seq (a retried
+      // delivery never has a current base: seqs only grow).
+      const rows = arrayOf(new DynamicModel({ seq: 0, clients: "" }));
+      tx.db()
+        .newQuery(
+          "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 AND " +
+            "(SELECT [[tm_seq]] FROM {{" + name + "}} WHERE [[id]] = {:id}) = {:base} " +
+            "RETURNING seq, (SELECT COALESCE([[tm_clients]], '') FROM {{" + name + "}} WHERE [[id]] = {:id}) AS clients"
+        )
+        .bind({ id: e.record.id, base: push.base })
+        .all(rows);
+      if (rows.length) {
+        seq = rows[0].seq;
+        clientsRaw = parseClients(rows[0].clients);
+      }
+    }
+    if (push && !seq) {
       const cur = current(tx, name, e.record.id);
       const clients = cur ? cur.clients : {};
       const done = remembered(clients, push.cid);
@@ -219,7 +270,7 @@ function onUpdate(e) {
       }
       clientsRaw = clients;
     }
-    const seq = nextSeq(tx);
+    if (!seq) seq = nextSeq(tx);
     const of = ownerField(name);
     if (of) {
       const oldOwner = e.record.original().getString(of);
