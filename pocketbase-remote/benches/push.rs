@@ -6,6 +6,8 @@
 //! - `batch_hooks`: raw `/api/batch` creates of 1000 records with and without the
 //!   tidemark hooks (a server whose `TIDEMARK_COLLECTIONS` names no collection).
 //! - `noop_sync`: a pull with nothing to do (one round trip).
+//! - `initial_pull`: 20k records pulled from zero through `RemoteStore::pull` vs just
+//!   downloading the same list pages (`tm_seq` keyset, perPage 1000).
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,16 @@ use pocketbase_remote::harness::TestServer;
 use pocketbase_remote::PocketBaseRemote;
 use serde_json::json;
 use sync_traits::{new_id, ChangeId, Op, PullMode, PushChange, RecordId, RemoteStore};
+
+/// Full sizes under `cargo bench`; a tenth when `cargo test` runs the benches once
+/// as a smoke test.
+fn scaled(n: usize) -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        n
+    } else {
+        n / 10
+    }
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -56,26 +68,27 @@ fn push(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("push");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
-    g.throughput(Throughput::Elements(10_000));
+    let (n_batched, n_single) = (scaled(10_000), scaled(2_000));
+    g.throughput(Throughput::Elements(n_batched as u64));
     g.bench_function("batched", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let batch = songs(10_000, &owner, &client, &mut counter);
+                let batch = songs(n_batched, &owner, &client, &mut counter);
                 let t = Instant::now();
                 let out = rt.block_on(remote.push(batch)).unwrap();
                 total += t.elapsed();
-                assert_eq!(out.len(), 10_000);
+                assert_eq!(out.len(), n_batched);
             }
             total
         })
     });
-    g.throughput(Throughput::Elements(2_000));
+    g.throughput(Throughput::Elements(n_single as u64));
     g.bench_function("one_request_per_record", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let batch = songs(2_000, &owner, &client, &mut counter);
+                let batch = songs(n_single, &owner, &client, &mut counter);
                 let t = Instant::now();
                 rt.block_on(async {
                     for ch in batch {
@@ -168,5 +181,76 @@ fn noop_sync(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, push, batch_hooks, noop_sync);
+fn initial_pull(c: &mut Criterion) {
+    let n_records = scaled(20_000);
+    let rt = rt();
+    let srv = TestServer::start();
+    let (remote, token) = rt.block_on(async {
+        let owner = srv.create_user("bench@t.io").await;
+        let remote = srv.user("bench@t.io").await;
+        let client = new_id();
+        let mut counter = 0;
+        remote
+            .push(songs(n_records, &owner, &client, &mut counter))
+            .await
+            .unwrap();
+        let token = remote.token().await.unwrap();
+        (remote, token)
+    });
+    let http = reqwest::Client::new();
+    let mut g = c.benchmark_group("initial_pull");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(n_records as u64));
+    g.bench_function("remote_pull", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut wm = sync_traits::Watermark(0);
+                let mut n = 0;
+                loop {
+                    let p = remote.pull(wm, 1000, PullMode::Resync).await.unwrap();
+                    n += p.changes.len();
+                    wm = p.watermark;
+                    if !p.more {
+                        break;
+                    }
+                }
+                assert_eq!(n, n_records);
+            })
+        })
+    });
+    g.bench_function("download_pages", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let (mut last, mut n) = (0u64, 0);
+                loop {
+                    let v: serde_json::Value = http
+                        .get(format!("{}/api/collections/songs/records", srv.url()))
+                        .query(&[
+                            ("filter", format!("tm_seq>{last}")),
+                            ("sort", "tm_seq".into()),
+                            ("perPage", "1000".into()),
+                            ("skipTotal", "1".into()),
+                        ])
+                        .header("Authorization", &token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    let items = v["items"].as_array().unwrap();
+                    n += items.len();
+                    match items.last() {
+                        Some(it) if items.len() == 1000 => last = it["tm_seq"].as_u64().unwrap(),
+                        _ => break,
+                    }
+                }
+                assert_eq!(n, n_records);
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, push, batch_hooks, noop_sync, initial_pull);
 criterion_main!(benches);
