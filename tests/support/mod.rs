@@ -10,7 +10,7 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use sync_traits::testkit::{FakeRemote, Fault, Faulty, MemoryStore};
 use sync_traits::{
-    async_trait, new_id, ChangeId, ClientWins, FieldMerge, Fields, LocalStore, Page, PullMode,
+    async_trait, new_id, ChangeId, ClientWins, FieldMerge, Fields, LocalStore, Op, Page, PullMode,
     PushChange, PushOutcome, Record, RecordId, RemoteError, RemoteState, RemoteStore, RetryPolicy,
     ServerWins, SyncConfig, SyncEngine, SyncEvent, Watermark,
 };
@@ -431,6 +431,27 @@ async fn run_case_async(
                     *cl.remote.during_pull.lock().unwrap() = Some((k, ids[r].clone()));
                     cl.sync().await;
                     *cl.remote.during_pull.lock().unwrap() = None;
+                }
+            }
+        }
+        // Read your writes: a record with unpushed writes shows exactly them.
+        for (i, cl) in clients.iter().enumerate() {
+            for e in cl.store.pending(0, usize::MAX).await.map_err(fail)? {
+                let local = cl
+                    .store
+                    .get(&e.collection, &e.id)
+                    .await
+                    .map_err(fail)?
+                    .map(|r| r.fields);
+                let want = match &e.op {
+                    Op::Upsert(f) => Some(f),
+                    Op::Delete => None,
+                };
+                if local.as_ref() != want {
+                    return Err(TestCaseError::fail(format!(
+                        "client {i} after {step:?}: record {} shows {local:?} but its unpushed write is {:?}",
+                        e.id, e.op
+                    )));
                 }
             }
         }
