@@ -882,3 +882,31 @@ fn shipped_migrations_folder_holds_only_tidemark_files() {
         ]
     );
 }
+
+/// PocketBase delays (randomly, up to ~500 ms) filtered list requests of users that
+/// come back empty; a pull asks every collection and the tombstones, mostly empty.
+/// The extension answers tidemark's empty range pages directly.
+#[tokio::test]
+async fn empty_range_pages_are_not_throttled() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut c = Client::new();
+    let mut wm = Watermark(0);
+    let t = std::time::Instant::now();
+    for i in 0..12 {
+        // One new song each time: songs answers one item, friends and tombstones none.
+        applied(
+            &ra.push(vec![c.upsert("songs", &new_id(), None, song("s", i, &a))])
+                .await
+                .unwrap()[0],
+        );
+        let p = ra.pull(wm, 100, PullMode::Incremental).await.unwrap();
+        assert_eq!(p.changes.len(), 1);
+        wm = p.watermark;
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(1_500),
+        "12 push+pull rounds took {took:?}"
+    );
+}

@@ -21,6 +21,15 @@ onRecordDeleteRequest((e) => {
   return require(`${__hooks}/tidemark.js`).onDeleteRequest(e);
 }, ...TM_SYNCED);
 
+// Empty range pages are answered without PocketBase's randomized throttle (see onList).
+onRecordsListRequest(
+  (e) => {
+    return require(`${__hooks}/tidemark.js`).onList(e);
+  },
+  ...TM_SYNCED,
+  "tm_tombstones"
+);
+
 // Head of the change sequence, retention horizon, synced collections, batch limit.
 // requireAuth: an invalid token is answered 401 here, not silently treated as guest.
 routerAdd(
