@@ -39,7 +39,7 @@ fn step(clients: usize) -> impl Strategy<Value = Step> {
         1 => (rec.clone(), 0..100i64).prop_map(|(r, v)| Step::ServerEdit(r, v)),
         1 => rec.clone().prop_map(Step::ServerDelete),
         1 => Just(Step::Compact),
-        1 => (c.clone(), 0..4usize, rec.clone()).prop_map(|(c, k, r)| Step::DeleteAndCompactDuringPull(c, k, r)),
+        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::DeleteAndCompactDuringPull(c, k)),
     ]
 }
 

@@ -56,9 +56,10 @@ pub enum Step {
     ServerDelete(usize),
     /// The server compacts its log: tombstones go, the horizon moves to the head.
     Compact,
-    /// While the client syncs, right after its k-th pull returns, the server deletes
-    /// a record and compacts (a resync in progress must notice the horizon move).
-    DeleteAndCompactDuringPull(usize, usize, usize),
+    /// While the client syncs, right after its k-th pull returns a page, the server
+    /// deletes the first live record of that page and compacts (a resync in progress
+    /// must notice the horizon move).
+    DeleteAndCompactDuringPull(usize, usize),
 }
 
 /// Which local store a client uses.
@@ -96,8 +97,9 @@ struct Interleave {
     store: Arc<dyn LocalStore>,
     during_push: Pending,
     log: Log,
-    /// (pulls to let through, record to delete) — then delete it and compact.
-    during_pull: Arc<Mutex<Option<(usize, RecordId)>>>,
+    /// Pulls to let through before deleting a record of the returned page and
+    /// compacting.
+    during_pull: Arc<Mutex<Option<usize>>>,
 }
 
 #[async_trait]
@@ -425,10 +427,10 @@ async fn run_case_async(
             Step::Compact => {
                 server.compact();
             }
-            Step::DeleteAndCompactDuringPull(c, k, r) => {
+            Step::DeleteAndCompactDuringPull(c, k) => {
                 let cl = &mut clients[c];
                 if cl.online {
-                    *cl.remote.during_pull.lock().unwrap() = Some((k, ids[r].clone()));
+                    *cl.remote.during_pull.lock().unwrap() = Some(k);
                     cl.sync().await;
                     *cl.remote.during_pull.lock().unwrap() = None;
                 }
