@@ -240,8 +240,12 @@ fn initial_pull(c: &mut Criterion) {
                         .unwrap();
                     let items = v["items"].as_array().unwrap();
                     n += items.len();
+                    // Stop at the known total: an extra empty filtered request would
+                    // meet PocketBase's randomized empty-result throttle.
                     match items.last() {
-                        Some(it) if items.len() == 1000 => last = it["tm_seq"].as_u64().unwrap(),
+                        Some(it) if items.len() == 1000 && n < n_records => {
+                            last = it["tm_seq"].as_u64().unwrap()
+                        }
                         _ => break,
                     }
                 }

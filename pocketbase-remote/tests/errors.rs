@@ -11,9 +11,9 @@ use sync_traits::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
+type Handler = Arc<dyn Fn(&str, &str, &str) -> (u16, String) + Send + Sync>;
 
-/// Serves `handler(method, path)` on a local port; returns the base URL.
+/// Serves `handler(method, path, body)` on a local port; returns the base URL.
 async fn fake(handler: Handler) -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -50,7 +50,8 @@ async fn fake(handler: Handler) -> String {
                         let first = text.lines().next().unwrap_or("");
                         let mut parts = first.split(' ');
                         let (m, p) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                        let (status, body) = h(m, p.split('?').next().unwrap_or(""));
+                        let req_body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
+                        let (status, body) = h(m, p.split('?').next().unwrap_or(""), &req_body);
                         let resp = format!(
                             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()
@@ -101,7 +102,7 @@ fn change() -> PushChange {
 
 #[tokio::test]
 async fn garbage_bodies_are_malformed() {
-    let url = fake(Arc::new(|m, p| {
+    let url = fake(Arc::new(|m, p, _| {
         base(m, p).unwrap_or_else(|| match p {
             "/api/collections/songs/records" => (200, "{not json".into()),
             "/api/batch" => (
@@ -124,7 +125,7 @@ async fn garbage_bodies_are_malformed() {
 
 #[tokio::test]
 async fn out_of_window_seqs_and_wrong_reply_counts_are_malformed() {
-    let url = fake(Arc::new(|m, p| {
+    let url = fake(Arc::new(|m, p, _| {
         base(m, p).unwrap_or_else(|| match p {
             "/api/collections/songs/records" => (
                 200,
@@ -148,7 +149,7 @@ async fn out_of_window_seqs_and_wrong_reply_counts_are_malformed() {
 #[tokio::test]
 async fn oversize_responses_are_too_large() {
     let big = format!(r#"{{"items":[],"pad":"{}"}}"#, "x".repeat(200_000));
-    let url = fake(Arc::new(move |m, p| {
+    let url = fake(Arc::new(move |m, p, _| {
         base(m, p).unwrap_or_else(|| (200, big.clone()))
     }))
     .await;
@@ -167,7 +168,7 @@ async fn oversize_responses_are_too_large() {
 
 #[tokio::test]
 async fn server_errors_and_unreachable_servers_are_transient() {
-    let url = fake(Arc::new(|m, p| {
+    let url = fake(Arc::new(|m, p, _| {
         base(m, p).unwrap_or((503, r#"{"message":"busy","status":503,"data":{}}"#.into()))
     }))
     .await;
@@ -180,7 +181,7 @@ async fn server_errors_and_unreachable_servers_are_transient() {
     assert!(r.push(vec![change()]).await.unwrap_err().is_transient());
 
     // A batch whose failing sub-request is a 5xx is transient as a whole.
-    let url = fake(Arc::new(|m, p| {
+    let url = fake(Arc::new(|m, p, _| {
         base(m, p).unwrap_or((400, json!({"status":400,"message":"Batch transaction failed.","data":{"requests":{"0":{"code":"batch_request_failed","response":{"status":500,"message":"boom","data":{}}}}}}).to_string()))
     }))
     .await;
@@ -203,7 +204,7 @@ async fn server_errors_and_unreachable_servers_are_transient() {
 
 #[tokio::test]
 async fn a_server_without_the_extension_is_a_permanent_error() {
-    let url = fake(Arc::new(|m, p| match (m, p) {
+    let url = fake(Arc::new(|m, p, _| match (m, p) {
         ("POST", _) => (200, json!({"token": "x.y.z"}).to_string()),
         _ => (
             404,
@@ -217,4 +218,38 @@ async fn a_server_without_the_extension_is_a_permanent_error() {
         .await
         .unwrap_err();
     assert!(matches!(e, RemoteError::Permanent(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_batch_refused_as_a_whole_is_bisected() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let url = fake(Arc::new(move |m, p, body| {
+        base(m, p).unwrap_or_else(|| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let reqs = v["requests"].as_array().cloned().unwrap_or_default();
+            if reqs.len() > 2 {
+                // Refused without naming a sub-request (e.g. a body limit).
+                return (400, json!({"status":400,"message":"too big","data":{}}).to_string());
+            }
+            let replies: Vec<_> = reqs
+                .iter()
+                .map(|r| json!({"status":200,"body":{"id": r["body"]["id"], "tm_seq": 5, "tm_push": ""}}))
+                .collect();
+            (200, serde_json::Value::Array(replies).to_string())
+        })
+    }))
+    .await;
+    let r = connect(&url).await;
+    let out = r.push((0..7).map(|_| change()).collect()).await.unwrap();
+    assert_eq!(out.len(), 7);
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, sync_traits::PushOutcome::Applied { .. })),
+        "{out:?}"
+    );
+    // 7 -> 3+4 -> (1+2) + (2+2): 1 + 2 + 4 batch calls.
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
 }
