@@ -300,3 +300,68 @@ async fn ten_thousand_records_page_correctly() {
         .count();
     assert_eq!(pages, 10, "page size 1000");
 }
+
+/// A remote that deletes and compacts on the server right after the first pull
+/// returns, i.e. while the client is in the middle of its (re)sync.
+struct CompactsMidSync {
+    inner: FakeRemote,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[sync_traits::async_trait]
+impl sync_traits::RemoteStore for CompactsMidSync {
+    async fn pull(
+        &self,
+        since: sync_traits::Watermark,
+        limit: usize,
+        mode: sync_traits::PullMode,
+    ) -> Result<sync_traits::Page, sync_traits::RemoteError> {
+        let page = self.inner.pull(since, limit, mode).await?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let first = &page.changes[0];
+            self.inner.server_write(&first.collection, &first.id, None);
+            self.inner.compact();
+        }
+        Ok(page)
+    }
+    async fn push(
+        &self,
+        c: Vec<sync_traits::PushChange>,
+    ) -> Result<Vec<sync_traits::PushOutcome>, sync_traits::RemoteError> {
+        self.inner.push(c).await
+    }
+    async fn fetch(
+        &self,
+        c: &str,
+        id: &sync_traits::RecordId,
+    ) -> Result<Option<sync_traits::RemoteState>, sync_traits::RemoteError> {
+        self.inner.fetch(c, id).await
+    }
+    async fn horizon(&self) -> Result<sync_traits::Watermark, sync_traits::RemoteError> {
+        self.inner.horizon().await
+    }
+}
+
+#[tokio::test]
+async fn a_resync_restarts_when_the_server_compacts_while_it_runs() {
+    let server = FakeRemote::new();
+    for i in 0..5 {
+        server.server_write("songs", &new_id(), Some(f(json!({"order": i}))));
+    }
+    let store = Arc::new(MemoryStore::new());
+    let remote = CompactsMidSync {
+        inner: server.clone(),
+        armed: true.into(),
+    };
+    let engine = SyncEngine::new(store.clone(), remote).with_config(sync_traits::SyncConfig {
+        page_size: 2,
+        ..Default::default()
+    });
+    engine.sync().await.unwrap();
+    assert_eq!(server.snapshot().len(), 4);
+    assert_eq!(
+        store.all_records(),
+        server.snapshot(),
+        "the record deleted (and its tombstone compacted) mid-resync must not survive"
+    );
+}

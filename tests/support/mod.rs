@@ -40,8 +40,12 @@ pub enum Step {
     /// The client fetches its k-th next page, then dies before applying it.
     CrashAfterPull(usize, usize),
     /// While the client's push is in flight (after the remote applied it, before the
-    /// answer), the app changes one field of the record locally; then it syncs.
-    WriteDuringPush(usize, usize, usize, i64),
+    /// answer), the app changes one field of the first pushed record locally.
+    WriteDuringPush(usize, usize, i64),
+    /// Right after the client's k-th pull returns a page (before it is applied), the
+    /// app writes one field of the page's first record locally (creating it if
+    /// absent).
+    WriteDuringPull(usize, usize, usize, i64),
     /// The response to the next push is lost (the engine retries).
     LoseResponse(usize),
     /// The next push is delivered twice.
@@ -86,8 +90,11 @@ struct Write {
 
 type Log = Arc<Mutex<Vec<Write>>>;
 
-/// A local write the app makes while a push is in flight.
-type Pending = Arc<Mutex<Vec<(usize, RecordId, usize, i64)>>>;
+/// A local write the app makes while a push is in flight: (field, value).
+type Pending = Arc<Mutex<Option<(usize, i64)>>>;
+
+/// A local write the app makes after the k-th pull: (k, field, value).
+type PendingPull = Arc<Mutex<Option<(usize, usize, i64)>>>;
 
 /// Remote wrapper that performs queued app writes after the inner push was applied
 /// and before its answer reaches the engine.
@@ -100,6 +107,21 @@ struct Interleave {
     /// Pulls to let through before deleting a record of the returned page and
     /// compacting.
     during_pull: Arc<Mutex<Option<usize>>>,
+    write_during_pull: PendingPull,
+    /// Record ids, to log writes by index.
+    ids: Arc<Vec<RecordId>>,
+}
+
+impl Interleave {
+    async fn app_write(&self, id: &RecordId, field: usize, v: i64) -> Result<(), RemoteError> {
+        let rec = self.ids.iter().position(|i| i == id).unwrap_or(usize::MAX);
+        let r = match self.store.get(COLL, id).await {
+            Ok(Some(_)) => update(&*self.store, &self.log, rec, id, field, v).await,
+            Ok(None) => write(&*self.store, &self.log, rec, id, Some(song(v))).await,
+            Err(e) => Err(fail(e)),
+        };
+        r.map_err(|e| RemoteError::Permanent(format!("harness write failed: {e}")))
+    }
 }
 
 #[async_trait]
@@ -114,12 +136,11 @@ impl RemoteStore for Interleave {
     }
 
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
+        let first = changes.first().map(|c| c.id.clone());
         let r = self.inner.push(changes).await;
-        let queued: Vec<_> = std::mem::take(&mut *self.during_push.lock().unwrap());
-        for (rec, id, field, v) in queued {
-            update(&*self.store, &self.log, rec, &id, field, v)
-                .await
-                .map_err(|e| RemoteError::Permanent(format!("harness write failed: {e}")))?;
+        let queued = self.during_push.lock().unwrap().take();
+        if let (Some((field, v)), Some(id)) = (queued, first) {
+            self.app_write(&id, field, v).await?;
         }
         r
     }
@@ -318,7 +339,7 @@ async fn run_case_async(
     steps: &[Step],
 ) -> Result<(), TestCaseError> {
     let server = FakeRemote::new();
-    let ids: Vec<RecordId> = (0..RECORDS).map(|_| new_id()).collect();
+    let ids: Arc<Vec<RecordId>> = Arc::new((0..RECORDS).map(|_| new_id()).collect());
     let mut clients = Vec::new();
     for (k, p) in kinds.iter().zip(policies) {
         let store = make_store(*k)?;
@@ -329,6 +350,8 @@ async fn run_case_async(
             during_push: Pending::default(),
             log: log.clone(),
             during_pull: Arc::default(),
+            write_during_pull: PendingPull::default(),
+            ids: ids.clone(),
         };
         let engine = make_engine(store.clone(), remote.clone(), *p);
         let events = engine.subscribe();
@@ -371,16 +394,20 @@ async fn run_case_async(
                 }
             }
             Step::ToggleOnline(c) => clients[c].online = !clients[c].online,
-            Step::WriteDuringPush(c, r, f, v) => {
+            Step::WriteDuringPush(c, f, v) => {
                 let cl = &mut clients[c];
                 if cl.online {
-                    cl.remote
-                        .during_push
-                        .lock()
-                        .unwrap()
-                        .push((r, ids[r].clone(), f, v));
+                    *cl.remote.during_push.lock().unwrap() = Some((f, v));
                     cl.sync().await;
-                    cl.remote.during_push.lock().unwrap().clear();
+                    *cl.remote.during_push.lock().unwrap() = None;
+                }
+            }
+            Step::WriteDuringPull(c, k, f, v) => {
+                let cl = &mut clients[c];
+                if cl.online {
+                    *cl.remote.write_during_pull.lock().unwrap() = Some((k, f, v));
+                    cl.sync().await;
+                    *cl.remote.write_during_pull.lock().unwrap() = None;
                 }
             }
             Step::CrashAfterPush(c, k) | Step::CrashAfterPull(c, k) => {
