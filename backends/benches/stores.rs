@@ -270,11 +270,15 @@ fn bench_open(c: &mut Criterion) {
         let s = open();
         let took = t.elapsed();
         let after_open = rss_kib();
+        let t = Instant::now();
         let n = rt.block_on(s.list("songs")).unwrap().len();
+        let list_took = t.elapsed();
+        let after_list = rss_kib();
         drop(s);
         eprintln!(
-            "open_100k/{name}: {n} records, open {took:?}, RSS +{} KiB after open",
-            after_open.saturating_sub(before)
+            "open_100k/{name}: open {took:?}, RSS +{} KiB after open; list of all {n} records {list_took:?}, RSS +{} KiB after list",
+            after_open.saturating_sub(before),
+            after_list.saturating_sub(before)
         );
     }
     let mut g = c.benchmark_group("open_100k");

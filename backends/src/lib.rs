@@ -48,6 +48,20 @@
 //! }
 //! ```
 //!
+//! This crate's own stores run it the same way (this example runs as a doctest):
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")] {
+//! use sync_traits::testkit::conformance;
+//! use tidemark_backends::{Schema, SqliteStore};
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! rt.block_on(conformance::run_all(|| async {
+//!     SqliteStore::open_in_memory(Schema::conformance()).unwrap()
+//! }));
+//! # }
+//! ```
+//!
 //! The cases are also public one by one (`conformance::writes_coalesce(&store)`),
 //! so a failing rule can be run alone. Beyond the suite, the strongest check is a
 //! differential property test: run the same random operations against your store
