@@ -132,7 +132,42 @@ impl RemoteStore for Interleave {
         limit: usize,
         mode: PullMode,
     ) -> Result<Page, RemoteError> {
-        self.inner.pull(since, limit, mode).await
+        let r = self.inner.pull(since, limit, mode).await;
+        let Ok(page) = &r else { return r };
+        // The app writes the page's first record before the engine applies the page.
+        let write = {
+            let mut slot = self.write_during_pull.lock().unwrap();
+            match slot.take() {
+                Some((0, f, v)) if !page.changes.is_empty() => {
+                    Some((page.changes[0].id.clone(), f, v))
+                }
+                Some((k, f, v)) => {
+                    *slot = Some((k.saturating_sub(1), f, v));
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some((id, f, v)) = write {
+            self.app_write(&id, f, v).await?;
+        }
+        // The server deletes the page's first live record and compacts.
+        let mut slot = self.during_pull.lock().unwrap();
+        match slot.take() {
+            Some(0) => {
+                if let Some(c) = page.changes.iter().find(|c| c.state.fields.is_some()) {
+                    let server = self.inner.inner();
+                    server.server_write(&c.collection, &c.id, None);
+                    server.compact();
+                } else {
+                    *slot = Some(0);
+                }
+            }
+            Some(k) => *slot = Some(k - 1),
+            None => {}
+        }
+        drop(slot);
+        r
     }
 
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
