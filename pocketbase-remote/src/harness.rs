@@ -28,6 +28,9 @@ pub struct TestServer {
     child: Child,
     url: String,
     dir: tempfile::TempDir,
+    port: u16,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -84,6 +87,43 @@ fn healthy(port: u16) -> bool {
     buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
 }
 
+/// `pocketbase serve` on `127.0.0.1:port` with data in `dir/pb_data`, output appended
+/// to `dir/server.log`.
+fn spawn_serve(bin: &Path, dir: &Path, port: u16, env: &[(&str, &str)]) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .map_err(|e| e.to_string())?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--http")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--hooksWatch=false")
+        // Collection changes made by tests through the API must not write
+        // migration files into the repository's pb_migrations.
+        .arg("--automigrate=false");
+    common_args(&mut cmd, dir, env);
+    cmd.stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .stdin(Stdio::null());
+    cmd.spawn().map_err(|e| format!("spawn: {e}"))
+}
+
+fn common_args(cmd: &mut Command, dir: &Path, env: &[(&str, &str)]) {
+    let server = server_dir();
+    cmd.arg("--dir")
+        .arg(dir.join("pb_data"))
+        .arg("--hooksDir")
+        .arg(server.join("pb_hooks"))
+        .arg("--migrationsDir")
+        .arg(server.join("pb_migrations"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+}
+
 impl TestServer {
     /// Starts a server with default settings.
     pub fn start() -> Self {
@@ -113,24 +153,9 @@ impl TestServer {
 
     fn try_start(bin: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let data = dir.path().join("pb_data");
-        let server = server_dir();
-        let hooks = server.join("pb_hooks");
-        let migrations = server.join("pb_migrations");
-        let common = |cmd: &mut Command| {
-            cmd.arg("--dir")
-                .arg(&data)
-                .arg("--hooksDir")
-                .arg(&hooks)
-                .arg("--migrationsDir")
-                .arg(&migrations);
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-        };
         let mut up = Command::new(bin);
         up.args(["superuser", "upsert", ADMIN_EMAIL, ADMIN_PASSWORD]);
-        common(&mut up);
+        common_args(&mut up, dir.path(), env);
         let out = up.output().map_err(|e| format!("superuser upsert: {e}"))?;
         if !out.status.success() {
             return Err(format!(
@@ -140,38 +165,66 @@ impl TestServer {
             ));
         }
         let port = free_port();
-        let log =
-            std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--http")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--hooksWatch=false")
-            // Collection changes made by tests through the API must not write
-            // migration files into the repository's pb_migrations.
-            .arg("--automigrate=false");
-        common(&mut cmd);
-        cmd.stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .stdin(Stdio::null());
-        let child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let child = spawn_serve(bin, dir.path(), port, env)?;
         let mut me = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
             dir,
+            port,
+            bin: bin.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
+        me.wait_healthy()?;
+        Ok(me)
+    }
+
+    fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = me.child.try_wait() {
-                return Err(format!("server exited ({status}): {}", me.log()));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("server exited ({status}): {}", self.log()));
             }
-            if healthy(port) {
-                return Ok(me);
+            if healthy(self.port) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("no healthy answer within 20 s: {}", me.log()))
+        Err(format!("no healthy answer within 20 s: {}", self.log()))
+    }
+
+    /// Stops the server (its data stays).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on the same port and data directory.
+    /// Panics if it does not come up.
+    pub fn resume(&mut self) {
+        let owned = self.env.clone();
+        let env: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut last = String::new();
+        for _ in 0..20 {
+            match spawn_serve(&self.bin, self.dir.path(), self.port, &env) {
+                Ok(child) => {
+                    self.child = child;
+                    match self.wait_healthy() {
+                        Ok(()) => return,
+                        // The port may still be held for a moment after the stop.
+                        Err(e) => last = e,
+                    }
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("PocketBase did not come back on port {}: {last}", self.port);
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.

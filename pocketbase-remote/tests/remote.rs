@@ -959,3 +959,65 @@ async fn retention_cron_job_compacts_and_moves_the_horizon() {
     }
     panic!("horizon did not move: {:?}", ra.head().await.unwrap());
 }
+
+/// While the server is down every call is a transient error; the realtime task
+/// reconnects with backoff and sends a hint once it is back (events are not replayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_transient_errors_and_realtime_reconnect() {
+    let mut srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut c = Client::new();
+    let id = new_id();
+    applied(
+        &ra.push(vec![c.upsert("songs", &id, None, song("before", 1, &a))])
+            .await
+            .unwrap()[0],
+    );
+    let mut hints = ra.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), hints.next())
+        .await
+        .expect("connect hint");
+    while hints.try_next().is_some() {}
+
+    srv.stop();
+    let e = ra
+        .pull(Watermark(0), 10, PullMode::Incremental)
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+    let e = ra
+        .push(vec![c.upsert("songs", &new_id(), None, song("x", 1, &a))])
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while hints.try_next().is_some() {}
+    tokio::task::block_in_place(|| srv.resume());
+
+    tokio::time::timeout(Duration::from_secs(40), hints.next())
+        .await
+        .expect("reconnect hint");
+    while hints.try_next().is_some() {}
+    // Let the subscription settle, then a write is hinted again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while hints.try_next().is_some() {}
+    applied(
+        &ra.push(vec![c.upsert(
+            "songs",
+            &new_id(),
+            None,
+            song("after", 2, &a),
+        )])
+        .await
+        .unwrap()[0],
+    );
+    tokio::time::timeout(Duration::from_secs(10), hints.next())
+        .await
+        .expect("change hint");
+    let all: Vec<_> = pull_all(&ra, 0, 100)
+        .await
+        .into_iter()
+        .flat_map(|p| p.changes)
+        .collect();
+    assert_eq!(all.len(), 2);
+}
