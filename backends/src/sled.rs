@@ -19,13 +19,20 @@
 //!
 //! # Durability
 //!
-//! sled 0.34 keeps recent writes in an in-memory log buffer and writes it out every
-//! `flush_every_ms` (500 ms by default): a committed transaction is *atomic* across
-//! a crash, but without a flush it may be *lost* (a process killed within that
-//! window comes back without it). The store therefore flushes (fsync) at the end of
-//! every mutating call by default, so a call that returned `Ok` survives a crash.
-//! [`SledOptions::flush_every_write`] turns this off for speed, trading the
-//! durability of the last ~500 ms of calls (never their atomicity).
+//! sled 0.34 commits a transaction into its in-memory log buffers and writes them
+//! to the file when a buffer fills (segments are 512 KiB) or when it flushes; its
+//! background flusher runs every `flush_every_ms` (500 ms by default) and
+//! `Db::flush` writes and fsyncs on demand. A transaction is atomic across a
+//! crash either way (recovery drops an incomplete batch — checked by the SIGKILL
+//! tests in `backends/tests/crash.rs`). What a flush adds is durability: a
+//! committed call that was never flushed can be lost. In our SIGKILL tests no
+//! returned call was lost even without a flush (the process dies, the OS still
+//! writes what it was handed), but an OS crash or power cut within the flush
+//! interval would lose it. The store therefore flushes (fsync) at the end of every
+//! mutating call by default, so a call that returned `Ok` survives a power cut;
+//! [`SledOptions::flush_every_write`] turns this off for speed (a put drops from
+//! ~1.5 ms to ~0.06 ms, see `BENCHMARKS.md`), trading the durability of the last
+//! ~500 ms of calls — never their atomicity.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
