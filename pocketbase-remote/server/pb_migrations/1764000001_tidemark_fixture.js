@@ -39,7 +39,12 @@ migrate(
         updateRule: own,
         deleteRule: own,
         fields: d.fields.concat(tmFields),
-        indexes: [`CREATE INDEX idx_${d.name}_tm_seq ON ${d.name} (tm_seq)`],
+        // tm_seq: range scans for pulls; (owner, tm_seq): the same scan limited to
+        // one owner's records, which the owner rule turns every user pull into.
+        indexes: [
+          `CREATE INDEX idx_${d.name}_tm_seq ON ${d.name} (tm_seq)`,
+          `CREATE INDEX idx_${d.name}_owner_tm_seq ON ${d.name} (owner, tm_seq)`,
+        ],
       });
       app.save(c);
     }
