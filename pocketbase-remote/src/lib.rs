@@ -1,4 +1,4 @@
-//! # pocketbase-remote — tidemark's [`RemoteStore`] over PocketBase
+//! # pocketbase-remote — tidemark's [`RemoteStore`](sync_traits::RemoteStore) over PocketBase
 //!
 //! [`PocketBaseRemote`] talks to a stock PocketBase (0.40.x) that runs the JS
 //! extension shipped in this crate's `server/` folder (`pb_hooks`, `pb_migrations`).
