@@ -365,3 +365,56 @@ async fn a_resync_restarts_when_the_server_compacts_while_it_runs() {
         "the record deleted (and its tombstone compacted) mid-resync must not survive"
     );
 }
+
+/// Hints as a stream, from a channel.
+struct HintStream(tokio::sync::mpsc::Receiver<()>);
+
+impl futures_core::Stream for HintStream {
+    type Item = ();
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[tokio::test]
+async fn run_live_syncs_on_hints_without_a_manual_sync() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let (b, eb) = client(&server);
+    let (hint_tx, hint_rx) = tokio::sync::mpsc::channel(1);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let x = new_id();
+    let live = eb.run_live(
+        HintStream(hint_rx),
+        std::time::Duration::from_secs(3600),
+        async {
+            let _ = stop_rx.await;
+        },
+    );
+    let writer = async {
+        a.put(Record::new("songs", x.clone(), f(json!({"title": "live"}))))
+            .await
+            .unwrap();
+        ea.sync().await.unwrap();
+        hint_tx.send(()).await.unwrap();
+        let mut arrived = false;
+        for _ in 0..200 {
+            if b.get("songs", &x).await.unwrap().is_some() {
+                arrived = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        stop_tx.send(()).unwrap();
+        arrived
+    };
+    let (res, arrived) = tokio::join!(live, writer);
+    res.unwrap();
+    assert!(
+        arrived,
+        "the hint made the live client pull, long before its period"
+    );
+}

@@ -226,6 +226,51 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
         .await
     }
 
+    /// Keeps the store in sync until `stop` completes: syncs at once, then whenever
+    /// `hints` yields (e.g. `pocketbase_remote::Hints` from realtime) and at least every
+    /// `period`. Hints only make syncs earlier; correctness never depends on them, and
+    /// if the hint stream ends the loop goes on with the period alone.
+    ///
+    /// Transient errors are logged (and sent as events by the retries) and the loop
+    /// goes on; a permanent error (auth, protocol, store) ends it and is returned, so
+    /// the application can ask the user to act. Local data is kept either way.
+    pub async fn run_live<S, F>(
+        &self,
+        mut hints: S,
+        period: Duration,
+        stop: F,
+    ) -> Result<(), SyncError>
+    where
+        S: futures_core::Stream<Item = ()> + Unpin,
+        F: Future<Output = ()>,
+    {
+        let mut stop = std::pin::pin!(stop);
+        let mut hints_open = true;
+        loop {
+            match self.sync().await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => warn!(%e, "sync failed; will retry"),
+                Err(e) => return Err(e),
+            }
+            let hint = async {
+                if hints_open {
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut hints).poll_next(cx)).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                h = hint => {
+                    if h.is_none() {
+                        hints_open = false;
+                    }
+                }
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
     fn emit(&self, e: SyncEvent) {
         let _ = self.events.send(e);
     }

@@ -1,0 +1,86 @@
+//! A write on one device reaches another, subscribed device without a manual sync:
+//! `SyncEngine::run_live` driven by realtime hints from a real PocketBase, with
+//! SQLite and sled stores on the two devices.
+
+use std::time::{Duration, Instant};
+
+use pocketbase_remote::harness::TestServer;
+use serde_json::json;
+use sync_traits::{new_id, Fields, LocalStore, Record, RecordId, SyncEngine};
+use tidemark_backends::{Schema, SledStore, SqliteStore};
+
+fn song(title: &str, order: i64, owner: &RecordId) -> Fields {
+    json!({"title": title, "artist": "x", "order": order, "owner": owner.as_str()})
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn schema() -> Schema {
+    use tidemark_backends::CollectionSchema;
+    Schema::new()
+        .collection(
+            CollectionSchema::new("songs")
+                .text("title")
+                .text("artist")
+                .number("order")
+                .relation("owner"),
+        )
+        .collection(
+            CollectionSchema::new("friends")
+                .text("name")
+                .relation("owner"),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_reaches_a_subscribed_device_without_a_manual_sync() {
+    let srv = TestServer::start();
+    let user = srv.create_user("live@t.io").await;
+    let dir = tempfile::tempdir().unwrap();
+    let laptop = SyncEngine::new(
+        SqliteStore::open(dir.path().join("laptop.sqlite"), schema()).unwrap(),
+        srv.user("live@t.io").await,
+    );
+    let phone_remote = srv.user("live@t.io").await;
+    let hints = phone_remote.subscribe();
+    let phone = SyncEngine::new(
+        SledStore::open(dir.path().join("phone.sled"), schema()).unwrap(),
+        phone_remote,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // A period far longer than the test: only a hint can make the phone pull in time.
+    let live = phone.run_live(hints, Duration::from_secs(3600), async {
+        let _ = stop_rx.await;
+    });
+    let writer = async {
+        // Let the phone's first sync and the subscription settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut latencies = Vec::new();
+        for i in 0..5 {
+            let id = new_id();
+            laptop
+                .local()
+                .put(Record::new("songs", id.clone(), song("live", i, &user)))
+                .await
+                .unwrap();
+            let t = Instant::now();
+            laptop.sync().await.unwrap();
+            let deadline = t + Duration::from_secs(10);
+            while phone.local().get("songs", &id).await.unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "write {i} did not reach the phone within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            latencies.push(t.elapsed());
+        }
+        stop_tx.send(()).unwrap();
+        latencies
+    };
+    let (res, latencies) = tokio::join!(live, writer);
+    res.unwrap();
+    eprintln!("write-to-other-device latency (push + hint + pull): {latencies:?}");
+    assert_eq!(phone.local().list("songs").await.unwrap().len(), 5);
+}
