@@ -8,6 +8,29 @@
 //! `LocalStore`), [`testkit::FakeRemote`] (an in-memory PocketBase-like server),
 //! [`testkit::Faulty`] (fault injection over any remote) and
 //! [`testkit::conformance`] (the contract every `LocalStore` must pass).
+//!
+//! ```
+//! # #[cfg(feature = "testkit")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use sync_traits::testkit::{FakeRemote, MemoryStore};
+//! use sync_traits::{new_id, LocalStore, Record, ServerWins, SyncEngine, SyncEvent};
+//!
+//! let server = FakeRemote::new();
+//! let engine = SyncEngine::new(MemoryStore::new(), server.clone()).with_policy(ServerWins);
+//! let mut events = engine.subscribe();
+//! let id = new_id();
+//! let fields = serde_json::json!({"title": "offline write"}).as_object().cloned().unwrap();
+//! engine.local().put(Record::new("songs", id.clone(), fields)).await?; // no network needed
+//! assert_eq!(engine.local().pending_count().await?, 1);
+//!
+//! let report = engine.sync().await?;
+//! assert_eq!((report.pushed, report.remaining), (1, 0));
+//! assert_eq!(server.snapshot()[0].id, id);
+//! assert!(matches!(events.try_recv()?, SyncEvent::PushProgress { pushed: 1, total: 1 }));
+//! # Ok(()) }
+//! # #[cfg(not(feature = "testkit"))] fn main() {}
+//! ```
 #![warn(missing_docs)]
 
 mod conflict;
