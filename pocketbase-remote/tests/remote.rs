@@ -367,6 +367,24 @@ async fn users_see_only_their_records_and_tombstones_do_not_leak() {
             .unwrap()["title"],
         "a"
     );
+    // Re-using the id of A's deleted record: a conflict against the tombstone, which
+    // does not show B the change id of A's delete.
+    let out = rb
+        .push(vec![cb.upsert(
+            "songs",
+            &ids_a[0],
+            None,
+            song("reuse", 1, &b),
+        )])
+        .await
+        .unwrap();
+    match &out[0] {
+        PushOutcome::Conflict { current } => {
+            assert!(current.fields.is_none());
+            assert_eq!(current.change_id, None);
+        }
+        other => panic!("expected a tombstone conflict, got {other:?}"),
+    }
     // Creating a record owned by someone else is refused by the create rule.
     let out = rb
         .push(vec![cb.upsert("songs", &new_id(), None, song("x", 1, &a))])

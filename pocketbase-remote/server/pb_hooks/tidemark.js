@@ -125,18 +125,23 @@ function current(tx, coll, id) {
     : null;
 }
 
-// Newest tombstone {seq, cid, clients} of a record; null if none.
+// Newest tombstone {seq, cid, owner, clients} of a record; null if none.
 function tombstone(tx, coll, id) {
-  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "", tm_clients: "" }));
+  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "", owner: "", tm_clients: "" }));
   tx.db()
     .newQuery(
-      "SELECT tm_seq, tm_cid, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
+      "SELECT tm_seq, tm_cid, owner, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
         "WHERE coll = {:c} AND rid = {:r} AND moved = FALSE ORDER BY tm_seq DESC LIMIT 1"
     )
     .bind({ c: coll, r: id })
     .all(rows);
   return rows.length
-    ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid, clients: parseClients(rows[0].tm_clients) }
+    ? {
+        seq: rows[0].tm_seq,
+        cid: rows[0].tm_cid,
+        owner: rows[0].owner,
+        clients: parseClients(rows[0].tm_clients),
+      }
     : null;
 }
 
@@ -213,9 +218,13 @@ function onCreate(e) {
       }
       const cur = t ? t.seq : 0;
       if (push.base !== cur) {
-        // Stale base against a deleted (or never seen) record: write nothing.
+        // Stale base against a deleted (or never seen) record: write nothing. The
+        // change id is only shown to the record's owner (the create rule has checked
+        // the new owner against the caller).
+        const of = ownerField(e.record.collection().name);
+        const mine = t && (!t.owner || !of || t.owner === e.record.getString(of));
         e.record.set("tm_seq", cur);
-        e.record.set("tm_cid", t ? t.cid : "");
+        e.record.set("tm_cid", mine ? t.cid : "");
         e.record.set("tm_push", "tombstone");
         return;
       }
