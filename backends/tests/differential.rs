@@ -8,12 +8,14 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use sync_traits::testkit::MemoryStore;
 use sync_traits::{
     Ack, Fields, LocalStore, Op, Page, PendingChange, Quarantined, Record, RecordId, Rejection,
     RemoteChange, RemoteState, Version, Watermark,
 };
-use tidemark_backends::Schema;
+
+use tidemark_backends::{Schema, SqliteStore};
 
 const COLLS: [&str; 2] = ["songs", "friends"];
 
@@ -48,6 +50,11 @@ enum Step {
     BeginResync,
     FinishResync,
     Reopen,
+    /// A put made with plain SQL from the app's own connection (captured by the
+    /// triggers); a normal put on stores without SQL.
+    SqlPut(usize, usize, Fields),
+    /// A delete made with plain SQL; a normal delete on stores without SQL.
+    SqlDelete(usize, usize),
 }
 
 fn value() -> impl Strategy<Value = Value> {
@@ -117,6 +124,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..2usize, 0..4usize, fields()).prop_map(|(c, i, f)| Step::Put(c, i, f)),
         2 => (0..2usize, 0..4usize).prop_map(|(c, i)| Step::Delete(c, i)),
+        3 => (0..2usize, 0..4usize, fields()).prop_map(|(c, i, f)| Step::SqlPut(c, i, f)),
+        1 => (0..2usize, 0..4usize).prop_map(|(c, i)| Step::SqlDelete(c, i)),
         3 => (
             proptest::collection::vec(
                 (0..2usize, 0..4usize, 1u64..40, proptest::option::of(fields())),
@@ -144,18 +153,24 @@ enum Kind {
 struct Subject {
     kind: Kind,
     store: Option<Box<dyn LocalStore>>,
+    sqlite: Option<Arc<SqliteStore>>,
 }
 
 impl Subject {
     fn open(&mut self) {
         self.store = None; // close before reopening
+        self.sqlite = None;
         self.store = Some(match &self.kind {
             Kind::Memory => Box::new(MemoryStore::new()),
-            Kind::SqliteMemory => Box::new(
-                tidemark_backends::SqliteStore::open_in_memory(Schema::conformance()).unwrap(),
-            ),
+            Kind::SqliteMemory => {
+                let s = Arc::new(SqliteStore::open_in_memory(Schema::conformance()).unwrap());
+                self.sqlite = Some(s.clone());
+                Box::new(s)
+            }
             Kind::SqliteFile(p) => {
-                Box::new(tidemark_backends::SqliteStore::open(p, Schema::conformance()).unwrap())
+                let s = Arc::new(SqliteStore::open(p, Schema::conformance()).unwrap());
+                self.sqlite = Some(s.clone());
+                Box::new(s)
             }
             Kind::Sled(p) => Box::new(
                 tidemark_backends::SledStore::open_with(
@@ -234,6 +249,73 @@ fn state(version: u64, fields: Option<Fields>) -> RemoteState {
         version: Version(version),
         fields,
         change_id: None,
+    }
+}
+
+/// The plain-SQL version of a put or delete, as an app would write it.
+fn sql_step(conn: &rusqlite::Connection, step: &Step, ids: &[RecordId]) -> String {
+    use rusqlite::types::Value as Sql;
+    match step {
+        Step::SqlPut(c, i, f) => {
+            let coll = COLLS[*c];
+            let declared: &[&str] = if coll == "songs" {
+                &["title", "artist", "order"]
+            } else {
+                &["name"]
+            };
+            let mut vals = vec![Sql::Text(ids[*i].to_string())];
+            let mut extra = Fields::new();
+            for d in declared {
+                vals.push(match f.get(*d) {
+                    None => Sql::Null,
+                    Some(Value::Null) => {
+                        extra.insert((*d).into(), Value::Null);
+                        Sql::Null
+                    }
+                    Some(Value::String(s)) => Sql::Text(s.clone()),
+                    Some(Value::Number(n)) => match n.as_i64() {
+                        Some(i) => Sql::Integer(i),
+                        None => Sql::Real(n.as_f64().unwrap()),
+                    },
+                    Some(other) => panic!("generator made {other} for {d}"),
+                });
+            }
+            for (k, v) in f {
+                if !declared.contains(&k.as_str()) {
+                    extra.insert(k.clone(), v.clone());
+                }
+            }
+            vals.push(if extra.is_empty() {
+                Sql::Null
+            } else {
+                Sql::Text(Value::Object(extra).to_string())
+            });
+            let cols: Vec<String> = declared.iter().map(|d| format!("\"{d}\"")).collect();
+            let sql = format!(
+                "INSERT INTO \"{coll}\" (\"id\", {cols}, \"_extra\") VALUES ({qs}) \
+                 ON CONFLICT (\"id\") DO UPDATE SET {sets}, \"_extra\" = excluded.\"_extra\"",
+                cols = cols.join(", "),
+                qs = vec!["?"; declared.len() + 2].join(", "),
+                sets = cols
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            conn.execute(&sql, rusqlite::params_from_iter(vals))
+                .unwrap();
+            format!("{:?}", Ok::<(), String>(()))
+        }
+        Step::SqlDelete(c, i) => {
+            let n = conn
+                .execute(
+                    &format!("DELETE FROM \"{}\" WHERE \"id\" = ?1", COLLS[*c]),
+                    [ids[*i].as_str()],
+                )
+                .unwrap();
+            format!("{:?}", Ok::<bool, String>(n > 0))
+        }
+        _ => unreachable!(),
     }
 }
 
@@ -329,6 +411,18 @@ async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
         Step::BeginResync => format!("{:?}", s.begin_resync().await.map_err(|e| e.to_string())),
         Step::FinishResync => format!("{:?}", s.finish_resync().await.map_err(|e| e.to_string())),
         Step::Reopen => "reopen".into(),
+        Step::SqlPut(c, i, f) => format!(
+            "{:?}",
+            s.put(Record::new(COLLS[*c], ids[*i].clone(), f.clone()))
+                .await
+                .map_err(|e| e.to_string())
+        ),
+        Step::SqlDelete(c, i) => format!(
+            "{:?}",
+            s.delete(COLLS[*c], &ids[*i])
+                .await
+                .map_err(|e| e.to_string())
+        ),
     }
 }
 
@@ -341,10 +435,10 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let ids = ids();
         let mut subjects = vec![
-            Subject { kind: Kind::Memory, store: None },
-            Subject { kind: Kind::SqliteMemory, store: None },
-            Subject { kind: Kind::SqliteFile(dir.path().join("s.db")), store: None },
-            Subject { kind: Kind::Sled(dir.path().join("sled")), store: None },
+            Subject { kind: Kind::Memory, store: None, sqlite: None },
+            Subject { kind: Kind::SqliteMemory, store: None, sqlite: None },
+            Subject { kind: Kind::SqliteFile(dir.path().join("s.db")), store: None, sqlite: None },
+            Subject { kind: Kind::Sled(dir.path().join("sled")), store: None, sqlite: None },
         ];
         for s in &mut subjects {
             s.open();
@@ -359,7 +453,18 @@ proptest! {
                 let mut results = Vec::new();
                 let mut obs = Vec::new();
                 for s in &subjects {
-                    results.push(run_step(s.s(), step, &ids).await);
+                    results.push(match (step, &s.kind, &s.sqlite) {
+                        (Step::SqlPut(..) | Step::SqlDelete(..), Kind::SqliteFile(p), _) => {
+                            // The app's own connection to the file.
+                            let c = rusqlite::Connection::open(p).unwrap();
+                            c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                            sql_step(&c, step, &ids)
+                        }
+                        (Step::SqlPut(..) | Step::SqlDelete(..), _, Some(st)) => {
+                            st.with_connection(|c| sql_step(c, step, &ids)).unwrap()
+                        }
+                        _ => run_step(s.s(), step, &ids).await,
+                    });
                     obs.push(observe(s.s()).await);
                 }
                 for i in 1..subjects.len() {
