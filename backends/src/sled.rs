@@ -31,7 +31,7 @@
 //! interval would lose it. The store therefore flushes (fsync) at the end of every
 //! mutating call by default, so a call that returned `Ok` survives a power cut;
 //! [`SledOptions::flush_every_write`] turns this off for speed (a put drops from
-//! ~1.5 ms to ~0.06 ms, see `BENCHMARKS.md`), trading the durability of the last
+//! 0.3–1.8 ms to ~0.07 ms, see `BENCHMARKS.md`), trading the durability of the last
 //! ~500 ms of calls — never their atomicity.
 
 use std::collections::{BTreeSet, HashMap};
