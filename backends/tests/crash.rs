@@ -125,22 +125,6 @@ async fn crash_child() {
     ) else {
         return;
     };
-    if let Some(kind) = kind.strip_prefix("small-") {
-        // One small put, then idle until killed.
-        let s = open(kind, std::path::Path::new(&path));
-        let f = json!({"name": "one"});
-        s.put(Record::new(
-            "friends",
-            id('f', 1),
-            f.as_object().cloned().unwrap(),
-        ))
-        .await
-        .unwrap();
-        println!("PUT");
-        std::io::stdout().flush().unwrap();
-        std::thread::sleep(Duration::from_secs(30));
-        return;
-    }
     child(&kind, std::path::Path::new(&path)).await;
 }
 
@@ -301,57 +285,11 @@ fn sled_survives_sigkill() {
     kill_loop("sled");
 }
 
-/// Observation, not a guarantee: sled without a flush per call keeps each
-/// transaction atomic but loses the calls of its last flush interval.
+/// sled without a flush per call: each call must still be atomic under SIGKILL (the
+/// loss of recent calls is measured and printed, not asserted: without a flush sled
+/// does not promise it).
 #[cfg(feature = "sled")]
 #[test]
-#[ignore = "observation of sled's durability without flush; run with --ignored"]
-fn sled_without_flush_loses_recent_calls() {
+fn sled_without_flush_stays_atomic_under_sigkill() {
     kill_loop("sled-noflush");
-}
-
-/// Observation: does one small put survive a SIGKILL 50 ms after it returned?
-#[cfg(feature = "sled")]
-#[test]
-#[ignore = "observation of sled's durability; run with --ignored --nocapture"]
-fn sled_small_write_then_kill() {
-    let exe = std::env::current_exe().unwrap();
-    for kind in ["sled-noflush"] {
-        let mut survived = 0;
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("store");
-            let mut c = Command::new(&exe)
-                .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-                .env("TIDEMARK_CRASH_KIND", format!("small-{kind}"))
-                .env("TIDEMARK_CRASH_PATH", &path)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
-            while let Some(Ok(l)) = lines.next() {
-                if l == "PUT" {
-                    break;
-                }
-            }
-            let t = Instant::now();
-            std::thread::sleep(Duration::from_millis(50));
-            c.kill().unwrap();
-            c.wait().unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            let s = open(kind, &path);
-            let _ = t;
-            if rt
-                .block_on(s.get("friends", &id('f', 1)))
-                .unwrap()
-                .is_some()
-            {
-                survived += 1;
-            }
-        }
-        eprintln!("{kind}: a put killed 50 ms after it returned survived {survived}/5 times");
-    }
 }
