@@ -30,7 +30,7 @@
 //! holding the collections `songs(title, artist: text, order: number)` and
 //! `friends(name: text)`:
 //!
-//! ```ignore
+//! ```text
 //! // tests/conformance.rs of your crate
 //! use sync_traits::testkit::conformance;
 //! use my_store::MyStore;
