@@ -16,36 +16,19 @@ fn song(title: &str, order: i64, owner: &RecordId) -> Fields {
         .unwrap_or_default()
 }
 
-fn schema() -> Schema {
-    use tidemark_backends::CollectionSchema;
-    Schema::new()
-        .collection(
-            CollectionSchema::new("songs")
-                .text("title")
-                .text("artist")
-                .number("order")
-                .relation("owner"),
-        )
-        .collection(
-            CollectionSchema::new("friends")
-                .text("name")
-                .relation("owner"),
-        )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_reaches_a_subscribed_device_without_a_manual_sync() {
     let srv = TestServer::start();
     let user = srv.create_user("live@t.io").await;
     let dir = tempfile::tempdir().unwrap();
     let laptop = SyncEngine::new(
-        SqliteStore::open(dir.path().join("laptop.sqlite"), schema()).unwrap(),
+        SqliteStore::open(dir.path().join("laptop.sqlite"), Schema::sample()).unwrap(),
         srv.user("live@t.io").await,
     );
     let phone_remote = srv.user("live@t.io").await;
     let hints = phone_remote.subscribe();
     let phone = SyncEngine::new(
-        SledStore::open(dir.path().join("phone.sled"), schema()).unwrap(),
+        SledStore::open(dir.path().join("phone.sled"), Schema::sample()).unwrap(),
         phone_remote,
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

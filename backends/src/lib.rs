@@ -70,7 +70,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(any(feature = "sqlite", feature = "sled")), allow(dead_code))]
 
-mod common;
 pub mod schema;
 #[cfg(feature = "sled")]
 pub mod sled;

@@ -163,6 +163,25 @@ impl Schema {
             .collection(CollectionSchema::new("friends").text("name"))
     }
 
+    /// The sample schema of the seed project, which `pocketbase-remote`'s fixture
+    /// migration serves: `songs(title, artist: text, order: number, owner:
+    /// relation)` and `friends(name: text, owner: relation)`.
+    pub fn sample() -> Self {
+        Schema::new()
+            .collection(
+                CollectionSchema::new("songs")
+                    .text("title")
+                    .text("artist")
+                    .number("order")
+                    .relation("owner"),
+            )
+            .collection(
+                CollectionSchema::new("friends")
+                    .text("name")
+                    .relation("owner"),
+            )
+    }
+
     /// Checks names: valid, unique, not reserved.
     pub fn validate(&self) -> Result<(), StoreError> {
         let mut names = HashSet::new();

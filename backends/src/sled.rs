@@ -49,10 +49,10 @@ use sync_traits::{
     RecordId, RemoteState, StoreError, SyncState, Version, Watermark,
 };
 
-use crate::common::changed_fields;
 use crate::schema::{
     canonical_fields, check_collection_name, schema_err, CollectionSchema, Schema,
 };
+use sync_traits::changed_fields;
 
 const FORMAT: &[u8] = b"tidemark-sled/1";
 const META: usize = 0;

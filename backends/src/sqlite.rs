@@ -73,11 +73,11 @@ use sync_traits::{
     RecordId, RemoteState, StoreError, SyncState, Version, Watermark,
 };
 
-use crate::common::changed_fields;
 use crate::schema::{
     canonical_fields, check_collection_name, check_value, schema_err, CollectionSchema, FieldKind,
     Schema,
 };
+use sync_traits::changed_fields;
 
 const FORMAT: &str = "tidemark-sqlite/1";
 

@@ -8,7 +8,7 @@ use sync_traits::testkit::{FakeRemote, MemoryStore};
 use sync_traits::{new_id, FieldMerge, Fields, LocalStore, Record, RemoteStore, SyncEngine};
 use tidemark_backends::SledStore;
 
-use crate::{demo_schema, open_sqlite, print_event};
+use crate::{open_sqlite, print_event};
 
 fn fields(v: serde_json::Value) -> Fields {
     v.as_object().cloned().unwrap_or_default()
@@ -170,7 +170,8 @@ pub async fn pocketbase(db: &Path) -> Result<()> {
     if phone_dir.exists() {
         std::fs::remove_dir_all(&phone_dir).ok();
     }
-    let phone = SledStore::open(&phone_dir, demo_schema()).context("opening the sled store")?;
+    let phone = SledStore::open(&phone_dir, tidemark_backends::Schema::sample())
+        .context("opening the sled store")?;
     println!(
         "laptop: SQLite file {}   phone: sled database {}",
         db.display(),

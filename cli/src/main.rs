@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pocketbase_remote::PocketBaseRemote;
 use sync_traits::{LocalStore, SyncEngine, SyncEvent};
-use tidemark_backends::{CollectionSchema, Schema, SqliteStore};
+use tidemark_backends::{Schema, SqliteStore};
 
 #[derive(Parser)]
 #[command(
@@ -62,23 +62,6 @@ enum Command {
     },
 }
 
-/// The demo schema: the seed project's songs and friends.
-pub(crate) fn demo_schema() -> Schema {
-    Schema::new()
-        .collection(
-            CollectionSchema::new("songs")
-                .text("title")
-                .text("artist")
-                .number("order")
-                .relation("owner"),
-        )
-        .collection(
-            CollectionSchema::new("friends")
-                .text("name")
-                .relation("owner"),
-        )
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -120,7 +103,7 @@ fn open_sqlite(db: &std::path::Path) -> Result<SqliteStore> {
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    SqliteStore::open(db, demo_schema()).with_context(|| format!("opening {}", db.display()))
+    SqliteStore::open(db, Schema::sample()).with_context(|| format!("opening {}", db.display()))
 }
 
 async fn sync(

@@ -12,6 +12,26 @@ use crate::id::{ChangeId, RecordId};
 /// A record's JSON fields, without its id and without sync metadata.
 pub type Fields = Map<String, Value>;
 
+/// The names of fields whose values differ between `old` and `new` (a field present
+/// on one side only counts). Every [`crate::LocalStore`] uses this rule for
+/// [`PendingChange::changed`].
+pub fn changed_fields(old: Option<&Fields>, new: Option<&Fields>) -> BTreeSet<String> {
+    let empty = Fields::new();
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let mut out = BTreeSet::new();
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            out.insert(k.clone());
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.insert(k.clone());
+        }
+    }
+    out
+}
+
 /// One record of one collection, as the application sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {

@@ -275,7 +275,7 @@ async fn write(
         return Ok(());
     }
     let changed = match &fields {
-        Some(f) => sync_traits::testkit::changed_fields(before.as_ref(), Some(f))
+        Some(f) => sync_traits::changed_fields(before.as_ref(), Some(f))
             .into_iter()
             .collect(),
         None => vec![],

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::id::{new_id, ChangeId, RecordId};
 use crate::record::{
-    Ack, ApplyReport, Fields, Op, Page, PendingChange, Quarantined, Record, RemoteState, SyncState,
-    Version, Watermark,
+    changed_fields, Ack, ApplyReport, Fields, Op, Page, PendingChange, Quarantined, Record,
+    RemoteState, SyncState, Version, Watermark,
 };
 use crate::store::LocalStore;
 
@@ -47,24 +47,6 @@ pub(crate) fn check_collection(name: &str) -> Result<(), StoreError> {
         return Err(StoreError::UnknownCollection(name.to_owned()));
     }
     Ok(())
-}
-
-/// The names of fields whose values differ between `old` and `new`.
-pub fn changed_fields(old: Option<&Fields>, new: Option<&Fields>) -> BTreeSet<String> {
-    let empty = Fields::new();
-    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-    let mut out = BTreeSet::new();
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            out.insert(k.clone());
-        }
-    }
-    for k in old.keys() {
-        if !new.contains_key(k) {
-            out.insert(k.clone());
-        }
-    }
-    out
 }
 
 impl MemoryStore {

@@ -11,4 +11,4 @@ mod memory;
 
 pub use fake_remote::{Access, FakeRemote};
 pub use faults::{Fault, FaultPlan, Faulty};
-pub use memory::{changed_fields, MemoryStore};
+pub use memory::MemoryStore;
