@@ -418,3 +418,52 @@ async fn run_live_syncs_on_hints_without_a_manual_sync() {
         "the hint made the live client pull, long before its period"
     );
 }
+
+#[tokio::test]
+async fn reconcile_removes_records_that_vanished_without_a_tombstone() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let ids: Vec<_> = (0..4).map(|_| new_id()).collect();
+    for id in &ids {
+        server.server_write("songs", id, Some(f(json!({"title": "x"}))));
+    }
+    server.server_write("friends", &new_id(), Some(f(json!({"name": "y"}))));
+    ea.sync().await.unwrap();
+    assert_eq!(a.all_records().len(), 5);
+    // Two songs vanish behind sync's back (a rule change, a raw SQL delete).
+    server.raw_delete("songs", &ids[0]);
+    server.raw_delete("songs", &ids[1]);
+    let r = ea.sync().await.unwrap();
+    assert!(!r.resynced);
+    assert_eq!(a.all_records().len(), 5, "a plain sync cannot see it");
+    let before = server.round_trips();
+    let r = ea.reconcile().await.unwrap();
+    assert!(r.resynced, "counts differ, so reconcile resyncs");
+    assert_eq!(a.all_records(), server.snapshot());
+    assert_eq!(a.all_records().len(), 3);
+    // Nothing stale now: reconcile costs one pull plus the counts.
+    let r = ea.reconcile().await.unwrap();
+    assert!(!r.resynced);
+    assert!(server.round_trips().0 > before.0);
+}
+
+#[tokio::test]
+async fn reconcile_after_a_rejection_finds_nothing_stale() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let x = new_id();
+    a.put(Record::new(
+        "songs",
+        x.clone(),
+        f(json!({"title": "refused", "invalid": true})),
+    ))
+    .await
+    .unwrap();
+    a.put(Record::new("songs", new_id(), f(json!({"title": "ok"}))))
+        .await
+        .unwrap();
+    let r = ea.reconcile().await.unwrap();
+    assert_eq!((r.rejected, r.remaining), (1, 0));
+    assert!(!r.resynced, "the counts agree once the outbox has landed");
+    assert_eq!(a.all_records(), server.snapshot());
+}

@@ -67,3 +67,61 @@ async fn a_write_reaches_a_subscribed_device_without_a_manual_sync() {
     eprintln!("write-to-other-device latency (push + hint + pull): {latencies:?}");
     assert_eq!(phone.local().list("songs").await.unwrap().len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_removes_records_a_rule_change_hid() {
+    let srv = TestServer::start();
+    let user = srv.create_user("rules@t.io").await;
+    let dir = tempfile::tempdir().unwrap();
+    let device = SyncEngine::new(
+        SqliteStore::open(dir.path().join("device.sqlite"), Schema::sample()).unwrap(),
+        srv.user("rules@t.io").await,
+    );
+    for i in 0..8 {
+        device
+            .local()
+            .put(Record::new("songs", new_id(), song("s", i, &user)))
+            .await
+            .unwrap();
+    }
+    device.sync().await.unwrap();
+    assert_eq!(device.local().list("songs").await.unwrap().len(), 8);
+
+    // An admin narrows the list rule: songs with order >= 5 leave the user's view
+    // without any write to them, so no tombstone exists.
+    let token = srv.superuser().await.token().await.unwrap();
+    let r = reqwest::Client::new()
+        .patch(format!("{}/api/collections/songs", srv.url()))
+        .header("Authorization", token)
+        .json(
+            &json!({"listRule": "@request.auth.id != '' && owner = @request.auth.id && order < 5"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "rule change: {}", r.status());
+
+    let report = device.sync().await.unwrap();
+    assert!(!report.resynced);
+    assert_eq!(
+        device.local().list("songs").await.unwrap().len(),
+        8,
+        "a plain sync has nothing to pull"
+    );
+    let report = device.reconcile().await.unwrap();
+    assert!(report.resynced, "the counts (8 local, 5 visible) differ");
+    let left: Vec<i64> = device
+        .local()
+        .list("songs")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.fields["order"].as_i64().unwrap())
+        .collect();
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(left.iter().all(|o| *o < 5), "{left:?}");
+    assert!(
+        !device.reconcile().await.unwrap().resynced,
+        "nothing stale any more"
+    );
+}

@@ -176,6 +176,7 @@ struct Table {
     schema: CollectionSchema,
     select_one: String,
     select_all: String,
+    count: String,
     upsert: String,
     delete: String,
 }
@@ -196,6 +197,7 @@ impl Table {
         Self {
             select_one: format!("SELECT {all} FROM {t} WHERE \"id\" = ?1"),
             select_all: format!("SELECT \"id\", {all} FROM {t} ORDER BY \"id\""),
+            count: format!("SELECT COUNT(*) FROM {t}"),
             upsert: format!(
                 "INSERT INTO {t} (\"id\", {all}) VALUES ({}) ON CONFLICT (\"id\") DO UPDATE SET {}",
                 placeholders.join(", "),
@@ -971,6 +973,14 @@ impl LocalStore for SqliteStore {
             out.push(Record::new(collection, RecordId::parse(&id)?, f));
         }
         Ok(out)
+    }
+
+    async fn count(&self, collection: &str) -> Result<usize, StoreError> {
+        let t = self.table(collection)?;
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(&t.count).map_err(sql_err)?;
+        let n: i64 = st.query_row([], |r| r.get(0)).map_err(sql_err)?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     async fn put(&self, record: Record) -> Result<(), StoreError> {

@@ -545,6 +545,10 @@ impl RemoteStore for PocketBaseRemote {
         Ok(self.head().await?.horizon)
     }
 
+    async fn counts(&self) -> Result<Option<std::collections::BTreeMap<String, u64>>, RemoteError> {
+        self.count_visible().await.map(Some)
+    }
+
     fn max_push_batch(&self) -> usize {
         self.inner.batch_max.load(Ordering::Relaxed).max(1)
     }

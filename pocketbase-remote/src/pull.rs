@@ -1,6 +1,6 @@
 //! Pull (consistent multi-collection cut over PocketBase's list API) and fetch.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use futures_util::future::try_join_all;
 use reqwest::{Method, StatusCode};
@@ -312,6 +312,36 @@ impl PocketBaseRemote {
                 Ok(None)
             }
         }
+    }
+
+    /// How many records of each synced collection the caller may list now: PocketBase's
+    /// own `totalItems` under the collection's list rule (one request per collection).
+    pub(crate) async fn count_visible(&self) -> Result<BTreeMap<String, u64>, RemoteError> {
+        let mut out = BTreeMap::new();
+        for name in self.collections() {
+            let ctx = format!("count {name}");
+            let q = [("perPage", "1".to_owned()), ("fields", "id".to_owned())];
+            let r = self
+                .call_query(
+                    Method::GET,
+                    &format!("/api/collections/{name}/records"),
+                    &q,
+                    None,
+                )
+                .await?;
+            if r.status == StatusCode::FORBIDDEN {
+                // As for pulls: a list the caller may not run shows it nothing.
+                out.insert(name, 0);
+                continue;
+            }
+            let v = expect_ok(&r, &ctx)?;
+            let n = v
+                .get("totalItems")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| field(&ctx, "totalItems"))?;
+            out.insert(name, n);
+        }
+        Ok(out)
     }
 
     /// The newest tombstone of a record visible to the caller.

@@ -209,20 +209,67 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
     /// Runs one sync: push, then pull until caught up.
     pub async fn sync(&self) -> Result<SyncReport, SyncError> {
         let _guard = self.running.lock().await;
+        self.sync_locked().instrument(info_span!("sync")).await
+    }
+
+    async fn sync_locked(&self) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
+        let client = self.local.client_id().await?;
+        self.push_all(&client, &mut report)
+            .instrument(info_span!("push"))
+            .await?;
+        self.pull_all(&mut report)
+            .instrument(info_span!("pull"))
+            .await?;
+        report.remaining = self.local.pending_count().await?;
+        info!(?report, "sync done");
+        Ok(report)
+    }
+
+    /// A sync, then a check for records that left the caller's view without any
+    /// trace the pull could see (a changed access rule, a write that bypassed the
+    /// server's hooks): after a complete pull the store holds every record the
+    /// server shows the caller, so a collection holding more records locally than
+    /// [`RemoteStore::counts`] reports has stale ones, and a full resync removes
+    /// them. One extra request when nothing is stale.
+    ///
+    /// Skipped (reported as not resynced) while the outbox is not empty, since
+    /// unpushed creates would count too, and when the remote cannot count. A write
+    /// landing on the server between the pull and the count can hide a stale record
+    /// until the next reconcile.
+    pub async fn reconcile(&self) -> Result<SyncReport, SyncError> {
+        let _guard = self.running.lock().await;
         async {
-            let client = self.local.client_id().await?;
-            self.push_all(&client, &mut report)
-                .instrument(info_span!("push"))
-                .await?;
-            self.pull_all(&mut report)
-                .instrument(info_span!("pull"))
-                .await?;
-            report.remaining = self.local.pending_count().await?;
-            info!(?report, "sync done");
+            let mut report = self.sync_locked().await?;
+            if report.remaining > 0 {
+                info!(
+                    remaining = report.remaining,
+                    "outbox not empty; reconcile skipped"
+                );
+                return Ok(report);
+            }
+            let Some(counts) = self.retry("counts", || self.remote.counts()).await? else {
+                return Ok(report);
+            };
+            let mut stale = Vec::new();
+            for (collection, remote) in &counts {
+                let local = self.local.count(collection).await?;
+                if local as u64 > *remote {
+                    stale.push((collection.clone(), local as u64 - remote));
+                }
+            }
+            if !stale.is_empty() {
+                info!(
+                    ?stale,
+                    "local collections hold records the server no longer shows; resync"
+                );
+                self.emit(SyncEvent::ResyncStarted);
+                report.resynced = true;
+                self.resync(&mut report).await?;
+            }
             Ok(report)
         }
-        .instrument(info_span!("sync"))
+        .instrument(info_span!("reconcile"))
         .await
     }
 

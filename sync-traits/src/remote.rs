@@ -69,6 +69,13 @@ pub trait RemoteStore: Send + Sync {
     /// resync restarts (a tombstone it needed may have been compacted meanwhile).
     async fn horizon(&self) -> Result<Watermark, RemoteError>;
 
+    /// How many live records of each synced collection the caller may see now (every
+    /// synced collection, zeros included), for [`crate::SyncEngine::reconcile`]. `None` (the default) means the remote cannot
+    /// count, and reconciling falls back to nothing.
+    async fn counts(&self) -> Result<Option<std::collections::BTreeMap<String, u64>>, RemoteError> {
+        Ok(None)
+    }
+
     /// Largest batch [`push`](RemoteStore::push) accepts.
     fn max_push_batch(&self) -> usize {
         500
@@ -90,6 +97,9 @@ macro_rules! forward_remote_store {
             }
             async fn horizon(&self) -> Result<Watermark, RemoteError> {
                 (**self).horizon().await
+            }
+            async fn counts(&self) -> Result<Option<std::collections::BTreeMap<String, u64>>, RemoteError> {
+                (**self).counts().await
             }
             fn max_push_batch(&self) -> usize {
                 (**self).max_push_batch()

@@ -25,6 +25,12 @@ pub trait LocalStore: Send + Sync {
     /// Every record of a collection, ordered by id.
     async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError>;
 
+    /// How many records a collection holds locally. The default counts
+    /// [`list`](LocalStore::list); stores should answer without loading the records.
+    async fn count(&self, collection: &str) -> Result<usize, StoreError> {
+        Ok(self.list(collection).await?.len())
+    }
+
     /// Creates or replaces a record and records the write in the outbox, in one
     /// transaction. Writes to a record that already has an outbox entry are coalesced
     /// into it (new change id, union of changed fields, same outbox position).
@@ -80,6 +86,9 @@ macro_rules! forward_local_store {
             }
             async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
                 (**self).list(c).await
+            }
+            async fn count(&self, c: &str) -> Result<usize, StoreError> {
+                (**self).count(c).await
             }
             async fn put(&self, r: Record) -> Result<(), StoreError> {
                 (**self).put(r).await

@@ -70,6 +70,7 @@ where
     S: LocalStore,
 {
     put_get_list_delete(&make().await).await;
+    count_matches_list(&make().await).await;
     writes_go_to_outbox(&make().await).await;
     writes_coalesce(&make().await).await;
     pending_is_ordered_with_cursor(&make().await).await;
@@ -147,6 +148,35 @@ pub async fn put_get_list_delete(s: &dyn LocalStore) {
         s.get(FRIENDS, &a).await.unwrap().is_some(),
         "same id in another collection is separate"
     );
+}
+
+/// `count` agrees with `list`, per collection, through writes, deletes and applies.
+pub async fn count_matches_list(s: &dyn LocalStore) {
+    assert_eq!(s.count(SONGS).await.unwrap(), 0);
+    let ids: Vec<_> = (0..3).map(|_| new_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        s.put(Record::new(SONGS, id.clone(), song("c", i as i64)))
+            .await
+            .unwrap();
+    }
+    s.put(Record::new(FRIENDS, new_id(), fields(json!({"name": "f"}))))
+        .await
+        .unwrap();
+    s.delete(SONGS, &ids[0]).await.unwrap();
+    s.apply_remote(&page(
+        vec![remote(SONGS, &new_id(), 1, Some(song("r", 9)))],
+        1,
+    ))
+    .await
+    .unwrap();
+    for c in [SONGS, FRIENDS] {
+        assert_eq!(
+            s.count(c).await.unwrap(),
+            s.list(c).await.unwrap().len(),
+            "count({c}) must equal the length of list({c})"
+        );
+    }
+    assert_eq!(s.count(SONGS).await.unwrap(), 3);
 }
 
 /// Every write leaves an outbox entry with the data, the base and changed fields.

@@ -51,6 +51,8 @@ struct Server {
     pulls: u64,
     pushes: u64,
     applied: std::collections::HashMap<ChangeId, u32>,
+    /// Every collection ever written (the server's "synced collections").
+    collections: BTreeSet<String>,
     /// Compacted tombstones keep only their idempotency memory.
     graveyard: std::collections::HashMap<Key, std::collections::HashMap<RecordId, (u64, Version)>>,
 }
@@ -181,6 +183,16 @@ impl FakeRemote {
         self.lock().applied.clone()
     }
 
+    /// Removes a record behind sync's back, leaving no tombstone — like a raw SQL
+    /// delete or a rule change that hides a record without any write. Only
+    /// [`crate::SyncEngine::reconcile`] notices.
+    pub fn raw_delete(&self, collection: &str, id: &RecordId) {
+        let mut s = self.lock();
+        if let Some(e) = s.records.remove(&(collection.to_owned(), id.clone())) {
+            s.by_version.remove(&e.version.0);
+        }
+    }
+
     /// A write made directly on the server (admin UI, another service): no base
     /// check, no change id.
     pub fn server_write(&self, collection: &str, id: &RecordId, fields: Option<Fields>) -> Version {
@@ -193,6 +205,7 @@ impl Server {
     fn write(&mut self, key: Key, fields: Option<Fields>, change_id: Option<ChangeId>) -> Version {
         self.seq += 1;
         let version = Version(self.seq);
+        self.collections.insert(key.0.clone());
         let grave = self.graveyard.remove(&key).unwrap_or_default();
         let entry = self.records.entry(key.clone()).or_insert_with(|| Entry {
             fields: None,
@@ -395,6 +408,19 @@ impl RemoteStore for FakeRemote {
 
     async fn horizon(&self) -> Result<Watermark, RemoteError> {
         Ok(Watermark(self.lock().horizon))
+    }
+
+    async fn counts(&self) -> Result<Option<std::collections::BTreeMap<String, u64>>, RemoteError> {
+        let mut out: std::collections::BTreeMap<String, u64> = self
+            .lock()
+            .collections
+            .iter()
+            .map(|c| (c.clone(), 0))
+            .collect();
+        for r in self.snapshot() {
+            *out.entry(r.collection).or_insert(0) += 1;
+        }
+        Ok(Some(out))
     }
 
     fn max_push_batch(&self) -> usize {

@@ -155,6 +155,10 @@ impl<R: RemoteStore> RemoteStore for Faulty<R> {
         self.inner.horizon().await
     }
 
+    async fn counts(&self) -> Result<Option<std::collections::BTreeMap<String, u64>>, RemoteError> {
+        self.inner.counts().await
+    }
+
     fn max_push_batch(&self) -> usize {
         self.inner.max_push_batch()
     }
