@@ -177,17 +177,35 @@ impl SledStore {
         schema.validate()?;
         let path = path.as_ref().to_owned();
         let cap = opts.cache_capacity;
-        // sled panics on some kinds of damaged files instead of returning an error.
-        let db = std::panic::catch_unwind(move || {
-            ::sled::Config::new().path(path).cache_capacity(cap).open()
-        })
-        .map_err(|_| corrupt("sled could not read the database"))?
-        .map_err(|e| match e {
-            ::sled::Error::Io(io) => {
-                StoreError::Corrupt(format!("cannot open as a sled database: {io}"))
+        // sled's background flusher can hold the directory lock for a moment after
+        // the last handle of a previous store was dropped: wait for it, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            let p = path.clone();
+            // sled panics on some kinds of damaged files instead of returning an error.
+            let opened = std::panic::catch_unwind(move || {
+                ::sled::Config::new().path(p).cache_capacity(cap).open()
+            })
+            .map_err(|_| corrupt("sled could not read the database"))?;
+            match opened {
+                Ok(db) => break db,
+                Err(::sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Busy(format!(
+                            "sled database {} is locked by another process or store: {io}",
+                            path.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(::sled::Error::Io(io)) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "cannot open as a sled database: {io}"
+                    )))
+                }
+                Err(other) => return Err(sled_err(other)),
             }
-            other => sled_err(other),
-        })?;
+        };
         Self::init(db, schema, opts.flush_every_write)
     }
 

@@ -1,0 +1,120 @@
+//! Initial sync of N records (default 100 000) from a real local PocketBase into a
+//! fresh SQLite file, next to merely downloading the same records with PocketBase's
+//! list API, with the peak memory the sync added.
+//!
+//! `bash scripts/install-pocketbase.sh && cargo run --release --example initial_sync [N]`
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pocketbase_remote::harness::TestServer;
+use serde_json::json;
+use sync_traits::{new_id, ChangeId, Op, PushChange, RemoteStore, SyncConfig, SyncEngine};
+use tidemark_backends::{Schema, SqliteStore};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Samples RSS every 2 ms until stopped; returns the peak.
+fn sample_peak() -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let peak = Arc::new(AtomicU64::new(0));
+    let h = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            peak.fetch_max(rss_kib(), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        peak.load(Ordering::Relaxed)
+    });
+    (stop, h)
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let srv = TestServer::start();
+    let owner = srv.create_user("bench@t.io").await;
+    let remote = srv.user("bench@t.io").await;
+    let client = new_id();
+    let t = Instant::now();
+    for chunk in 0..n.div_ceil(1000) {
+        let changes: Vec<PushChange> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| PushChange {
+                change_id: ChangeId { client: client.clone(), n: i as u64 + 1 },
+                collection: "songs".into(),
+                id: new_id(),
+                base: None,
+                op: Op::Upsert(
+                    json!({"title": format!("song {i}"), "artist": "someone", "order": i, "owner": owner.as_str()})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            })
+            .collect();
+        remote.push(changes).await.expect("seed push");
+    }
+    eprintln!("seeded {n} records in {:.1?}", t.elapsed());
+
+    // 1. tidemark: a full first sync into a fresh SQLite file (pull + apply + watermark).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path().join("app.sqlite"), Schema::sample()).expect("store");
+    let engine = SyncEngine::new(store, srv.user("bench@t.io").await).with_config(SyncConfig {
+        page_size: 1000,
+        ..SyncConfig::default()
+    });
+    let before = rss_kib();
+    let (stop, peak) = sample_peak();
+    let t = Instant::now();
+    let report = engine.sync().await.expect("sync");
+    let sync_time = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let peak = peak.join().unwrap_or(0);
+    assert_eq!(report.pulled, n);
+
+    // 2. Baseline: download the same records with the list API, 1000 per page.
+    let token = remote.token().await.expect("token");
+    let http = reqwest::Client::new();
+    let t = Instant::now();
+    let (mut last, mut got) = (0u64, 0);
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{}/api/collections/songs/records", srv.url()))
+            .query(&[
+                ("filter", format!("tm_seq>{last}")),
+                ("sort", "tm_seq".into()),
+                ("perPage", "1000".into()),
+                ("skipTotal", "1".into()),
+            ])
+            .header("Authorization", &token)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        got += items.len();
+        match items.last() {
+            Some(it) if items.len() == 1000 && got < n => last = it["tm_seq"].as_u64().unwrap_or(0),
+            _ => break,
+        }
+    }
+    let download = t.elapsed();
+    assert_eq!(got, n);
+    println!("records:                      {n}");
+    println!("download pages (list API):    {download:.2?}  ({:.0}/s)", n as f64 / download.as_secs_f64());
+    println!("tidemark initial sync→SQLite: {sync_time:.2?}  ({:.0}/s)", n as f64 / sync_time.as_secs_f64());
+    println!("ratio:                        {:.2}x", sync_time.as_secs_f64() / download.as_secs_f64());
+    println!("peak RSS added by the sync:   {} KiB (RSS before {before} KiB)", peak.saturating_sub(before));
+}
