@@ -41,7 +41,10 @@ fn sample_peak() -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let srv = TestServer::start();
     let owner = srv.create_user("bench@t.io").await;
     let remote = srv.user("bench@t.io").await;
@@ -113,8 +116,20 @@ async fn main() {
     let download = t.elapsed();
     assert_eq!(got, n);
     println!("records:                      {n}");
-    println!("download pages (list API):    {download:.2?}  ({:.0}/s)", n as f64 / download.as_secs_f64());
-    println!("tidemark initial sync→SQLite: {sync_time:.2?}  ({:.0}/s)", n as f64 / sync_time.as_secs_f64());
-    println!("ratio:                        {:.2}x", sync_time.as_secs_f64() / download.as_secs_f64());
-    println!("peak RSS added by the sync:   {} KiB (RSS before {before} KiB)", peak.saturating_sub(before));
+    println!(
+        "download pages (list API):    {download:.2?}  ({:.0}/s)",
+        n as f64 / download.as_secs_f64()
+    );
+    println!(
+        "tidemark initial sync→SQLite: {sync_time:.2?}  ({:.0}/s)",
+        n as f64 / sync_time.as_secs_f64()
+    );
+    println!(
+        "ratio:                        {:.2}x",
+        sync_time.as_secs_f64() / download.as_secs_f64()
+    );
+    println!(
+        "peak RSS added by the sync:   {} KiB (RSS before {before} KiB)",
+        peak.saturating_sub(before)
+    );
 }
