@@ -85,6 +85,24 @@ async fn main() {
     let peak = peak.join().unwrap_or(0);
     assert_eq!(report.pulled, n);
 
+    // 1b. The remote alone: the same pages through RemoteStore::pull, no store.
+    let puller = srv.user("bench@t.io").await;
+    let t = Instant::now();
+    let (mut wm, mut pulled) = (sync_traits::Watermark(0), 0);
+    loop {
+        let p = puller
+            .pull(wm, 1000, sync_traits::PullMode::Resync)
+            .await
+            .expect("pull");
+        pulled += p.changes.len();
+        wm = p.watermark;
+        if !p.more {
+            break;
+        }
+    }
+    let pull_only = t.elapsed();
+    assert_eq!(pulled, n);
+
     // 2. Baseline: download the same records with the list API, 1000 per page.
     let token = remote.token().await.expect("token");
     let http = reqwest::Client::new();
@@ -119,6 +137,10 @@ async fn main() {
     println!(
         "download pages (list API):    {download:.2?}  ({:.0}/s)",
         n as f64 / download.as_secs_f64()
+    );
+    println!(
+        "RemoteStore::pull pages only: {pull_only:.2?}  ({:.0}/s)",
+        n as f64 / pull_only.as_secs_f64()
     );
     println!(
         "tidemark initial sync→SQLite: {sync_time:.2?}  ({:.0}/s)",
