@@ -107,30 +107,8 @@ async fn main() {
     let token = remote.token().await.expect("token");
     let http = reqwest::Client::new();
     let t = Instant::now();
-    let (mut last, mut got) = (0u64, 0);
-    loop {
-        let v: serde_json::Value = http
-            .get(format!("{}/api/collections/songs/records", srv.url()))
-            .query(&[
-                ("filter", format!("tm_seq>{last}")),
-                ("sort", "tm_seq".into()),
-                ("perPage", "1000".into()),
-                ("skipTotal", "1".into()),
-            ])
-            .header("Authorization", &token)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        got += items.len();
-        match items.last() {
-            Some(it) if items.len() == 1000 && got < n => last = it["tm_seq"].as_u64().unwrap_or(0),
-            _ => break,
-        }
-    }
+    let got =
+        pocketbase_remote::harness::download_list_pages(&http, srv.url(), &token, "songs", n).await;
     let download = t.elapsed();
     assert_eq!(got, n);
     println!("records:                      {n}");

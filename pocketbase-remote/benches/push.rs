@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pocketbase_remote::harness::TestServer;
+use pocketbase_remote::harness::{download_list_pages, TestServer};
 use pocketbase_remote::PocketBaseRemote;
 use serde_json::json;
 use sync_traits::{new_id, ChangeId, Op, PullMode, PushChange, RecordId, RemoteStore};
@@ -221,34 +221,7 @@ fn initial_pull(c: &mut Criterion) {
     g.bench_function("download_pages", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let (mut last, mut n) = (0u64, 0);
-                loop {
-                    let v: serde_json::Value = http
-                        .get(format!("{}/api/collections/songs/records", srv.url()))
-                        .query(&[
-                            ("filter", format!("tm_seq>{last}")),
-                            ("sort", "tm_seq".into()),
-                            ("perPage", "1000".into()),
-                            ("skipTotal", "1".into()),
-                        ])
-                        .header("Authorization", &token)
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    let items = v["items"].as_array().unwrap();
-                    n += items.len();
-                    // Stop at the known total: an extra empty filtered request would
-                    // meet PocketBase's randomized empty-result throttle.
-                    match items.last() {
-                        Some(it) if items.len() == 1000 && n < n_records => {
-                            last = it["tm_seq"].as_u64().unwrap()
-                        }
-                        _ => break,
-                    }
-                }
+                let n = download_list_pages(&http, srv.url(), &token, "songs", n_records).await;
                 assert_eq!(n, n_records);
             })
         })

@@ -280,6 +280,46 @@ impl TestServer {
     }
 }
 
+/// The baseline the initial-sync benchmarks compare against: downloads `expected`
+/// records of `collection` with PocketBase's own list API, 1000 per page in `tm_seq`
+/// order, doing nothing with them. Returns how many arrived. Stops at `expected`: one
+/// more (empty) filtered request would meet PocketBase's randomized empty-result
+/// throttle.
+pub async fn download_list_pages(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    collection: &str,
+    expected: usize,
+) -> usize {
+    let (mut last, mut n) = (0u64, 0);
+    loop {
+        let v: Value = http
+            .get(format!("{url}/api/collections/{collection}/records"))
+            .query(&[
+                ("filter", format!("tm_seq>{last}")),
+                ("sort", "tm_seq".into()),
+                ("perPage", "1000".into()),
+                ("skipTotal", "1".into()),
+            ])
+            .header("Authorization", token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list {collection}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("list {collection}: {e}"));
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        n += items.len();
+        match items.last() {
+            Some(it) if items.len() == 1000 && n < expected => {
+                last = it["tm_seq"].as_u64().unwrap_or(0)
+            }
+            _ => return n,
+        }
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
