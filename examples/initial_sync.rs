@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use pocketbase_remote::harness::TestServer;
 use serde_json::json;
-use sync_traits::{new_id, ChangeId, Op, PushChange, RemoteStore, SyncConfig, SyncEngine};
+use sync_traits::{
+    new_id, ChangeId, LocalStore, Op, PushChange, RemoteStore, SyncConfig, SyncEngine,
+};
 use tidemark_backends::{Schema, SqliteStore};
 
 fn rss_kib() -> u64 {
@@ -69,67 +71,130 @@ async fn main() {
     }
     eprintln!("seeded {n} records in {:.1?}", t.elapsed());
 
-    // 1. tidemark: a full first sync into a fresh SQLite file (pull + apply + watermark).
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path().join("app.sqlite"), Schema::sample()).expect("store");
-    let engine = SyncEngine::new(store, srv.user("bench@t.io").await).with_config(SyncConfig {
-        page_size: 1000,
-        ..SyncConfig::default()
-    });
-    let before = rss_kib();
-    let (stop, peak) = sample_peak();
-    let t = Instant::now();
-    let report = engine.sync().await.expect("sync");
-    let sync_time = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let peak = peak.join().unwrap_or(0);
-    assert_eq!(report.pulled, n);
+    let token = remote.token().await.expect("token");
+    let http = reqwest::Client::new();
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (mut syncs, mut pulls, mut downloads, mut applies) = (vec![], vec![], vec![], vec![]);
+    let mut peak_added = 0;
+    println!("records: {n}, page size 1000, {rounds} rounds (each: download, pull, sync)");
+    for round in 1..=rounds {
+        // 1. Baseline: download the same records with the list API, 1000 per page.
+        let t = Instant::now();
+        let got =
+            pocketbase_remote::harness::download_list_pages(&http, srv.url(), &token, "songs", n)
+                .await;
+        let download = t.elapsed();
+        assert_eq!(got, n);
 
-    // 1b. The remote alone: the same pages through RemoteStore::pull, no store.
-    let puller = srv.user("bench@t.io").await;
-    let t = Instant::now();
-    let (mut wm, mut pulled) = (sync_traits::Watermark(0), 0);
+        // 2. The remote alone: the same pages through RemoteStore::pull, no store.
+        let puller = srv.user("bench@t.io").await;
+        let t = Instant::now();
+        let (mut wm, mut pulled) = (sync_traits::Watermark(0), 0);
+        loop {
+            let p = puller
+                .pull(wm, 1000, sync_traits::PullMode::Resync)
+                .await
+                .expect("pull");
+            pulled += p.changes.len();
+            wm = p.watermark;
+            if !p.more {
+                break;
+            }
+        }
+        let pull_only = t.elapsed();
+        assert_eq!(pulled, n);
+
+        // 3. tidemark: a full first sync into a fresh SQLite file (pull + apply +
+        //    watermark), the peak memory it adds sampled every 2 ms.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            SqliteStore::open(dir.path().join("app.sqlite"), Schema::sample()).expect("store");
+        let engine = SyncEngine::new(store, srv.user("bench@t.io").await).with_config(SyncConfig {
+            page_size: 1000,
+            ..SyncConfig::default()
+        });
+        let before = rss_kib();
+        let (stop, peak) = sample_peak();
+        let t = Instant::now();
+        let report = engine.sync().await.expect("sync");
+        let sync_time = t.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let peak = peak.join().unwrap_or(0);
+        assert_eq!(report.pulled, n);
+        if round == 1 {
+            peak_added = peak.saturating_sub(before);
+        }
+        println!(
+            "round {round}: download {download:.2?}, RemoteStore::pull {pull_only:.2?}, \
+             sync→SQLite {sync_time:.2?} ({:.2}x)",
+            sync_time.as_secs_f64() / download.as_secs_f64()
+        );
+        downloads.push(download);
+        pulls.push(pull_only);
+        syncs.push(sync_time);
+    }
+
+    // 4. The store alone: the same pages, pulled beforehand, applied to a fresh file
+    //    the way the first sync does (begin resync, pages, finish).
+    let mut pages = Vec::new();
+    let (mut wm, puller) = (sync_traits::Watermark(0), srv.user("bench@t.io").await);
     loop {
         let p = puller
             .pull(wm, 1000, sync_traits::PullMode::Resync)
             .await
             .expect("pull");
-        pulled += p.changes.len();
         wm = p.watermark;
-        if !p.more {
+        let more = p.more;
+        pages.push(p);
+        if !more {
             break;
         }
     }
-    let pull_only = t.elapsed();
-    assert_eq!(pulled, n);
+    for _ in 0..rounds {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            SqliteStore::open(dir.path().join("app.sqlite"), Schema::sample()).expect("store");
+        let t = Instant::now();
+        store.begin_resync().await.expect("begin");
+        for p in &pages {
+            store.apply_remote(p).await.expect("apply");
+        }
+        store.finish_resync().await.expect("finish");
+        applies.push(t.elapsed());
+    }
 
-    // 2. Baseline: download the same records with the list API, 1000 per page.
-    let token = remote.token().await.expect("token");
-    let http = reqwest::Client::new();
-    let t = Instant::now();
-    let got =
-        pocketbase_remote::harness::download_list_pages(&http, srv.url(), &token, "songs", n).await;
-    let download = t.elapsed();
-    assert_eq!(got, n);
-    println!("records:                      {n}");
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (download, pull_only, sync_time, apply) = (
+        med(&mut downloads),
+        med(&mut pulls),
+        med(&mut syncs),
+        med(&mut applies),
+    );
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!("medians over {rounds} rounds:");
     println!(
         "download pages (list API):    {download:.2?}  ({:.0}/s)",
-        n as f64 / download.as_secs_f64()
+        rate(download)
     );
     println!(
-        "RemoteStore::pull pages only: {pull_only:.2?}  ({:.0}/s)",
-        n as f64 / pull_only.as_secs_f64()
+        "RemoteStore::pull pages only: {pull_only:.2?}  ({:.0}/s)  {:.2}x",
+        rate(pull_only),
+        pull_only.as_secs_f64() / download.as_secs_f64()
     );
     println!(
-        "tidemark initial sync→SQLite: {sync_time:.2?}  ({:.0}/s)",
-        n as f64 / sync_time.as_secs_f64()
+        "SQLite apply of those pages:  {apply:.2?}  ({:.0}/s)",
+        rate(apply)
     );
     println!(
-        "ratio:                        {:.2}x",
+        "tidemark initial sync→SQLite: {sync_time:.2?}  ({:.0}/s)  {:.2}x",
+        rate(sync_time),
         sync_time.as_secs_f64() / download.as_secs_f64()
     );
-    println!(
-        "peak RSS added by the sync:   {} KiB (RSS before {before} KiB)",
-        peak.saturating_sub(before)
-    );
+    println!("peak RSS added by the first sync: {peak_added} KiB");
 }

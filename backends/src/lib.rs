@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(any(feature = "sqlite", feature = "sled")), allow(dead_code))]
 
+mod blocking;
 pub mod schema;
 #[cfg(feature = "sled")]
 pub mod sled;

@@ -94,6 +94,10 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// A remote change checked and encoded before its transaction: (tree index, key,
+/// encoded record or `None` for a delete).
+type Prepared = (usize, Vec<u8>, Option<Vec<u8>>);
+
 fn key(collection: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + 1 + id.len());
     k.extend_from_slice(collection.as_bytes());
@@ -313,6 +317,47 @@ impl SledStore {
             .get(name)
             .map(|(i, c)| (*i, c))
             .ok_or_else(|| StoreError::UnknownCollection(name.to_owned()))
+    }
+
+    /// [`LocalStore::apply_remote`] once the page is checked and encoded: one
+    /// transaction. `prepared[i]` is change `i`'s (tree, key, encoded record).
+    fn apply_prepared(
+        &self,
+        page: &Page,
+        prepared: &[Prepared],
+    ) -> Result<ApplyReport, StoreError> {
+        let _g = self.lock();
+        self.write(|tx| {
+            let resyncing = tx.meta("resyncing")? != 0;
+            let mut report = ApplyReport::default();
+            for (c, (i, k, data)) in page.changes.iter().zip(prepared) {
+                if resyncing {
+                    tx.t[SEEN].insert(k.as_slice(), &[])?;
+                }
+                if tx.t[OUTBOX_IDX].get(k)?.is_some() {
+                    report.deferred += 1;
+                    continue;
+                }
+                if tx.version(k)?.is_some_and(|v| v >= c.state.version.0) {
+                    report.stale += 1;
+                    continue;
+                }
+                match data {
+                    Some(d) => {
+                        tx.t[*i].insert(c.id.as_str(), d.as_slice())?;
+                    }
+                    None => {
+                        tx.t[*i].remove(c.id.as_str())?;
+                    }
+                }
+                tx.t[VERSIONS].insert(k.as_slice(), &c.state.version.0.to_be_bytes())?;
+                report.applied += 1;
+            }
+            if page.watermark.0 > tx.meta("watermark")? {
+                tx.set_meta("watermark", page.watermark.0)?;
+            }
+            Ok(report)
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -635,38 +680,8 @@ impl LocalStore for SledStore {
             };
             prepared.push((i, key(&c.collection, c.id.as_str()), data));
         }
-        let _g = self.lock();
-        self.write(|tx| {
-            let resyncing = tx.meta("resyncing")? != 0;
-            let mut report = ApplyReport::default();
-            for (c, (i, k, data)) in page.changes.iter().zip(&prepared) {
-                if resyncing {
-                    tx.t[SEEN].insert(k.as_slice(), &[])?;
-                }
-                if tx.t[OUTBOX_IDX].get(k)?.is_some() {
-                    report.deferred += 1;
-                    continue;
-                }
-                if tx.version(k)?.is_some_and(|v| v >= c.state.version.0) {
-                    report.stale += 1;
-                    continue;
-                }
-                match data {
-                    Some(d) => {
-                        tx.t[*i].insert(c.id.as_str(), d.as_slice())?;
-                    }
-                    None => {
-                        tx.t[*i].remove(c.id.as_str())?;
-                    }
-                }
-                tx.t[VERSIONS].insert(k.as_slice(), &c.state.version.0.to_be_bytes())?;
-                report.applied += 1;
-            }
-            if page.watermark.0 > tx.meta("watermark")? {
-                tx.set_meta("watermark", page.watermark.0)?;
-            }
-            Ok(report)
-        })
+        // The transaction (and its flush) blocks: let the runtime's other tasks go on.
+        crate::blocking::run(|| self.apply_prepared(page, &prepared))
     }
 
     async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {

@@ -15,9 +15,12 @@
 //! ```
 //!
 //! Sync metadata lives in `_tidemark_meta` (format, client id, change counter,
-//! watermark, resync flag), `_tidemark_outbox`, `_tidemark_versions`,
+//! watermark, resync flag, resync epoch), `_tidemark_outbox`, `_tidemark_versions`,
 //! `_tidemark_seen`, `_tidemark_quarantine` and `_tidemark_collections` (the
-//! stored schema).
+//! stored schema). A resync knows what it has seen without an extra table write
+//! per record: an applied change stamps its version row with the current epoch
+//! (which `begin_resync` moves on), and only records seen but not applied (stale,
+//! or behind a pending local change) go to `_tidemark_seen`.
 //!
 //! # Writes with plain SQL
 //!
@@ -46,8 +49,11 @@
 //!
 //! One connection behind a `std::sync::Mutex`; each call does its (short,
 //! CPU-bound) SQLite work under the lock on the calling task's thread — applying a
-//! 10k-record page takes ~20 ms, a local put ~0.1 ms (see `BENCHMARKS.md`). Other
-//! connections (the app's readers) work concurrently thanks to WAL.
+//! 10k-record page takes ~20 ms, a local put ~0.1 ms (see `BENCHMARKS.md`). On a
+//! multi-threaded tokio runtime a page apply runs in `block_in_place`, so the
+//! runtime's other tasks (the engine's pull of the next page) go on meanwhile.
+//! Other connections (the app's readers) work concurrently thanks to WAL, which is
+//! checkpointed every 32 MiB.
 //!
 //! # Durability
 //!
@@ -103,6 +109,7 @@ CREATE TABLE "_tidemark_versions" (
   "collection" TEXT NOT NULL,
   "id" TEXT NOT NULL,
   "version" INTEGER NOT NULL,
+  "seen" INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY ("collection", "id")
 ) WITHOUT ROWID;
 CREATE TABLE "_tidemark_seen" (
@@ -132,6 +139,11 @@ const OUTBOX_PAGE: &str = r#"SELECT "seq", "collection", "id", "change_n", "base
 const VERSION_GET: &str =
     r#"SELECT "version" FROM "_tidemark_versions" WHERE "collection" = ?1 AND "id" = ?2"#;
 const VERSION_RAISE: &str = r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version") VALUES (?1, ?2, ?3) ON CONFLICT ("collection", "id") DO UPDATE SET "version" = excluded."version" WHERE excluded."version" > "version""#;
+/// What `apply_remote` records for a change it applies: the version, and (in the
+/// same row, so a resync costs no extra b-tree) the resync epoch that saw it.
+const VERSION_APPLY: &str = r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version", "seen") VALUES (?1, ?2, ?3, ?4) ON CONFLICT ("collection", "id") DO UPDATE SET "version" = excluded."version", "seen" = excluded."seen" WHERE excluded."version" > "version""#;
+/// Seen marks for the (rare) records a resync sees without applying them: stale or
+/// deferred behind a pending local change.
 const SEEN_MARK: &str =
     r#"INSERT INTO "_tidemark_seen" ("collection", "id") VALUES (?1, ?2) ON CONFLICT DO NOTHING"#;
 
@@ -498,6 +510,14 @@ impl SqliteStore {
                     "could not switch to WAL mode (got {mode})"
                 )));
             }
+            // Checkpoint every 32 MiB of WAL rather than SQLite's 4 MiB: a page of
+            // remote changes with random ids dirties a few MiB of b-tree pages, and
+            // checkpointing after every page (with its fsync) made a first sync of
+            // 100k records ~1.5x slower. The file is cut back to 64 MiB afterwards.
+            conn.execute_batch(
+                "PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 67108864;",
+            )
+            .map_err(sql_err)?;
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(sql_err)?;
@@ -543,6 +563,8 @@ impl SqliteStore {
             for k in ["counter", "watermark", "resyncing"] {
                 ins.execute(params![k, 0i64]).map_err(sql_err)?;
             }
+            // Resync epochs start at 1: a version row's mark 0 means "never seen".
+            ins.execute(params!["epoch", 1i64]).map_err(sql_err)?;
         } else {
             let format: Option<String> = tx
                 .query_row(GET_META, ["format"], |r| r.get(0))
@@ -553,6 +575,7 @@ impl SqliteStore {
                     "unsupported tidemark store format {format:?} (expected {FORMAT})"
                 )));
             }
+            Self::upgrade_metadata(&tx)?;
         }
         let client: String = tx
             .query_row(GET_META, ["client"], |r| r.get(0))
@@ -697,6 +720,83 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// [`LocalStore::apply_remote`] once the page's collections are checked: one
+    /// IMMEDIATE transaction.
+    fn apply_page(&self, page: &Page) -> Result<ApplyReport, StoreError> {
+        self.write(|tx| {
+            let resyncing = Self::meta_i64(tx, "resyncing")? != 0;
+            let outbox_empty: bool = tx
+                .query_row(
+                    r#"SELECT NOT EXISTS (SELECT 1 FROM "_tidemark_outbox")"#,
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err)?;
+            // Applied changes carry the epoch in their version row; during a resync
+            // that is what marks them seen (begin_resync moves the epoch on).
+            let epoch = Self::meta_i64(tx, "epoch")?;
+            let mut report = ApplyReport::default();
+            let mut seen = tx.prepare_cached(SEEN_MARK).map_err(sql_err)?;
+            let mut pending = tx.prepare_cached(OUTBOX_EXISTS).map_err(sql_err)?;
+            let mut newer = tx.prepare_cached(VERSION_APPLY).map_err(sql_err)?;
+            let mut upserts: Vec<(&str, rusqlite::CachedStatement<'_>)> = Vec::new();
+            // Visit the page in key order (stable, so repeated keys keep their order
+            // and the result is the same): the index inserts then hit neighbouring
+            // b-tree pages instead of random ones.
+            let mut order: Vec<&sync_traits::RemoteChange> = page.changes.iter().collect();
+            order.sort_by(|a, b| (&a.collection, &a.id).cmp(&(&b.collection, &b.id)));
+            for c in order {
+                let (coll, id) = (c.collection.as_str(), c.id.as_str());
+                if !outbox_empty && pending.exists([coll, id]).map_err(sql_err)? {
+                    if resyncing {
+                        seen.execute([coll, id]).map_err(sql_err)?;
+                    }
+                    report.deferred += 1;
+                    continue;
+                }
+                // Records the version (and the epoch) only if it is newer: one
+                // statement reads and writes, and "no row changed" means stale.
+                if newer
+                    .execute(params![coll, id, sql_version(c.state.version.0), epoch])
+                    .map_err(sql_err)?
+                    == 0
+                {
+                    if resyncing {
+                        seen.execute([coll, id]).map_err(sql_err)?;
+                    }
+                    report.stale += 1;
+                    continue;
+                }
+                let t = self.table(coll)?;
+                match &c.state.fields {
+                    Some(f) => {
+                        // One prepared upsert per collection for the whole page.
+                        let st = match upserts.iter_mut().position(|(n, _)| *n == coll) {
+                            Some(i) => &mut upserts[i].1,
+                            None => {
+                                let st = tx.prepare_cached(&t.upsert).map_err(sql_err)?;
+                                upserts.push((coll, st));
+                                let last = upserts.len() - 1;
+                                &mut upserts[last].1
+                            }
+                        };
+                        t.bind_row(st, &c.id, f)?;
+                        st.raw_execute().map_err(sql_err)?;
+                    }
+                    None => {
+                        Self::delete_row(tx, t, &c.id)?;
+                    }
+                }
+                report.applied += 1;
+            }
+            let wm = Self::meta_i64(tx, "watermark")? as u64;
+            if page.watermark.0 > wm {
+                Self::set_meta(tx, "watermark", page.watermark.0 as i64)?;
+            }
+            Ok(report)
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock dropped (rolled back) its transaction,
         // so the connection is consistent.
@@ -757,6 +857,32 @@ impl SqliteStore {
     fn set_meta(conn: &Connection, key: &str, v: i64) -> Result<(), StoreError> {
         let mut st = conn.prepare_cached(SET_META).map_err(sql_err)?;
         st.execute(params![key, v]).map_err(sql_err)?;
+        Ok(())
+    }
+
+    /// Brings the metadata of a store written by an earlier release of this format
+    /// up to date: the resync epoch (`_tidemark_versions.seen`, meta `epoch`).
+    fn upgrade_metadata(tx: &Transaction<'_>) -> Result<(), StoreError> {
+        let has_seen: bool = tx
+            .query_row(
+                r#"SELECT EXISTS (SELECT 1 FROM pragma_table_info('_tidemark_versions') WHERE "name" = 'seen')"#,
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        if !has_seen {
+            tx.execute_batch(
+                r#"ALTER TABLE "_tidemark_versions" ADD COLUMN "seen" INTEGER NOT NULL DEFAULT 0"#,
+            )
+            .map_err(sql_err)?;
+        }
+        // Epoch 1, not 0: the rows just given the default mark 0 must not count as
+        // seen by a resync that is under way (its marks are in `_tidemark_seen`).
+        tx.execute(
+            r#"INSERT INTO "_tidemark_meta" ("key", "value") VALUES ('epoch', 1) ON CONFLICT DO NOTHING"#,
+            [],
+        )
+        .map_err(sql_err)?;
         Ok(())
     }
 
@@ -1022,72 +1148,7 @@ impl LocalStore for SqliteStore {
         for c in &page.changes {
             self.table(&c.collection)?;
         }
-        self.write(|tx| {
-            let resyncing = Self::meta_i64(tx, "resyncing")? != 0;
-            let outbox_empty: bool = tx
-                .query_row(
-                    r#"SELECT NOT EXISTS (SELECT 1 FROM "_tidemark_outbox")"#,
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(sql_err)?;
-            let mut report = ApplyReport::default();
-            let mut seen = tx.prepare_cached(SEEN_MARK).map_err(sql_err)?;
-            let mut pending = tx.prepare_cached(OUTBOX_EXISTS).map_err(sql_err)?;
-            let mut newer = tx.prepare_cached(VERSION_RAISE).map_err(sql_err)?;
-            let mut upserts: Vec<(&str, rusqlite::CachedStatement<'_>)> = Vec::new();
-            // Visit the page in key order (stable, so repeated keys keep their order
-            // and the result is the same): the index inserts then hit neighbouring
-            // b-tree pages instead of random ones.
-            let mut order: Vec<&sync_traits::RemoteChange> = page.changes.iter().collect();
-            order.sort_by(|a, b| (&a.collection, &a.id).cmp(&(&b.collection, &b.id)));
-            for c in order {
-                let (coll, id) = (c.collection.as_str(), c.id.as_str());
-                if resyncing {
-                    seen.execute([coll, id]).map_err(sql_err)?;
-                }
-                if !outbox_empty && pending.exists([coll, id]).map_err(sql_err)? {
-                    report.deferred += 1;
-                    continue;
-                }
-                // Records the version only if it is newer: one statement reads and
-                // writes, and "no row changed" means stale.
-                if newer
-                    .execute(params![coll, id, sql_version(c.state.version.0)])
-                    .map_err(sql_err)?
-                    == 0
-                {
-                    report.stale += 1;
-                    continue;
-                }
-                let t = self.table(coll)?;
-                match &c.state.fields {
-                    Some(f) => {
-                        // One prepared upsert per collection for the whole page.
-                        let st = match upserts.iter_mut().position(|(n, _)| *n == coll) {
-                            Some(i) => &mut upserts[i].1,
-                            None => {
-                                let st = tx.prepare_cached(&t.upsert).map_err(sql_err)?;
-                                upserts.push((coll, st));
-                                let last = upserts.len() - 1;
-                                &mut upserts[last].1
-                            }
-                        };
-                        t.bind_row(st, &c.id, f)?;
-                        st.raw_execute().map_err(sql_err)?;
-                    }
-                    None => {
-                        Self::delete_row(tx, t, &c.id)?;
-                    }
-                }
-                report.applied += 1;
-            }
-            let wm = Self::meta_i64(tx, "watermark")? as u64;
-            if page.watermark.0 > wm {
-                Self::set_meta(tx, "watermark", page.watermark.0 as i64)?;
-            }
-            Ok(report)
-        })
+        crate::blocking::run(|| self.apply_page(page))
     }
 
     async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {
@@ -1159,6 +1220,9 @@ impl LocalStore for SqliteStore {
         self.write(|tx| {
             Self::set_meta(tx, "watermark", 0)?;
             Self::set_meta(tx, "resyncing", 1)?;
+            // A new epoch: every version row's mark is now from an earlier one.
+            let epoch = Self::meta_i64(tx, "epoch")?;
+            Self::set_meta(tx, "epoch", epoch + 1)?;
             tx.execute(r#"DELETE FROM "_tidemark_seen""#, [])
                 .map_err(sql_err)?;
             Ok(())
@@ -1170,12 +1234,14 @@ impl LocalStore for SqliteStore {
             if Self::meta_i64(tx, "resyncing")? == 0 {
                 return Ok(0);
             }
+            let epoch = Self::meta_i64(tx, "epoch")?;
             let mut removed = 0;
             for (name, _) in self.tables.iter() {
                 let t = q(name);
                 let l = lit(name);
                 let unseen = format!(
-                    "SELECT \"id\" FROM {t} AS r WHERE NOT EXISTS (SELECT 1 FROM \"_tidemark_seen\" s WHERE s.\"collection\" = {l} AND s.\"id\" = r.\"id\") \
+                    "SELECT \"id\" FROM {t} AS r WHERE NOT EXISTS (SELECT 1 FROM \"_tidemark_versions\" v WHERE v.\"collection\" = {l} AND v.\"id\" = r.\"id\" AND v.\"seen\" = {epoch}) \
+                     AND NOT EXISTS (SELECT 1 FROM \"_tidemark_seen\" s WHERE s.\"collection\" = {l} AND s.\"id\" = r.\"id\") \
                      AND NOT EXISTS (SELECT 1 FROM \"_tidemark_outbox\" o WHERE o.\"collection\" = {l} AND o.\"id\" = r.\"id\")"
                 );
                 tx.execute(

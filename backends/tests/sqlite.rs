@@ -490,3 +490,74 @@ async fn corrupt_and_foreign_files_are_refused() {
     let r = SqliteStore::open(&good, schema());
     assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
 }
+
+/// A store written before the resync epoch existed (no `_tidemark_versions.seen`
+/// column, no `epoch` metadata), left in the middle of a resync, still opens, and
+/// the resync finishes exactly as it would have: records seen by the old marks are
+/// kept, unseen ones removed.
+#[tokio::test]
+async fn a_store_from_before_the_resync_epoch_is_upgraded_mid_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let (kept, dropped, later) = (new_id(), new_id(), new_id());
+    {
+        let store = SqliteStore::open(&path, schema()).unwrap();
+        store
+            .apply_remote(&page(
+                vec![
+                    change("songs", &kept, 1, Some(f(json!({"title": "kept"})))),
+                    change("songs", &dropped, 2, Some(f(json!({"title": "gone"})))),
+                ],
+                2,
+            ))
+            .await
+            .unwrap();
+        store.begin_resync().await.unwrap();
+        // Seen by the old layout's mark only (a stale re-delivery).
+        store
+            .apply_remote(&page(
+                vec![change("songs", &kept, 1, Some(f(json!({"title": "kept"}))))],
+                1,
+            ))
+            .await
+            .unwrap();
+    }
+    // Turn it into the old layout.
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch(
+        r#"ALTER TABLE "_tidemark_versions" DROP COLUMN "seen";
+           DELETE FROM "_tidemark_meta" WHERE "key" = 'epoch';"#,
+    )
+    .unwrap();
+    drop(c);
+
+    let store = SqliteStore::open(&path, schema()).unwrap();
+    store
+        .apply_remote(&page(
+            vec![change("songs", &later, 3, Some(f(json!({"title": "new"}))))],
+            3,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.finish_resync().await.unwrap(), 1);
+    assert!(store.get("songs", &kept).await.unwrap().is_some());
+    assert!(store.get("songs", &later).await.unwrap().is_some());
+    assert!(store.get("songs", &dropped).await.unwrap().is_none());
+    // And the next resync uses the epoch: only what it applies survives.
+    store.begin_resync().await.unwrap();
+    store
+        .apply_remote(&page(
+            vec![change(
+                "songs",
+                &later,
+                4,
+                Some(f(json!({"title": "newer"}))),
+            )],
+            4,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.finish_resync().await.unwrap(), 1);
+    assert!(store.get("songs", &kept).await.unwrap().is_none());
+    assert_eq!(store.count("songs").await.unwrap(), 1);
+}

@@ -25,8 +25,8 @@ async fn scenario<L1, L2, R1, R2>(
 where
     L1: LocalStore,
     L2: LocalStore,
-    R1: RemoteStore,
-    R2: RemoteStore,
+    R1: RemoteStore + 'static,
+    R2: RemoteStore + 'static,
 {
     let laptop = SyncEngine::new(laptop, r1).with_policy(FieldMerge);
     let phone = SyncEngine::new(phone, r2).with_policy(FieldMerge);
@@ -116,7 +116,7 @@ trait Syncable: Sync {
 }
 
 #[async_trait::async_trait]
-impl<L: LocalStore, R: RemoteStore> Syncable for SyncEngine<L, R> {
+impl<L: LocalStore, R: RemoteStore + 'static> Syncable for SyncEngine<L, R> {
     async fn run(&self, name: &str) -> Result<()> {
         let mut events = self.subscribe();
         let r = self

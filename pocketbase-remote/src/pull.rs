@@ -38,28 +38,31 @@ struct Item {
     change: RemoteChange,
 }
 
-/// Splits a record body into its fields and sync metadata.
-pub(crate) fn record_state(v: &Value, ctx: &str) -> Result<(RecordId, RemoteState), ProtocolError> {
-    let obj = v.as_object().ok_or_else(|| ProtocolError::Invalid {
-        context: ctx.into(),
-        message: "record is not an object".into(),
-    })?;
-    let id = parse_id(obj, "id", ctx)?;
+/// Splits a record body into its fields and sync metadata (moving the fields out,
+/// no copies: a pull page is a thousand of these).
+pub(crate) fn record_state(v: Value, ctx: &str) -> Result<(RecordId, RemoteState), ProtocolError> {
+    let Value::Object(mut obj) = v else {
+        return Err(ProtocolError::Invalid {
+            context: ctx.into(),
+            message: "record is not an object".into(),
+        });
+    };
+    let id = parse_id(&obj, "id", ctx)?;
     let seq = obj
         .get("tm_seq")
         .and_then(Value::as_u64)
         .ok_or_else(|| field(ctx, "tm_seq"))?;
-    let fields: Fields = obj
-        .iter()
-        .filter(|(k, _)| !META.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let change_id = change_id(&obj);
+    for k in META {
+        obj.remove(*k);
+    }
+    let fields: Fields = obj;
     Ok((
         id,
         RemoteState {
             version: Version(seq),
             fields: Some(fields),
-            change_id: change_id(obj),
+            change_id,
         },
     ))
 }
@@ -234,11 +237,11 @@ impl PocketBaseRemote {
                 r.status
             )));
         }
-        let v = expect_ok(&r, &ctx)?;
-        let items = v
-            .get("items")
-            .and_then(Value::as_array)
-            .ok_or_else(|| field(&ctx, "items"))?;
+        let mut v = expect_ok(&r, &ctx)?;
+        let items = match v.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            _ => return Err(field(&ctx, "items").into()),
+        };
         if items.len() > per {
             return Err(ProtocolError::Invalid {
                 context: ctx,
@@ -250,7 +253,7 @@ impl PocketBaseRemote {
         let mut prev = since;
         for it in items {
             let (collection, id, state) = if tombstones {
-                tombstone_state(it, &ctx)?
+                tombstone_state(&it, &ctx)?
             } else {
                 let (id, st) = record_state(it, &ctx)?;
                 (name.to_owned(), id, st)
@@ -292,7 +295,7 @@ impl PocketBaseRemote {
             )
             .await?;
         if r.status.is_success() {
-            let (got, st) = record_state(&r.json(&ctx)?, &ctx)?;
+            let (got, st) = record_state(r.json(&ctx)?, &ctx)?;
             if &got != id {
                 return Err(ProtocolError::Invalid {
                     context: ctx,
@@ -365,11 +368,11 @@ impl PocketBaseRemote {
                 None,
             )
             .await?;
-        let v = expect_ok(&r, &ctx)?;
-        let items = v
-            .get("items")
-            .and_then(Value::as_array)
-            .ok_or_else(|| field(&ctx, "items"))?;
+        let mut v = expect_ok(&r, &ctx)?;
+        let items = match v.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            _ => return Err(field(&ctx, "items").into()),
+        };
         match items.first() {
             None => Ok(None),
             Some(t) => Ok(Some(tombstone_state(t, &ctx)?.2)),

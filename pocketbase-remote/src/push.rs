@@ -281,7 +281,7 @@ impl PocketBaseRemote {
                     })
                 }
                 "conflict" => {
-                    let (_, current) = record_state(body, &ctx)?;
+                    let (_, current) = record_state(body.clone(), &ctx)?;
                     Ok(PushOutcome::Conflict { current })
                 }
                 "tombstone" => Ok(PushOutcome::Conflict {

@@ -1,6 +1,7 @@
 //! The sync algorithm, written once over [`LocalStore`] and [`RemoteStore`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -157,20 +158,20 @@ pub struct SyncReport {
 /// serialised.
 pub struct SyncEngine<L, R> {
     local: L,
-    remote: R,
+    remote: Arc<R>,
     policy: Box<dyn ConflictPolicy>,
     config: SyncConfig,
     events: broadcast::Sender<SyncEvent>,
     running: Mutex<()>,
 }
 
-impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
+impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// An engine with the default config and the [`FieldMerge`] conflict policy.
     pub fn new(local: L, remote: R) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
             local,
-            remote,
+            remote: Arc::new(remote),
             policy: Box::new(FieldMerge),
             config: SyncConfig::default(),
             events,
@@ -327,23 +328,7 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RemoteError>>,
     {
-        let p = &self.config.retry;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(p.initial_delay)
-            .with_max_delay(p.max_delay)
-            .with_max_times(p.max_retries)
-            .with_jitter();
-        f.retry(backoff)
-            .sleep(tokio::time::sleep)
-            .when(RemoteError::is_transient)
-            .notify(|e, delay| {
-                warn!(%e, ?delay, what, "transient remote error, retrying");
-                self.emit(SyncEvent::Retrying {
-                    error: e.to_string(),
-                    delay,
-                });
-            })
-            .await
+        retry(&self.config.retry, &self.events, what, f).await
     }
 
     async fn push_all(&self, client: &RecordId, report: &mut SyncReport) -> Result<(), SyncError> {
@@ -556,6 +541,13 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
     }
 
     /// Pulls and applies pages from `from` until the remote says there is no more.
+    ///
+    /// Pipelined: while page N is applied, page N+1 is already being pulled in its
+    /// own task (on a tokio runtime), so a slow store and a slow network overlap
+    /// instead of adding up. The watermark still only moves when the store has
+    /// applied a page, a prefetched page is checked against the watermark it was
+    /// asked from, and it is dropped (its task aborted) if the apply fails. At most
+    /// two pages are in memory at once.
     async fn pull_pages(
         &self,
         from: Watermark,
@@ -563,16 +555,34 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
         report: &mut SyncReport,
     ) -> Result<(), SyncError> {
         let limit = self.config.page_size.max(1);
+        let can_spawn = tokio::runtime::Handle::try_current().is_ok();
         let mut wm = from;
+        let mut page = self
+            .retry("pull", || self.remote.pull(wm, limit, mode))
+            .await?;
         loop {
-            let page = self
-                .retry("pull", || self.remote.pull(wm, limit, mode))
-                .await?;
             check_page(wm, &page)?;
+            let next_wm = page.watermark;
+            let prefetch = (page.more && can_spawn).then(|| {
+                let (remote, policy, events) = (
+                    self.remote.clone(),
+                    self.config.retry.clone(),
+                    self.events.clone(),
+                );
+                Prefetch(tokio::spawn(
+                    async move {
+                        retry(&policy, &events, "pull", || {
+                            remote.pull(next_wm, limit, mode)
+                        })
+                        .await
+                    }
+                    .instrument(tracing::Span::current()),
+                ))
+            });
             let applied = self.local.apply_remote(&page).await?;
             report.pulled += page.changes.len();
             report.applied += applied.applied;
-            wm = page.watermark;
+            wm = next_wm;
             self.emit(SyncEvent::PullProgress {
                 pulled: report.pulled,
                 watermark: wm,
@@ -580,6 +590,66 @@ impl<L: LocalStore, R: RemoteStore> SyncEngine<L, R> {
             if !page.more {
                 return Ok(());
             }
+            page = match prefetch {
+                Some(p) => p.page().await?,
+                None => {
+                    self.retry("pull", || self.remote.pull(wm, limit, mode))
+                        .await?
+                }
+            };
+        }
+    }
+}
+
+/// Runs `f` until it succeeds, fails permanently, or the policy's retries run out,
+/// announcing each retry as a [`SyncEvent::Retrying`].
+async fn retry<T, F, Fut>(
+    p: &RetryPolicy,
+    events: &broadcast::Sender<SyncEvent>,
+    what: &'static str,
+    f: F,
+) -> Result<T, RemoteError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RemoteError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(p.initial_delay)
+        .with_max_delay(p.max_delay)
+        .with_max_times(p.max_retries)
+        .with_jitter();
+    f.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(RemoteError::is_transient)
+        .notify(|e, delay| {
+            warn!(%e, ?delay, what, "transient remote error, retrying");
+            let _ = events.send(SyncEvent::Retrying {
+                error: e.to_string(),
+                delay,
+            });
+        })
+        .await
+}
+
+/// A page being pulled ahead in its own task while the previous one is applied.
+/// Dropping it (the sync was cancelled, or the apply failed) aborts the pull.
+struct Prefetch(tokio::task::JoinHandle<Result<Page, RemoteError>>);
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Prefetch {
+    async fn page(mut self) -> Result<Page, RemoteError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            // A panic in the remote resurfaces here, as it would have inline.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(RemoteError::Transient(format!(
+                "page prefetch stopped: {e}"
+            ))),
         }
     }
 }
@@ -679,7 +749,7 @@ mod tests {
         (l, c3)
     }
 
-    fn fast<L: LocalStore, R: RemoteStore>(e: SyncEngine<L, R>) -> SyncEngine<L, R> {
+    fn fast<L: LocalStore, R: RemoteStore + 'static>(e: SyncEngine<L, R>) -> SyncEngine<L, R> {
         e.with_config(SyncConfig {
             retry: RetryPolicy::immediate(3),
             ..SyncConfig::default()
@@ -939,6 +1009,103 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, SyncError::Protocol(_)), "{err}");
+    }
+
+    /// A remote of `pages` pages of one change each, pages numbered from 1; the
+    /// returned flags record which pages were asked for.
+    fn paged_remote(pages: u64) -> (MockRemoteStore, Arc<Vec<std::sync::atomic::AtomicBool>>) {
+        let asked: Arc<Vec<_>> = Arc::new(
+            (0..=pages)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        );
+        let a = asked.clone();
+        let mut remote = MockRemoteStore::new();
+        remote.expect_pull().returning(move |since, _, _| {
+            let n = since.0 + 1;
+            a[n as usize].store(true, Ordering::SeqCst);
+            Ok(Page {
+                changes: vec![RemoteChange {
+                    collection: "songs".into(),
+                    id: new_id(),
+                    state: RemoteState {
+                        version: Version(n),
+                        fields: None,
+                        change_id: None,
+                    },
+                }],
+                watermark: Watermark(n),
+                more: n < pages,
+            })
+        });
+        (remote, asked)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_page_is_pulled_while_the_current_one_is_applied() {
+        let (remote, asked) = paged_remote(3);
+        let mut local = local_with(vec![], 1);
+        let overlapped = Arc::new(AtomicUsize::new(0));
+        let o = overlapped.clone();
+        local.expect_apply_remote().returning(move |page| {
+            // A blocking store (as SQLite is) waits here, up to 5 s, for the engine
+            // to ask for the following page.
+            if page.more {
+                let next = page.watermark.0 as usize + 1;
+                let seen = tokio::task::block_in_place(|| {
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < Duration::from_secs(5) {
+                        if asked[next].load(Ordering::SeqCst) {
+                            return true;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    false
+                });
+                if seen {
+                    o.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Ok(ApplyReport {
+                applied: page.changes.len(),
+                ..ApplyReport::default()
+            })
+        });
+        let report = fast(SyncEngine::new(local, remote)).sync().await.unwrap();
+        assert_eq!(report.pulled, 2, "pages 2 and 3");
+        assert_eq!(
+            overlapped.load(Ordering::SeqCst),
+            1,
+            "page 3 was being pulled while page 2 was applied"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_drops_the_prefetched_page_and_moves_nothing() {
+        let (remote, _) = paged_remote(4);
+        let mut local = local_with(vec![], 1);
+        let applied = Arc::new(AtomicUsize::new(0));
+        let a = applied.clone();
+        local.expect_apply_remote().returning(move |page| {
+            if page.watermark.0 == 3 {
+                return Err(StoreError::Busy("database is locked".into()));
+            }
+            a.fetch_add(1, Ordering::SeqCst);
+            Ok(ApplyReport::default())
+        });
+        let err = fast(SyncEngine::new(local, remote))
+            .sync()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SyncError::Store(StoreError::Busy(_))),
+            "{err}"
+        );
+        assert_eq!(
+            applied.load(Ordering::SeqCst),
+            1,
+            "only page 2 applied; the prefetched page 4 never reached the store"
+        );
     }
 
     #[tokio::test]
