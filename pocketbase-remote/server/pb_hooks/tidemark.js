@@ -103,8 +103,29 @@ function rawJson(v) {
   }
 }
 
+// Scratch models, one per shape and JS runtime (this module is loaded once per
+// pooled runtime, and a runtime runs one handler at a time; values are read out
+// before e.next()). `new DynamicModel` builds a Go struct type by reflection on every
+// call: measured, that alone cost a push more than the rest of its hook.
+const MODELS = {};
+
+function scratch(key, shape) {
+  return MODELS[key] || (MODELS[key] = new DynamicModel(shape));
+}
+
+// q.one(m), or false if the query returned no row.
+function oneOrNone(q, m) {
+  try {
+    q.one(m);
+    return true;
+  } catch (err) {
+    if (String(err).indexOf("no rows") >= 0) return false;
+    throw err;
+  }
+}
+
 function nextSeq(tx) {
-  const m = new DynamicModel({ seq: 0 });
+  const m = scratch("seq", { seq: 0 });
   tx.db().newQuery("UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 RETURNING seq").one(m);
   return m.seq;
 }
@@ -183,23 +204,26 @@ function onCreate(e) {
     let clients = {};
     if (push) {
       // Common case in one statement: no tombstone -> next seq.
-      const rows = arrayOf(new DynamicModel({ seq: 0 }));
-      tx.db()
-        .newQuery(
-          "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 AND NOT EXISTS " +
-            "(SELECT 1 FROM tm_tombstones WHERE coll = {:c} AND rid = {:r} AND moved = FALSE) RETURNING seq"
-        )
-        .bind({ c: e.record.collection().name, r: e.record.id })
-        .all(rows);
-      if (rows.length && push.base === 0) {
-        const seq = rows[0].seq;
+      const m = scratch("seq", { seq: 0 });
+      const fresh = oneOrNone(
+        tx
+          .db()
+          .newQuery(
+            "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 AND NOT EXISTS " +
+              "(SELECT 1 FROM tm_tombstones WHERE coll = {:c} AND rid = {:r} AND moved = FALSE) RETURNING seq"
+          )
+          .bind({ c: e.record.collection().name, r: e.record.id }),
+        m
+      );
+      if (fresh && push.base === 0) {
+        const seq = m.seq;
         e.record.set("tm_seq", seq);
         e.record.set("tm_cid", push.cid);
         e.record.set("tm_clients", remember(clients, push.cid, seq));
         e.next();
         return;
       }
-      if (rows.length) {
+      if (fresh) {
         // base > 0 but the record never existed: conflict, and give the seq back.
         tx.db().newQuery("UPDATE _tm_state SET seq = seq - 1 WHERE id = 1").execute();
         e.record.set("tm_seq", 0);
@@ -247,18 +271,21 @@ function onUpdate(e) {
     if (push) {
       // Common case in one statement: the base is current -> next seq (a retried
       // delivery never has a current base: seqs only grow).
-      const rows = arrayOf(new DynamicModel({ seq: 0, clients: "" }));
-      tx.db()
-        .newQuery(
-          "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 AND " +
-            "(SELECT [[tm_seq]] FROM {{" + name + "}} WHERE [[id]] = {:id}) = {:base} " +
-            "RETURNING seq, (SELECT COALESCE([[tm_clients]], '') FROM {{" + name + "}} WHERE [[id]] = {:id}) AS clients"
-        )
-        .bind({ id: e.record.id, base: push.base })
-        .all(rows);
-      if (rows.length) {
-        seq = rows[0].seq;
-        clientsRaw = parseClients(rows[0].clients);
+      const m = scratch("seqClients", { seq: 0, clients: "" });
+      const onBase = oneOrNone(
+        tx
+          .db()
+          .newQuery(
+            "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 AND " +
+              "(SELECT [[tm_seq]] FROM {{" + name + "}} WHERE [[id]] = {:id}) = {:base} " +
+              "RETURNING seq, (SELECT COALESCE([[tm_clients]], '') FROM {{" + name + "}} WHERE [[id]] = {:id}) AS clients"
+          )
+          .bind({ id: e.record.id, base: push.base }),
+        m
+      );
+      if (onBase) {
+        seq = m.seq;
+        clientsRaw = parseClients(m.clients);
       }
     }
     if (push && !seq) {
