@@ -3,8 +3,9 @@
 //! - `push/batched`: 10k changes through `RemoteStore::push` (batches of the server's
 //!   `maxRequests`) vs `push/one_request_per_record` (2k changes, one REST call each);
 //!   compare the elements/s figures.
-//! - `batch_hooks`: raw `/api/batch` creates of 1000 records with and without the
-//!   tidemark hooks (a server whose `TIDEMARK_COLLECTIONS` names no collection).
+//! - `batch_hooks`: raw `/api/batch` of 1000 new records with and without the
+//!   tidemark hooks (a server whose `TIDEMARK_COLLECTIONS` names no collection), as
+//!   plain `POST` creates and as tidemark pushes (`PUT` + `tm_push`).
 //! - `noop_sync`: a pull with nothing to do (one round trip).
 //! - `initial_pull`: 20k records pulled from zero through `RemoteStore::pull` vs just
 //!   downloading the same list pages (`tm_seq` keyset, perPage 1000).
@@ -117,11 +118,26 @@ fn push(c: &mut Criterion) {
     g.finish();
 }
 
-async fn raw_batch(http: &reqwest::Client, url: &str, token: &str, owner: &RecordId, n: usize) {
+/// One `/api/batch` of `n` new songs: plain `POST` creates (what any app or the admin
+/// UI sends), or with `tidemark` the way the client pushes them (`PUT` upserts
+/// carrying `tm_push = "<base>:<change id>"`, which the hooks check and answer).
+async fn raw_batch(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    owner: &RecordId,
+    n: usize,
+    tidemark: bool,
+) {
+    let client = new_id();
     let reqs: Vec<_> = (0..n)
         .map(|i| {
-            json!({"method": "POST", "url": "/api/collections/songs/records",
-                   "body": {"id": new_id().as_str(), "title": format!("s{i}"), "artist": "b", "order": i, "owner": owner.as_str()}})
+            let mut body = json!({"id": new_id().as_str(), "title": format!("s{i}"), "artist": "b", "order": i, "owner": owner.as_str()});
+            if tidemark {
+                body["tm_push"] = json!(format!("0:{client}.{}", i + 1));
+            }
+            json!({"method": if tidemark { "PUT" } else { "POST" },
+                   "url": "/api/collections/songs/records", "body": body})
         })
         .collect();
     let r = http
@@ -153,12 +169,14 @@ fn batch_hooks(c: &mut Criterion) {
             let token = srv.user("bench@t.io").await.token().await.unwrap();
             (owner, token, srv.superuser().await.token().await.unwrap())
         });
-        g.bench_function(format!("{name}/user"), |b| {
-            b.iter(|| rt.block_on(raw_batch(&http, srv.url(), &token, &owner, 1000)))
-        });
-        g.bench_function(format!("{name}/superuser"), |b| {
-            b.iter(|| rt.block_on(raw_batch(&http, srv.url(), &admin, &owner, 1000)))
-        });
+        for (kind, tidemark) in [("create", false), ("tidemark_push", true)] {
+            g.bench_function(format!("{name}/{kind}/user"), |b| {
+                b.iter(|| rt.block_on(raw_batch(&http, srv.url(), &token, &owner, 1000, tidemark)))
+            });
+            g.bench_function(format!("{name}/{kind}/superuser"), |b| {
+                b.iter(|| rt.block_on(raw_batch(&http, srv.url(), &admin, &owner, 1000, tidemark)))
+            });
+        }
     }
     g.finish();
 }

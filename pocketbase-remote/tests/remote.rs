@@ -1039,3 +1039,57 @@ async fn server_restart_transient_errors_and_realtime_reconnect() {
         .collect();
     assert_eq!(all.len(), 2);
 }
+
+/// A plain REST create (an app or the admin UI, not a tidemark client; here a
+/// superuser, who may write hidden fields) cannot plant sync metadata: the server assigns the seq and clears `tm_cid`, and a forged
+/// idempotency memory (`tm_clients`) does not make a real client's push look like
+/// an old delivery.
+#[tokio::test]
+async fn a_plain_create_cannot_forge_sync_metadata() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut x = Client::new();
+    let id = new_id();
+    let head = ra.head().await.unwrap().head.0;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/collections/songs/records", srv.url()))
+        .header(
+            "Authorization",
+            srv.superuser().await.token().await.unwrap(),
+        )
+        .json(&json!({
+            "id": id.as_str(), "title": "planted", "owner": a.as_str(),
+            "tm_seq": 999_999, "tm_cid": format!("{}.1", x.id),
+            "tm_clients": {x.id.to_string(): [1_000_000, 5]},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let page = ra
+        .pull(Watermark(head), 100, PullMode::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 1);
+    let st = &page.changes[0].state;
+    assert_eq!(st.version.0, head + 1, "the server's seq, not the body's");
+    assert_eq!(st.change_id, None, "tm_cid from the body is dropped");
+    // The forged memory claims x's change 1 already landed (at seq 5). Delivered on
+    // a stale base, it must be a conflict with the current record — not answered as
+    // an earlier delivery that never happened.
+    let out = ra
+        .push(vec![x.upsert(
+            "songs",
+            &id,
+            Some(head),
+            song("real", 1, &a),
+        )])
+        .await
+        .unwrap();
+    match &out[0] {
+        PushOutcome::Conflict { current } => assert_eq!(current.version.0, head + 1),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let got = ra.fetch("songs", &id).await.unwrap().unwrap();
+    assert_eq!(got.fields.unwrap()["title"], json!("planted"));
+}

@@ -198,8 +198,9 @@ function inTx(e, fn) {
 }
 
 function onCreate(e) {
-  const push = parsePush(e.record.getString("tm_push"));
-  e.record.set("tm_push", "");
+  const raw = e.record.getString("tm_push");
+  const push = parsePush(raw);
+  if (raw) e.record.set("tm_push", "");
   inTx(e, (tx) => {
     let clients = {};
     if (push) {
@@ -255,8 +256,16 @@ function onCreate(e) {
     }
     const seq = nextSeq(tx);
     e.record.set("tm_seq", seq);
-    e.record.set("tm_cid", push ? push.cid : "");
-    e.record.set("tm_clients", push ? remember(clients, push.cid, seq) : "{}");
+    if (push) {
+      e.record.set("tm_cid", push.cid);
+      e.record.set("tm_clients", remember(clients, push.cid, seq));
+    } else {
+      // A plain create: nothing of tidemark's may come from the request body. (Each
+      // set is a Go call with a cost; most creates carry neither field.)
+      if (e.record.getString("tm_cid")) e.record.set("tm_cid", "");
+      const cl = e.record.getString("tm_clients");
+      if (cl && cl !== "null" && cl !== "{}") e.record.set("tm_clients", "{}");
+    }
     e.next();
   });
 }
