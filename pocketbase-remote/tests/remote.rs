@@ -1093,3 +1093,39 @@ async fn a_plain_create_cannot_forge_sync_metadata() {
     let got = ra.fetch("songs", &id).await.unwrap().unwrap();
     assert_eq!(got.fields.unwrap()["title"], json!("planted"));
 }
+
+/// The idempotency memory survives alternating writers: the latest writer's entry
+/// lives in tm_cid/tm_seq and moves into tm_clients only when someone else writes,
+/// so a late retry from any earlier writer is still recognised, never a conflict.
+#[tokio::test]
+async fn late_retries_are_recognised_after_writers_alternate() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let (mut x, mut y) = (Client::new(), Client::new());
+    let id = new_id();
+    let one = |r: Vec<PushOutcome>| applied(&r[0]);
+    let create = x.upsert("songs", &id, None, song("x1", 1, &a));
+    let v1 = one(ra.push(vec![create.clone()]).await.unwrap());
+    let y_upd = y.upsert("songs", &id, Some(v1), song("y1", 2, &a));
+    let v2 = one(ra.push(vec![y_upd.clone()]).await.unwrap());
+    let x_upd = x.upsert("songs", &id, Some(v2), song("x2", 3, &a));
+    let v3 = one(ra.push(vec![x_upd.clone()]).await.unwrap());
+    let x_again = x.upsert("songs", &id, Some(v3), song("x3", 4, &a));
+    let v4 = one(ra.push(vec![x_again.clone()]).await.unwrap());
+    let head = ra.head().await.unwrap().head;
+
+    // y's change, retried on its stale base, answers the version it produced.
+    assert_eq!(one(ra.push(vec![y_upd]).await.unwrap()), v2);
+    // x's retries answer x's newest version (the memory keeps one entry per client).
+    for c in [create, x_upd, x_again] {
+        assert_eq!(one(ra.push(vec![c]).await.unwrap()), v4);
+    }
+    assert_eq!(
+        ra.head().await.unwrap().head,
+        head,
+        "no retry wrote anything"
+    );
+    let got = ra.fetch("songs", &id).await.unwrap().unwrap();
+    assert_eq!(got.version.0, v4);
+    assert_eq!(got.fields.unwrap()["title"], json!("x3"));
+}

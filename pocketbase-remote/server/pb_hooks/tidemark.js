@@ -60,8 +60,12 @@ function parseCid(cid) {
   return n >= 0 ? { client: cid.slice(0, i), n: n } : null;
 }
 
-// Idempotency memory kept in tm_clients (hidden JSON field): per client that wrote the
-// record, [newest applied counter, seq it produced]. Capped to the newest entries.
+// Idempotency memory: per client that wrote the record, [newest applied counter,
+// seq it produced]. The latest writer's entry is implicit — tm_cid at tm_seq — and
+// tm_clients (hidden JSON field) holds the others', capped to the newest entries.
+// So the common writes (a client creating a record, or updating one it wrote last)
+// leave tm_clients alone: setting a JSON field is one of the costlier things a
+// hook does per record.
 const MAX_CLIENTS = 64;
 
 function parseClients(raw) {
@@ -74,7 +78,24 @@ function parseClients(raw) {
   }
 }
 
-// The seq that an earlier delivery of this change produced, or 0.
+// clients plus the implicit entry of the writer of version seq (change id cid).
+function withLatest(clients, cid, seq) {
+  const c = cid ? parseCid(cid) : null;
+  if (c) {
+    const m = clients[c.client];
+    if (!(Array.isArray(m) && m[0] >= c.n)) clients[c.client] = [c.n, seq];
+  }
+  return clients;
+}
+
+// Sets tm_clients to raw unless the record already holds exactly that (the request
+// body may carry its own value: never keep it).
+function keepClients(e, raw) {
+  if (e.record.getString("tm_clients") !== raw) e.record.set("tm_clients", raw);
+}
+
+// The seq that an earlier delivery of this change produced, or 0. clients must
+// include the latest writer's entry (see withLatest).
 function remembered(clients, cid) {
   const c = parseCid(cid);
   if (!c) return 0;
@@ -142,7 +163,11 @@ function current(tx, coll, id) {
     .bind({ id: id })
     .all(rows);
   return rows.length
-    ? { seq: rows[0].tm_seq, cid: rows[0].tm_cid, clients: parseClients(rows[0].tm_clients) }
+    ? {
+        seq: rows[0].tm_seq,
+        cid: rows[0].tm_cid,
+        clients: withLatest(parseClients(rows[0].tm_clients), rows[0].tm_cid, rows[0].tm_seq),
+      }
     : null;
 }
 
@@ -197,6 +222,12 @@ function inTx(e, fn) {
   });
 }
 
+// Empties tm_clients of a record being created, if the request body filled it.
+function clearClients(e) {
+  const cl = e.record.getString("tm_clients");
+  if (cl && cl !== "null" && cl !== "{}") e.record.set("tm_clients", "{}");
+}
+
 function onCreate(e) {
   const raw = e.record.getString("tm_push");
   const push = parsePush(raw);
@@ -217,10 +248,10 @@ function onCreate(e) {
         m
       );
       if (fresh && push.base === 0) {
-        const seq = m.seq;
-        e.record.set("tm_seq", seq);
+        // A new record: its only memory entry is the implicit one (tm_cid, tm_seq).
+        e.record.set("tm_seq", m.seq);
         e.record.set("tm_cid", push.cid);
-        e.record.set("tm_clients", remember(clients, push.cid, seq));
+        clearClients(e);
         e.next();
         return;
       }
@@ -263,8 +294,7 @@ function onCreate(e) {
       // A plain create: nothing of tidemark's may come from the request body. (Each
       // set is a Go call with a cost; most creates carry neither field.)
       if (e.record.getString("tm_cid")) e.record.set("tm_cid", "");
-      const cl = e.record.getString("tm_clients");
-      if (cl && cl !== "null" && cl !== "{}") e.record.set("tm_clients", "{}");
+      clearClients(e);
     }
     e.next();
   });
@@ -280,21 +310,31 @@ function onUpdate(e) {
     if (push) {
       // Common case in one statement: the base is current -> next seq (a retried
       // delivery never has a current base: seqs only grow).
-      const m = scratch("seqClients", { seq: 0, clients: "" });
+      const m = scratch("seqCidClients", { seq: 0, cid: "", clients: "" });
       const onBase = oneOrNone(
         tx
           .db()
           .newQuery(
             "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 AND " +
               "(SELECT [[tm_seq]] FROM {{" + name + "}} WHERE [[id]] = {:id}) = {:base} " +
-              "RETURNING seq, (SELECT COALESCE([[tm_clients]], '') FROM {{" + name + "}} WHERE [[id]] = {:id}) AS clients"
+              "RETURNING seq, (SELECT [[tm_cid]] FROM {{" + name + "}} WHERE [[id]] = {:id}) AS cid, " +
+              "(SELECT COALESCE([[tm_clients]], '') FROM {{" + name + "}} WHERE [[id]] = {:id}) AS clients"
           )
           .bind({ id: e.record.id, base: push.base }),
         m
       );
       if (onBase) {
         seq = m.seq;
-        clientsRaw = parseClients(m.clients);
+        const prev = parseCid(m.cid);
+        const mine = parseCid(push.cid);
+        if (prev && mine && prev.client === mine.client) {
+          // The same client wrote the previous version: its implicit entry moves
+          // on with tm_cid, and the stored entries stay as they are.
+          clientsRaw = null;
+          keepClients(e, m.clients);
+        } else {
+          clientsRaw = withLatest(parseClients(m.clients), m.cid, push.base);
+        }
       }
     }
     if (push && !seq) {
@@ -326,11 +366,17 @@ function onUpdate(e) {
     }
     e.record.set("tm_seq", seq);
     e.record.set("tm_cid", push ? push.cid : "");
-    // Never take tm_clients from the request body.
-    e.record.set(
-      "tm_clients",
-      push ? remember(clientsRaw, push.cid, seq) : rawJson(e.record.original().get("tm_clients")) || "{}"
-    );
+    // Never take tm_clients from the request body. A plain update ends the previous
+    // writer's implicit entry, so it is stored.
+    if (!push) {
+      const o = e.record.original();
+      e.record.set(
+        "tm_clients",
+        remember(withLatest(parseClients(rawJson(o.get("tm_clients"))), o.getString("tm_cid"), o.getInt("tm_seq")), "", 0)
+      );
+    } else if (clientsRaw) {
+      e.record.set("tm_clients", remember(clientsRaw, "", 0));
+    }
     e.next();
   });
 }
@@ -341,7 +387,11 @@ function onDelete(e) {
   const of = ownerField(name);
   inTx(e, (tx) => {
     const seq = nextSeq(tx);
-    const clients = parseClients(rawJson(e.record.get("tm_clients")));
+    const clients = withLatest(
+      parseClients(rawJson(e.record.get("tm_clients"))),
+      e.record.getString("tm_cid"),
+      e.record.getInt("tm_seq")
+    );
     const cl = push ? remember(clients, push.cid, seq) : JSON.stringify(clients);
     putTombstone(tx, name, e.record.id, of ? e.record.getString(of) : "", seq, push ? push.cid : "", false, cl);
     e.next();
