@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""What the tidemark hooks cost PocketBase, next to the floors any JS hook pays.
+
+Starts one real PocketBase per variant (same binary, migrations and data shape, on
+127.0.0.1), then sends them 1000-record `/api/batch` requests *interleaved* (variant
+after variant, round after round), as a superuser and as a user under the owner
+rule, and prints median records/s and the ratio to the first variant.
+
+Variants:
+  none       tidemark's hooks loaded but bound to no collection (the baseline)
+  empty      one JS onRecordCreateExecute hook that only calls e.next()
+  one_query  a minimal seq hook: read tm_push, one UPDATE .. RETURNING into a
+             reused DynamicModel, three record.set calls
+  tidemark   pocketbase-remote/server/pb_hooks as shipped
+
+  python3 scripts/hook-cost.py [--push] [--rounds N]
+
+--push sends what the tidemark client sends (PUT upserts with tm_push); without
+it, plain POST creates. Needs the binary from scripts/install-pocketbase.sh.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PB = os.path.join(ROOT, ".venv", "bin", "pocketbase")
+SERVER = os.path.join(ROOT, "pocketbase-remote", "server")
+
+EMPTY = 'onRecordCreateExecute((e) => { e.next(); }, "songs", "friends");\n'
+ONE_QUERY = """onRecordCreateExecute((e) => {
+  const p = e.record.getString("tm_push");
+  e.record.set("tm_push", "");
+  const m = globalThis.__m || (globalThis.__m = new DynamicModel({ seq: 0 }));
+  e.app.db().newQuery("UPDATE _tm_state SET seq = seq + 1 WHERE id = 1 RETURNING seq").one(m);
+  e.record.set("tm_seq", m.seq);
+  e.record.set("tm_cid", p.slice(p.indexOf(":") + 1));
+  e.next();
+}, "songs", "friends");
+"""
+
+
+def rid():
+    return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(15))
+
+
+def call(url, method="GET", body=None, token=None):
+    data = json.dumps(body).encode() if body is not None else None
+    r = urllib.request.Request(url, data=data, method=method)
+    r.add_header("Content-Type", "application/json")
+    if token:
+        r.add_header("Authorization", token)
+    with urllib.request.urlopen(r, timeout=120) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def start(work, name):
+    hooks = os.path.join(work, name, "pb_hooks")
+    env = dict(os.environ)
+    if name in ("none", "tidemark"):
+        shutil.copytree(os.path.join(SERVER, "pb_hooks"), hooks)
+        if name == "none":
+            env["TIDEMARK_COLLECTIONS"] = "no_such_collection"
+    else:
+        os.makedirs(hooks)
+        with open(os.path.join(hooks, "x.pb.js"), "w") as f:
+            f.write(EMPTY if name == "empty" else ONE_QUERY)
+    data = os.path.join(work, name, "pb_data")
+    migr = os.path.join(SERVER, "pb_migrations")
+    subprocess.run([PB, "superuser", "upsert", "a@t.io", "password123", "--dir", data,
+                    "--migrationsDir", migr], check=True, capture_output=True)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    p = subprocess.Popen([PB, "serve", "--http", f"127.0.0.1:{port}", "--hooksWatch=false",
+                          "--automigrate=false", "--dir", data, "--hooksDir", hooks,
+                          "--migrationsDir", migr],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            call(url + "/api/health")
+            break
+        except Exception:
+            time.sleep(0.05)
+    else:
+        p.kill()
+        sys.exit(f"PocketBase ({name}) did not start")
+    admin = call(url + "/api/collections/_superusers/auth-with-password", "POST",
+                 {"identity": "a@t.io", "password": "password123"})["token"]
+    u = call(url + "/api/collections/users/records", "POST",
+             {"email": "u@t.io", "password": "password123", "passwordConfirm": "password123"}, admin)
+    user = call(url + "/api/collections/users/auth-with-password", "POST",
+                {"identity": "u@t.io", "password": "password123"})["token"]
+    return p, url, admin, user, u["id"]
+
+
+def batch(url, token, owner, push, n=1000):
+    client = rid()
+    reqs = []
+    for i in range(n):
+        body = {"id": rid(), "title": f"s{i}", "artist": "b", "order": i, "owner": owner}
+        if push:
+            body["tm_push"] = f"0:{client}.{i + 1}"
+        reqs.append({"method": "PUT" if push else "POST",
+                     "url": "/api/collections/songs/records", "body": body})
+    t = time.perf_counter()
+    call(url + "/api/batch", "POST", {"requests": reqs}, token)
+    return n / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--push", action="store_true")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("variants", nargs="*", default=["none", "empty", "one_query", "tidemark"])
+    a = ap.parse_args()
+    if not os.path.exists(PB):
+        sys.exit(f"{PB} missing: run scripts/install-pocketbase.sh")
+    work = tempfile.mkdtemp(prefix="tidemark-hook-cost-")
+    servers = {}
+    try:
+        for v in a.variants:
+            servers[v] = start(work, v)
+            _, url, admin, user, owner = servers[v]
+            batch(url, admin, owner, a.push)  # warm up
+            batch(url, user, owner, a.push)
+        res = {v: ([], []) for v in a.variants}
+        for _ in range(a.rounds):
+            for v in a.variants:
+                _, url, admin, user, owner = servers[v]
+                res[v][0].append(batch(url, admin, owner, a.push))
+                res[v][1].append(batch(url, user, owner, a.push))
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        base = res[a.variants[0]]
+        kind = "tidemark pushes (PUT + tm_push)" if a.push else "plain POST creates"
+        print(f"1000-record batches of {kind}, medians of {a.rounds} interleaved rounds")
+        for v in a.variants:
+            su, us = med(res[v][0]), med(res[v][1])
+            print(f"{v:10s} superuser {su:6.0f}/s ({med(base[0]) / su:.2f}x)   "
+                  f"user {us:6.0f}/s ({med(base[1]) / us:.2f}x)")
+    finally:
+        for p, *_ in servers.values():
+            p.kill()
+            p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
