@@ -156,6 +156,10 @@ pub struct SyncReport {
 /// (apply+watermark, ack) and the remote's idempotent pushes make a resumed sync
 /// converge with no duplicates. Concurrent `sync()` calls on one engine are
 /// serialised.
+///
+/// The remote is shared (`Arc`) with the task that pulls the next page while the
+/// current one is applied, hence `R: 'static` (any owned remote, `Box<dyn
+/// RemoteStore>` or `Arc<…>`). Outside a tokio runtime pages are pulled one by one.
 pub struct SyncEngine<L, R> {
     local: L,
     remote: Arc<R>,
