@@ -26,6 +26,34 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one).
+fn cpu_secs(pid: &str) -> f64 {
+    // /proc/<pid>/stat: fields 14 and 15 (utime, stime) in clock ticks, counted
+    // after the parenthesised command name.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(t / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Runs `f`, returning its result, wall time and the CPU seconds it cost this
+/// process and the server.
+async fn timed<T>(
+    server: &str,
+    f: impl std::future::Future<Output = T>,
+) -> (T, Duration, f64, f64) {
+    let (c0, s0) = (cpu_secs("self"), cpu_secs(server));
+    let t = Instant::now();
+    let out = f.await;
+    let wall = t.elapsed();
+    (out, wall, cpu_secs("self") - c0, cpu_secs(server) - s0)
+}
+
 /// Samples RSS every 2 ms until stopped; returns the peak.
 fn sample_peak() -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -80,31 +108,33 @@ async fn main() {
     let (mut syncs, mut pulls, mut downloads, mut applies) = (vec![], vec![], vec![], vec![]);
     let mut peak_added = 0;
     println!("records: {n}, page size 1000, {rounds} rounds (each: download, pull, sync)");
+    let server = srv.pid().to_string();
     for round in 1..=rounds {
         // 1. Baseline: download the same records with the list API, 1000 per page.
-        let t = Instant::now();
-        let got =
-            pocketbase_remote::harness::download_list_pages(&http, srv.url(), &token, "songs", n)
-                .await;
-        let download = t.elapsed();
+        let (got, download, dl_c, dl_s) = timed(
+            &server,
+            pocketbase_remote::harness::download_list_pages(&http, srv.url(), &token, "songs", n),
+        )
+        .await;
         assert_eq!(got, n);
 
         // 2. The remote alone: the same pages through RemoteStore::pull, no store.
         let puller = srv.user("bench@t.io").await;
-        let t = Instant::now();
-        let (mut wm, mut pulled) = (sync_traits::Watermark(0), 0);
-        loop {
-            let p = puller
-                .pull(wm, 1000, sync_traits::PullMode::Resync)
-                .await
-                .expect("pull");
-            pulled += p.changes.len();
-            wm = p.watermark;
-            if !p.more {
-                break;
+        let (pulled, pull_only, pl_c, pl_s) = timed(&server, async {
+            let (mut wm, mut pulled) = (sync_traits::Watermark(0), 0);
+            loop {
+                let p = puller
+                    .pull(wm, 1000, sync_traits::PullMode::Resync)
+                    .await
+                    .expect("pull");
+                pulled += p.changes.len();
+                wm = p.watermark;
+                if !p.more {
+                    return pulled;
+                }
             }
-        }
-        let pull_only = t.elapsed();
+        })
+        .await;
         assert_eq!(pulled, n);
 
         // 3. tidemark: a full first sync into a fresh SQLite file (pull + apply +
@@ -118,9 +148,8 @@ async fn main() {
         });
         let before = rss_kib();
         let (stop, peak) = sample_peak();
-        let t = Instant::now();
-        let report = engine.sync().await.expect("sync");
-        let sync_time = t.elapsed();
+        let (report, sync_time, sy_c, sy_s) = timed(&server, engine.sync()).await;
+        let report = report.expect("sync");
         stop.store(true, Ordering::Relaxed);
         let peak = peak.join().unwrap_or(0);
         assert_eq!(report.pulled, n);
@@ -128,8 +157,9 @@ async fn main() {
             peak_added = peak.saturating_sub(before);
         }
         println!(
-            "round {round}: download {download:.2?}, RemoteStore::pull {pull_only:.2?}, \
-             sync→SQLite {sync_time:.2?} ({:.2}x)",
+            "round {round}: download {download:.2?} (CPU client {dl_c:.2} s, server {dl_s:.2} s), \
+             RemoteStore::pull {pull_only:.2?} ({pl_c:.2} s, {pl_s:.2} s), \
+             sync→SQLite {sync_time:.2?} ({sy_c:.2} s, {sy_s:.2} s): {:.2}x",
             sync_time.as_secs_f64() / download.as_secs_f64()
         );
         downloads.push(download);

@@ -232,6 +232,12 @@ impl TestServer {
         &self.url
     }
 
+    /// The server process's id (changes across [`TestServer::resume`]), e.g. to read
+    /// its CPU time from `/proc` in a benchmark.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's stdout/stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

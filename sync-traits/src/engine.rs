@@ -157,7 +157,7 @@ pub struct SyncReport {
 /// converge with no duplicates. Concurrent `sync()` calls on one engine are
 /// serialised.
 ///
-/// The remote is shared (`Arc`) with the task that pulls the next page while the
+/// The remote is shared (`Arc`) with the task that pulls pages ahead while the
 /// current one is applied, hence `R: 'static` (any owned remote, `Box<dyn
 /// RemoteStore>` or `Arc<…>`). Outside a tokio runtime pages are pulled one by one.
 pub struct SyncEngine<L, R> {
@@ -546,12 +546,13 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
 
     /// Pulls and applies pages from `from` until the remote says there is no more.
     ///
-    /// Pipelined: while page N is applied, page N+1 is already being pulled in its
-    /// own task (on a tokio runtime), so a slow store and a slow network overlap
-    /// instead of adding up. The watermark still only moves when the store has
-    /// applied a page, a prefetched page is checked against the watermark it was
-    /// asked from, and it is dropped (its task aborted) if the apply fails. At most
-    /// two pages are in memory at once.
+    /// Pipelined: on a tokio runtime a puller task fetches (and checks) the pages one
+    /// after another into a channel of one slot while this task applies them, so a
+    /// slow store and a slow network overlap instead of adding up, and a slow apply
+    /// (a checkpoint, say) does not leave the server idle. The watermark still only
+    /// moves when the store has applied a page; if the apply fails, the puller is
+    /// aborted and its pages are dropped. At most three pages are in memory (being
+    /// applied, waiting, being pulled). Outside a runtime pages go one by one.
     async fn pull_pages(
         &self,
         from: Watermark,
@@ -559,49 +560,68 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         report: &mut SyncReport,
     ) -> Result<(), SyncError> {
         let limit = self.config.page_size.max(1);
-        let can_spawn = tokio::runtime::Handle::try_current().is_ok();
-        let mut wm = from;
-        let mut page = self
-            .retry("pull", || self.remote.pull(wm, limit, mode))
-            .await?;
-        loop {
-            check_page(wm, &page)?;
-            let next_wm = page.watermark;
-            let prefetch = (page.more && can_spawn).then(|| {
-                let (remote, policy, events) = (
-                    self.remote.clone(),
-                    self.config.retry.clone(),
-                    self.events.clone(),
-                );
-                Prefetch(tokio::spawn(
-                    async move {
-                        retry(&policy, &events, "pull", || {
-                            remote.pull(next_wm, limit, mode)
-                        })
+        if tokio::runtime::Handle::try_current().is_err() {
+            let mut wm = from;
+            loop {
+                let page = self
+                    .retry("pull", || self.remote.pull(wm, limit, mode))
+                    .await?;
+                check_page(wm, &page)?;
+                wm = page.watermark;
+                if !self.apply_page(&page, report).await? {
+                    return Ok(());
+                }
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SyncError>>(1);
+        let (remote, policy, events) = (
+            self.remote.clone(),
+            self.config.retry.clone(),
+            self.events.clone(),
+        );
+        let mut puller = Puller(Some(tokio::spawn(
+            async move {
+                let mut wm = from;
+                loop {
+                    let page = retry(&policy, &events, "pull", || remote.pull(wm, limit, mode))
                         .await
+                        .map_err(SyncError::from)
+                        .and_then(|p| check_page(wm, &p).map(|()| p));
+                    let more = match &page {
+                        Ok(p) => {
+                            wm = p.watermark;
+                            p.more
+                        }
+                        Err(_) => false,
+                    };
+                    if tx.send(page).await.is_err() || !more {
+                        return;
                     }
-                    .instrument(tracing::Span::current()),
-                ))
-            });
-            let applied = self.local.apply_remote(&page).await?;
-            report.pulled += page.changes.len();
-            report.applied += applied.applied;
-            wm = next_wm;
-            self.emit(SyncEvent::PullProgress {
-                pulled: report.pulled,
-                watermark: wm,
-            });
-            if !page.more {
+                }
+            }
+            .instrument(tracing::Span::current()),
+        )));
+        loop {
+            let page = match rx.recv().await {
+                Some(page) => page?,
+                None => return Err(puller.stopped().await),
+            };
+            if !self.apply_page(&page, report).await? {
                 return Ok(());
             }
-            page = match prefetch {
-                Some(p) => p.page().await?,
-                None => {
-                    self.retry("pull", || self.remote.pull(wm, limit, mode))
-                        .await?
-                }
-            };
         }
+    }
+
+    /// Applies one checked page and reports progress; returns `page.more`.
+    async fn apply_page(&self, page: &Page, report: &mut SyncReport) -> Result<bool, SyncError> {
+        let applied = self.local.apply_remote(page).await?;
+        report.pulled += page.changes.len();
+        report.applied += applied.applied;
+        self.emit(SyncEvent::PullProgress {
+            pulled: report.pulled,
+            watermark: page.watermark,
+        });
+        Ok(page.more)
     }
 }
 
@@ -635,25 +655,29 @@ where
         .await
 }
 
-/// A page being pulled ahead in its own task while the previous one is applied.
-/// Dropping it (the sync was cancelled, or the apply failed) aborts the pull.
-struct Prefetch(tokio::task::JoinHandle<Result<Page, RemoteError>>);
+/// The task pulling pages ahead of the store. Dropping it (the sync was cancelled,
+/// or an apply failed) aborts the task.
+struct Puller(Option<tokio::task::JoinHandle<()>>);
 
-impl Drop for Prefetch {
+impl Drop for Puller {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }
 
-impl Prefetch {
-    async fn page(mut self) -> Result<Page, RemoteError> {
-        match (&mut self.0).await {
-            Ok(r) => r,
-            // A panic in the remote resurfaces here, as it would have inline.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(RemoteError::Transient(format!(
-                "page prefetch stopped: {e}"
-            ))),
+impl Puller {
+    /// Why the task ended without sending a last page: a panic in the remote
+    /// resurfaces here, as it would have inline.
+    async fn stopped(&mut self) -> SyncError {
+        match self.0.take() {
+            Some(h) => match h.await {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => RemoteError::Transient(format!("page puller stopped: {e}")).into(),
+                Ok(()) => SyncError::Protocol("page puller ended before the last page".into()),
+            },
+            None => SyncError::Protocol("page puller already stopped".into()),
         }
     }
 }
@@ -1046,20 +1070,21 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_next_page_is_pulled_while_the_current_one_is_applied() {
-        let (remote, asked) = paged_remote(3);
+    async fn pages_are_pulled_ahead_while_a_slow_apply_runs() {
+        let (remote, asked) = paged_remote(4);
         let mut local = local_with(vec![], 1);
         let overlapped = Arc::new(AtomicUsize::new(0));
         let o = overlapped.clone();
         local.expect_apply_remote().returning(move |page| {
-            // A blocking store (as SQLite is) waits here, up to 5 s, for the engine
-            // to ask for the following page.
-            if page.more {
-                let next = page.watermark.0 as usize + 1;
+            // A slow, blocking store (as SQLite is during a checkpoint) waits here,
+            // up to 5 s, for the engine to ask for the page *after next*: pulling
+            // must not wait for applies.
+            let after_next = page.watermark.0 as usize + 2;
+            if after_next < asked.len() {
                 let seen = tokio::task::block_in_place(|| {
                     let t = std::time::Instant::now();
                     while t.elapsed() < Duration::from_secs(5) {
-                        if asked[next].load(Ordering::SeqCst) {
+                        if asked[after_next].load(Ordering::SeqCst) {
                             return true;
                         }
                         std::thread::sleep(Duration::from_millis(1));
@@ -1076,16 +1101,16 @@ mod tests {
             })
         });
         let report = fast(SyncEngine::new(local, remote)).sync().await.unwrap();
-        assert_eq!(report.pulled, 2, "pages 2 and 3");
+        assert_eq!(report.pulled, 3, "pages 2, 3 and 4");
         assert_eq!(
             overlapped.load(Ordering::SeqCst),
             1,
-            "page 3 was being pulled while page 2 was applied"
+            "page 4 was pulled while page 2 was still being applied"
         );
     }
 
     #[tokio::test]
-    async fn a_failed_apply_drops_the_prefetched_page_and_moves_nothing() {
+    async fn a_failed_apply_drops_the_pages_pulled_ahead_and_moves_nothing() {
         let (remote, _) = paged_remote(4);
         let mut local = local_with(vec![], 1);
         let applied = Arc::new(AtomicUsize::new(0));
@@ -1108,7 +1133,7 @@ mod tests {
         assert_eq!(
             applied.load(Ordering::SeqCst),
             1,
-            "only page 2 applied; the prefetched page 4 never reached the store"
+            "only page 2 applied; page 4, pulled ahead, never reached the store"
         );
     }
 
