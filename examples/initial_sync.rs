@@ -1,8 +1,11 @@
 //! Initial sync of N records (default 100 000) from a real local PocketBase into a
 //! fresh SQLite file, next to merely downloading the same records with PocketBase's
-//! list API, with the peak memory the sync added.
+//! list API, with the peak memory the sync added and the CPU time each phase cost
+//! this process and the server. Each of `ROUNDS` rounds (default 3) runs the
+//! download, `RemoteStore::pull` alone and a full sync back to back; medians are
+//! printed at the end, with the store's applies of the same pages timed alone.
 //!
-//! `bash scripts/install-pocketbase.sh && cargo run --release --example initial_sync [N]`
+//! `bash scripts/install-pocketbase.sh && ROUNDS=5 cargo run --release --example initial_sync [N]`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
