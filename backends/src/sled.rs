@@ -193,7 +193,12 @@ impl SledStore {
             .map_err(|_| corrupt("sled could not read the database"))?;
             match opened {
                 Ok(db) => break db,
-                Err(::sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled reports a held lock either as WouldBlock or as an Other error
+                // that only says so in its message.
+                Err(::sled::Error::Io(io))
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
                     if std::time::Instant::now() >= deadline {
                         return Err(StoreError::Busy(format!(
                             "sled database {} is locked by another process or store: {io}",

@@ -123,3 +123,26 @@ async fn foreign_and_unreadable_databases_are_refused() {
         Err(StoreError::Schema { .. })
     ));
 }
+
+/// A database another live store holds is `Busy` (transient: retry later), after a
+/// bounded wait — not `Corrupt`; and it opens as soon as the holder is gone.
+#[tokio::test]
+async fn a_database_held_by_another_store_is_busy_not_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let holder = SledStore::open(&path, schema()).unwrap();
+    let t = std::time::Instant::now();
+    match SledStore::open(&path, schema()) {
+        Err(StoreError::Busy(msg)) => assert!(msg.contains("locked"), "{msg}"),
+        Err(e) => panic!("expected Busy, got {e:?}"),
+        Ok(_) => panic!("two stores opened the same sled database"),
+    }
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "the wait is bounded"
+    );
+    assert!(StoreError::Busy(String::new()).is_transient());
+    drop(holder);
+    // The previous holder's flusher may keep the lock a moment; open waits for it.
+    SledStore::open(&path, schema()).unwrap();
+}
