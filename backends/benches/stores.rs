@@ -3,7 +3,6 @@
 //!
 //! cargo bench -p tidemark-backends --bench stores -- --warm-up-time 1 --measurement-time 3
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -13,6 +12,12 @@ use sync_traits::{
     Watermark,
 };
 use tidemark_backends::{Schema, SledStore, SqliteStore};
+
+// The raw SQLite baseline, shared with examples/apply_profile.rs so both report
+// against the same thing.
+#[path = "support/raw_sqlite.rs"]
+mod raw_sqlite;
+use raw_sqlite::{raw_sqlite, raw_sqlite_insert};
 
 const N: usize = 10_000;
 
@@ -45,37 +50,6 @@ fn page(rows: &[(RecordId, Fields)], base: u64) -> Page {
         watermark: Watermark(base + rows.len() as u64),
         more: false,
     }
-}
-
-fn raw_sqlite(path: &Path) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.execute_batch(
-        r#"PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-           CREATE TABLE "songs" ("id" TEXT PRIMARY KEY NOT NULL, "title" TEXT, "artist" TEXT, "order" NUMERIC);"#,
-    )
-    .unwrap();
-    c
-}
-
-fn raw_sqlite_insert(c: &mut rusqlite::Connection, rows: &[(RecordId, Fields)]) {
-    let tx = c.transaction().unwrap();
-    {
-        let mut st = tx
-            .prepare_cached(
-                r#"INSERT INTO "songs" ("id", "title", "artist", "order") VALUES (?1, ?2, ?3, ?4)"#,
-            )
-            .unwrap();
-        for (id, f) in rows {
-            st.execute(rusqlite::params![
-                id.as_str(),
-                f["title"].as_str(),
-                f["artist"].as_str(),
-                f["order"].as_i64()
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
 }
 
 fn bench_apply(c: &mut Criterion) {

@@ -5,6 +5,11 @@ use serde_json::json;
 use sync_traits::{new_id, LocalStore, Page, RemoteChange, RemoteState, Version, Watermark};
 use tidemark_backends::{Schema, SqliteStore};
 
+// The same raw baseline as the criterion bench.
+#[path = "../benches/support/raw_sqlite.rs"]
+mod raw_sqlite;
+use raw_sqlite::{raw_sqlite, raw_sqlite_insert};
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -45,23 +50,9 @@ fn main() {
         let t = Instant::now();
         rt.block_on(s.apply_remote(&page)).unwrap();
         ts.push(t.elapsed().as_secs_f64() * 1e3);
-        let mut c = rusqlite::Connection::open(d.path().join("raw.db")).unwrap();
-        c.execute_batch(r#"PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE "songs" ("id" TEXT PRIMARY KEY NOT NULL, "title" TEXT, "artist" TEXT, "order" NUMERIC);"#).unwrap();
+        let mut c = raw_sqlite(&d.path().join("raw.db"));
         let t = Instant::now();
-        let tx = c.transaction().unwrap();
-        {
-            let mut st = tx.prepare_cached(r#"INSERT INTO "songs" ("id", "title", "artist", "order") VALUES (?1, ?2, ?3, ?4)"#).unwrap();
-            for (id, f) in &rows {
-                st.execute(rusqlite::params![
-                    id.as_str(),
-                    f["title"].as_str(),
-                    f["artist"].as_str(),
-                    f["order"].as_i64()
-                ])
-                .unwrap();
-            }
-        }
-        tx.commit().unwrap();
+        raw_sqlite_insert(&mut c, &rows);
         tr.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ts.sort_by(f64::total_cmp);
