@@ -563,10 +563,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         if tokio::runtime::Handle::try_current().is_err() {
             let mut wm = from;
             loop {
-                let page = self
-                    .retry("pull", || self.remote.pull(wm, limit, mode))
-                    .await?;
-                check_page(wm, &page)?;
+                let (policy, events) = (&self.config.retry, &self.events);
+                let page = pull_checked(&*self.remote, policy, events, wm, limit, mode).await?;
                 wm = page.watermark;
                 if !self.apply_page(&page, report).await? {
                     return Ok(());
@@ -583,10 +581,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             async move {
                 let mut wm = from;
                 loop {
-                    let page = retry(&policy, &events, "pull", || remote.pull(wm, limit, mode))
-                        .await
-                        .map_err(SyncError::from)
-                        .and_then(|p| check_page(wm, &p).map(|()| p));
+                    let page = pull_checked(&*remote, &policy, &events, wm, limit, mode).await;
                     let more = match &page {
                         Ok(p) => {
                             wm = p.watermark;
@@ -653,6 +648,20 @@ where
             });
         })
         .await
+}
+
+/// Pulls the page after `wm` (retrying transient errors) and checks it.
+async fn pull_checked<R: RemoteStore + ?Sized>(
+    remote: &R,
+    policy: &RetryPolicy,
+    events: &broadcast::Sender<SyncEvent>,
+    wm: Watermark,
+    limit: usize,
+    mode: PullMode,
+) -> Result<Page, SyncError> {
+    let page = retry(policy, events, "pull", || remote.pull(wm, limit, mode)).await?;
+    check_page(wm, &page)?;
+    Ok(page)
 }
 
 /// The task pulling pages ahead of the store. Dropping it (the sync was cancelled,
