@@ -103,9 +103,15 @@ function remembered(clients, cid) {
   return Array.isArray(m) && m[0] >= c.n ? m[1] : 0;
 }
 
+// clients with the entry of change cid at seq, in its stored form.
 function remember(clients, cid, seq) {
   const c = parseCid(cid);
   if (c) clients[c.client] = [c.n, seq];
+  return storeClients(clients);
+}
+
+// The stored form of clients: the MAX_CLIENTS newest entries, as JSON.
+function storeClients(clients) {
   const keys = Object.keys(clients);
   if (keys.length > MAX_CLIENTS) {
     keys.sort((a, b) => clients[b][1] - clients[a][1]);
@@ -372,10 +378,10 @@ function onUpdate(e) {
       const o = e.record.original();
       e.record.set(
         "tm_clients",
-        remember(withLatest(parseClients(rawJson(o.get("tm_clients"))), o.getString("tm_cid"), o.getInt("tm_seq")), "", 0)
+        storeClients(withLatest(parseClients(rawJson(o.get("tm_clients"))), o.getString("tm_cid"), o.getInt("tm_seq")))
       );
     } else if (clientsRaw) {
-      e.record.set("tm_clients", remember(clientsRaw, "", 0));
+      e.record.set("tm_clients", storeClients(clientsRaw));
     }
     e.next();
   });
