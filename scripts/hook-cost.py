@@ -12,6 +12,7 @@ Variants:
   one_query  a minimal seq hook: read tm_push, one UPDATE .. RETURNING into a
              reused DynamicModel, three record.set calls
   tidemark   pocketbase-remote/server/pb_hooks as shipped
+  NAME=DIR   the hooks in DIR (for example an older copy of pb_hooks, to compare)
 
   python3 scripts/hook-cost.py [--push] [--rounds N]
 
@@ -63,9 +64,11 @@ def call(url, method="GET", body=None, token=None):
 
 
 def start(work, name):
-    hooks = os.path.join(work, name, "pb_hooks")
+    hooks = os.path.join(work, name.split("=")[0], "pb_hooks")
     env = dict(os.environ)
-    if name in ("none", "tidemark"):
+    if "=" in name:
+        shutil.copytree(name.split("=", 1)[1], hooks)
+    elif name in ("none", "tidemark"):
         shutil.copytree(os.path.join(SERVER, "pb_hooks"), hooks)
         if name == "none":
             env["TIDEMARK_COLLECTIONS"] = "no_such_collection"
@@ -73,7 +76,7 @@ def start(work, name):
         os.makedirs(hooks)
         with open(os.path.join(hooks, "x.pb.js"), "w") as f:
             f.write(EMPTY if name == "empty" else ONE_QUERY)
-    data = os.path.join(work, name, "pb_data")
+    data = os.path.join(work, name.split("=")[0], "pb_data")
     migr = os.path.join(SERVER, "pb_migrations")
     subprocess.run([PB, "superuser", "upsert", "a@t.io", "password123", "--dir", data,
                     "--migrationsDir", migr], check=True, capture_output=True)
@@ -146,7 +149,7 @@ def main():
         print(f"1000-record batches of {kind}, medians of {a.rounds} interleaved rounds")
         for v in a.variants:
             su, us = med(res[v][0]), med(res[v][1])
-            print(f"{v:10s} superuser {su:6.0f}/s ({med(base[0]) / su:.2f}x)   "
+            print(f"{v.split('=')[0]:10s} superuser {su:6.0f}/s ({med(base[0]) / su:.2f}x)   "
                   f"user {us:6.0f}/s ({med(base[1]) / us:.2f}x)")
     finally:
         for p, *_ in servers.values():

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use pocketbase_remote::harness::{TestServer, USER_PASSWORD};
 use pocketbase_remote::PocketBaseRemote;
-use serde_json::json;
+use serde_json::{json, Value};
 use sync_traits::{new_id, PullMode, PushOutcome, RemoteError, RemoteStore, Watermark};
 
 async fn two_users(
@@ -213,7 +213,7 @@ async fn stale_base_is_a_conflict_with_the_current_state() {
             .await
             .unwrap()[0],
     );
-    assert!(v3 > d);
+    assert_eq!(v3, d + 1, "the refused create gave its seq back");
     assert_eq!(
         ra.fetch("songs", &id)
             .await
@@ -1092,6 +1092,74 @@ async fn a_plain_create_cannot_forge_sync_metadata() {
     }
     let got = ra.fetch("songs", &id).await.unwrap().unwrap();
     assert_eq!(got.fields.unwrap()["title"], json!("planted"));
+}
+
+/// A fresh push create (base 0) of a deleted record's id is refused by SQLite itself
+/// (the hooks' tombstone trigger), whatever the request body carries: no resurrected
+/// record, the tombstone answered, and no seq used up.
+#[tokio::test]
+async fn a_push_create_cannot_slip_past_a_tombstone() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut x = Client::new();
+    let id = new_id();
+    let v1 = applied(
+        &ra.push(vec![x.upsert("songs", &id, None, song("one", 1, &a))])
+            .await
+            .unwrap()[0],
+    );
+    let d = applied(&ra.push(vec![x.delete("songs", &id, v1)]).await.unwrap()[0]);
+    let token = srv.superuser().await.token().await.unwrap();
+    let http = reqwest::Client::new();
+    let body = |n: u32, clients: Value| {
+        json!({
+            "id": id.as_str(), "title": "ghost", "owner": a.as_str(),
+            "tm_push": format!("0:z.{n}"), "tm_clients": clients,
+        })
+    };
+    // Straight to the records API, and through the batch API as the client sends it,
+    // with tm_clients forged, empty, or absent.
+    let single = http
+        .post(format!("{}/api/collections/songs/records", srv.url()))
+        .header("Authorization", &token)
+        .json(&body(1, json!({"z": [0, 0]})))
+        .send()
+        .await
+        .unwrap();
+    assert!(single.status().is_success());
+    let mut answers = vec![single.json::<Value>().await.unwrap()];
+    let batch = http
+        .post(format!("{}/api/batch", srv.url()))
+        .header("Authorization", &token)
+        .json(&json!({"requests": [
+            {"method": "PUT", "url": "/api/collections/songs/records", "body": body(2, json!("{}"))},
+            {"method": "PUT", "url": "/api/collections/songs/records", "body": body(3, Value::Null)},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(batch.status().is_success());
+    for r in batch.json::<Vec<Value>>().await.unwrap() {
+        answers.push(r["body"].clone());
+    }
+    for b in &answers {
+        assert_eq!(b["tm_push"], "tombstone", "{b}");
+        assert_eq!(b["tm_seq"], json!(d), "{b}");
+    }
+    let st = ra
+        .fetch("songs", &id)
+        .await
+        .unwrap()
+        .expect("the tombstone");
+    assert!(st.fields.is_none(), "not resurrected: {st:?}");
+    assert_eq!(st.version.0, d);
+    assert_eq!(ra.head().await.unwrap().head.0, d, "no seq used up");
+    let next = applied(
+        &ra.push(vec![x.upsert("songs", &new_id(), None, song("two", 2, &a))])
+            .await
+            .unwrap()[0],
+    );
+    assert_eq!(next, d + 1);
 }
 
 /// The idempotency memory survives alternating writers: the latest writer's entry
