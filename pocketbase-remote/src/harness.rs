@@ -227,6 +227,16 @@ impl TestServer {
         panic!("PocketBase did not come back on port {}: {last}", self.port);
     }
 
+    /// Like [`TestServer::resume`], with another environment from now on (e.g. a
+    /// changed `TIDEMARK_COLLECTIONS`, as after an upgrade).
+    pub fn resume_with_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.resume();
+    }
+
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> &str {
         &self.url

@@ -49,6 +49,19 @@ fn request_of(c: &PushChange) -> Value {
     }
 }
 
+/// A new record created by the server's triggers: answered with the `tm_push` it was
+/// sent (`0:<change id>`); its seq is read with a receipt.
+fn awaits_receipt(c: &PushChange, status: u16, body: &Value) -> bool {
+    (200..300).contains(&status)
+        && matches!(c.op, Op::Upsert(_))
+        && c.base.is_none_or(|v| v.0 == 0)
+        && body
+            .get("tm_push")
+            .and_then(Value::as_str)
+            .and_then(|t| t.strip_prefix("0:"))
+            .is_some_and(|cid| cid == c.change_id.to_string())
+}
+
 fn rejection(status: u16, e: &ApiError) -> Rejection {
     let fields: BTreeMap<String, String> = e
         .data
@@ -110,6 +123,8 @@ impl PocketBaseRemote {
         let first: Vec<usize> = (0..chunk.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
+        // New records applied by the server's triggers: seqs come from one receipt.
+        let mut receipts: Vec<usize> = Vec::new();
         let mut queue: VecDeque<Vec<usize>> = VecDeque::from([first]);
         while let Some(group) = queue.pop_front() {
             if group.is_empty() {
@@ -130,6 +145,10 @@ impl PocketBaseRemote {
                         .into());
                     }
                     for (&i, (status, body)) in group.iter().zip(replies) {
+                        if awaits_receipt(&chunk[i], status, &body) {
+                            receipts.push(i);
+                            continue;
+                        }
                         outcomes[i] = Some(
                             self.outcome(&chunk[i], status, &body, auth_verified)
                                 .await?,
@@ -171,10 +190,66 @@ impl PocketBaseRemote {
                 }
             }
         }
+        if !receipts.is_empty() {
+            let seqs = self.receipt(chunk, &receipts).await?;
+            for (&i, seq) in receipts.iter().zip(seqs) {
+                outcomes[i] = Some(PushOutcome::Applied { version: seq });
+            }
+        }
         outcomes
             .into_iter()
             .map(|o| {
                 o.ok_or_else(|| RemoteError::Malformed("batch: change left without outcome".into()))
+            })
+            .collect()
+    }
+
+    /// The seqs that the changes `pending` (indexes into `chunk`, answered
+    /// with their own `tm_push`) produced, in order: one `POST /api/tidemark/receipt`. The server
+    /// reads them from the records' idempotency memory, so other writes since do not
+    /// hide them. A change it does not name is an error, not a guess: the engine
+    /// pushes it again and the server answers `"dup"` with its seq.
+    async fn receipt(
+        &self,
+        chunk: &[PushChange],
+        pending: &[usize],
+    ) -> Result<Vec<Version>, RemoteError> {
+        let mut ask: BTreeMap<&str, Vec<[String; 2]>> = BTreeMap::new();
+        for &i in pending {
+            let c = &chunk[i];
+            ask.entry(c.collection.as_str())
+                .or_default()
+                .push([c.id.to_string(), c.change_id.to_string()]);
+        }
+        let r = self
+            .call(Method::POST, "/api/tidemark/receipt", Some(&json!(ask)))
+            .await?;
+        if r.status == StatusCode::NOT_FOUND {
+            return Err(RemoteError::Permanent(
+                "POST /api/tidemark/receipt not found: the server's pb_hooks are older than this client"
+                    .into(),
+            ));
+        }
+        let v = crate::client::expect_ok(&r, "receipt")?;
+        pending
+            .iter()
+            .map(|&i| {
+                let c = &chunk[i];
+                v.get(&c.collection)
+                    .and_then(|m| m.get(c.id.as_str()))
+                    .and_then(Value::as_u64)
+                    .filter(|&s| s > 0)
+                    .map(Version)
+                    .ok_or_else(|| {
+                        ProtocolError::Invalid {
+                            context: "receipt".into(),
+                            message: format!(
+                                "no seq for change {} of {}/{}",
+                                c.change_id, c.collection, c.id
+                            ),
+                        }
+                        .into()
+                    })
             })
             .collect()
     }

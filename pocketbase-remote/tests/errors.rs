@@ -253,3 +253,67 @@ async fn a_batch_refused_as_a_whole_is_bisected() {
     // 7 -> 3+4 -> (1+2) + (2+2): 1 + 2 + 4 batch calls.
     assert_eq!(calls.load(Ordering::SeqCst), 7);
 }
+
+/// New records answered with their own `tm_push` get their seqs from one receipt;
+/// a receipt that leaves one out is malformed (never a guessed version), and a server
+/// without the receipt route is a permanent error.
+#[tokio::test]
+async fn receipts_give_new_records_their_seqs_or_a_typed_error() {
+    use std::sync::Mutex;
+    // What the receipt answers: every asked change at 40 + its position, minus `drop`.
+    let drop: Arc<Mutex<Option<usize>>> = Arc::new(Mutex::new(None));
+    let missing_route = Arc::new(Mutex::new(false));
+    let (d, m) = (drop.clone(), missing_route.clone());
+    let url = fake(Arc::new(move |meth, p, body| {
+        base(meth, p).unwrap_or_else(|| {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            match p {
+                "/api/batch" => {
+                    let replies: Vec<_> = v["requests"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|r| json!({"status": 200, "body": {"id": r["body"]["id"], "tm_seq": 0, "tm_push": r["body"]["tm_push"]}}))
+                        .collect();
+                    (200, serde_json::Value::Array(replies).to_string())
+                }
+                "/api/tidemark/receipt" if *m.lock().unwrap() => {
+                    (404, r#"{"message":"not found","status":404,"data":{}}"#.into())
+                }
+                "/api/tidemark/receipt" => {
+                    let mut got = serde_json::Map::new();
+                    for (k, a) in v["songs"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+                        if Some(k) != *d.lock().unwrap() {
+                            got.insert(a[0].as_str().unwrap_or("").into(), json!(40 + k));
+                        }
+                    }
+                    (200, json!({ "songs": got }).to_string())
+                }
+                _ => (404, r#"{"message":"not found","status":404,"data":{}}"#.into()),
+            }
+        })
+    }))
+    .await;
+    let r = connect(&url).await;
+    let out = r.push((0..3).map(|_| change()).collect()).await.unwrap();
+    let versions: Vec<u64> = out
+        .iter()
+        .map(|o| match o {
+            sync_traits::PushOutcome::Applied { version } => version.0,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(versions, vec![40, 41, 42]);
+
+    *drop.lock().unwrap() = Some(1);
+    let e = r
+        .push((0..3).map(|_| change()).collect())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::Malformed(_)), "{e:?}");
+
+    *missing_route.lock().unwrap() = true;
+    let e = r.push(vec![change()]).await.unwrap_err();
+    assert!(matches!(e, RemoteError::Permanent(_)), "{e:?}");
+}

@@ -86,7 +86,9 @@ async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
             n
         }));
     }
-    // Single REST creates (plain PocketBase writes, no tidemark metadata).
+    // Single REST creates: plain PocketBase writes (no tidemark metadata; the hook
+    // assigns the seq), and every third one a new record pushed with `tm_push` on its
+    // own, outside any batch (the triggers assign the seq, in the insert's statement).
     for (uid, email) in [(a.clone(), "a@t.io"), (b.clone(), "b@t.io")] {
         let url = srv.url().to_owned();
         writers.push(tokio::spawn(async move {
@@ -101,13 +103,18 @@ async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
                 .await
                 .unwrap();
             let token = auth["token"].as_str().unwrap().to_owned();
+            let client = new_id();
             for i in 0..150 {
                 let coll = if i % 2 == 0 { "songs" } else { "friends" };
-                let body = if coll == "songs" {
+                let mut body = if coll == "songs" {
                     json!({"title": format!("r{i}"), "owner": uid.as_str()})
                 } else {
                     json!({"name": format!("r{i}"), "owner": uid.as_str()})
                 };
+                let push = format!("0:{client}.{}", i + 1);
+                if i % 3 == 0 {
+                    body["tm_push"] = json!(push);
+                }
                 let r = http
                     .post(format!("{url}/api/collections/{coll}/records"))
                     .header("Authorization", &token)
@@ -115,7 +122,13 @@ async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
                     .send()
                     .await
                     .unwrap();
-                assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                assert!(r.status().is_success());
+                let answer: Value = r.json().await.unwrap();
+                if i % 3 == 0 {
+                    assert_eq!(answer["tm_push"], json!(push), "{answer}");
+                } else {
+                    assert!(answer["tm_seq"].as_u64().unwrap() > 0, "{answer}");
+                }
             }
             150
         }));
@@ -1160,6 +1173,180 @@ async fn a_push_create_cannot_slip_past_a_tombstone() {
             .unwrap()[0],
     );
     assert_eq!(next, d + 1);
+}
+
+/// The receipt names the seq a change produced also after other clients wrote on top
+/// and after a delete (from the idempotency memory), and only for the right change id.
+#[tokio::test]
+async fn receipts_name_the_seq_a_change_produced() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let (mut x, mut y) = (Client::new(), Client::new());
+    let (id1, id2, id3) = (new_id(), new_id(), new_id());
+    let c1 = x.upsert("songs", &id1, None, song("one", 1, &a));
+    let c2 = x.upsert("songs", &id2, None, song("two", 2, &a));
+    let c3 = x.upsert(
+        "friends",
+        &id3,
+        None,
+        fields(json!({"name": "f", "owner": a.as_str()})),
+    );
+    let ids: Vec<String> = [&c1, &c2, &c3]
+        .iter()
+        .map(|c| c.change_id.to_string())
+        .collect();
+    let v: Vec<u64> = ra
+        .push(vec![c1, c2, c3])
+        .await
+        .unwrap()
+        .iter()
+        .map(applied)
+        .collect();
+    assert_eq!(v[1], v[0] + 1);
+    assert_eq!(v[2], v[1] + 1);
+    // Others write on top: y updates id1, deletes id2.
+    let w = applied(
+        &ra.push(vec![y.upsert("songs", &id1, Some(v[0]), song("y", 3, &a))])
+            .await
+            .unwrap()[0],
+    );
+    applied(&ra.push(vec![y.delete("songs", &id2, v[1])]).await.unwrap()[0]);
+    let token = srv.superuser().await.token().await.unwrap();
+    let ask = |body: Value| {
+        let (url, token) = (srv.url().to_owned(), token.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/api/tidemark/receipt"))
+                .header("Authorization", token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let got = ask(json!({
+        "songs": [[id1.as_str(), ids[0]], [id2.as_str(), ids[1]]],
+        "friends": [[id3.as_str(), ids[2]]],
+    }))
+    .await;
+    assert_eq!(got["songs"][id1.as_str()], json!(v[0]), "{got}");
+    assert_eq!(got["songs"][id2.as_str()], json!(v[1]), "{got}");
+    assert_eq!(got["friends"][id3.as_str()], json!(v[2]), "{got}");
+    // y's change is named as y's; a change id the record never saw is not.
+    let got = ask(json!({"songs": [[id1.as_str(), format!("{}.1", y.id)], [id2.as_str(), format!("{}.9", x.id)]]})).await;
+    assert_eq!(got["songs"][id1.as_str()], json!(w), "{got}");
+    assert!(got["songs"].get(id2.as_str()).is_none(), "{got}");
+    // Junk is ignored, not an error.
+    let got =
+        ask(json!({"songs": [1, ["x"], [id1.as_str(), 5]], "nope": [[id1.as_str(), ids[0]]]}))
+            .await;
+    assert_eq!(got, json!({"songs": {}}));
+}
+
+/// A synced collection created while PocketBase runs gets the triggers behind fast
+/// push creates with it, also when deleted and created again.
+#[tokio::test]
+async fn a_synced_collection_created_at_runtime_takes_fast_pushes() {
+    let srv = TestServer::start_with_env(&[(
+        "TIDEMARK_COLLECTIONS",
+        "songs:owner,friends:owner,notes:,memos:",
+    )]);
+    let admin = srv.superuser().await;
+    let token = admin.token().await.unwrap();
+    let http = reqwest::Client::new();
+    let mut x = Client::new();
+    for round in 0..2 {
+        let r = http
+            .post(format!("{}/api/collections", srv.url()))
+            .header("Authorization", &token)
+            .json(&json!({
+                "name": "notes", "type": "base",
+                "fields": [
+                    {"name": "text", "type": "text"},
+                    {"name": "tm_seq", "type": "number", "onlyInt": true},
+                    {"name": "tm_cid", "type": "text"},
+                    {"name": "tm_push", "type": "text"},
+                    {"name": "tm_clients", "type": "json", "hidden": true},
+                ],
+                "indexes": ["CREATE INDEX idx_notes_tm_seq ON notes (tm_seq)"],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        let head = admin.head().await.unwrap().head.0;
+        let id = new_id();
+        let out = admin
+            .push(vec![x.upsert(
+                "notes",
+                &id,
+                None,
+                fields(json!({"text": format!("n{round}")})),
+            )])
+            .await
+            .unwrap();
+        assert_eq!(applied(&out[0]), head + 1, "round {round}");
+        let st = admin.fetch("notes", &id).await.unwrap().unwrap();
+        assert_eq!(st.version.0, head + 1);
+        // Renamed to another synced name: the old name's triggers go, so an insert
+        // still takes exactly one seq.
+        let r = http
+            .patch(format!("{}/api/collections/notes", srv.url()))
+            .header("Authorization", &token)
+            .json(&json!({"name": "memos"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        let out = admin
+            .push(vec![x.upsert(
+                "memos",
+                &new_id(),
+                None,
+                fields(json!({"text": "m"})),
+            )])
+            .await
+            .unwrap();
+        assert_eq!(applied(&out[0]), head + 2, "round {round}");
+        let r = http
+            .delete(format!("{}/api/collections/memos", srv.url()))
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+}
+
+/// A collection that becomes synced after it was created (a changed
+/// `TIDEMARK_COLLECTIONS`, or a database from before the triggers) gets the triggers
+/// behind fast push creates when PocketBase starts.
+#[tokio::test]
+async fn a_collection_synced_later_gets_its_triggers_at_start() {
+    let mut srv = TestServer::start_with_env(&[("TIDEMARK_COLLECTIONS", "songs:owner")]);
+    let (a, _, _, _) = two_users(&srv).await;
+    srv.stop();
+    srv.resume_with_env(&[("TIDEMARK_COLLECTIONS", "songs:owner,friends:owner")]);
+    let ra = srv.user("a@t.io").await;
+    let mut x = Client::new();
+    let head = ra.head().await.unwrap().head.0;
+    let id = new_id();
+    let out = ra
+        .push(vec![x.upsert(
+            "friends",
+            &id,
+            None,
+            fields(json!({"name": "f", "owner": a.as_str()})),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applied(&out[0]), head + 1);
+    assert_eq!(
+        ra.fetch("friends", &id).await.unwrap().unwrap().version.0,
+        head + 1
+    );
 }
 
 /// The idempotency memory survives alternating writers: the latest writer's entry

@@ -237,63 +237,103 @@ function clearClients(e) {
 // The message of the trigger that refuses a push create of a tombstoned id.
 const TOMBSTONED = "tidemark: tombstoned";
 
-// A trigger per synced collection makes SQLite refuse a fresh push create (see
-// freshCreate) of an id with a live tombstone. With it, the common
-// push create needs no tombstone lookup of its own: measured on paired batches, that
-// lookup cost ~0.2x of PocketBase's throughput. Each runtime makes sure of the
-// trigger before its first push create into a collection; keyed by collection id, so
-// a collection deleted and created again gets it again. PocketBase changes a table
-// only by ALTER TABLE, which keeps triggers.
-const TRIGGERED = {};
+// The commonest push — a client creating a new record (tm_push "0:<change id>") —
+// is done by SQLite triggers rather than by JS: measured on paired batches, the
+// hook's seq query and tombstone lookup were most of what our hooks cost per record,
+// and every Go call from JS costs a little more. The hook lets such an insert through
+// untouched; per synced collection,
+// - tm_tombstoned_v3_<c> (BEFORE INSERT) refuses it if the id has a live tombstone
+//   (the hook then answers it the slow way), and
+// - tm_seq_v3_<c> (AFTER INSERT) takes the next seq and stores it with tm_cid (the
+//   change id from tm_push), clearing tm_push and tm_clients — in the insert's own
+//   statement, so in the write's transaction.
+// PocketBase answers from the in-memory record, which never sees that seq: the answer
+// carries tm_push unchanged, and the client asks /api/tidemark/receipt for the seqs
+// its changes produced (one request per batch; see receipt()).
+// The triggers are created when PocketBase starts and when a synced collection is
+// created or renamed (tidemark.pb.js) — in committed state, or in the same
+// transaction as the collection itself. Never from a write hook: a batch that rolls
+// back would take the trigger with it. PocketBase changes tables only by ALTER TABLE,
+// which keeps triggers. Were they missing anyway, a fast create would be stored with
+// seq 0 (pulled by no one), its receipt would name no seq, and the client's retry
+// would apply it again as an update with a proper seq: a failed push, not a lost write.
+// SQL: NEW's tm_push is a fresh push create's.
+const FRESH = "substr(NEW.[[tm_push]], 1, 2) = '0:' AND length(NEW.[[tm_push]]) > 2";
+const TM_FIELDS = ["tm_seq", "tm_cid", "tm_push", "tm_clients"];
 
-function ensureTrigger(tx, coll) {
-  if (TRIGGERED[coll.id]) return;
+function ensureTriggers(app, coll) {
+  for (const f of TM_FIELDS) {
+    if (!coll.fields.getByName(f)) {
+      console.log(`tidemark: ${coll.name} lacks the field ${f}; it is not synced`);
+      return;
+    }
+  }
   const name = coll.name;
-  tx.db()
+  const before = "tm_tombstoned_v3_" + name;
+  const after = "tm_seq_v3_" + name;
+  // Others of ours on this table (another version's, or the old name's after a
+  // rename) would take a second seq per insert.
+  const stale = arrayOf(new DynamicModel({ name: "" }));
+  app
+    .db()
     .newQuery(
-      "CREATE TRIGGER IF NOT EXISTS [[tm_tombstoned_v2_" + name + "]] BEFORE INSERT ON {{" + name + "}} " +
-        "WHEN NEW.[[tm_clients]] IS NULL AND NEW.[[tm_cid]] <> '' AND EXISTS (SELECT 1 FROM tm_tombstones WHERE coll = '" +
-        name.replace(/'/g, "''") +
-        "' AND rid = NEW.[[id]] AND moved = FALSE) BEGIN SELECT RAISE(ABORT, '" +
-        TOMBSTONED +
-        "'); END"
+      "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} " +
+        "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:b}, {:a})"
+    )
+    .bind({ t: name, b: before, a: after })
+    .all(stale);
+  for (const t of stale) app.db().newQuery("DROP TRIGGER IF EXISTS [[" + t.name + "]]").execute();
+  const lit = "'" + name.replace(/'/g, "''") + "'";
+  app
+    .db()
+    .newQuery(
+      "CREATE TRIGGER IF NOT EXISTS [[" + before + "]] BEFORE INSERT ON {{" + name + "}} " +
+        "WHEN " + FRESH + " AND EXISTS (SELECT 1 FROM tm_tombstones WHERE coll = " + lit +
+        " AND rid = NEW.[[id]] AND moved = FALSE) BEGIN SELECT RAISE(ABORT, '" + TOMBSTONED + "'); END"
     )
     .execute();
-  TRIGGERED[coll.id] = true;
+  app
+    .db()
+    .newQuery(
+      "CREATE TRIGGER IF NOT EXISTS [[" + after + "]] AFTER INSERT ON {{" + name + "}} " +
+        "WHEN " + FRESH + " BEGIN " +
+        "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
+        "UPDATE {{" + name + "}} SET [[tm_seq]] = (SELECT seq FROM _tm_state WHERE id = 1), " +
+        "[[tm_cid]] = substr(NEW.[[tm_push]], 3), [[tm_push]] = '', [[tm_clients]] = NULL " +
+        "WHERE rowid = NEW.rowid; END"
+    )
+    .execute();
 }
 
-// The common push: a client creating a new record (base 0). Takes the next seq and
-// inserts; true when done. False (nothing written, the seq given back) when the id
-// has a tombstone, which the caller then answers.
-function freshCreate(e, tx, push) {
-  ensureTrigger(tx, e.record.collection());
-  const seq = nextSeq(tx);
-  e.record.set("tm_seq", seq);
-  e.record.set("tm_cid", push.cid);
-  // A NULL tm_clients marks this insert for the trigger: every other push create
-  // stores a JSON value there (see remember), and plain creates have no tm_cid.
-  const cl = e.record.getString("tm_clients");
-  if (cl && cl !== "null") e.record.set("tm_clients", null);
-  try {
-    e.next();
-    return true;
-  } catch (err) {
-    if (String(err).indexOf(TOMBSTONED) < 0) throw err;
+// The triggers of every synced collection that exists.
+function ensureAllTriggers(app) {
+  for (const c of CONFIG) {
+    let coll;
+    try {
+      coll = app.findCollectionByNameOrId(c.name);
+    } catch (_) {
+      continue;
+    }
+    ensureTriggers(app, coll);
   }
-  // Only SQLite's insert statement was undone. Give the seq back unless another write
-  // in this transaction (a hook further down the chain) took one since.
-  tx.db().newQuery("UPDATE _tm_state SET seq = seq - 1 WHERE id = 1 AND seq = {:s}").bind({ s: seq }).execute();
-  e.record.set("tm_seq", 0);
-  e.record.set("tm_cid", "");
-  return false;
 }
 
 function onCreate(e) {
-  const raw = e.record.getString("tm_push");
+  const rec = e.record;
+  const raw = rec.getString("tm_push");
+  if (raw.length > 2 && raw.charCodeAt(0) === 48 && raw.charCodeAt(1) === 58) {
+    // "0:<change id>": the triggers do it all (see above), in one statement that needs
+    // no transaction of ours; unless the id has a tombstone, then the slow way below.
+    try {
+      e.next();
+      return;
+    } catch (err) {
+      if (String(err).indexOf(TOMBSTONED) < 0) throw err;
+    }
+  }
   const push = parsePush(raw);
-  if (raw) e.record.set("tm_push", "");
+  if (raw) rec.set("tm_push", "");
   inTx(e, (tx) => {
-    if (push && push.base === 0 && push.cid && freshCreate(e, tx, push)) return;
     let clients = {};
     if (push) {
       const t = tombstone(tx, e.record.collection().name, e.record.id);
@@ -471,6 +511,76 @@ function onDeleteRequest(e) {
   return e.json(200, answer);
 }
 
+// The seqs that pushed changes produced: body {"<collection>": [[id, change id], ...]}
+// -> {"<collection>": {"<id>": seq}}. Read from each record's idempotency memory (or
+// its tombstone's), so it holds even after other writes on top; a change the memory
+// does not know is left out. Reveals nothing but the seq of a change whose id the
+// caller already knows.
+function receipt(app, body) {
+  const out = {};
+  for (const c of CONFIG) {
+    const asked = body[c.name];
+    if (!Array.isArray(asked) || asked.length === 0) continue;
+    // The common case in one statement and one JSON string: the record still holds
+    // the change as its latest version.
+    const m = scratch("receipt", { m: "" });
+    app
+      .db()
+      .newQuery(
+        "SELECT COALESCE(json_group_object(s.[[id]], s.[[tm_seq]]), '{}') AS m FROM json_each({:ask}) AS a " +
+          "JOIN {{" + c.name + "}} AS s ON s.[[id]] = json_extract(a.value, '$[0]') " +
+          "AND s.[[tm_cid]] = json_extract(a.value, '$[1]')"
+      )
+      .bind({ ask: JSON.stringify(asked) })
+      .one(m);
+    const got = JSON.parse(m.m);
+    const rest = {};
+    let n = 0;
+    for (const a of asked) {
+      if (Array.isArray(a) && typeof a[0] === "string" && typeof a[1] === "string" && !(a[0] in got)) {
+        rest[a[0]] = a[1];
+        n++;
+      }
+    }
+    if (n) rememberedSeqs(app, c.name, rest, got);
+    out[c.name] = got;
+  }
+  return out;
+}
+
+// Into got: the seqs that changes want (id -> change id) produced, from each record's
+// idempotency memory or its tombstone's (others wrote or deleted since).
+function rememberedSeqs(app, coll, want, got) {
+  const ids = JSON.stringify(Object.keys(want));
+  const rows = arrayOf(new DynamicModel({ id: "", tm_seq: 0, tm_cid: "", tm_clients: "" }));
+  app
+    .db()
+    .newQuery(
+      "SELECT [[id]], [[tm_seq]], [[tm_cid]], COALESCE([[tm_clients]], '') AS tm_clients FROM {{" +
+        coll +
+        "}} WHERE [[id]] IN (SELECT value FROM json_each({:ids}))"
+    )
+    .bind({ ids: ids })
+    .all(rows);
+  for (const r of rows) {
+    const seq = remembered(withLatest(parseClients(r.tm_clients), r.tm_cid, r.tm_seq), want[r.id]);
+    if (seq) got[r.id] = seq;
+  }
+  const ts = arrayOf(new DynamicModel({ rid: "", tm_clients: "" }));
+  app
+    .db()
+    .newQuery(
+      "SELECT rid, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
+        "WHERE coll = {:c} AND moved = FALSE AND rid IN (SELECT value FROM json_each({:ids}))"
+    )
+    .bind({ c: coll, ids: ids })
+    .all(ts);
+  for (const t of ts) {
+    const seq = remembered(parseClients(t.tm_clients), want[t.rid]);
+    if (seq && !got[t.rid]) got[t.rid] = seq;
+  }
+}
+
 // Exactly the range filters the tidemark client sends.
 const RANGE_FILTER = /^\(tm_seq>\d+ && tm_seq<=\d+\)( && moved=false)?$/;
 
@@ -534,11 +644,14 @@ function compact(app, olderThan) {
 module.exports = {
   config,
   collectionNames,
+  ensureTriggers,
+  ensureAllTriggers,
   onCreate,
   onUpdate,
   onDelete,
   onDeleteRequest,
   onList,
+  receipt,
   head,
   compact,
   retentionSeconds,

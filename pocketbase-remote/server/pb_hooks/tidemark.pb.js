@@ -6,6 +6,23 @@
 
 const TM_SYNCED = require(`${__hooks}/tidemark.js`).collectionNames();
 
+// The triggers behind fast push creates (see ensureTriggers in tidemark.js): at start,
+// and with a synced collection created or renamed (in its transaction, if any).
+onBootstrap((e) => {
+  e.next();
+  require(`${__hooks}/tidemark.js`).ensureAllTriggers(e.app);
+});
+
+onCollectionCreateExecute((e) => {
+  e.next();
+  require(`${__hooks}/tidemark.js`).ensureTriggers(e.app, e.collection);
+}, ...TM_SYNCED);
+
+onCollectionUpdateExecute((e) => {
+  e.next();
+  require(`${__hooks}/tidemark.js`).ensureTriggers(e.app, e.collection);
+}, ...TM_SYNCED);
+
 onRecordCreateExecute((e) => {
   (globalThis.__tidemark || (globalThis.__tidemark = require(`${__hooks}/tidemark.js`))).onCreate(e);
 }, ...TM_SYNCED);
@@ -38,6 +55,17 @@ routerAdd(
   "/api/tidemark/head",
   (e) => {
     return e.json(200, require(`${__hooks}/tidemark.js`).head(e));
+  },
+  $apis.requireAuth()
+);
+
+// The seqs of new records that the triggers created: their answers carry no seq
+// (see tidemark.js).
+routerAdd(
+  "POST",
+  "/api/tidemark/receipt",
+  (e) => {
+    return e.json(200, require(`${__hooks}/tidemark.js`).receipt(e.app, JSON.parse(JSON.stringify(e.requestInfo().body || {}))));
   },
   $apis.requireAuth()
 );
