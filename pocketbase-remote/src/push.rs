@@ -49,8 +49,8 @@ fn request_of(c: &PushChange) -> Value {
     }
 }
 
-/// A new record created by the server's triggers: answered with the `tm_push` it was
-/// sent (`0:<change id>`); its seq is read with a receipt.
+/// A new record created by the server's insert trigger: answered with the `tm_push`
+/// it was sent (`0:<change id>`); its seq is read with a receipt.
 fn awaits_receipt(c: &PushChange, status: u16, body: &Value) -> bool {
     (200..300).contains(&status)
         && matches!(c.op, Op::Upsert(_))
@@ -123,7 +123,7 @@ impl PocketBaseRemote {
         let first: Vec<usize> = (0..chunk.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
-        // New records applied by the server's triggers: seqs come from one receipt.
+        // New records created by the server's insert trigger: seqs from one receipt.
         let mut receipts: Vec<usize> = Vec::new();
         let mut queue: VecDeque<Vec<usize>> = VecDeque::from([first]);
         while let Some(group) = queue.pop_front() {
@@ -204,11 +204,11 @@ impl PocketBaseRemote {
             .collect()
     }
 
-    /// The seqs that the changes `pending` (indexes into `chunk`, answered
-    /// with their own `tm_push`) produced, in order: one `POST /api/tidemark/receipt`. The server
-    /// reads them from the records' idempotency memory, so other writes since do not
-    /// hide them. A change it does not name is an error, not a guess: the engine
-    /// pushes it again and the server answers `"dup"` with its seq.
+    /// The seqs that the changes `pending` (indexes into `chunk`, answered with their
+    /// own `tm_push`) produced, in order: one `POST /api/tidemark/receipt`. The
+    /// server reads them from the records' idempotency memory, so other writes since
+    /// do not hide them. A change it does not name is an error, not a guess: the
+    /// engine pushes it again and the server answers `"dup"` with its seq.
     async fn receipt(
         &self,
         chunk: &[PushChange],

@@ -228,37 +228,31 @@ function inTx(e, fn) {
   });
 }
 
-// Empties tm_clients of a record being created, if the request body filled it.
-function clearClients(e) {
-  const cl = e.record.getString("tm_clients");
-  if (cl && cl !== "null" && cl !== "{}") e.record.set("tm_clients", "{}");
-}
-
 // The message of the trigger that refuses a push create of a tombstoned id.
 const TOMBSTONED = "tidemark: tombstoned";
 
-// The commonest push — a client creating a new record (tm_push "0:<change id>") —
-// is done by SQLite triggers rather than by JS: measured on paired batches, the
-// hook's seq query and tombstone lookup were most of what our hooks cost per record,
-// and every Go call from JS costs a little more. The hook lets such an insert through
-// untouched; per synced collection,
-// - tm_tombstoned_v3_<c> (BEFORE INSERT) refuses it if the id has a live tombstone
-//   (the hook then answers it the slow way), and
-// - tm_seq_v3_<c> (AFTER INSERT) takes the next seq and stores it with tm_cid (the
-//   change id from tm_push), clearing tm_push and tm_clients — in the insert's own
-//   statement, so in the write's transaction.
-// PocketBase answers from the in-memory record, which never sees that seq: the answer
-// carries tm_push unchanged, and the client asks /api/tidemark/receipt for the seqs
-// its changes produced (one request per batch; see receipt()).
-// The triggers are created when PocketBase starts and when a synced collection is
+// Creates — a plain one, or a push of a new record (tm_push "0:<change id>"), the
+// commonest push — are done by one SQLite trigger per synced collection rather than
+// by JS: measured on paired batches, the hook's seq query (and a push's tombstone
+// lookup) were most of what our hooks cost per record. The hook only marks a plain
+// create (tm_push "p") and lets the insert through; tm_insert_v4_<c> (AFTER INSERT,
+// when tm_push is set)
+// - refuses a push of an id with a live tombstone (the hook catches that and answers
+//   the slow way, see onCreate), and
+// - takes the next seq and stores it with tm_cid (the change id, or "" for a plain
+//   create), clearing tm_push and tm_clients,
+// all in the insert's own statement, so in the write's transaction, in commit order.
+// PocketBase answers from the in-memory record, which never sees that seq: a create's
+// answer has tm_seq 0, and a push's carries its tm_push unchanged; the client asks
+// /api/tidemark/receipt for the seqs its changes produced (one request per batch).
+// The slow path (a create on a stale or tombstoned base) clears tm_push and takes its
+// seq in JS, so the trigger leaves it alone.
+//
+// The trigger is created when PocketBase starts and when a synced collection is
 // created or renamed (tidemark.pb.js) — in committed state, or in the same
-// transaction as the collection itself. Never from a write hook: a batch that rolls
-// back would take the trigger with it. PocketBase changes tables only by ALTER TABLE,
-// which keeps triggers. Were they missing anyway, a fast create would be stored with
-// seq 0 (pulled by no one), its receipt would name no seq, and the client's retry
-// would apply it again as an update with a proper seq: a failed push, not a lost write.
-// SQL: NEW's tm_push is a fresh push create's.
-const FRESH = "substr(NEW.[[tm_push]], 1, 2) = '0:' AND length(NEW.[[tm_push]]) > 2";
+// transaction as the collection itself; never from a write hook, whose batch could
+// roll back. PocketBase changes tables only by ALTER TABLE, which keeps triggers.
+const PLAIN = "p";
 const TM_FIELDS = ["tm_seq", "tm_cid", "tm_push", "tm_clients"];
 
 function ensureTriggers(app, coll) {
@@ -269,8 +263,7 @@ function ensureTriggers(app, coll) {
     }
   }
   const name = coll.name;
-  const before = "tm_tombstoned_v3_" + name;
-  const after = "tm_seq_v3_" + name;
+  const trigger = "tm_insert_v4_" + name;
   // Others of ours on this table (another version's, or the old name's after a
   // rename) would take a second seq per insert.
   const stale = arrayOf(new DynamicModel({ name: "" }));
@@ -278,34 +271,30 @@ function ensureTriggers(app, coll) {
     .db()
     .newQuery(
       "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} " +
-        "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:b}, {:a})"
+        "AND substr(name, 1, 3) = 'tm_' AND name <> {:n}"
     )
-    .bind({ t: name, b: before, a: after })
+    .bind({ t: name, n: trigger })
     .all(stale);
   for (const t of stale) app.db().newQuery("DROP TRIGGER IF EXISTS [[" + t.name + "]]").execute();
   const lit = "'" + name.replace(/'/g, "''") + "'";
+  const isPush = "substr(NEW.[[tm_push]], 1, 2) = '0:'";
   app
     .db()
     .newQuery(
-      "CREATE TRIGGER IF NOT EXISTS [[" + before + "]] BEFORE INSERT ON {{" + name + "}} " +
-        "WHEN " + FRESH + " AND EXISTS (SELECT 1 FROM tm_tombstones WHERE coll = " + lit +
-        " AND rid = NEW.[[id]] AND moved = FALSE) BEGIN SELECT RAISE(ABORT, '" + TOMBSTONED + "'); END"
-    )
-    .execute();
-  app
-    .db()
-    .newQuery(
-      "CREATE TRIGGER IF NOT EXISTS [[" + after + "]] AFTER INSERT ON {{" + name + "}} " +
-        "WHEN " + FRESH + " BEGIN " +
+      "CREATE TRIGGER IF NOT EXISTS [[" + trigger + "]] AFTER INSERT ON {{" + name + "}} " +
+        "WHEN NEW.[[tm_push]] <> '' BEGIN " +
+        "SELECT RAISE(ABORT, '" + TOMBSTONED + "') WHERE " + isPush +
+        " AND EXISTS (SELECT 1 FROM tm_tombstones WHERE coll = " + lit +
+        " AND rid = NEW.[[id]] AND moved = FALSE); " +
         "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
         "UPDATE {{" + name + "}} SET [[tm_seq]] = (SELECT seq FROM _tm_state WHERE id = 1), " +
-        "[[tm_cid]] = substr(NEW.[[tm_push]], 3), [[tm_push]] = '', [[tm_clients]] = NULL " +
-        "WHERE rowid = NEW.rowid; END"
+        "[[tm_cid]] = CASE WHEN " + isPush + " THEN substr(NEW.[[tm_push]], 3) ELSE '' END, " +
+        "[[tm_push]] = '', [[tm_clients]] = NULL WHERE rowid = NEW.rowid; END"
     )
     .execute();
 }
 
-// The triggers of every synced collection that exists.
+// The insert trigger of every synced collection that exists.
 function ensureAllTriggers(app) {
   for (const c of CONFIG) {
     let coll;
@@ -321,60 +310,56 @@ function ensureAllTriggers(app) {
 function onCreate(e) {
   const rec = e.record;
   const raw = rec.getString("tm_push");
-  if (raw.length > 2 && raw.charCodeAt(0) === 48 && raw.charCodeAt(1) === 58) {
-    // "0:<change id>": the triggers do it all (see above), in one statement that needs
-    // no transaction of ours; unless the id has a tombstone, then the slow way below.
+  if (!raw || (raw.length > 2 && raw.charCodeAt(0) === 48 && raw.charCodeAt(1) === 58)) {
+    // A plain create, or a push of a new record: the trigger does it all (see above),
+    // in one statement that needs no transaction of ours. A push that meets a
+    // tombstone is refused by it and answered the slow way below.
+    if (!raw) rec.set("tm_push", PLAIN);
     try {
       e.next();
+      if (!raw) rec.set("tm_push", "");
       return;
     } catch (err) {
-      if (String(err).indexOf(TOMBSTONED) < 0) throw err;
+      if (!raw || String(err).indexOf(TOMBSTONED) < 0) throw err;
     }
   }
   const push = parsePush(raw);
-  if (raw) rec.set("tm_push", "");
+  rec.set("tm_push", "");
   inTx(e, (tx) => {
-    let clients = {};
-    if (push) {
-      const t = tombstone(tx, e.record.collection().name, e.record.id);
-      if (t) clients = t.clients;
-      const done = remembered(clients, push.cid);
-      if (done) {
-        // Retried delivery; the record was deleted since.
-        e.record.set("tm_seq", done);
-        e.record.set("tm_push", "dup");
-        return;
-      }
-      const cur = t ? t.seq : 0;
-      if (push.base !== cur) {
-        // Stale base against a deleted (or never seen) record: write nothing. The
-        // change id is only shown to the record's owner (the create rule has checked
-        // the new owner against the caller).
-        const of = ownerField(e.record.collection().name);
-        const mine = t && (!t.owner || !of || t.owner === e.record.getString(of));
-        e.record.set("tm_seq", cur);
-        e.record.set("tm_cid", mine ? t.cid : "");
-        e.record.set("tm_push", "tombstone");
-        return;
-      }
+    const t = tombstone(tx, e.record.collection().name, e.record.id);
+    const clients = t ? t.clients : {};
+    const done = remembered(clients, push.cid);
+    if (done) {
+      // Retried delivery; the record was deleted since.
+      e.record.set("tm_seq", done);
+      e.record.set("tm_push", "dup");
+      return;
     }
+    const cur = t ? t.seq : 0;
+    if (push.base !== cur) {
+      // Stale base against a deleted (or never seen) record: write nothing. The
+      // change id is only shown to the record's owner (the create rule has checked
+      // the new owner against the caller).
+      const of = ownerField(e.record.collection().name);
+      const mine = t && (!t.owner || !of || t.owner === e.record.getString(of));
+      e.record.set("tm_seq", cur);
+      e.record.set("tm_cid", mine ? t.cid : "");
+      e.record.set("tm_push", "tombstone");
+      return;
+    }
+    // Re-created on top of the tombstone the client has seen.
     const seq = nextSeq(tx);
     e.record.set("tm_seq", seq);
-    if (push) {
-      e.record.set("tm_cid", push.cid);
-      e.record.set("tm_clients", remember(clients, push.cid, seq));
-    } else {
-      // A plain create: nothing of tidemark's may come from the request body. (Each
-      // set is a Go call with a cost; most creates carry neither field.)
-      if (e.record.getString("tm_cid")) e.record.set("tm_cid", "");
-      clearClients(e);
-    }
+    e.record.set("tm_cid", push.cid);
+    e.record.set("tm_clients", remember(clients, push.cid, seq));
     e.next();
   });
 }
 
 function onUpdate(e) {
-  const push = parsePush(e.record.getString("tm_push"));
+  // (A stored PLAIN mark would only be left by a missing trigger: not a push.)
+  const raw = e.record.getString("tm_push");
+  const push = raw === PLAIN ? null : parsePush(raw);
   e.record.set("tm_push", "");
   const name = e.record.collection().name;
   inTx(e, (tx) => {

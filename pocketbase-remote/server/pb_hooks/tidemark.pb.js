@@ -6,7 +6,7 @@
 
 const TM_SYNCED = require(`${__hooks}/tidemark.js`).collectionNames();
 
-// The triggers behind fast push creates (see ensureTriggers in tidemark.js): at start,
+// The insert trigger behind creates (see ensureTriggers in tidemark.js): at start,
 // and with a synced collection created or renamed (in its transaction, if any).
 onBootstrap((e) => {
   e.next();
@@ -59,7 +59,7 @@ routerAdd(
   $apis.requireAuth()
 );
 
-// The seqs of new records that the triggers created: their answers carry no seq
+// The seqs of new records pushed through the insert trigger: their answers carry no seq
 // (see tidemark.js).
 routerAdd(
   "POST",
