@@ -158,10 +158,18 @@ def main():
         base = res[a.variants[0]]
         kind = "tidemark pushes (PUT + tm_push)" if a.push else "plain POST creates"
         print(f"1000-record batches of {kind}, medians of {a.rounds} interleaved rounds")
+        print("(in brackets: the middle half of the per-round ratios, each round paired with"
+              " the same round of the first variant)")
+
+        def spread(v, k):
+            r = sorted(b / x for b, x in zip(base[k], res[v][k]))
+            return f"{r[len(r) // 4]:.2f}-{r[(3 * len(r)) // 4]:.2f}"
+
         for v in a.variants:
             su, us = med(res[v][0]), med(res[v][1])
-            print(f"{v.split('=')[0]:10s} superuser {su:6.0f}/s ({med(base[0]) / su:.2f}x)   "
-                  f"user {us:6.0f}/s ({med(base[1]) / us:.2f}x)")
+            print(f"{v.split('=')[0]:10s} superuser {su:6.0f}/s ({med(base[0]) / su:.2f}x"
+                  f" [{spread(v, 0)}])   user {us:6.0f}/s ({med(base[1]) / us:.2f}x"
+                  f" [{spread(v, 1)}])")
     finally:
         for p, *_ in servers.values():
             p.kill()
