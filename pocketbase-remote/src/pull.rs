@@ -11,7 +11,7 @@ use sync_traits::{
 };
 use tracing::warn;
 
-use crate::client::{check_collection_name, expect_ok, PocketBaseRemote};
+use crate::client::{check_collection_name, expect_ok, PocketBaseRemote, Resp};
 use crate::error::ProtocolError;
 use crate::TOMBSTONES;
 
@@ -106,6 +106,14 @@ fn parse_id(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<RecordId, 
         .and_then(Value::as_str)
         .and_then(|s| RecordId::parse(s).ok())
         .ok_or_else(|| field(ctx, key))
+}
+
+/// The `items` of a list response (moved out, no copies), or a typed error.
+fn list_items(r: &Resp, ctx: &str) -> Result<Vec<Value>, RemoteError> {
+    match expect_ok(r, ctx)?.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => Ok(items),
+        _ => Err(field(ctx, "items").into()),
+    }
 }
 
 pub(crate) fn field(ctx: &str, f: &str) -> ProtocolError {
@@ -237,11 +245,7 @@ impl PocketBaseRemote {
                 r.status
             )));
         }
-        let mut v = expect_ok(&r, &ctx)?;
-        let items = match v.get_mut("items").map(Value::take) {
-            Some(Value::Array(items)) => items,
-            _ => return Err(field(&ctx, "items").into()),
-        };
+        let items = list_items(&r, &ctx)?;
         if items.len() > per {
             return Err(ProtocolError::Invalid {
                 context: ctx,
@@ -368,11 +372,7 @@ impl PocketBaseRemote {
                 None,
             )
             .await?;
-        let mut v = expect_ok(&r, &ctx)?;
-        let items = match v.get_mut("items").map(Value::take) {
-            Some(Value::Array(items)) => items,
-            _ => return Err(field(&ctx, "items").into()),
-        };
+        let items = list_items(&r, &ctx)?;
         match items.first() {
             None => Ok(None),
             Some(t) => Ok(Some(tombstone_state(t, &ctx)?.2)),

@@ -24,9 +24,13 @@ enum BatchReply {
     Refused(ApiError),
 }
 
+/// What a change sends as `tm_push` (upserts) or `?tm=` (deletes).
+fn push_tag(c: &PushChange) -> String {
+    format!("{}:{}", c.base.map(|v| v.0).unwrap_or(0), c.change_id)
+}
+
 fn request_of(c: &PushChange) -> Value {
-    let base = c.base.map(|v| v.0).unwrap_or(0);
-    let tm = format!("{base}:{}", c.change_id);
+    let tm = push_tag(c);
     match &c.op {
         Op::Upsert(fields) => {
             let mut body: serde_json::Map<String, Value> = fields
@@ -55,11 +59,7 @@ fn awaits_receipt(c: &PushChange, status: u16, body: &Value) -> bool {
     (200..300).contains(&status)
         && matches!(c.op, Op::Upsert(_))
         && c.base.is_none_or(|v| v.0 == 0)
-        && body
-            .get("tm_push")
-            .and_then(Value::as_str)
-            .and_then(|t| t.strip_prefix("0:"))
-            .is_some_and(|cid| cid == c.change_id.to_string())
+        && body.get("tm_push").and_then(Value::as_str) == Some(push_tag(c).as_str())
 }
 
 fn rejection(status: u16, e: &ApiError) -> Rejection {
