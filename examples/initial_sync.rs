@@ -57,6 +57,23 @@ async fn timed<T>(
     (out, wall, cpu_secs("self") - c0, cpu_secs(server) - s0)
 }
 
+/// Pulls every page from zero (resync mode, 1000 per page), handing each to `each`.
+async fn pull_all(remote: &impl RemoteStore, mut each: impl FnMut(sync_traits::Page)) {
+    let mut wm = sync_traits::Watermark(0);
+    loop {
+        let p = remote
+            .pull(wm, 1000, sync_traits::PullMode::Resync)
+            .await
+            .expect("pull");
+        wm = p.watermark;
+        let more = p.more;
+        each(p);
+        if !more {
+            return;
+        }
+    }
+}
+
 /// Samples RSS every 2 ms until stopped; returns the peak.
 fn sample_peak() -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -124,18 +141,9 @@ async fn main() {
         // 2. The remote alone: the same pages through RemoteStore::pull, no store.
         let puller = srv.user("bench@t.io").await;
         let (pulled, pull_only, pl_c, pl_s) = timed(&server, async {
-            let (mut wm, mut pulled) = (sync_traits::Watermark(0), 0);
-            loop {
-                let p = puller
-                    .pull(wm, 1000, sync_traits::PullMode::Resync)
-                    .await
-                    .expect("pull");
-                pulled += p.changes.len();
-                wm = p.watermark;
-                if !p.more {
-                    return pulled;
-                }
-            }
+            let mut pulled = 0;
+            pull_all(&puller, |p| pulled += p.changes.len()).await;
+            pulled
         })
         .await;
         assert_eq!(pulled, n);
@@ -173,19 +181,7 @@ async fn main() {
     // 4. The store alone: the same pages, pulled beforehand, applied to a fresh file
     //    the way the first sync does (begin resync, pages, finish).
     let mut pages = Vec::new();
-    let (mut wm, puller) = (sync_traits::Watermark(0), srv.user("bench@t.io").await);
-    loop {
-        let p = puller
-            .pull(wm, 1000, sync_traits::PullMode::Resync)
-            .await
-            .expect("pull");
-        wm = p.watermark;
-        let more = p.more;
-        pages.push(p);
-        if !more {
-            break;
-        }
-    }
+    pull_all(&srv.user("bench@t.io").await, |p| pages.push(p)).await;
     for _ in 0..rounds {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =

@@ -153,8 +153,12 @@ async fn raw_batch(
         "{}",
         r.text().await.unwrap_or_default()
     );
+    if !tidemark {
+        let _ = r.bytes().await;
+        return;
+    }
     let answers: Vec<serde_json::Value> = r.json().await.unwrap();
-    // New records created by the hooks' triggers answer with their own tm_push; the
+    // New records created by the hooks' trigger answer with their own tm_push; the
     // client reads their seqs with one receipt, so that is part of the cost.
     let ask: Vec<_> = answers
         .iter()
@@ -164,7 +168,7 @@ async fn raw_batch(
             Some(json!([a["body"]["id"], cid]))
         })
         .collect();
-    if tidemark && !ask.is_empty() {
+    if !ask.is_empty() {
         let r = http
             .post(format!("{url}/api/tidemark/receipt"))
             .header("Authorization", token)
