@@ -14,11 +14,15 @@ Variants:
   tidemark   pocketbase-remote/server/pb_hooks as shipped
   NAME=DIR   the hooks in DIR (for example an older copy of pb_hooks, to compare)
 
-  python3 scripts/hook-cost.py [--push] [--rounds N]
+  python3 scripts/hook-cost.py [--push | --update] [--rounds N]
 
---push sends what the tidemark client sends (PUT upserts with tm_push, and for the
-tidemark variants the receipt that reads the new records' seqs); without
-it, plain POST creates. Needs the binary from scripts/install-pocketbase.sh.
+--push sends what the tidemark client sends for new records (PUT upserts with
+tm_push, and for the tidemark variants the receipt that reads their seqs); without
+it, plain POST creates. --update times what the client sends for edits: 1000
+records are pushed first (not timed), then updated on the versions they got (PUT
+with tm_push "<base>:<change id>", plus the receipt); the create-hook floors do not
+apply, so the default variants are none and tidemark. Needs the binary from
+scripts/install-pocketbase.sh.
 """
 import argparse
 import json
@@ -108,34 +112,51 @@ def start(work, name):
     return p, url, admin, user, u["id"]
 
 
-def batch(url, token, owner, push, receipts, n=1000):
-    client = rid()
-    reqs = []
-    for i in range(n):
-        body = {"id": rid(), "title": f"s{i}", "artist": "b", "order": i, "owner": owner}
-        if push:
-            body["tm_push"] = f"0:{client}.{i + 1}"
-        reqs.append({"method": "PUT" if push else "POST",
-                     "url": "/api/collections/songs/records", "body": body})
-    t = time.perf_counter()
+def send(url, token, reqs, receipts):
     out = call(url + "/api/batch", "POST", {"requests": reqs}, token)
-    if receipts:
-        # New records created by the triggers answer with their own tm_push; their
-        # seqs come from one receipt, as the client asks for them.
-        ask = [[r["body"]["id"], r["body"]["tm_push"][2:]] for r in out
-               if r["body"].get("tm_push", "").startswith("0:")]
-        if ask:
-            seqs = call(url + "/api/tidemark/receipt", "POST", {"songs": ask}, token)["songs"]
-            assert len(seqs) == len(ask), "receipt incomplete"
+    if not receipts:
+        return {}
+    # Writes numbered by the triggers answer with their own tm_push; their seqs come
+    # from one receipt, as the client asks for them.
+    ask = [[r["body"]["id"], r["body"]["tm_push"].split(":", 1)[1]] for r in out
+           if ":" in r["body"].get("tm_push", "")]
+    seqs = call(url + "/api/tidemark/receipt", "POST", {"songs": ask}, token)["songs"] if ask else {}
+    assert len(seqs) == len(ask), "receipt incomplete"
+    return seqs
+
+
+def batch(url, token, owner, mode, receipts, n=1000):
+    """Records/s of one timed batch (plus its receipt) in the given mode."""
+    client = rid()
+    recs = [{"id": rid(), "title": f"s{i}", "artist": "b", "order": i, "owner": owner}
+            for i in range(n)]
+    tag = lambda base, i: f"{base}:{client}.{i + 1}"
+    put = lambda body: {"method": "PUT", "url": "/api/collections/songs/records", "body": body}
+    if mode == "create":
+        reqs = [{"method": "POST", "url": "/api/collections/songs/records", "body": r}
+                for r in recs]
+    else:
+        reqs = [put(dict(r, tm_push=tag(0, i))) for i, r in enumerate(recs)]
+    if mode == "update":
+        seqs = send(url, token, reqs, receipts)
+        reqs = [put(dict(r, title=f"u{i}", tm_push=tag(seqs.get(r["id"], 0), n + i)))
+                for i, r in enumerate(recs)]
+    t = time.perf_counter()
+    send(url, token, reqs, receipts)
     return n / (time.perf_counter() - t)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--push", action="store_true")
+    ap.add_argument("--update", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("variants", nargs="*", default=["none", "empty", "one_query", "tidemark"])
+    ap.add_argument("variants", nargs="*")
     a = ap.parse_args()
+    mode = "update" if a.update else "push" if a.push else "create"
+    if not a.variants:
+        a.variants = (["none", "tidemark"] if mode == "update"
+                      else ["none", "empty", "one_query", "tidemark"])
     if not os.path.exists(PB):
         sys.exit(f"{PB} missing: run scripts/install-pocketbase.sh")
     work = tempfile.mkdtemp(prefix="tidemark-hook-cost-")
@@ -144,19 +165,21 @@ def main():
         for v in a.variants:
             servers[v] = start(work, v)
             _, url, admin, user, owner = servers[v]
-            rc = a.push and v not in ("none", "empty", "one_query")
-            batch(url, admin, owner, a.push, rc)  # warm up
-            batch(url, user, owner, a.push, rc)
+            rc = mode != "create" and v not in ("none", "empty", "one_query")
+            batch(url, admin, owner, mode, rc)  # warm up
+            batch(url, user, owner, mode, rc)
         res = {v: ([], []) for v in a.variants}
         for _ in range(a.rounds):
             for v in a.variants:
                 _, url, admin, user, owner = servers[v]
-                rc = a.push and v not in ("none", "empty", "one_query")
-                res[v][0].append(batch(url, admin, owner, a.push, rc))
-                res[v][1].append(batch(url, user, owner, a.push, rc))
+                rc = mode != "create" and v not in ("none", "empty", "one_query")
+                res[v][0].append(batch(url, admin, owner, mode, rc))
+                res[v][1].append(batch(url, user, owner, mode, rc))
         med = lambda xs: sorted(xs)[len(xs) // 2]
         base = res[a.variants[0]]
-        kind = "tidemark pushes (PUT + tm_push)" if a.push else "plain POST creates"
+        kind = {"create": "plain POST creates",
+                "push": "tidemark pushes of new records (PUT + tm_push)",
+                "update": "tidemark pushes of updates (PUT + tm_push on the current version)"}[mode]
         print(f"1000-record batches of {kind}, medians of {a.rounds} interleaved rounds")
         print("(in brackets: the middle half of the per-round ratios, each round paired with"
               " the same round of the first variant)")

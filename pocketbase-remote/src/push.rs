@@ -53,12 +53,12 @@ fn request_of(c: &PushChange) -> Value {
     }
 }
 
-/// A new record created by the server's insert trigger: answered with the `tm_push`
-/// it was sent (`0:<change id>`); its seq is read with a receipt.
+/// An upsert written by one of the server's triggers (a new record, or an update on
+/// the current version): answered with the `tm_push` it was sent
+/// (`<base>:<change id>`), its seq is read with a receipt.
 fn awaits_receipt(c: &PushChange, status: u16, body: &Value) -> bool {
     (200..300).contains(&status)
         && matches!(c.op, Op::Upsert(_))
-        && c.base.is_none_or(|v| v.0 == 0)
         && body.get("tm_push").and_then(Value::as_str) == Some(push_tag(c).as_str())
 }
 
@@ -123,7 +123,8 @@ impl PocketBaseRemote {
         let first: Vec<usize> = (0..chunk.len())
             .filter(|&i| outcomes[i].is_none())
             .collect();
-        // New records created by the server's insert trigger: seqs from one receipt.
+        // Changes written by the server's triggers (new records, updates on the current
+        // version): seqs from one receipt.
         let mut receipts: Vec<usize> = Vec::new();
         let mut queue: VecDeque<Vec<usize>> = VecDeque::from([first]);
         while let Some(group) = queue.pop_front() {

@@ -851,11 +851,13 @@ async fn a_poller_misses_nothing_while_records_are_updated_and_deleted() {
                 .await
                 .unwrap();
             assert!(r.status().is_success());
+            // The update trigger numbers it after PocketBase built the answer, which
+            // keeps the version it replaced; the record holds the new one.
             let body: serde_json::Value = r.json().await.unwrap();
-            versions.insert(
-                id.clone(),
-                body["tm_seq"].as_u64().expect("REST write got a seq"),
-            );
+            assert_eq!(body["tm_push"], json!(""), "{body}");
+            let now = ra.fetch("songs", id).await.unwrap().unwrap().version.0;
+            assert!(now > versions[id], "REST write got a new seq");
+            versions.insert(id.clone(), now);
         }
     }
     done.store(true, Ordering::SeqCst);
@@ -1050,6 +1052,120 @@ async fn server_restart_transient_errors_and_realtime_reconnect() {
         .flat_map(|p| p.changes)
         .collect();
     assert_eq!(all.len(), 2);
+}
+
+/// Pushes on the same base racing as single REST updates (no batch, so no
+/// transaction around them): PocketBase loads the record for each before any of them
+/// writes, so the hook's check against the loaded version passes for all. The update
+/// trigger checks the base again in the UPDATE's own statement: exactly one lands,
+/// the others are conflicts with its version, and no seq is used up by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_updates_on_one_base_land_once() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let token = ra.token().await.unwrap();
+    let http = reqwest::Client::new();
+    for round in 0..5 {
+        let id = new_id();
+        let mut x = Client::new();
+        let v = applied(
+            &ra.push(vec![x.upsert("songs", &id, None, song("base", 0, &a))])
+                .await
+                .unwrap()[0],
+        );
+        let racers = (0..12).map(|k| {
+            let (http, token, url) = (http.clone(), token.clone(), srv.url().to_owned());
+            let id = id.clone();
+            tokio::spawn(async move {
+                let r = http
+                    .patch(format!("{url}/api/collections/songs/records/{id}"))
+                    .header("Authorization", &token)
+                    .json(&json!({"title": format!("r{k}"), "tm_push": format!("{v}:c{k}.1")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                let body: Value = r.json().await.unwrap();
+                (k, body["tm_push"].as_str().unwrap().to_owned())
+            })
+        });
+        let mut won = Vec::new();
+        for h in racers.collect::<Vec<_>>() {
+            let (k, answer) = h.await.unwrap();
+            match answer.as_str() {
+                "conflict" => {}
+                a if a == format!("{v}:c{k}.1") => won.push(k),
+                other => panic!("round {round}: racer {k} answered {other:?}"),
+            }
+        }
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: exactly one racer lands, not {won:?}"
+        );
+        let st = ra.fetch("songs", &id).await.unwrap().unwrap();
+        assert_eq!(st.version.0, v + 1, "round {round}: one seq, none used up");
+        assert_eq!(st.fields.unwrap()["title"], json!(format!("r{}", won[0])));
+        assert_eq!(ra.head().await.unwrap().head.0, v + 1);
+    }
+}
+
+/// A plain REST update cannot plant sync metadata either: the seq is the update
+/// trigger's, `tm_cid` is cleared and a forged idempotency memory is not stored.
+#[tokio::test]
+async fn a_plain_update_cannot_forge_sync_metadata() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let (mut x, y) = (Client::new(), Client::new());
+    let mut y_first = Client {
+        id: y.id.clone(),
+        n: 0,
+    };
+    let id = new_id();
+    let v = applied(
+        &ra.push(vec![y_first.upsert("songs", &id, None, song("one", 1, &a))])
+            .await
+            .unwrap()[0],
+    );
+    let r = reqwest::Client::new()
+        .patch(format!("{}/api/collections/songs/records/{id}", srv.url()))
+        .header(
+            "Authorization",
+            srv.superuser().await.token().await.unwrap(),
+        )
+        .json(&json!({
+            "title": "planted", "tm_seq": 999_999, "tm_cid": format!("{}.1", x.id),
+            "tm_clients": {x.id.to_string(): [1_000_000, 5]},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let page = ra
+        .pull(Watermark(v), 100, PullMode::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 1);
+    let st = &page.changes[0].state;
+    assert_eq!(st.version.0, v + 1, "the server's seq, not the body's");
+    assert_eq!(st.change_id, None, "tm_cid from the body is dropped");
+    // Forged: x's change 1 landed at seq 5. On a stale base it is a conflict.
+    match &ra
+        .push(vec![x.upsert("songs", &id, Some(v), song("real", 2, &a))])
+        .await
+        .unwrap()[0]
+    {
+        PushOutcome::Conflict { current } => assert_eq!(current.version.0, v + 1),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // The memory that is kept is the real one: y's create, replaced by the plain
+    // update, is still recognised when delivered again.
+    let mut y_again = Client {
+        id: y.id.clone(),
+        n: 0,
+    };
+    let again = y_again.upsert("songs", &id, None, song("one", 1, &a));
+    assert_eq!(applied(&ra.push(vec![again]).await.unwrap()[0]), v);
 }
 
 /// A plain REST create (an app or the admin UI, not a tidemark client; here a

@@ -230,6 +230,8 @@ function inTx(e, fn) {
 
 // The message of the trigger that refuses a push create of a tombstoned id.
 const TOMBSTONED = "tidemark: tombstoned";
+// The message of the trigger that refuses an update whose base is no longer stored.
+const STALE = "tidemark: stale base";
 
 // Creates — a plain one, or a push of a new record (tm_push "0:<change id>"), the
 // commonest push — are done by one SQLite trigger per synced collection rather than
@@ -266,16 +268,17 @@ function ensureTriggers(app, coll) {
   }
   const name = coll.name;
   const trigger = "tm_insert_v5_" + name;
+  const onUpdate = "tm_update_v1_" + name;
   // Others of ours on this table (another version's, or the old name's after a
-  // rename) would take a second seq per insert.
+  // rename) would take a second seq per write.
   const stale = arrayOf(new DynamicModel({ name: "" }));
   app
     .db()
     .newQuery(
       "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} " +
-        "AND substr(name, 1, 3) = 'tm_' AND name <> {:n}"
+        "AND substr(name, 1, 3) = 'tm_' AND name <> {:n} AND name <> {:u}"
     )
-    .bind({ t: name, n: trigger })
+    .bind({ t: name, n: trigger, u: onUpdate })
     .all(stale);
   for (const t of stale) app.db().newQuery("DROP TRIGGER IF EXISTS [[" + t.name + "]]").execute();
   const lit = "'" + name.replace(/'/g, "''") + "'";
@@ -292,6 +295,21 @@ function ensureTriggers(app, coll) {
         "ELSE (SELECT seq FROM _tm_state WHERE id = 1) END, " +
         "[[tm_cid]] = CASE WHEN " + isPush + " THEN substr(NEW.[[tm_push]], 3) ELSE '' END, " +
         "[[tm_push]] = '', [[tm_clients]] = NULL WHERE rowid = NEW.rowid; END"
+    )
+    .execute();
+  // The update trigger (see onUpdate). OF id: PocketBase's UPDATE of a record sets
+  // every column, id included, while the insert trigger's own UPDATE above does not,
+  // so it neither fires this one nor compiles it into every insert.
+  app
+    .db()
+    .newQuery(
+      "CREATE TRIGGER IF NOT EXISTS [[" + onUpdate + "]] AFTER UPDATE OF [[id]] ON {{" + name + "}} " +
+        "WHEN NEW.[[tm_push]] <> '' BEGIN " +
+        "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
+        "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE WHEN " +
+        "CAST(substr(NEW.[[tm_push]], 1, instr(NEW.[[tm_push]], ':') - 1) AS INTEGER) = OLD.[[tm_seq]] " +
+        "THEN (SELECT seq FROM _tm_state WHERE id = 1) ELSE RAISE(ABORT, '" + STALE + "') END, " +
+        "[[tm_push]] = '' WHERE rowid = NEW.rowid; END"
     )
     .execute();
 }
@@ -358,12 +376,25 @@ function onCreate(e) {
   });
 }
 
+// Updates. The common ones — a push on the version PocketBase loaded, or a plain
+// update — get their seq from the update trigger tm_update_v1_<c>, not from JS (a
+// query from JS cost about as much as the rest of the hook): the hook sets tm_cid and
+// the idempotency memory from the loaded record and hands the base on in tm_push
+// ("<base>:<change id>", for a plain update "<base>:"); the trigger, in the UPDATE's
+// own statement, refuses it unless the stored version still is that base — so the
+// check holds even outside a transaction, where another write may land between
+// PocketBase's load and its UPDATE — then takes the next seq and clears tm_push. As
+// with creates, the answer is built from the in-memory record: a push's carries its
+// tm_push unchanged (the client asks for the seq with a receipt), a plain update's
+// the previous tm_seq. A refusal, an owner change (which writes a tombstone) and
+// every other case go the slow way, in JS, in a transaction.
 function onUpdate(e) {
   // (A stored PLAIN mark would only be left by a missing trigger: not a push.)
   const raw = e.record.getString("tm_push");
   const push = raw === PLAIN ? null : parsePush(raw);
-  e.record.set("tm_push", "");
   const name = e.record.collection().name;
+  if (updateByTrigger(e, name, push)) return;
+  e.record.set("tm_push", "");
   inTx(e, (tx) => {
     let clientsRaw;
     let seq = 0;
@@ -429,16 +460,47 @@ function onUpdate(e) {
     // Never take tm_clients from the request body. A plain update ends the previous
     // writer's implicit entry, so it is stored.
     if (!push) {
-      const o = e.record.original();
-      e.record.set(
-        "tm_clients",
-        storeClients(withLatest(parseClients(rawJson(o.get("tm_clients"))), o.getString("tm_cid"), o.getInt("tm_seq")))
-      );
+      // The stored record, read in the transaction (the loaded one may be older).
+      const cur = current(tx, name, e.record.id);
+      e.record.set("tm_clients", storeClients(cur ? cur.clients : {}));
     } else if (clientsRaw) {
       e.record.set("tm_clients", storeClients(clientsRaw));
     }
     e.next();
   });
+}
+
+// The fast path of onUpdate; false (nothing written, the record as it was) when the
+// update must go the slow way.
+function updateByTrigger(e, name, push) {
+  const o = e.record.original();
+  const base = o.getInt("tm_seq");
+  if (push && push.base !== base) return false;
+  const of = ownerField(name);
+  if (of && o.getString(of) && o.getString(of) !== e.record.getString(of)) return false;
+  const prevCid = o.getString("tm_cid");
+  const stored = rawJson(o.get("tm_clients"));
+  const prev = parseCid(prevCid);
+  const mine = push ? parseCid(push.cid) : null;
+  if (prev && mine && prev.client === mine.client) {
+    // The same client wrote the previous version: its implicit entry moves on with
+    // tm_cid, and the stored entries stay as they are.
+    keepClients(e, stored);
+  } else {
+    e.record.set("tm_clients", storeClients(withLatest(parseClients(stored), prevCid, base)));
+  }
+  e.record.set("tm_cid", push ? push.cid : "");
+  const raw = e.record.getString("tm_push");
+  if (!push) e.record.set("tm_push", base + ":");
+  try {
+    e.next();
+  } catch (err) {
+    if (String(err).indexOf(STALE) < 0) throw err;
+    e.record.set("tm_push", raw);
+    return false;
+  }
+  if (!push) e.record.set("tm_push", "");
+  return true;
 }
 
 function onDelete(e) {
