@@ -14,15 +14,16 @@ Variants:
   tidemark   pocketbase-remote/server/pb_hooks as shipped
   NAME=DIR   the hooks in DIR (for example an older copy of pb_hooks, to compare)
 
-  python3 scripts/hook-cost.py [--push | --update] [--rounds N]
+  python3 scripts/hook-cost.py [--push | --update | --delete] [--rounds N]
 
 --push sends what the tidemark client sends for new records (PUT upserts with
 tm_push, and for the tidemark variants the receipt that reads their seqs); without
 it, plain POST creates. --update times what the client sends for edits: 1000
 records are pushed first (not timed), then updated on the versions they got (PUT
 with tm_push "<base>:<change id>", plus the receipt); the create-hook floors do not
-apply, so the default variants are none and tidemark. Needs the binary from
-scripts/install-pocketbase.sh.
+apply, so the default variants are none and tidemark. --delete likewise times
+tidemark deletes (DELETE ?tm=<base>:<change id>, answered with the tombstone's seq).
+Needs the binary from scripts/install-pocketbase.sh.
 """
 import argparse
 import json
@@ -137,10 +138,15 @@ def batch(url, token, owner, mode, receipts, n=1000):
                 for r in recs]
     else:
         reqs = [put(dict(r, tm_push=tag(0, i))) for i, r in enumerate(recs)]
-    if mode == "update":
+    if mode in ("update", "delete"):
         seqs = send(url, token, reqs, receipts)
-        reqs = [put(dict(r, title=f"u{i}", tm_push=tag(seqs.get(r["id"], 0), n + i)))
-                for i, r in enumerate(recs)]
+        base = lambda r: seqs.get(r["id"], 0)
+        if mode == "update":
+            reqs = [put(dict(r, title=f"u{i}", tm_push=tag(base(r), n + i)))
+                    for i, r in enumerate(recs)]
+        else:
+            reqs = [{"method": "DELETE", "url": "/api/collections/songs/records/"
+                     f"{r['id']}?tm={tag(base(r), n + i)}"} for i, r in enumerate(recs)]
     t = time.perf_counter()
     send(url, token, reqs, receipts)
     return n / (time.perf_counter() - t)
@@ -150,12 +156,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--push", action="store_true")
     ap.add_argument("--update", action="store_true")
+    ap.add_argument("--delete", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("variants", nargs="*")
     a = ap.parse_args()
-    mode = "update" if a.update else "push" if a.push else "create"
+    mode = "delete" if a.delete else "update" if a.update else "push" if a.push else "create"
     if not a.variants:
-        a.variants = (["none", "tidemark"] if mode == "update"
+        a.variants = (["none", "tidemark"] if mode in ("update", "delete")
                       else ["none", "empty", "one_query", "tidemark"])
     if not os.path.exists(PB):
         sys.exit(f"{PB} missing: run scripts/install-pocketbase.sh")
@@ -179,7 +186,8 @@ def main():
         base = res[a.variants[0]]
         kind = {"create": "plain POST creates",
                 "push": "tidemark pushes of new records (PUT + tm_push)",
-                "update": "tidemark pushes of updates (PUT + tm_push on the current version)"}[mode]
+                "update": "tidemark pushes of updates (PUT + tm_push on the current version)",
+                "delete": "tidemark deletes (DELETE ?tm=<base>:<change id>)"}[mode]
         print(f"1000-record batches of {kind}, medians of {a.rounds} interleaved rounds")
         print("(in brackets: the middle half of the per-round ratios, each round paired with"
               " the same round of the first variant)")

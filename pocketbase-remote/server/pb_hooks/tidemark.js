@@ -159,42 +159,35 @@ function nextSeq(tx) {
 
 // Current {seq, cid, clients} of a live record, read inside the transaction; null if absent.
 function current(tx, coll, id) {
-  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "", tm_clients: "" }));
-  tx.db()
-    .newQuery(
-      "SELECT [[tm_seq]], [[tm_cid]], COALESCE([[tm_clients]], '') AS tm_clients FROM {{" +
-        coll +
-        "}} WHERE [[id]] = {:id} LIMIT 1"
-    )
-    .bind({ id: id })
-    .all(rows);
-  return rows.length
-    ? {
-        seq: rows[0].tm_seq,
-        cid: rows[0].tm_cid,
-        clients: withLatest(parseClients(rows[0].tm_clients), rows[0].tm_cid, rows[0].tm_seq),
-      }
+  const m = scratch("current", { tm_seq: 0, tm_cid: "", tm_clients: "" });
+  const found = oneOrNone(
+    tx.db()
+      .newQuery(
+        "SELECT [[tm_seq]], [[tm_cid]], COALESCE([[tm_clients]], '') AS tm_clients FROM {{" +
+          coll +
+          "}} WHERE [[id]] = {:id} LIMIT 1"
+      )
+      .bind({ id: id }),
+    m
+  );
+  return found
+    ? { seq: m.tm_seq, cid: m.tm_cid, clients: withLatest(parseClients(m.tm_clients), m.tm_cid, m.tm_seq) }
     : null;
 }
 
 // Newest tombstone {seq, cid, owner, clients} of a record; null if none.
 function tombstone(tx, coll, id) {
-  const rows = arrayOf(new DynamicModel({ tm_seq: 0, tm_cid: "", owner: "", tm_clients: "" }));
-  tx.db()
-    .newQuery(
-      "SELECT tm_seq, tm_cid, owner, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
-        "WHERE coll = {:c} AND rid = {:r} AND moved = FALSE ORDER BY tm_seq DESC LIMIT 1"
-    )
-    .bind({ c: coll, r: id })
-    .all(rows);
-  return rows.length
-    ? {
-        seq: rows[0].tm_seq,
-        cid: rows[0].tm_cid,
-        owner: rows[0].owner,
-        clients: parseClients(rows[0].tm_clients),
-      }
-    : null;
+  const m = scratch("tombstone", { tm_seq: 0, tm_cid: "", owner: "", tm_clients: "" });
+  const found = oneOrNone(
+    tx.db()
+      .newQuery(
+        "SELECT tm_seq, tm_cid, owner, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
+          "WHERE coll = {:c} AND rid = {:r} AND moved = FALSE ORDER BY tm_seq DESC LIMIT 1"
+      )
+      .bind({ c: coll, r: id }),
+    m
+  );
+  return found ? { seq: m.tm_seq, cid: m.tm_cid, owner: m.owner, clients: parseClients(m.tm_clients) } : null;
 }
 
 function putTombstone(tx, coll, id, owner, seq, cid, moved, clients) {

@@ -36,7 +36,7 @@ onRecordDeleteExecute((e) => {
 }, ...TM_SYNCED);
 
 onRecordDeleteRequest((e) => {
-  return require(`${__hooks}/tidemark.js`).onDeleteRequest(e);
+  return (globalThis.__tidemark || (globalThis.__tidemark = require(`${__hooks}/tidemark.js`))).onDeleteRequest(e);
 }, ...TM_SYNCED);
 
 // Empty range pages are answered without PocketBase's randomized throttle (see onList).
