@@ -10,10 +10,10 @@
 //!   caller sees;
 //! - **push**: `/api/batch` in chunks of the server's `maxRequests`; each upsert carries
 //!   `tm_push = "<base>:<change id>"`, each delete `?tm=<base>:<change id>`; the
-//!   server (an insert trigger for creates, the hooks for the rest) assigns the seq
-//!   inside the write's transaction, refuses stale bases (conflict) and recognises
-//!   retried deliveries (idempotency); the seqs of new records come back in one
-//!   receipt per batch (`POST /api/tidemark/receipt`);
+//!   server (SQLite triggers for the common writes, the hooks for the rest) assigns
+//!   the seq inside the write's transaction, refuses stale bases (conflict) and
+//!   recognises retried deliveries (idempotency); the seqs of trigger-written upserts
+//!   come back in one receipt per batch (`POST /api/tidemark/receipt`);
 //! - **realtime**: [`PocketBaseRemote::subscribe`] turns PocketBase's SSE events into
 //!   "changes available" hints; correctness never depends on them.
 //!

@@ -289,6 +289,23 @@ async fn retried_push_is_idempotent() {
     let v_new = applied(&first[0]);
     applied(&ra.push(vec![y.delete("songs", &id1, v_new)]).await.unwrap()[0]);
     assert_eq!(ra.push(vec![batch[0].clone()]).await.unwrap()[0], first[0]);
+    // And a retried delete after someone re-created the record on its tombstone: the
+    // delete's own change id went from the tombstone into the new record's memory.
+    let d = applied(&first[2]);
+    applied(
+        &ra.push(vec![y.upsert(
+            "friends",
+            &id3,
+            Some(d),
+            sync_traits::Fields::from_iter([
+                ("name".to_owned(), json!("back")),
+                ("owner".to_owned(), json!(a.as_str())),
+            ]),
+        )])
+        .await
+        .unwrap()[0],
+    );
+    assert_eq!(ra.push(vec![batch[2].clone()]).await.unwrap()[0], first[2]);
 }
 
 #[tokio::test]
@@ -1166,6 +1183,41 @@ async fn a_plain_update_cannot_forge_sync_metadata() {
     };
     let again = y_again.upsert("songs", &id, None, song("one", 1, &a));
     assert_eq!(applied(&ra.push(vec![again]).await.unwrap()[0]), v);
+}
+
+/// A plain REST delete (an app or the admin UI) leaves a tombstone too: the delete
+/// trigger gives it the next seq, and the deleted record's idempotency memory goes
+/// with it, so a late retry of the record's create is still recognised.
+#[tokio::test]
+async fn a_plain_delete_leaves_a_tombstone_with_the_records_memory() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let mut x = Client::new();
+    let id = new_id();
+    let create = x.upsert("songs", &id, None, song("one", 1, &a));
+    let v = applied(&ra.push(vec![create.clone()]).await.unwrap()[0]);
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/collections/songs/records/{id}", srv.url()))
+        .header(
+            "Authorization",
+            srv.superuser().await.token().await.unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let page = ra
+        .pull(Watermark(v), 100, PullMode::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 1);
+    let st = &page.changes[0].state;
+    assert_eq!(page.changes[0].id, id);
+    assert!(st.fields.is_none(), "a tombstone");
+    assert_eq!(st.version.0, v + 1);
+    assert_eq!(st.change_id, None);
+    assert_eq!(ra.head().await.unwrap().head.0, v + 1);
+    assert_eq!(applied(&ra.push(vec![create]).await.unwrap()[0]), v);
 }
 
 /// A plain REST create (an app or the admin UI, not a tidemark client; here a

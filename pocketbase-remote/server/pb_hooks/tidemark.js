@@ -7,10 +7,11 @@
 // - every create/update/delete gets the next global seq from the one-row table
 //   _tm_state inside the write's transaction;
 // - a tidemark client puts "<base>:<change id>" into tm_push (upserts) or the `tm`
-//   query parameter (deletes); the hooks check it, never store it, and answer through
-//   tm_push in the response: "" applied, "dup" already applied, "conflict" stale base
-//   (body = current record), "tombstone" stale base against a deleted record,
-//   "deleted" delete applied.
+//   query parameter (deletes); the hooks and triggers check it, never keep it, and
+//   answer through tm_push in the response: the tm_push it was sent (written by a
+//   trigger; the seq comes from /api/tidemark/receipt), "" applied, "dup" already
+//   applied, "conflict" stale base (body = current record), "tombstone" stale base
+//   against a deleted record, "deleted" delete applied.
 
 // Synced collections: TIDEMARK_COLLECTIONS="name[:ownerField],..." or this default.
 // The owner field decides who sees a record's tombstone (empty: every signed-in user).
@@ -175,6 +176,21 @@ function current(tx, coll, id) {
     : null;
 }
 
+// The key under which the delete trigger keeps the deleted record's latest writer,
+// [change id, seq], in the tombstone's tm_clients.
+const PREV = "~prev";
+
+// A tombstone's idempotency memory from its stored form: the deleted record's
+// entries, its latest writer (PREV) and the delete's own change (tm_cid at tm_seq).
+// (Tombstones written before the delete trigger hold all of it in tm_clients.)
+function tombClients(raw, cid, seq) {
+  const clients = parseClients(raw);
+  const prev = clients[PREV];
+  delete clients[PREV];
+  if (Array.isArray(prev) && typeof prev[0] === "string") withLatest(clients, prev[0], prev[1]);
+  return withLatest(clients, cid, seq);
+}
+
 // Newest tombstone {seq, cid, owner, clients} of a record; null if none.
 function tombstone(tx, coll, id) {
   const m = scratch("tombstone", { tm_seq: 0, tm_cid: "", owner: "", tm_clients: "" });
@@ -187,7 +203,9 @@ function tombstone(tx, coll, id) {
       .bind({ c: coll, r: id }),
     m
   );
-  return found ? { seq: m.tm_seq, cid: m.tm_cid, owner: m.owner, clients: parseClients(m.tm_clients) } : null;
+  return found
+    ? { seq: m.tm_seq, cid: m.tm_cid, owner: m.owner, clients: tombClients(m.tm_clients, m.tm_cid, m.tm_seq) }
+    : null;
 }
 
 function putTombstone(tx, coll, id, owner, seq, cid, moved, clients) {
@@ -262,6 +280,7 @@ function ensureTriggers(app, coll) {
   const name = coll.name;
   const trigger = "tm_insert_v5_" + name;
   const onUpdate = "tm_update_v1_" + name;
+  const onDelete = "tm_delete_v1_" + name;
   // Others of ours on this table (another version's, or the old name's after a
   // rename) would take a second seq per write.
   const stale = arrayOf(new DynamicModel({ name: "" }));
@@ -269,9 +288,9 @@ function ensureTriggers(app, coll) {
     .db()
     .newQuery(
       "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} " +
-        "AND substr(name, 1, 3) = 'tm_' AND name <> {:n} AND name <> {:u}"
+        "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:n}, {:u}, {:d})"
     )
-    .bind({ t: name, n: trigger, u: onUpdate })
+    .bind({ t: name, n: trigger, u: onUpdate, d: onDelete })
     .all(stale);
   for (const t of stale) app.db().newQuery("DROP TRIGGER IF EXISTS [[" + t.name + "]]").execute();
   const lit = "'" + name.replace(/'/g, "''") + "'";
@@ -303,6 +322,31 @@ function ensureTriggers(app, coll) {
         "CAST(substr(NEW.[[tm_push]], 1, instr(NEW.[[tm_push]], ':') - 1) AS INTEGER) = OLD.[[tm_seq]] " +
         "THEN (SELECT seq FROM _tm_state WHERE id = 1) ELSE RAISE(ABORT, '" + STALE + "') END, " +
         "[[tm_push]] = '' WHERE rowid = NEW.rowid; END"
+    )
+    .execute();
+  // The delete trigger: every delete (tidemark's, plain ones, cascades) leaves a
+  // tombstone with the next seq, in the DELETE's own statement. A tidemark delete
+  // hands its change id over in the stored tm_push (see onDeleteRequest). The deleted
+  // record's memory goes along as stored, its latest writer under PREV (see
+  // tombClients): no JSON is taken apart in SQL.
+  const of = ownerField(name);
+  const owner = of && coll.fields.getByName(of) ? "COALESCE(OLD.[[" + of + "]], '')" : "''";
+  const clients = "OLD.[[tm_clients]]";
+  app
+    .db()
+    .newQuery(
+      "CREATE TRIGGER IF NOT EXISTS [[" + onDelete + "]] AFTER DELETE ON {{" + name + "}} BEGIN " +
+        "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
+        "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at, tm_clients) VALUES " +
+        "(substr(lower(hex(randomblob(8))), 1, 15), " + lit + ", OLD.[[id]], " + owner + ", " +
+        "(SELECT seq FROM _tm_state WHERE id = 1), " +
+        "substr(OLD.[[tm_push]], instr(OLD.[[tm_push]], ':') + 1), FALSE, " +
+        "CAST(strftime('%s','now') AS INTEGER), " +
+        "json_set(CASE WHEN json_valid(" + clients + ") THEN (CASE json_type(" + clients + ") WHEN 'object' " +
+        "THEN " + clients + " ELSE '{}' END) ELSE '{}' END, " +
+        "'$.\"" + PREV + "\"', json_array(OLD.[[tm_cid]], OLD.[[tm_seq]]))) " +
+        "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
+        "moved = excluded.moved, at = excluded.at, tm_clients = excluded.tm_clients; END"
     )
     .execute();
 }
@@ -496,27 +540,10 @@ function updateByTrigger(e, name, push) {
   return true;
 }
 
-function onDelete(e) {
-  const push = parsePush(e.record.getString("tm_push"));
-  const name = e.record.collection().name;
-  const of = ownerField(name);
-  inTx(e, (tx) => {
-    const seq = nextSeq(tx);
-    const clients = withLatest(
-      parseClients(rawJson(e.record.get("tm_clients"))),
-      e.record.getString("tm_cid"),
-      e.record.getInt("tm_seq")
-    );
-    const cl = push ? remember(clients, push.cid, seq) : JSON.stringify(clients);
-    putTombstone(tx, name, e.record.id, of ? e.record.getString(of) : "", seq, push ? push.cid : "", false, cl);
-    e.next();
-    e.record.set("tm_seq", seq);
-    e.record.set("tm_cid", push ? push.cid : "");
-  });
-}
-
 // DELETE .../records/ID?tm=<base>:<cid>: conditional, idempotent delete that answers
-// with the tombstone's seq (or the current record on conflict) instead of 204.
+// with the tombstone's seq (or the current record on conflict) instead of 204. The
+// tombstone itself is written by the delete trigger (see ensureTriggers), which takes
+// the change id from the tm_push stored just before the delete.
 function onDeleteRequest(e) {
   const q = e.requestInfo().query["tm"];
   if (!q) return e.next();
@@ -524,6 +551,20 @@ function onDeleteRequest(e) {
   const name = e.record.collection().name;
   let answer = null;
   inTx(e, (tx) => {
+    // Common case in one statement: the base is the stored version -> hand the change
+    // id to the delete trigger, which writes the tombstone with the next seq.
+    const onBase = tx
+      .db()
+      .newQuery("UPDATE {{" + name + "}} SET [[tm_push]] = {:q} WHERE [[id]] = {:id} AND [[tm_seq]] = {:base}")
+      .bind({ q: q, id: e.record.id, base: push.base })
+      .execute();
+    if (onBase.rowsAffected() === 1) {
+      tx.delete(e.record);
+      const m = scratch("seq", { seq: 0 });
+      tx.db().newQuery("SELECT seq FROM _tm_state WHERE id = 1").one(m);
+      answer = { id: e.record.id, collectionName: name, tm_seq: m.seq, tm_cid: push.cid, tm_push: "deleted" };
+      return;
+    }
     const cur = current(tx, name, e.record.id);
     if (!cur) return;
     const done = remembered(cur.clients, push.cid);
@@ -532,22 +573,10 @@ function onDeleteRequest(e) {
       answer = { id: e.record.id, collectionName: name, tm_seq: done, tm_cid: push.cid, tm_push: "dup" };
       return;
     }
-    if (cur.seq !== push.base) {
-      const fresh = tx.findRecordById(name, e.record.id);
-      fresh.set("tm_push", "conflict");
-      answer = fresh;
-      return;
-    }
-    e.record.set("tm_push", q);
-    e.record.set("tm_clients", JSON.stringify(cur.clients));
-    tx.delete(e.record);
-    answer = {
-      id: e.record.id,
-      collectionName: name,
-      tm_seq: e.record.getInt("tm_seq"),
-      tm_cid: push.cid,
-      tm_push: "deleted",
-    };
+    // Not on the stored version (the statement above would have matched): a conflict.
+    const fresh = tx.findRecordById(name, e.record.id);
+    fresh.set("tm_push", "conflict");
+    answer = fresh;
   });
   if (answer === null) throw new NotFoundError("tidemark: record already deleted");
   return e.json(200, answer);
@@ -608,17 +637,17 @@ function rememberedSeqs(app, coll, want, got) {
     const seq = remembered(withLatest(parseClients(r.tm_clients), r.tm_cid, r.tm_seq), want[r.id]);
     if (seq) got[r.id] = seq;
   }
-  const ts = arrayOf(new DynamicModel({ rid: "", tm_clients: "" }));
+  const ts = arrayOf(new DynamicModel({ rid: "", tm_seq: 0, tm_cid: "", tm_clients: "" }));
   app
     .db()
     .newQuery(
-      "SELECT rid, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
+      "SELECT rid, tm_seq, tm_cid, COALESCE(tm_clients, '') AS tm_clients FROM tm_tombstones " +
         "WHERE coll = {:c} AND moved = FALSE AND rid IN (SELECT value FROM json_each({:ids}))"
     )
     .bind({ c: coll, ids: ids })
     .all(ts);
   for (const t of ts) {
-    const seq = remembered(parseClients(t.tm_clients), want[t.rid]);
+    const seq = remembered(tombClients(t.tm_clients, t.tm_cid, t.tm_seq), want[t.rid]);
     if (seq && !got[t.rid]) got[t.rid] = seq;
   }
 }
@@ -690,7 +719,6 @@ module.exports = {
   ensureAllTriggers,
   onCreate,
   onUpdate,
-  onDelete,
   onDeleteRequest,
   onList,
   receipt,

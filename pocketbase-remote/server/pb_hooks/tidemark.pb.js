@@ -31,10 +31,6 @@ onRecordUpdateExecute((e) => {
   (globalThis.__tidemark || (globalThis.__tidemark = require(`${__hooks}/tidemark.js`))).onUpdate(e);
 }, ...TM_SYNCED);
 
-onRecordDeleteExecute((e) => {
-  (globalThis.__tidemark || (globalThis.__tidemark = require(`${__hooks}/tidemark.js`))).onDelete(e);
-}, ...TM_SYNCED);
-
 onRecordDeleteRequest((e) => {
   return (globalThis.__tidemark || (globalThis.__tidemark = require(`${__hooks}/tidemark.js`))).onDeleteRequest(e);
 }, ...TM_SYNCED);
