@@ -27,6 +27,37 @@ async fn two_users(
     (a, srv.user("a@t.io").await, b, srv.user("b@t.io").await)
 }
 
+/// A plain REST write by a superuser (an app or the admin UI, not a tidemark client;
+/// a superuser may write hidden fields too) to `path`; returns the status.
+async fn superuser_write(
+    srv: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> u16 {
+    let token = srv.superuser().await.token().await.unwrap();
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", srv.url()))
+        .header("Authorization", token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    status
+}
+
+/// The one change after `since`, as `r` pulls it.
+async fn only_change_after(r: &PocketBaseRemote, since: u64) -> sync_traits::RemoteChange {
+    let mut page = r
+        .pull(Watermark(since), 100, PullMode::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(page.changes.len(), 1, "{:?}", page.changes);
+    page.changes.remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
     let srv = TestServer::start();
@@ -1133,37 +1164,17 @@ async fn racing_updates_on_one_base_land_once() {
 async fn a_plain_update_cannot_forge_sync_metadata() {
     let srv = TestServer::start();
     let (a, ra, _, _) = two_users(&srv).await;
-    let (mut x, y) = (Client::new(), Client::new());
-    let mut y_first = Client {
-        id: y.id.clone(),
-        n: 0,
-    };
+    let (mut x, mut y) = (Client::new(), Client::new());
     let id = new_id();
-    let v = applied(
-        &ra.push(vec![y_first.upsert("songs", &id, None, song("one", 1, &a))])
-            .await
-            .unwrap()[0],
-    );
-    let r = reqwest::Client::new()
-        .patch(format!("{}/api/collections/songs/records/{id}", srv.url()))
-        .header(
-            "Authorization",
-            srv.superuser().await.token().await.unwrap(),
-        )
-        .json(&json!({
-            "title": "planted", "tm_seq": 999_999, "tm_cid": format!("{}.1", x.id),
-            "tm_clients": {x.id.to_string(): [1_000_000, 5]},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let page = ra
-        .pull(Watermark(v), 100, PullMode::Incremental)
-        .await
-        .unwrap();
-    assert_eq!(page.changes.len(), 1);
-    let st = &page.changes[0].state;
+    let create = y.upsert("songs", &id, None, song("one", 1, &a));
+    let v = applied(&ra.push(vec![create.clone()]).await.unwrap()[0]);
+    let forged = json!({
+        "title": "planted", "tm_seq": 999_999, "tm_cid": format!("{}.1", x.id),
+        "tm_clients": {x.id.to_string(): [1_000_000, 5]},
+    });
+    let path = format!("/api/collections/songs/records/{id}");
+    superuser_write(&srv, reqwest::Method::PATCH, &path, Some(forged)).await;
+    let st = only_change_after(&ra, v).await.state;
     assert_eq!(st.version.0, v + 1, "the server's seq, not the body's");
     assert_eq!(st.change_id, None, "tm_cid from the body is dropped");
     // Forged: x's change 1 landed at seq 5. On a stale base it is a conflict.
@@ -1177,12 +1188,7 @@ async fn a_plain_update_cannot_forge_sync_metadata() {
     }
     // The memory that is kept is the real one: y's create, replaced by the plain
     // update, is still recognised when delivered again.
-    let mut y_again = Client {
-        id: y.id.clone(),
-        n: 0,
-    };
-    let again = y_again.upsert("songs", &id, None, song("one", 1, &a));
-    assert_eq!(applied(&ra.push(vec![again]).await.unwrap()[0]), v);
+    assert_eq!(applied(&ra.push(vec![create]).await.unwrap()[0]), v);
 }
 
 /// A plain REST delete (an app or the admin UI) leaves a tombstone too: the delete
@@ -1196,26 +1202,14 @@ async fn a_plain_delete_leaves_a_tombstone_with_the_records_memory() {
     let id = new_id();
     let create = x.upsert("songs", &id, None, song("one", 1, &a));
     let v = applied(&ra.push(vec![create.clone()]).await.unwrap()[0]);
-    let r = reqwest::Client::new()
-        .delete(format!("{}/api/collections/songs/records/{id}", srv.url()))
-        .header(
-            "Authorization",
-            srv.superuser().await.token().await.unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
-    let page = ra
-        .pull(Watermark(v), 100, PullMode::Incremental)
-        .await
-        .unwrap();
-    assert_eq!(page.changes.len(), 1);
-    let st = &page.changes[0].state;
-    assert_eq!(page.changes[0].id, id);
-    assert!(st.fields.is_none(), "a tombstone");
-    assert_eq!(st.version.0, v + 1);
-    assert_eq!(st.change_id, None);
+    let path = format!("/api/collections/songs/records/{id}");
+    let status = superuser_write(&srv, reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, 204);
+    let ch = only_change_after(&ra, v).await;
+    assert_eq!(ch.id, id);
+    assert!(ch.state.fields.is_none(), "a tombstone");
+    assert_eq!(ch.state.version.0, v + 1);
+    assert_eq!(ch.state.change_id, None);
     assert_eq!(ra.head().await.unwrap().head.0, v + 1);
     assert_eq!(applied(&ra.push(vec![create]).await.unwrap()[0]), v);
 }
@@ -1231,27 +1225,19 @@ async fn a_plain_create_cannot_forge_sync_metadata() {
     let mut x = Client::new();
     let id = new_id();
     let head = ra.head().await.unwrap().head.0;
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/collections/songs/records", srv.url()))
-        .header(
-            "Authorization",
-            srv.superuser().await.token().await.unwrap(),
-        )
-        .json(&json!({
-            "id": id.as_str(), "title": "planted", "owner": a.as_str(),
-            "tm_seq": 999_999, "tm_cid": format!("{}.1", x.id),
-            "tm_clients": {x.id.to_string(): [1_000_000, 5]},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    let page = ra
-        .pull(Watermark(head), 100, PullMode::Incremental)
-        .await
-        .unwrap();
-    assert_eq!(page.changes.len(), 1);
-    let st = &page.changes[0].state;
+    let forged = json!({
+        "id": id.as_str(), "title": "planted", "owner": a.as_str(),
+        "tm_seq": 999_999, "tm_cid": format!("{}.1", x.id),
+        "tm_clients": {x.id.to_string(): [1_000_000, 5]},
+    });
+    superuser_write(
+        &srv,
+        reqwest::Method::POST,
+        "/api/collections/songs/records",
+        Some(forged),
+    )
+    .await;
+    let st = only_change_after(&ra, head).await.state;
     assert_eq!(st.version.0, head + 1, "the server's seq, not the body's");
     assert_eq!(st.change_id, None, "tm_cid from the body is dropped");
     // The forged memory claims x's change 1 already landed (at seq 5). Delivered on

@@ -288,42 +288,37 @@ function ensureTriggers(app, coll) {
     .db()
     .newQuery(
       "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} " +
-        "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:n}, {:u}, {:d})"
+      "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:n}, {:u}, {:d})"
     )
     .bind({ t: name, n: trigger, u: onUpdate, d: onDelete })
     .all(stale);
-  for (const t of stale) app.db().newQuery("DROP TRIGGER IF EXISTS [[" + t.name + "]]").execute();
+  const run = (sql) => app.db().newQuery(sql).execute();
+  for (const t of stale) run("DROP TRIGGER IF EXISTS [[" + t.name + "]]");
   const lit = "'" + name.replace(/'/g, "''") + "'";
   const isPush = "substr(NEW.[[tm_push]], 1, 2) = '0:'";
-  app
-    .db()
-    .newQuery(
-      "CREATE TRIGGER IF NOT EXISTS [[" + trigger + "]] AFTER INSERT ON {{" + name + "}} " +
-        "WHEN NEW.[[tm_push]] <> '' BEGIN " +
-        "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
-        "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE WHEN " + isPush +
-        " AND EXISTS (SELECT 1 FROM tm_tombstones WHERE coll = " + lit +
-        " AND rid = NEW.[[id]] AND moved = FALSE) THEN RAISE(ABORT, '" + TOMBSTONED + "') " +
-        "ELSE (SELECT seq FROM _tm_state WHERE id = 1) END, " +
-        "[[tm_cid]] = CASE WHEN " + isPush + " THEN substr(NEW.[[tm_push]], 3) ELSE '' END, " +
-        "[[tm_push]] = '', [[tm_clients]] = NULL WHERE rowid = NEW.rowid; END"
-    )
-    .execute();
+  run(
+    "CREATE TRIGGER IF NOT EXISTS [[" + trigger + "]] AFTER INSERT ON {{" + name + "}} " +
+      "WHEN NEW.[[tm_push]] <> '' BEGIN " +
+      "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
+      "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE WHEN " + isPush +
+      " AND EXISTS (SELECT 1 FROM tm_tombstones WHERE coll = " + lit +
+      " AND rid = NEW.[[id]] AND moved = FALSE) THEN RAISE(ABORT, '" + TOMBSTONED + "') " +
+      "ELSE (SELECT seq FROM _tm_state WHERE id = 1) END, " +
+      "[[tm_cid]] = CASE WHEN " + isPush + " THEN substr(NEW.[[tm_push]], 3) ELSE '' END, " +
+      "[[tm_push]] = '', [[tm_clients]] = NULL WHERE rowid = NEW.rowid; END"
+  );
   // The update trigger (see onUpdate). OF id: PocketBase's UPDATE of a record sets
   // every column, id included, while the insert trigger's own UPDATE above does not,
   // so it neither fires this one nor compiles it into every insert.
-  app
-    .db()
-    .newQuery(
-      "CREATE TRIGGER IF NOT EXISTS [[" + onUpdate + "]] AFTER UPDATE OF [[id]] ON {{" + name + "}} " +
-        "WHEN NEW.[[tm_push]] <> '' BEGIN " +
-        "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
-        "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE WHEN " +
-        "CAST(substr(NEW.[[tm_push]], 1, instr(NEW.[[tm_push]], ':') - 1) AS INTEGER) = OLD.[[tm_seq]] " +
-        "THEN (SELECT seq FROM _tm_state WHERE id = 1) ELSE RAISE(ABORT, '" + STALE + "') END, " +
-        "[[tm_push]] = '' WHERE rowid = NEW.rowid; END"
-    )
-    .execute();
+  run(
+    "CREATE TRIGGER IF NOT EXISTS [[" + onUpdate + "]] AFTER UPDATE OF [[id]] ON {{" + name + "}} " +
+      "WHEN NEW.[[tm_push]] <> '' BEGIN " +
+      "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
+      "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE WHEN " +
+      "CAST(substr(NEW.[[tm_push]], 1, instr(NEW.[[tm_push]], ':') - 1) AS INTEGER) = OLD.[[tm_seq]] " +
+      "THEN (SELECT seq FROM _tm_state WHERE id = 1) ELSE RAISE(ABORT, '" + STALE + "') END, " +
+      "[[tm_push]] = '' WHERE rowid = NEW.rowid; END"
+  );
   // The delete trigger: every delete (tidemark's, plain ones, cascades) leaves a
   // tombstone with the next seq, in the DELETE's own statement. A tidemark delete
   // hands its change id over in the stored tm_push (see onDeleteRequest). The deleted
@@ -332,23 +327,20 @@ function ensureTriggers(app, coll) {
   const of = ownerField(name);
   const owner = of && coll.fields.getByName(of) ? "COALESCE(OLD.[[" + of + "]], '')" : "''";
   const clients = "OLD.[[tm_clients]]";
-  app
-    .db()
-    .newQuery(
-      "CREATE TRIGGER IF NOT EXISTS [[" + onDelete + "]] AFTER DELETE ON {{" + name + "}} BEGIN " +
-        "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
-        "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at, tm_clients) VALUES " +
-        "(substr(lower(hex(randomblob(8))), 1, 15), " + lit + ", OLD.[[id]], " + owner + ", " +
-        "(SELECT seq FROM _tm_state WHERE id = 1), " +
-        "substr(OLD.[[tm_push]], instr(OLD.[[tm_push]], ':') + 1), FALSE, " +
-        "CAST(strftime('%s','now') AS INTEGER), " +
-        "json_set(CASE WHEN json_valid(" + clients + ") THEN (CASE json_type(" + clients + ") WHEN 'object' " +
-        "THEN " + clients + " ELSE '{}' END) ELSE '{}' END, " +
-        "'$.\"" + PREV + "\"', json_array(OLD.[[tm_cid]], OLD.[[tm_seq]]))) " +
-        "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
-        "moved = excluded.moved, at = excluded.at, tm_clients = excluded.tm_clients; END"
-    )
-    .execute();
+  run(
+    "CREATE TRIGGER IF NOT EXISTS [[" + onDelete + "]] AFTER DELETE ON {{" + name + "}} BEGIN " +
+      "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
+      "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at, tm_clients) VALUES " +
+      "(substr(lower(hex(randomblob(8))), 1, 15), " + lit + ", OLD.[[id]], " + owner + ", " +
+      "(SELECT seq FROM _tm_state WHERE id = 1), " +
+      "substr(OLD.[[tm_push]], instr(OLD.[[tm_push]], ':') + 1), FALSE, " +
+      "CAST(strftime('%s','now') AS INTEGER), " +
+      "json_set(CASE WHEN json_valid(" + clients + ") THEN (CASE json_type(" + clients + ") WHEN 'object' " +
+      "THEN " + clients + " ELSE '{}' END) ELSE '{}' END, " +
+      "'$.\"" + PREV + "\"', json_array(OLD.[[tm_cid]], OLD.[[tm_seq]]))) " +
+      "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
+      "moved = excluded.moved, at = excluded.at, tm_clients = excluded.tm_clients; END"
+  );
 }
 
 // The insert trigger of every synced collection that exists.
