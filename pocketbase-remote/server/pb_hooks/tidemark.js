@@ -255,18 +255,19 @@ const STALE = "tidemark: stale base";
 // - takes the next seq and stores it with tm_cid (the change id, or "" for a plain
 //   create), clearing tm_push and tm_clients,
 // all in the insert's own statement, so in the write's transaction, in commit order.
-// (Two statements, the refusal folded into the second: each statement in a trigger is
-// compiled with every insert, so fewer is measurably cheaper.)
+// (Two statements, the refusal folded into the second: each statement a trigger runs
+// costs every insert, so fewer is measurably cheaper.)
 // PocketBase answers from the in-memory record, which never sees that seq: a create's
 // answer has tm_seq 0, and a push's carries its tm_push unchanged; the client asks
 // /api/tidemark/receipt for the seqs its changes produced (one request per batch).
 // The slow path (a create on a stale or tombstoned base) clears tm_push and takes its
 // seq in JS, so the trigger leaves it alone.
 //
-// The trigger is created when PocketBase starts and when a synced collection is
-// created or renamed (tidemark.pb.js) — in committed state, or in the same
-// transaction as the collection itself; never from a write hook, whose batch could
-// roll back. PocketBase changes tables only by ALTER TABLE, which keeps triggers.
+// The triggers (this one, and those for updates and deletes below) are created when
+// PocketBase starts and when a synced collection is created or renamed
+// (tidemark.pb.js) — in committed state, or in the same transaction as the
+// collection itself; never from a write hook, whose batch could roll back.
+// PocketBase changes tables only by ALTER TABLE, which keeps triggers.
 const PLAIN = "p";
 const TM_FIELDS = ["tm_seq", "tm_cid", "tm_push", "tm_clients"];
 
@@ -288,7 +289,7 @@ function ensureTriggers(app, coll) {
     .db()
     .newQuery(
       "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} " +
-      "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:n}, {:u}, {:d})"
+        "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:n}, {:u}, {:d})"
     )
     .bind({ t: name, n: trigger, u: onUpdate, d: onDelete })
     .all(stale);

@@ -6,8 +6,8 @@
 
 const TM_SYNCED = require(`${__hooks}/tidemark.js`).collectionNames();
 
-// The insert trigger behind creates (see ensureTriggers in tidemark.js): at start,
-// and with a synced collection created or renamed (in its transaction, if any).
+// The triggers behind the common writes (see ensureTriggers in tidemark.js): at
+// start, and with a synced collection created or renamed (in its transaction, if any).
 onBootstrap((e) => {
   e.next();
   require(`${__hooks}/tidemark.js`).ensureAllTriggers(e.app);
@@ -55,8 +55,8 @@ routerAdd(
   $apis.requireAuth()
 );
 
-// The seqs of new records pushed through the insert trigger: their answers carry no seq
-// (see tidemark.js).
+// The seqs of pushes written by the triggers: their answers carry no seq (see
+// tidemark.js).
 routerAdd(
   "POST",
   "/api/tidemark/receipt",
