@@ -18,40 +18,7 @@
 mod support;
 
 use proptest::prelude::*;
-use support::{run_case, Step, StoreKind};
-
-fn step(clients: usize) -> impl Strategy<Value = Step> {
-    let c = 0..clients;
-    let rec = 0..support::RECORDS;
-    prop_oneof![
-        4 => (c.clone(), rec.clone(), 0..100i64).prop_map(|(c, r, v)| Step::Create(c, r, v)),
-        6 => (c.clone(), rec.clone(), 0..3usize, 0..100i64).prop_map(|(c, r, f, v)| Step::Update(c, r, f, v)),
-        2 => (c.clone(), rec.clone()).prop_map(|(c, r)| Step::Delete(c, r)),
-        6 => c.clone().prop_map(Step::Sync),
-        1 => c.clone().prop_map(Step::ToggleOnline),
-        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::CrashAfterPush(c, k)),
-        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::CrashAfterPull(c, k)),
-        1 => (c.clone(), 0..3usize, 0..100i64).prop_map(|(c, f, v)| Step::WriteDuringPush(c, f, v)),
-        1 => (c.clone(), 0..3usize, 0..3usize, 0..100i64).prop_map(|(c, k, f, v)| Step::WriteDuringPull(c, k, f, v)),
-        1 => c.clone().prop_map(Step::LoseResponse),
-        1 => c.clone().prop_map(Step::Duplicate),
-        1 => c.clone().prop_map(Step::Transient),
-        1 => (c.clone(), rec.clone()).prop_map(|(c, r)| Step::Invalid(c, r)),
-        1 => (rec.clone(), 0..100i64).prop_map(|(r, v)| Step::ServerEdit(r, v)),
-        1 => rec.clone().prop_map(Step::ServerDelete),
-        1 => Just(Step::Compact),
-        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::DeleteAndCompactDuringPull(c, k)),
-    ]
-}
-
-fn scenario() -> impl Strategy<Value = (Vec<u8>, Vec<Step>)> {
-    (2usize..=4).prop_flat_map(|n| {
-        (
-            prop::collection::vec(0u8..3, n),
-            prop::collection::vec(step(n), 1..80),
-        )
-    })
-}
+use support::{run_case, scenario, StoreKind};
 
 proptest! {
     #![proptest_config(ProptestConfig {

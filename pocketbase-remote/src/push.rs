@@ -389,17 +389,37 @@ impl PocketBaseRemote {
             *auth_verified = true;
         }
         if status == 404 && c.op == Op::Delete {
-            // Gone already: our own earlier delivery, or someone else's delete.
-            if let Some(t) = self.tombstone_of(&c.collection, &c.id).await? {
-                if t.change_id.as_ref() == Some(&c.change_id) {
-                    return Ok(PushOutcome::Applied { version: t.version });
-                }
-                return Ok(PushOutcome::Conflict { current: t });
+            if let Some(o) = self.delete_of_missing(c).await? {
+                return Ok(o);
             }
         }
         Ok(PushOutcome::Rejected(rejection(
             status,
             &ApiError::from_value(body),
         )))
+    }
+
+    /// The outcome of a delete of a record the caller cannot find (404), like the
+    /// in-memory reference server's: deleting what is already deleted is applied
+    /// when the change was based on that tombstone (or on nothing: a record created
+    /// and deleted before it was ever pushed), and a conflict with the tombstone
+    /// otherwise. `None` (a rejection) for a change based on a version the caller
+    /// cannot see a tombstone of: not its record, or compacted away.
+    async fn delete_of_missing(&self, c: &PushChange) -> Result<Option<PushOutcome>, RemoteError> {
+        let Some(t) = self.tombstone_of(&c.collection, &c.id).await? else {
+            if c.base.is_none_or(|v| v.0 == 0) {
+                let head = self.head().await?;
+                return Ok(Some(PushOutcome::Applied {
+                    version: Version(head.head.0),
+                }));
+            }
+            return Ok(None);
+        };
+        // Our own earlier delivery, or the very tombstone the change was based on
+        // (a client that keeps its delete over someone else's re-bases on it).
+        if t.change_id.as_ref() == Some(&c.change_id) || Some(t.version) == c.base {
+            return Ok(Some(PushOutcome::Applied { version: t.version }));
+        }
+        Ok(Some(PushOutcome::Conflict { current: t }))
     }
 }

@@ -268,6 +268,45 @@ async fn stale_base_is_a_conflict_with_the_current_state() {
     );
 }
 
+/// Two clients delete the same record. The later one is told of the other's delete
+/// (a conflict with the tombstone); keeping its own delete re-bases it on that
+/// tombstone, and that lands as applied at the tombstone's version — the record is
+/// already gone — instead of coming back as the same conflict forever (found by
+/// tests/pocketbase_convergence.rs).
+#[tokio::test]
+async fn a_delete_kept_over_another_delete_lands() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let (mut x, mut y) = (Client::new(), Client::new());
+    let id = new_id();
+    let v = applied(
+        &ra.push(vec![x.upsert("songs", &id, None, song("one", 1, &a))])
+            .await
+            .unwrap()[0],
+    );
+    let d = applied(&ra.push(vec![x.delete("songs", &id, v)]).await.unwrap()[0]);
+    let theirs = y.delete("songs", &id, v);
+    match &ra.push(vec![theirs.clone()]).await.unwrap()[0] {
+        PushOutcome::Conflict { current } => {
+            assert_eq!(current.version.0, d);
+            assert!(current.fields.is_none());
+        }
+        other => panic!("expected a conflict with the tombstone, got {other:?}"),
+    }
+    let rebased = sync_traits::PushChange {
+        base: Some(sync_traits::Version(d)),
+        ..theirs
+    };
+    assert_eq!(applied(&ra.push(vec![rebased]).await.unwrap()[0]), d);
+    assert_eq!(ra.head().await.unwrap().head.0, d, "nothing written");
+    // A record created and deleted before it was ever pushed: its delete (based on
+    // nothing) finds nothing to delete, which is applied too, at the head.
+    let never = new_id();
+    let out = ra.push(vec![y.delete("songs", &never, 0)]).await.unwrap();
+    assert_eq!(applied(&out[0]), d);
+    assert_eq!(ra.head().await.unwrap().head.0, d, "nothing written");
+}
+
 #[tokio::test]
 async fn retried_push_is_idempotent() {
     let srv = TestServer::start();

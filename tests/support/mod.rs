@@ -3,9 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use sync_traits::testkit::{FakeRemote, Fault, Faulty, MemoryStore};
@@ -20,6 +21,69 @@ pub const RECORDS: usize = 5;
 /// The one collection used: the conformance suite's `songs`.
 pub const COLL: &str = "songs";
 const FIELDS: [&str; 3] = ["title", "artist", "order"];
+
+/// The server side of a scenario: what the harness does to it directly (as an admin
+/// would) and what it asks of it for the final checks. Implemented for the in-memory
+/// `FakeRemote` here and for a real PocketBase in `tests/pocketbase_convergence.rs`.
+#[async_trait]
+pub trait Server: Send + Sync + 'static {
+    /// A write made directly on the server (admin UI): `None` deletes.
+    async fn write(&self, id: &RecordId, fields: Option<Fields>);
+    /// Compacts the log: tombstones go, the horizon moves to the head.
+    async fn compact(&self);
+    /// The head of the change sequence.
+    async fn head(&self) -> Watermark;
+    /// The live records among `ids`.
+    async fn live(&self, ids: &[RecordId]) -> BTreeMap<RecordId, Fields>;
+    /// Which of these changes (record, change id, whether it deletes) the server
+    /// applied.
+    async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId>;
+    /// A change applied more than once, if the server can tell.
+    async fn applied_twice(&self) -> Option<(ChangeId, u32)>;
+    /// A song record with value `v` (plus what the server requires, such as an owner).
+    fn song(&self, v: i64) -> Fields;
+    /// A record the server refuses.
+    fn invalid(&self) -> Fields;
+}
+
+#[async_trait]
+impl Server for FakeRemote {
+    async fn write(&self, id: &RecordId, fields: Option<Fields>) {
+        self.server_write(COLL, id, fields);
+    }
+    async fn compact(&self) {
+        FakeRemote::compact(self);
+    }
+    async fn head(&self) -> Watermark {
+        FakeRemote::head(self)
+    }
+    async fn live(&self, ids: &[RecordId]) -> BTreeMap<RecordId, Fields> {
+        self.snapshot()
+            .into_iter()
+            .filter(|r| ids.contains(&r.id))
+            .map(|r| (r.id, r.fields))
+            .collect()
+    }
+    async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId> {
+        let all: HashMap<ChangeId, u32> = self.applied_change_ids().into_iter().collect();
+        changes
+            .iter()
+            .filter(|(_, c, _)| all.contains_key(c))
+            .map(|(_, c, _)| c.clone())
+            .collect()
+    }
+    async fn applied_twice(&self) -> Option<(ChangeId, u32)> {
+        self.applied_change_ids().into_iter().find(|(_, n)| *n > 1)
+    }
+    fn song(&self, v: i64) -> Fields {
+        song(v)
+    }
+    fn invalid(&self) -> Fields {
+        let mut f = song(-1);
+        f.insert("invalid".into(), json!(true));
+        f
+    }
+}
 
 /// One step of a scenario.
 #[derive(Clone, Debug)]
@@ -99,8 +163,9 @@ type PendingPull = Arc<Mutex<Option<(usize, usize, i64)>>>;
 /// Remote wrapper that performs queued app writes after the inner push was applied
 /// and before its answer reaches the engine.
 #[derive(Clone)]
-struct Interleave {
-    inner: Faulty<FakeRemote>,
+struct Interleave<R: RemoteStore + Clone> {
+    inner: Faulty<R>,
+    server: Arc<dyn Server>,
     store: Arc<dyn LocalStore>,
     during_push: Pending,
     log: Log,
@@ -112,12 +177,12 @@ struct Interleave {
     ids: Arc<Vec<RecordId>>,
 }
 
-impl Interleave {
+impl<R: RemoteStore + Clone> Interleave<R> {
     async fn app_write(&self, id: &RecordId, field: usize, v: i64) -> Result<(), RemoteError> {
         let rec = self.ids.iter().position(|i| i == id).unwrap_or(usize::MAX);
         let r = match self.store.get(COLL, id).await {
             Ok(Some(_)) => update(&*self.store, &self.log, rec, id, field, v).await,
-            Ok(None) => write(&*self.store, &self.log, rec, id, Some(song(v))).await,
+            Ok(None) => write(&*self.store, &self.log, rec, id, Some(self.server.song(v))).await,
             Err(e) => Err(fail(e)),
         };
         r.map_err(|e| RemoteError::Permanent(format!("harness write failed: {e}")))
@@ -125,7 +190,7 @@ impl Interleave {
 }
 
 #[async_trait]
-impl RemoteStore for Interleave {
+impl<R: RemoteStore + Clone + 'static> RemoteStore for Interleave<R> {
     async fn pull(
         &self,
         since: Watermark,
@@ -152,21 +217,27 @@ impl RemoteStore for Interleave {
             self.app_write(&id, f, v).await?;
         }
         // The server deletes the page's first live record and compacts.
-        let mut slot = self.during_pull.lock().unwrap();
-        match slot.take() {
-            Some(0) => {
-                if let Some(c) = page.changes.iter().find(|c| c.state.fields.is_some()) {
-                    let server = self.inner.inner();
-                    server.server_write(&c.collection, &c.id, None);
-                    server.compact();
-                } else {
-                    *slot = Some(0);
+        let victim = {
+            let mut slot = self.during_pull.lock().unwrap();
+            match slot.take() {
+                Some(0) => {
+                    let live = page.changes.iter().find(|c| c.state.fields.is_some());
+                    if live.is_none() {
+                        *slot = Some(0);
+                    }
+                    live.map(|c| c.id.clone())
                 }
+                Some(k) => {
+                    *slot = Some(k - 1);
+                    None
+                }
+                None => None,
             }
-            Some(k) => *slot = Some(k - 1),
-            None => {}
+        };
+        if let Some(id) = victim {
+            self.server.write(&id, None).await;
+            self.server.compact().await;
         }
-        drop(slot);
         r
     }
 
@@ -193,12 +264,12 @@ impl RemoteStore for Interleave {
     }
 }
 
-type Engine = SyncEngine<Arc<dyn LocalStore>, Interleave>;
+type Engine<R> = SyncEngine<Arc<dyn LocalStore>, Interleave<R>>;
 
-struct Client {
-    engine: Engine,
+struct Client<R: RemoteStore + Clone> {
+    engine: Engine<R>,
     store: Arc<dyn LocalStore>,
-    remote: Interleave,
+    remote: Interleave<R>,
     policy: u8,
     online: bool,
     events: tokio::sync::broadcast::Receiver<SyncEvent>,
@@ -223,7 +294,11 @@ fn make_store(kind: StoreKind) -> Result<Arc<dyn LocalStore>, TestCaseError> {
     })
 }
 
-fn make_engine(store: Arc<dyn LocalStore>, remote: Interleave, policy: u8) -> Engine {
+fn make_engine<R: RemoteStore + Clone + 'static>(
+    store: Arc<dyn LocalStore>,
+    remote: Interleave<R>,
+    policy: u8,
+) -> Engine<R> {
     let e = SyncEngine::new(store, remote).with_config(SyncConfig {
         push_batch: 3,
         page_size: 2,
@@ -310,7 +385,7 @@ async fn update(
     Ok(())
 }
 
-impl Client {
+impl<R: RemoteStore + Clone + 'static> Client<R> {
     fn drain_events(&mut self) {
         while let Ok(e) = self.events.try_recv() {
             match e {
@@ -359,28 +434,40 @@ fn fail(e: impl std::fmt::Display) -> TestCaseError {
     TestCaseError::fail(e.to_string())
 }
 
-/// Runs one scenario and checks every invariant.
+/// Runs one scenario against the in-memory `FakeRemote` and checks every invariant.
 pub fn run_case(kinds: &[StoreKind], policies: &[u8], steps: &[Step]) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(fail)?;
-    rt.block_on(run_case_async(kinds, policies, steps))
+    let server = FakeRemote::new();
+    let remote = server.clone();
+    rt.block_on(run_case_with(
+        Arc::new(server),
+        move || remote.clone(),
+        kinds,
+        policies,
+        steps,
+    ))
 }
 
-async fn run_case_async(
+/// Runs one scenario against `server`, each client talking to it through its own
+/// `remote()`, and checks every invariant the server lets the harness observe.
+pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
+    server: Arc<dyn Server>,
+    remote: impl Fn() -> R,
     kinds: &[StoreKind],
     policies: &[u8],
     steps: &[Step],
 ) -> Result<(), TestCaseError> {
-    let server = FakeRemote::new();
     let ids: Arc<Vec<RecordId>> = Arc::new((0..RECORDS).map(|_| new_id()).collect());
     let mut clients = Vec::new();
     for (k, p) in kinds.iter().zip(policies) {
         let store = make_store(*k)?;
         let log = Log::default();
         let remote = Interleave {
-            inner: Faulty::new(server.clone()),
+            inner: Faulty::new(remote()),
+            server: server.clone(),
             store: store.clone(),
             during_push: Pending::default(),
             log: log.clone(),
@@ -410,7 +497,7 @@ async fn run_case_async(
             Step::Create(c, r, v) => {
                 let cl = &mut clients[c];
                 if cl.store.get(COLL, &ids[r]).await.map_err(fail)?.is_none() {
-                    cl.write(r, &ids[r], Some(song(v))).await?;
+                    cl.write(r, &ids[r], Some(server.song(v))).await?;
                 }
             }
             Step::Update(c, r, f, v) => {
@@ -418,11 +505,7 @@ async fn run_case_async(
                 update(&*cl.store, &cl.log, r, &ids[r], f, v).await?;
             }
             Step::Delete(c, r) => clients[c].write(r, &ids[r], None).await?,
-            Step::Invalid(c, r) => {
-                let mut f = song(-1);
-                f.insert("invalid".into(), json!(true));
-                clients[c].write(r, &ids[r], Some(f)).await?;
-            }
+            Step::Invalid(c, r) => clients[c].write(r, &ids[r], Some(server.invalid())).await?,
             Step::Sync(c) => {
                 if clients[c].online {
                     clients[c].sync().await;
@@ -480,15 +563,9 @@ async fn run_case_async(
                     cl.sync().await;
                 }
             }
-            Step::ServerEdit(r, v) => {
-                server.server_write(COLL, &ids[r], Some(song(v)));
-            }
-            Step::ServerDelete(r) => {
-                server.server_write(COLL, &ids[r], None);
-            }
-            Step::Compact => {
-                server.compact();
-            }
+            Step::ServerEdit(r, v) => server.write(&ids[r], Some(server.song(v))).await,
+            Step::ServerDelete(r) => server.write(&ids[r], None).await,
+            Step::Compact => server.compact().await,
             Step::DeleteAndCompactDuringPull(c, k) => {
                 let cl = &mut clients[c];
                 if cl.online {
@@ -529,7 +606,9 @@ async fn run_case_async(
                     let _ = faulty.push(vec![]).await;
                 }
                 if pull > 0 {
-                    let _ = faulty.pull(server.head(), 1, PullMode::Incremental).await;
+                    let _ = faulty
+                        .pull(server.head().await, 1, PullMode::Incremental)
+                        .await;
                 }
             }
         }
@@ -541,15 +620,21 @@ async fn run_case_async(
             cl.online = true;
             let r = cl.engine.sync().await;
             cl.drain_events();
-            if let Err(e) = r {
-                return Err(TestCaseError::fail(format!(
-                    "quiet sync {round} failed: {e}"
-                )));
+            match r {
+                Err(e) => {
+                    return Err(TestCaseError::fail(format!(
+                        "quiet sync {round} failed: {e}"
+                    )))
+                }
+                Ok(rep) if std::env::var_os("TIDEMARK_HARNESS_TRACE").is_some() => {
+                    eprintln!("quiet sync {round} of {}: {rep:?}", cl.client_id);
+                }
+                Ok(_) => {}
             }
         }
     }
 
-    check_invariants(&server, &clients).await
+    check_invariants(&*server, &ids, &clients).await
 }
 
 /// Whether `later` (same client, same record) carries `earlier`'s intent forward: a
@@ -565,15 +650,15 @@ fn supersedes(later: &Write, earlier: &Write) -> bool {
     }
 }
 
-async fn check_invariants(server: &FakeRemote, clients: &[Client]) -> Result<(), TestCaseError> {
-    let truth: BTreeMap<RecordId, Fields> = server
-        .snapshot()
-        .into_iter()
-        .map(|r| (r.id, r.fields))
-        .collect();
-    let applied = server.applied_change_ids();
+async fn check_invariants<R: RemoteStore + Clone + 'static>(
+    server: &dyn Server,
+    ids: &[RecordId],
+    clients: &[Client<R>],
+) -> Result<(), TestCaseError> {
+    let truth = server.live(ids).await;
+    let head = server.head().await;
     // 4. Idempotency: no change applied twice.
-    if let Some((c, n)) = applied.iter().find(|(_, n)| **n > 1) {
+    if let Some((c, n)) = server.applied_twice().await {
         return Err(TestCaseError::fail(format!("change {c} applied {n} times")));
     }
     for (i, cl) in clients.iter().enumerate() {
@@ -593,17 +678,17 @@ async fn check_invariants(server: &FakeRemote, clients: &[Client]) -> Result<(),
         }
         // 3. Caught up.
         let st = cl.store.sync_state().await.map_err(fail)?;
-        if st.watermark != server.head() || st.resyncing {
+        if st.watermark != head || st.resyncing {
             return Err(TestCaseError::fail(format!(
-                "client {i} not caught up: {st:?} vs head {:?}",
-                server.head()
+                "client {i} not caught up: {st:?} vs head {head:?}"
             )));
         }
         // 4. Nothing stuck.
-        let left = cl.store.pending_count().await.map_err(fail)?;
-        if left != 0 {
+        let left = cl.store.pending(0, usize::MAX).await.map_err(fail)?;
+        if !left.is_empty() {
             return Err(TestCaseError::fail(format!(
-                "client {i} has {left} unpushed changes after the quiet round"
+                "client {i} has {} unpushed changes after the quiet round: {left:?}",
+                left.len()
             )));
         }
         // Conflicts are real: never against the client's own earlier write.
@@ -614,11 +699,17 @@ async fn check_invariants(server: &FakeRemote, clients: &[Client]) -> Result<(),
         }
         // 2. No silent loss.
         let writes = cl.log.lock().unwrap().clone();
+        let asked: Vec<(RecordId, ChangeId, bool)> = writes
+            .iter()
+            .filter(|w| w.rec < ids.len())
+            .map(|w| (ids[w.rec].clone(), w.change_id.clone(), w.fields.is_none()))
+            .collect();
+        let applied = server.applied(&asked).await;
         for (k, w) in writes.iter().enumerate() {
             let superseded = writes[k + 1..]
                 .iter()
                 .any(|l| l.rec == w.rec && supersedes(l, w));
-            let on_server = applied.contains_key(&w.change_id);
+            let on_server = applied.contains(&w.change_id);
             let reported = cl.reported.contains(&w.change_id);
             if !(on_server || reported || superseded) {
                 return Err(TestCaseError::fail(format!(
@@ -629,4 +720,39 @@ async fn check_invariants(server: &FakeRemote, clients: &[Client]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// One random step for `clients` clients.
+pub fn step(clients: usize) -> impl Strategy<Value = Step> {
+    let c = 0..clients;
+    let rec = 0..RECORDS;
+    prop_oneof![
+        4 => (c.clone(), rec.clone(), 0..100i64).prop_map(|(c, r, v)| Step::Create(c, r, v)),
+        6 => (c.clone(), rec.clone(), 0..3usize, 0..100i64).prop_map(|(c, r, f, v)| Step::Update(c, r, f, v)),
+        2 => (c.clone(), rec.clone()).prop_map(|(c, r)| Step::Delete(c, r)),
+        6 => c.clone().prop_map(Step::Sync),
+        1 => c.clone().prop_map(Step::ToggleOnline),
+        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::CrashAfterPush(c, k)),
+        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::CrashAfterPull(c, k)),
+        1 => (c.clone(), 0..3usize, 0..100i64).prop_map(|(c, f, v)| Step::WriteDuringPush(c, f, v)),
+        1 => (c.clone(), 0..3usize, 0..3usize, 0..100i64).prop_map(|(c, k, f, v)| Step::WriteDuringPull(c, k, f, v)),
+        1 => c.clone().prop_map(Step::LoseResponse),
+        1 => c.clone().prop_map(Step::Duplicate),
+        1 => c.clone().prop_map(Step::Transient),
+        1 => (c.clone(), rec.clone()).prop_map(|(c, r)| Step::Invalid(c, r)),
+        1 => (rec.clone(), 0..100i64).prop_map(|(r, v)| Step::ServerEdit(r, v)),
+        1 => rec.clone().prop_map(Step::ServerDelete),
+        1 => Just(Step::Compact),
+        1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::DeleteAndCompactDuringPull(c, k)),
+    ]
+}
+
+/// 2–4 clients with their conflict policies, and up to 80 steps.
+pub fn scenario() -> impl Strategy<Value = (Vec<u8>, Vec<Step>)> {
+    (2usize..=4).prop_flat_map(|n| {
+        (
+            prop::collection::vec(0u8..3, n),
+            prop::collection::vec(step(n), 1..80),
+        )
+    })
 }

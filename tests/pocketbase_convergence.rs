@@ -1,0 +1,246 @@
+//! The convergence property test (tests/convergence.rs) against a real PocketBase
+//! 0.40.6 running the tidemark extension: the same random interleavings of offline
+//! edits on 2–4 clients, crashes after a push or a pull, lost and duplicated
+//! responses, direct admin edits and deletes and rejected writes — but every push,
+//! pull, conflict and retry goes through the real hooks, triggers and receipts.
+//!
+//! Each case gets a user of its own (the owner rule keeps the cases apart on the one
+//! server) and checks after a quiet round: every client equals the server, caught up
+//! to its head, no outbox left, no conflict against a client's own write, and no
+//! silent loss — each write was applied (the server's idempotency memory names it,
+//! read through the receipt route; a delete of a record that never reached the
+//! server counts when the record is not there), superseded by the same client, or
+//! reported.
+//! Not checked here, unlike against the in-memory server: compaction (the memory of
+//! a compacted tombstone is gone, so "applied" cannot be read back; the horizon has
+//! its own end-to-end tests) and "no change applied twice" (PocketBase keeps no count).
+//!
+//! `PB_PROPTEST_CASES` sets the case count (default 12).
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pocketbase_remote::harness::TestServer;
+use pocketbase_remote::PocketBaseRemote;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{json, Value};
+use support::{run_case_with, scenario, Server, Step, StoreKind, COLL};
+use sync_traits::{async_trait, ChangeId, Fields, RecordId, RemoteStore, Watermark};
+
+/// One case's view of the shared server: its user, and an admin for direct writes.
+struct Pb {
+    url: String,
+    admin: PocketBaseRemote,
+    admin_token: String,
+    user: PocketBaseRemote,
+    owner: RecordId,
+    http: reqwest::Client,
+}
+
+impl Pb {
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = req
+            .header("Authorization", &self.admin_token)
+            .send()
+            .await
+            .expect("PocketBase request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[async_trait]
+impl Server for Pb {
+    async fn write(&self, id: &RecordId, fields: Option<Fields>) {
+        let one = format!("{}/api/collections/{COLL}/records/{id}", self.url);
+        let (status, body) = match fields {
+            None => self.send(self.http.delete(&one)).await,
+            Some(f) => {
+                let (status, body) = self.send(self.http.patch(&one).json(&f)).await;
+                if status != 404 {
+                    (status, body)
+                } else {
+                    let mut f = f;
+                    f.insert("id".into(), json!(id.as_str()));
+                    let all = format!("{}/api/collections/{COLL}/records", self.url);
+                    self.send(self.http.post(all).json(&f)).await
+                }
+            }
+        };
+        assert!(
+            (200..300).contains(&status) || status == 404,
+            "admin write: {status} {body}"
+        );
+    }
+
+    async fn compact(&self) {
+        unreachable!("compaction steps are filtered out for PocketBase")
+    }
+
+    async fn head(&self) -> Watermark {
+        self.admin.head().await.expect("head").head
+    }
+
+    async fn live(&self, ids: &[RecordId]) -> BTreeMap<RecordId, Fields> {
+        let mut out = BTreeMap::new();
+        for id in ids {
+            if let Some(st) = self.user.fetch(COLL, id).await.expect("fetch") {
+                if let Some(f) = st.fields {
+                    out.insert(id.clone(), f);
+                }
+            }
+        }
+        out
+    }
+
+    async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId> {
+        // One change per request: the receipt answers one seq per record. A delete of
+        // a record that never reached the server writes nothing to remember: it
+        // counts as applied when the record is not there.
+        let mut out = HashSet::new();
+        for (id, cid, delete) in changes {
+            if *delete && self.user.fetch(COLL, id).await.expect("fetch").is_none() {
+                out.insert(cid.clone());
+                continue;
+            }
+            let url = format!("{}/api/tidemark/receipt", self.url);
+            let ask = json!({ COLL: [[id.as_str(), cid.to_string()]] });
+            let (status, body) = self.send(self.http.post(url).json(&ask)).await;
+            assert_eq!(status, 200, "receipt: {body}");
+            if body[COLL][id.as_str()].as_u64().is_some() {
+                out.insert(cid.clone());
+            }
+        }
+        out
+    }
+
+    async fn applied_twice(&self) -> Option<(ChangeId, u32)> {
+        None
+    }
+
+    fn song(&self, v: i64) -> Fields {
+        json!({"title": format!("t{v}"), "artist": "a", "order": v, "owner": self.owner.as_str()})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn invalid(&self) -> Fields {
+        // An owner that does not exist: PocketBase refuses the relation (400).
+        let mut f = self.song(-1);
+        f.insert("owner".into(), json!("nosuchuser0000"));
+        f
+    }
+}
+
+#[test]
+fn converges_against_real_pocketbase() {
+    let srv = TestServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cases = std::env::var("PB_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        max_shrink_iters: 200,
+        ..Config::default()
+    });
+    // The same scenarios, their compaction steps left out.
+    let no_compaction = scenario().prop_map(|(policies, steps)| {
+        let steps: Vec<Step> = steps
+            .into_iter()
+            .filter(|s| !matches!(s, Step::Compact | Step::DeleteAndCompactDuringPull(..)))
+            .collect();
+        (policies, steps)
+    });
+    let n = AtomicUsize::new(0);
+    let result = runner.run(&no_compaction, |(policies, steps)| {
+        rt.block_on(run_pb_case(&srv, &n, &policies, &steps))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// One scenario on the shared server, as a user of its own.
+async fn run_pb_case(
+    srv: &TestServer,
+    n: &AtomicUsize,
+    policies: &[u8],
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
+    let email = format!("case{}@t.io", n.fetch_add(1, Ordering::SeqCst));
+    let owner = srv.create_user(&email).await;
+    let mut remotes = Vec::new();
+    for _ in policies {
+        remotes.push(srv.user(&email).await);
+    }
+    let admin = srv.superuser().await;
+    let server = Pb {
+        url: srv.url().to_owned(),
+        admin_token: admin.token().await.unwrap(),
+        admin,
+        user: srv.user(&email).await,
+        owner,
+        http: reqwest::Client::new(),
+    };
+    let remotes = Mutex::new(remotes);
+    let kinds = vec![StoreKind::Memory; policies.len()];
+    run_case_with(
+        Arc::new(server),
+        || {
+            remotes
+                .lock()
+                .unwrap()
+                .pop()
+                .expect("one remote per client")
+        },
+        &kinds,
+        policies,
+        steps,
+    )
+    .await
+}
+
+/// Cases this test once failed on, run every time (as proptest's regression files
+/// would; `TestRunner` driven by hand keeps none).
+#[test]
+fn pocketbase_regressions() {
+    use Step::*;
+    #[rustfmt::skip]
+    let cases: Vec<(Vec<u8>, Vec<Step>)> = vec![
+        // A client keeping its delete over another client's delete (a conflict with
+        // the tombstone, then a re-based delete that must land).
+        (vec![1, 1, 0, 0], vec![
+            Create(1, 4, 48), CrashAfterPush(1, 0), Update(2, 2, 0, 25), ToggleOnline(3),
+            ToggleOnline(0), Create(3, 1, 96), Create(0, 4, 63), Update(2, 2, 1, 89),
+            Update(2, 4, 1, 1), Sync(0), ServerEdit(3, 31), Delete(1, 4), Transient(2),
+            Create(3, 0, 94), Delete(2, 1), CrashAfterPush(1, 2), CrashAfterPull(1, 2), Sync(0),
+            ToggleOnline(2), CrashAfterPush(0, 0), WriteDuringPush(3, 0, 54), Update(3, 2, 2, 33),
+            Update(2, 2, 1, 99), Sync(2), Sync(3), Invalid(3, 2), Delete(0, 4), Sync(0),
+            Update(2, 1, 1, 55), Sync(3), Create(2, 1, 81), Update(3, 1, 1, 90), Sync(2),
+            LoseResponse(2), Delete(1, 1), CrashAfterPush(0, 2), Transient(3), Sync(3),
+        ]),
+        // A record created and deleted before it was ever pushed.
+        (vec![0, 0], vec![Create(1, 4, 0), Delete(1, 4), WriteDuringPull(0, 0, 0, 0)]),
+    ];
+    let srv = TestServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = AtomicUsize::new(0);
+    for (policies, steps) in cases {
+        if let Err(e) = rt.block_on(run_pb_case(&srv, &n, &policies, &steps)) {
+            panic!("{e}\n{policies:?} {steps:?}");
+        }
+    }
+}
