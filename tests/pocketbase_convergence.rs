@@ -8,9 +8,9 @@
 //! server) and checks after a quiet round: every client equals the server, caught up
 //! to its head, no outbox left, no conflict against a client's own write, and no
 //! silent loss — each write was applied (the server's idempotency memory names it,
-//! read through the receipt route; a delete of a record that never reached the
-//! server counts when the record is not there), superseded by the same client, or
-//! reported.
+//! read through the receipt route; a delete answered while the server had no such
+//! record leaves nothing to read, so it is noted when answered), superseded by the
+//! same client, or reported.
 //! Not checked here, unlike against the in-memory server: compaction (the memory of
 //! a compacted tombstone is gone, so "applied" cannot be read back; the horizon has
 //! its own end-to-end tests) and "no change applied twice" (PocketBase keeps no count).
@@ -29,7 +29,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
 use support::{run_case_with, scenario, Server, Step, StoreKind, COLL};
-use sync_traits::{async_trait, ChangeId, Fields, RecordId, RemoteStore, Watermark};
+use sync_traits::{
+    async_trait, ChangeId, Fields, Op, PushChange, PushOutcome, RecordId, RemoteStore, Watermark,
+};
 
 /// One case's view of the shared server: its user, and an admin for direct writes.
 struct Pb {
@@ -39,6 +41,8 @@ struct Pb {
     user: PocketBaseRemote,
     owner: RecordId,
     http: reqwest::Client,
+    /// Deletes answered as applied while the server had no such record.
+    noop_deletes: Mutex<HashSet<ChangeId>>,
 }
 
 impl Pb {
@@ -97,13 +101,27 @@ impl Server for Pb {
         out
     }
 
+    async fn answered(&self, changes: &[PushChange], outcomes: &[PushOutcome]) {
+        // A delete of a record the server never had leaves no trace to ask about
+        // later: note it when it is answered, if the server indeed has no such record.
+        for (c, o) in changes.iter().zip(outcomes) {
+            if c.op == Op::Delete
+                && matches!(o, PushOutcome::Applied { .. })
+                && self.user.fetch(COLL, &c.id).await.expect("fetch").is_none()
+            {
+                self.noop_deletes
+                    .lock()
+                    .unwrap()
+                    .insert(c.change_id.clone());
+            }
+        }
+    }
+
     async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId> {
-        // One change per request: the receipt answers one seq per record. A delete of
-        // a record that never reached the server writes nothing to remember: it
-        // counts as applied when the record is not there.
+        // One change per request: the receipt answers one seq per record.
         let mut out = HashSet::new();
         for (id, cid, delete) in changes {
-            if *delete && self.user.fetch(COLL, id).await.expect("fetch").is_none() {
+            if *delete && self.noop_deletes.lock().unwrap().contains(cid) {
                 out.insert(cid.clone());
                 continue;
             }
@@ -191,6 +209,7 @@ async fn run_pb_case(
         user: srv.user(&email).await,
         owner,
         http: reqwest::Client::new(),
+        noop_deletes: Mutex::default(),
     };
     let remotes = Mutex::new(remotes);
     let kinds = vec![StoreKind::Memory; policies.len()];
@@ -231,6 +250,15 @@ fn pocketbase_regressions() {
         ]),
         // A record created and deleted before it was ever pushed.
         (vec![0, 0], vec![Create(1, 4, 0), Delete(1, 4), WriteDuringPull(0, 0, 0, 0)]),
+        // The same, while another client creates the same id.
+        (vec![0, 0, 0], vec![
+            ToggleOnline(1), Create(1, 4, 0), Create(2, 4, 59), ToggleOnline(2), Delete(0, 4),
+            Create(2, 1, 58), Sync(0), Update(0, 1, 0, 96), Create(0, 3, 62), Sync(1),
+            WriteDuringPull(2, 0, 1, 6), Sync(1), Update(1, 1, 1, 18), ServerDelete(1),
+            WriteDuringPush(0, 1, 9), ServerEdit(2, 30), Update(0, 3, 0, 99), Delete(1, 4),
+            Update(1, 0, 2, 65), Update(0, 0, 2, 3), ServerDelete(4), ServerDelete(0), Delete(2, 2),
+            Update(1, 3, 0, 26), Invalid(1, 2),
+        ]),
     ];
     let srv = TestServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -38,6 +38,9 @@ pub trait Server: Send + Sync + 'static {
     /// Which of these changes (record, change id, whether it deletes) the server
     /// applied.
     async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId>;
+    /// Sees the answers to a client's push, for a server that keeps no trace of some
+    /// of what it applies. Nothing by default.
+    async fn answered(&self, _changes: &[PushChange], _outcomes: &[PushOutcome]) {}
     /// A change applied more than once, if the server can tell.
     async fn applied_twice(&self) -> Option<(ChangeId, u32)>;
     /// A song record with value `v` (plus what the server requires, such as an owner).
@@ -243,7 +246,11 @@ impl<R: RemoteStore + Clone + 'static> RemoteStore for Interleave<R> {
 
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
         let first = changes.first().map(|c| c.id.clone());
+        let sent = changes.clone();
         let r = self.inner.push(changes).await;
+        if let Ok(outcomes) = &r {
+            self.server.answered(&sent, outcomes).await;
+        }
         let queued = self.during_push.lock().unwrap().take();
         if let (Some((field, v)), Some(id)) = (queued, first) {
             self.app_write(&id, field, v).await?;
