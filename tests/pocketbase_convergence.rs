@@ -8,8 +8,8 @@
 //! server) and checks after a quiet round: every client equals the server, caught up
 //! to its head, no outbox left, no conflict against a client's own write, and no
 //! silent loss — each write was applied (the server's idempotency memory names it,
-//! read through the receipt route; a delete answered while the server had no such
-//! record leaves nothing to read, so it is noted when answered), superseded by the
+//! read through the receipt route; a delete answered while the record was not live
+//! writes nothing to read back, so it is noted when answered), superseded by the
 //! same client, or reported.
 //! Not checked here, unlike against the in-memory server: compaction (the memory of
 //! a compacted tombstone is gone, so "applied" cannot be read back; the horizon has
@@ -41,7 +41,7 @@ struct Pb {
     user: PocketBaseRemote,
     owner: RecordId,
     http: reqwest::Client,
-    /// Deletes answered as applied while the server had no such record.
+    /// Deletes answered as applied while the record was not live on the server.
     noop_deletes: Mutex<HashSet<ChangeId>>,
 }
 
@@ -102,12 +102,18 @@ impl Server for Pb {
     }
 
     async fn answered(&self, changes: &[PushChange], outcomes: &[PushOutcome]) {
-        // A delete of a record the server never had leaves no trace to ask about
-        // later: note it when it is answered, if the server indeed has no such record.
+        // A delete of what is already gone (never there, or deleted by someone else)
+        // writes nothing, so leaves no trace to ask about later: note it when it is
+        // answered, if the record is indeed not live on the server.
         for (c, o) in changes.iter().zip(outcomes) {
             if c.op == Op::Delete
                 && matches!(o, PushOutcome::Applied { .. })
-                && self.user.fetch(COLL, &c.id).await.expect("fetch").is_none()
+                && self
+                    .user
+                    .fetch(COLL, &c.id)
+                    .await
+                    .expect("fetch")
+                    .is_none_or(|st| st.fields.is_none())
             {
                 self.noop_deletes
                     .lock()
@@ -258,6 +264,11 @@ fn pocketbase_regressions() {
             WriteDuringPush(0, 1, 9), ServerEdit(2, 30), Update(0, 3, 0, 99), Delete(1, 4),
             Update(1, 0, 2, 65), Update(0, 0, 2, 3), ServerDelete(4), ServerDelete(0), Delete(2, 2),
             Update(1, 3, 0, 26), Invalid(1, 2),
+        ]),
+        // A delete of a record someone else deleted, based on that tombstone.
+        (vec![0, 0, 0], vec![
+            Create(0, 2, 0), Transient(0), Sync(2), Delete(2, 2), Sync(2), LoseResponse(1),
+            Create(1, 2, 0), Delete(1, 2),
         ]),
     ];
     let srv = TestServer::start();
