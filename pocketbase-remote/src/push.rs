@@ -399,12 +399,13 @@ impl PocketBaseRemote {
         )))
     }
 
-    /// The outcome of a delete of a record the caller cannot find (404), like the
-    /// in-memory reference server's: deleting what is already deleted is applied
-    /// when the change was based on that tombstone (or on nothing: a record created
-    /// and deleted before it was ever pushed), and a conflict with the tombstone
-    /// otherwise. `None` (a rejection) for a change based on a version the caller
-    /// cannot see a tombstone of: not its record, or compacted away.
+    /// The outcome of a delete of a record the caller cannot find (404), decided as
+    /// the in-memory reference server decides it. With a tombstone: our own earlier
+    /// delivery, or a delete based on that very tombstone, is applied (nothing is
+    /// left to delete); any other is a conflict with the tombstone. Without one: a
+    /// delete based on nothing (a record created and deleted before it was ever
+    /// pushed) is applied at the head; one based on a version is `None`, a
+    /// rejection (not the caller's record, or compacted away).
     async fn delete_of_missing(&self, c: &PushChange) -> Result<Option<PushOutcome>, RemoteError> {
         let Some(t) = self.tombstone_of(&c.collection, &c.id).await? else {
             if c.base.is_none_or(|v| v.0 == 0) {
