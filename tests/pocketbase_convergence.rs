@@ -270,6 +270,12 @@ fn pocketbase_regressions() {
             Create(0, 2, 0), Transient(0), Sync(2), Delete(2, 2), Sync(2), LoseResponse(1),
             Create(1, 2, 0), Delete(1, 2),
         ]),
+        // Deleted, created again and deleted again by the admin after a client's
+        // write: the second tombstone must keep the first one's memory.
+        (vec![0, 0], vec![
+            Create(0, 3, 0), WriteDuringPush(0, 0, 0), ServerDelete(3), ServerEdit(3, 0),
+            ServerDelete(3), Create(0, 0, 0),
+        ]),
     ];
     let srv = TestServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1250,6 +1250,13 @@ async fn a_plain_delete_leaves_a_tombstone_with_the_records_memory() {
     assert_eq!(ch.state.version.0, v + 1);
     assert_eq!(ch.state.change_id, None);
     assert_eq!(ra.head().await.unwrap().head.0, v + 1);
+    assert_eq!(applied(&ra.push(vec![create.clone()]).await.unwrap()[0]), v);
+    // Created again and deleted again by the admin: the second tombstone replaces
+    // the first and keeps its memory, so the create is still recognised.
+    let again = json!({"id": id.as_str(), "title": "two", "owner": a.as_str()});
+    let all = "/api/collections/songs/records";
+    superuser_write(&srv, reqwest::Method::POST, all, Some(again)).await;
+    superuser_write(&srv, reqwest::Method::DELETE, &path, None).await;
     assert_eq!(applied(&ra.push(vec![create]).await.unwrap()[0]), v);
 }
 

@@ -177,17 +177,40 @@ function current(tx, coll, id) {
 }
 
 // The key under which the delete trigger keeps the deleted record's latest writer,
-// [change id, seq], in the tombstone's tm_clients.
+// [change id, seq], in the tombstone's tm_clients. Keys starting with "~" hold such
+// [change id, seq] pairs; TOMBSTONE_UPSERT keeps those of the tombstone it replaces
+// under "~p<seq>" and "~d<seq>".
 const PREV = "~prev";
 
+// Writing a tombstone where one exists for the same (coll, rid, owner) — a record
+// deleted, created again, deleted again — keeps the old one's memory: its entries,
+// its PREV and its own delete, each [change id, seq] under a key of its seq. (The
+// replaced one's memory would otherwise be lost, and a late retry of a change it
+// remembered answered as a conflict: found by tests/pocketbase_convergence.rs.)
+// No JSON key is built from a client's string.
+const OLD_MEMORY =
+  "CASE WHEN json_valid(tm_tombstones.tm_clients) THEN (CASE json_type(tm_tombstones.tm_clients) " +
+  "WHEN 'object' THEN tm_tombstones.tm_clients ELSE '{}' END) ELSE '{}' END";
+const TOMBSTONE_UPSERT =
+  "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
+  "moved = excluded.moved, at = excluded.at, tm_clients = json_patch(json_set(json_remove(" +
+  OLD_MEMORY + ", '$.\"" + PREV + "\"'), " +
+  "'$.\"~p' || tm_tombstones.tm_seq || '\"', json_extract(" + OLD_MEMORY + ", '$.\"" + PREV + "\"'), " +
+  "'$.\"~d' || tm_tombstones.tm_seq || '\"', json_array(tm_tombstones.tm_cid, tm_tombstones.tm_seq)), " +
+  "excluded.tm_clients)";
+
 // A tombstone's idempotency memory from its stored form: the deleted record's
-// entries, its latest writer (PREV) and the delete's own change (tm_cid at tm_seq).
+// entries, the [change id, seq] pairs under "~" keys (its latest writer, and those
+// of tombstones it replaced) and the delete's own change (tm_cid at tm_seq).
 // (Tombstones written before the delete trigger hold all of it in tm_clients.)
 function tombClients(raw, cid, seq) {
   const clients = parseClients(raw);
-  const prev = clients[PREV];
-  delete clients[PREV];
-  if (Array.isArray(prev) && typeof prev[0] === "string") withLatest(clients, prev[0], prev[1]);
+  for (const k of Object.keys(clients)) {
+    if (k.charAt(0) !== "~") continue;
+    const pair = clients[k];
+    delete clients[k];
+    if (Array.isArray(pair) && typeof pair[0] === "string") withLatest(clients, pair[0], pair[1]);
+  }
   return withLatest(clients, cid, seq);
 }
 
@@ -214,8 +237,7 @@ function putTombstone(tx, coll, id, owner, seq, cid, moved, clients) {
       "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at, tm_clients) VALUES " +
         "(substr(lower(hex(randomblob(8))), 1, 15), {:c}, {:r}, {:o}, {:s}, {:cid}, {:m}, " +
         "CAST(strftime('%s','now') AS INTEGER), {:cl}) " +
-        "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
-        "moved = excluded.moved, at = excluded.at, tm_clients = excluded.tm_clients"
+        TOMBSTONE_UPSERT
     )
     .bind({ c: coll, r: id, o: owner, s: seq, cid: cid, m: moved, cl: clients || "{}" })
     .execute();
@@ -281,7 +303,7 @@ function ensureTriggers(app, coll) {
   const name = coll.name;
   const trigger = "tm_insert_v5_" + name;
   const onUpdate = "tm_update_v1_" + name;
-  const onDelete = "tm_delete_v1_" + name;
+  const onDelete = "tm_delete_v2_" + name;
   // Others of ours on this table (another version's, or the old name's after a
   // rename) would take a second seq per write.
   const stale = arrayOf(new DynamicModel({ name: "" }));
@@ -339,8 +361,7 @@ function ensureTriggers(app, coll) {
       "json_set(CASE WHEN json_valid(" + clients + ") THEN (CASE json_type(" + clients + ") WHEN 'object' " +
       "THEN " + clients + " ELSE '{}' END) ELSE '{}' END, " +
       "'$.\"" + PREV + "\"', json_array(OLD.[[tm_cid]], OLD.[[tm_seq]]))) " +
-      "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
-      "moved = excluded.moved, at = excluded.at, tm_clients = excluded.tm_clients; END"
+      TOMBSTONE_UPSERT + "; END"
   );
 }
 
