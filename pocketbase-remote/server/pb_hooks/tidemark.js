@@ -188,14 +188,19 @@ const PREV = "~prev";
 // replaced one's memory would otherwise be lost, and a late retry of a change it
 // remembered answered as a conflict: found by tests/pocketbase_convergence.rs.)
 // No JSON key is built from a client's string.
-const OLD_MEMORY =
-  "CASE WHEN json_valid(tm_tombstones.tm_clients) THEN (CASE json_type(tm_tombstones.tm_clients) " +
-  "WHEN 'object' THEN tm_tombstones.tm_clients ELSE '{}' END) ELSE '{}' END";
+// SQL: the stored memory in column col as a JSON object ('{}' if it is none).
+function memoryObject(col) {
+  return "CASE WHEN json_valid(" + col + ") THEN (CASE json_type(" + col + ") WHEN 'object' " +
+    "THEN " + col + " ELSE '{}' END) ELSE '{}' END";
+}
+// SQL: the JSON path of PREV.
+const PREV_PATH = "'$.\"" + PREV + "\"'";
+const OLD_MEMORY = memoryObject("tm_tombstones.tm_clients");
 const TOMBSTONE_UPSERT =
   "ON CONFLICT (coll, rid, owner) DO UPDATE SET tm_seq = excluded.tm_seq, tm_cid = excluded.tm_cid, " +
   "moved = excluded.moved, at = excluded.at, tm_clients = json_patch(json_set(json_remove(" +
-  OLD_MEMORY + ", '$.\"" + PREV + "\"'), " +
-  "'$.\"~p' || tm_tombstones.tm_seq || '\"', json_extract(" + OLD_MEMORY + ", '$.\"" + PREV + "\"'), " +
+  OLD_MEMORY + ", " + PREV_PATH + "), " +
+  "'$.\"~p' || tm_tombstones.tm_seq || '\"', json_extract(" + OLD_MEMORY + ", " + PREV_PATH + "), " +
   "'$.\"~d' || tm_tombstones.tm_seq || '\"', json_array(tm_tombstones.tm_cid, tm_tombstones.tm_seq)), " +
   "excluded.tm_clients)";
 
@@ -349,7 +354,6 @@ function ensureTriggers(app, coll) {
   // tombClients): no JSON is taken apart in SQL.
   const of = ownerField(name);
   const owner = of && coll.fields.getByName(of) ? "COALESCE(OLD.[[" + of + "]], '')" : "''";
-  const clients = "OLD.[[tm_clients]]";
   run(
     "CREATE TRIGGER IF NOT EXISTS [[" + onDelete + "]] AFTER DELETE ON {{" + name + "}} BEGIN " +
       "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
@@ -358,9 +362,8 @@ function ensureTriggers(app, coll) {
       "(SELECT seq FROM _tm_state WHERE id = 1), " +
       "substr(OLD.[[tm_push]], instr(OLD.[[tm_push]], ':') + 1), FALSE, " +
       "CAST(strftime('%s','now') AS INTEGER), " +
-      "json_set(CASE WHEN json_valid(" + clients + ") THEN (CASE json_type(" + clients + ") WHEN 'object' " +
-      "THEN " + clients + " ELSE '{}' END) ELSE '{}' END, " +
-      "'$.\"" + PREV + "\"', json_array(OLD.[[tm_cid]], OLD.[[tm_seq]]))) " +
+      "json_set(" + memoryObject("OLD.[[tm_clients]]") + ", " +
+      PREV_PATH + ", json_array(OLD.[[tm_cid]], OLD.[[tm_seq]]))) " +
       TOMBSTONE_UPSERT + "; END"
   );
 }
