@@ -13,7 +13,10 @@ a user under the owner rule:
           user): the fastest path that still runs PocketBase's validation, rules and
           hooks, i.e. the ceiling for any server-side bulk push
 
-  python3 scripts/push-ceiling.py [--rounds N]
+  python3 scripts/push-ceiling.py [--rounds N] [--no-hooks]
+
+--no-hooks leaves tidemark's hooks out (only the route is loaded; the migrations
+still run): what PocketBase itself allows, with no hook cost on either side.
 
 Needs the binary from scripts/install-pocketbase.sh.
 """
@@ -56,12 +59,16 @@ ROUTE = """routerAdd("POST", "/api/ceiling/{coll}", (e) => {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-hooks", action="store_true")
     a = ap.parse_args()
     if not os.path.exists(hc.PB):
         sys.exit(f"{hc.PB} missing: run scripts/install-pocketbase.sh")
     work = tempfile.mkdtemp(prefix="tidemark-push-ceiling-")
     hooks = os.path.join(work, "hooks")
-    shutil.copytree(os.path.join(hc.SERVER, "pb_hooks"), hooks)
+    if a.no_hooks:
+        os.makedirs(hooks)
+    else:
+        shutil.copytree(os.path.join(hc.SERVER, "pb_hooks"), hooks)
     with open(os.path.join(hooks, "ceiling.pb.js"), "w") as f:
         f.write(ROUTE)
     p, url, admin, user, owner = hc.start(work, "server=" + hooks)
@@ -104,7 +111,8 @@ def main():
                     for k, v in got.items():
                         res.setdefault((who, k), []).append(v)
         med = lambda xs: sorted(xs)[len(xs) // 2]
-        print(f"plain creates with tidemark's hooks, medians of {a.rounds} interleaved rounds")
+        hooks_said = "no hooks" if a.no_hooks else "tidemark's hooks"
+        print(f"plain creates with {hooks_said}, medians of {a.rounds} interleaved rounds")
         for who in ("superuser", "user"):
             s = med(res[(who, "single")])
             print(f"{who:9s} single {s:5.0f}/s   batch {med(res[(who, 'batch')]):5.0f}/s"

@@ -53,12 +53,12 @@ fn request_of(c: &PushChange) -> Value {
     }
 }
 
-/// An upsert written by one of the server's triggers (a new record, or an update on
-/// the current version): answered with the `tm_push` it was sent
-/// (`<base>:<change id>`), its seq is read with a receipt.
+/// A change the server applied without reading its seq (an upsert written by one of
+/// its triggers — a new record, or an update on the current version — or a delete on
+/// its base): answered with the `tm_push` it was sent (`<base>:<change id>`), its seq
+/// is read with a receipt.
 fn awaits_receipt(c: &PushChange, status: u16, body: &Value) -> bool {
     (200..300).contains(&status)
-        && matches!(c.op, Op::Upsert(_))
         && body.get("tm_push").and_then(Value::as_str) == Some(push_tag(c).as_str())
 }
 
@@ -344,6 +344,8 @@ impl PocketBaseRemote {
                 .and_then(Value::as_u64)
                 .ok_or_else(|| field(&ctx, "tm_seq"))?;
             return match marker {
+                // ("deleted": a delete's answer from servers before the receipt
+                // covered deletes.)
                 "" | "dup" | "deleted" => {
                     if seq == 0 {
                         return Err(ProtocolError::Invalid {

@@ -1409,7 +1409,14 @@ async fn receipts_name_the_seq_a_change_produced() {
             .await
             .unwrap()[0],
     );
-    applied(&ra.push(vec![y.delete("songs", &id2, v[1])]).await.unwrap()[0]);
+    let d = y.delete("songs", &id2, v[1]);
+    let d_id = d.change_id.to_string();
+    // A delete is answered with its own tag and takes its seq from the receipt: the
+    // tombstone's.
+    let dv = applied(&ra.push(vec![d]).await.unwrap()[0]);
+    assert_eq!(dv, w + 1);
+    let t = ra.fetch("songs", &id2).await.unwrap().unwrap();
+    assert_eq!((t.version.0, t.fields), (dv, None));
     let token = srv.superuser().await.token().await.unwrap();
     let ask = |body: Value| {
         let (url, token) = (srv.url().to_owned(), token.clone());
@@ -1437,6 +1444,8 @@ async fn receipts_name_the_seq_a_change_produced() {
     let got = ask(json!({"songs": [[id1.as_str(), format!("{}.1", y.id)], [id2.as_str(), format!("{}.9", x.id)]]})).await;
     assert_eq!(got["songs"][id1.as_str()], json!(w), "{got}");
     assert!(got["songs"].get(id2.as_str()).is_none(), "{got}");
+    let got = ask(json!({"songs": [[id2.as_str(), d_id]]})).await;
+    assert_eq!(got["songs"][id2.as_str()], json!(dv), "{got}");
     // Junk is ignored, not an error.
     let got =
         ask(json!({"songs": [1, ["x"], [id1.as_str(), 5]], "nope": [[id1.as_str(), ids[0]]]}))
