@@ -13,7 +13,7 @@
 //!   server (SQLite triggers for the common writes, the hooks for the rest) assigns
 //!   the seq inside the write's transaction, refuses stale bases (conflict) and
 //!   recognises retried deliveries (idempotency); the seqs of trigger-written upserts
-//!   come back in one receipt per batch (`POST /api/tidemark/receipt`);
+//!   and of deletes come back in one receipt per batch (`POST /api/tidemark/receipt`);
 //! - **realtime**: [`PocketBaseRemote::subscribe`] turns PocketBase's SSE events into
 //!   "changes available" hints; correctness never depends on them.
 //!

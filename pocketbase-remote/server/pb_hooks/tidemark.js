@@ -11,8 +11,8 @@
 //   answer through tm_push in the response: the tm_push it was sent (written by a
 //   trigger, or a delete on its base; the seq comes from /api/tidemark/receipt), ""
 //   applied, "dup" already applied, "conflict" stale base (body = current record),
-//   "tombstone" stale base against a deleted record. (Servers before 2026-11-30
-//   answered a delete "deleted" with its seq.)
+//   "tombstone" stale base against a deleted record. (Older versions of these
+//   hooks answered a delete "deleted" with its seq.)
 
 // Synced collections: TIDEMARK_COLLECTIONS="name[:ownerField],..." or this default.
 // The owner field decides who sees a record's tombstone (empty: every signed-in user).
