@@ -559,7 +559,8 @@ function updateByTrigger(e, name, push) {
 }
 
 // DELETE .../records/ID?tm=<base>:<cid>: conditional, idempotent delete that answers
-// with the tombstone's seq (or the current record on conflict) instead of 204. The
+// 200 with its tm (the tombstone's seq comes from the receipt), "dup" with the seq
+// of an earlier delivery, or the current record on conflict, instead of 204. The
 // tombstone itself is written by the delete trigger (see ensureTriggers), which takes
 // the change id from the tm_push stored just before the delete.
 function onDeleteRequest(e) {
