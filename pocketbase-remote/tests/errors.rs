@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pocketbase_remote::PocketBaseRemote;
 use serde_json::json;
 use sync_traits::{
-    new_id, ChangeId, Op, PullMode, PushChange, RemoteError, RemoteStore, Watermark,
+    new_id, ChangeId, Op, PullMode, PushChange, RemoteError, RemoteStore, Version, Watermark,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -254,9 +254,9 @@ async fn a_batch_refused_as_a_whole_is_bisected() {
     assert_eq!(calls.load(Ordering::SeqCst), 7);
 }
 
-/// New records answered with their own `tm_push` get their seqs from one receipt;
-/// a receipt that leaves one out is malformed (never a guessed version), and a server
-/// without the receipt route is a permanent error.
+/// New records and deletes answered with their own tag (`tm_push`, `?tm=`) get their
+/// seqs from one receipt; a receipt that leaves one out is malformed (never a guessed
+/// version), and a server without the receipt route is a permanent error.
 #[tokio::test]
 async fn receipts_give_new_records_their_seqs_or_a_typed_error() {
     use std::sync::Mutex;
@@ -274,29 +274,55 @@ async fn receipts_give_new_records_their_seqs_or_a_typed_error() {
                         .cloned()
                         .unwrap_or_default()
                         .iter()
-                        .map(|r| json!({"status": 200, "body": {"id": r["body"]["id"], "tm_seq": 0, "tm_push": r["body"]["tm_push"]}}))
+                        .map(|r| {
+                            // Upserts echo their tm_push, deletes their ?tm=.
+                            let url = r["url"].as_str().unwrap_or("");
+                            let (id, tm) = match url.split_once("/records/") {
+                                Some((_, rest)) => {
+                                    let (id, tm) = rest.split_once("?tm=").unwrap_or((rest, ""));
+                                    (json!(id), json!(tm))
+                                }
+                                None => (r["body"]["id"].clone(), r["body"]["tm_push"].clone()),
+                            };
+                            json!({"status": 200, "body": {"id": id, "tm_seq": 0, "tm_push": tm}})
+                        })
                         .collect();
                     (200, serde_json::Value::Array(replies).to_string())
                 }
-                "/api/tidemark/receipt" if *m.lock().unwrap() => {
-                    (404, r#"{"message":"not found","status":404,"data":{}}"#.into())
-                }
+                "/api/tidemark/receipt" if *m.lock().unwrap() => (
+                    404,
+                    r#"{"message":"not found","status":404,"data":{}}"#.into(),
+                ),
                 "/api/tidemark/receipt" => {
                     let mut got = serde_json::Map::new();
-                    for (k, a) in v["songs"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+                    for (k, a) in v["songs"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .enumerate()
+                    {
                         if Some(k) != *d.lock().unwrap() {
                             got.insert(a[0].as_str().unwrap_or("").into(), json!(40 + k));
                         }
                     }
                     (200, json!({ "songs": got }).to_string())
                 }
-                _ => (404, r#"{"message":"not found","status":404,"data":{}}"#.into()),
+                _ => (
+                    404,
+                    r#"{"message":"not found","status":404,"data":{}}"#.into(),
+                ),
             }
         })
     }))
     .await;
     let r = connect(&url).await;
-    let out = r.push((0..3).map(|_| change()).collect()).await.unwrap();
+    let delete = PushChange {
+        base: Some(Version(7)),
+        op: Op::Delete,
+        ..change()
+    };
+    let out = r.push(vec![change(), delete, change()]).await.unwrap();
     let versions: Vec<u64> = out
         .iter()
         .map(|o| match o {
