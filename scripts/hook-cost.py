@@ -211,20 +211,20 @@ def main():
         sys.exit(f"{PB} missing: run scripts/install-pocketbase.sh")
     work = tempfile.mkdtemp(prefix="tidemark-hook-cost-")
     servers = {}
+    # Per variant: whether it asks for receipts, and whether they must name every change.
+    how = {v: (mode != "create" and v not in FLOORS, v != "triggers") for v in a.variants}
     try:
         for v in a.variants:
             servers[v] = start(work, v)
             _, url, admin, user, owner = servers[v]
-            rc = mode != "create" and v not in FLOORS
-            st = v != "triggers"
+            rc, st = how[v]
             batch(url, admin, owner, mode, rc, strict=st)  # warm up
             batch(url, user, owner, mode, rc, strict=st)
         res = {v: ([], []) for v in a.variants}
         for _ in range(a.rounds):
             for v in a.variants:
                 _, url, admin, user, owner = servers[v]
-                rc = mode != "create" and v not in FLOORS
-                st = v != "triggers"
+                rc, st = how[v]
                 res[v][0].append(batch(url, admin, owner, mode, rc, strict=st))
                 res[v][1].append(batch(url, user, owner, mode, rc, strict=st))
         med = lambda xs: sorted(xs)[len(xs) // 2]
