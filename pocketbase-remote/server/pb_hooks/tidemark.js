@@ -448,7 +448,7 @@ function onUpdate(e) {
   const raw = e.record.getString("tm_push");
   const push = raw === PLAIN ? null : parsePush(raw);
   const name = e.record.collection().name;
-  if (updateByTrigger(e, name, push)) return;
+  if (updateByTrigger(e, name, push, raw)) return;
   e.record.set("tm_push", "");
   inTx(e, (tx) => {
     let clientsRaw;
@@ -525,14 +525,15 @@ function onUpdate(e) {
   });
 }
 
-// The fast path of onUpdate; false (nothing written, the record as it was) when the
-// update must go the slow way.
-function updateByTrigger(e, name, push) {
+// The fast path of onUpdate (raw: the tm_push it was sent, push: raw parsed); false
+// (nothing written, the record as it was) when the update must go the slow way.
+function updateByTrigger(e, name, push, raw) {
   const o = e.record.original();
   const base = o.getInt("tm_seq");
   if (push && push.base !== base) return false;
   const of = ownerField(name);
-  if (of && o.getString(of) && o.getString(of) !== e.record.getString(of)) return false;
+  const owner = of ? o.getString(of) : "";
+  if (owner && owner !== e.record.getString(of)) return false;
   const prevCid = o.getString("tm_cid");
   const stored = rawJson(o.get("tm_clients"));
   const prev = parseCid(prevCid);
@@ -545,7 +546,6 @@ function updateByTrigger(e, name, push) {
     e.record.set("tm_clients", storeClients(withLatest(parseClients(stored), prevCid, base)));
   }
   e.record.set("tm_cid", push ? push.cid : "");
-  const raw = e.record.getString("tm_push");
   if (!push) e.record.set("tm_push", base + ":");
   try {
     e.next();

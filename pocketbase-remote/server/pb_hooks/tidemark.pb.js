@@ -55,8 +55,8 @@ routerAdd(
   $apis.requireAuth()
 );
 
-// The seqs of pushes written by the triggers: their answers carry no seq (see
-// tidemark.js).
+// The seqs of pushes answered without one (upserts written by the triggers, deletes;
+// see tidemark.js).
 routerAdd(
   "POST",
   "/api/tidemark/receipt",
