@@ -28,6 +28,8 @@ use tidemark_backends::Schema;
 const PAGE: u64 = 3000;
 const LOCAL: u64 = 200;
 const KILLS: usize = 24;
+/// Prefix of the child's progress lines on its stdout.
+const MARK: &str = "tidemark-crash-child: ";
 
 fn id(prefix: char, i: u64) -> RecordId {
     RecordId::parse(&format!("{prefix}{i:014}")).unwrap()
@@ -82,7 +84,9 @@ async fn child(kind: &str, path: &std::path::Path) {
             more: false,
         };
         s.apply_remote(&page).await.unwrap();
-        writeln!(out, "APPLIED {}", round * PAGE).unwrap();
+        // A line of its own: libtest has already printed `test crash_child ... `
+        // without a newline, and the parent reads these markers wherever they stand.
+        writeln!(out, "\n{MARK}APPLIED {}", round * PAGE).unwrap();
         out.flush().unwrap();
         for i in 0..LOCAL {
             let f = json!({"name": format!("friend {i}"), "order": round});
@@ -95,7 +99,7 @@ async fn child(kind: &str, path: &std::path::Path) {
             .unwrap();
         }
         ack_all(&*s, round * PAGE).await;
-        writeln!(out, "ACKED {round}").unwrap();
+        writeln!(out, "\n{MARK}ACKED {round}").unwrap();
         out.flush().unwrap();
     }
 }
@@ -116,16 +120,43 @@ async fn ack_all(s: &dyn LocalStore, version: u64) {
     s.ack(acks).await.unwrap();
 }
 
-/// Entry point of the child process; a no-op in a normal test run.
+/// Entry point of the child process the kill tests spawn (`--ignored --exact
+/// crash_child`); ignored in a normal run, and it fails if started without the
+/// environment the parent gives it, so it never passes by doing nothing.
 #[tokio::test]
+#[ignore = "the child process of the kill tests; they run it"]
 async fn crash_child() {
-    let (Ok(kind), Ok(path)) = (
-        std::env::var("TIDEMARK_CRASH_KIND"),
-        std::env::var("TIDEMARK_CRASH_PATH"),
-    ) else {
-        return;
-    };
+    let kind = std::env::var("TIDEMARK_CRASH_KIND")
+        .expect("crash_child is started by the kill tests with TIDEMARK_CRASH_KIND set");
+    let path = std::env::var("TIDEMARK_CRASH_PATH")
+        .expect("crash_child is started by the kill tests with TIDEMARK_CRASH_PATH set");
     child(&kind, std::path::Path::new(&path)).await;
+}
+
+/// What the parent read from a child's stdout: the last watermark it reported
+/// applied and the last round it reported acked. A marker may follow other text on
+/// its line (libtest's `test crash_child ... `).
+fn parse_progress(out: impl BufRead) -> (u64, u64) {
+    let mut last = (0u64, 0u64);
+    for line in out.lines().map_while(Result::ok) {
+        let Some(at) = line.find(MARK) else { continue };
+        let marker = &line[at + MARK.len()..];
+        if let Some(w) = marker.strip_prefix("APPLIED ") {
+            last.0 = last.0.max(w.trim().parse().unwrap_or(0));
+        } else if let Some(r) = marker.strip_prefix("ACKED ") {
+            last.1 = last.1.max(r.trim().parse().unwrap_or(0));
+        }
+    }
+    last
+}
+
+#[test]
+fn progress_markers_are_read_wherever_they_stand() {
+    let out = format!(
+        "\nrunning 1 test\ntest crash_child ... {MARK}APPLIED 3000\n{MARK}ACKED 1\n\n{MARK}APPLIED 6000\n{MARK}APPL"
+    );
+    assert_eq!(parse_progress(out.as_bytes()), (6000, 1));
+    assert_eq!(parse_progress("test crash_child ... ".as_bytes()), (0, 0));
 }
 
 struct Rng(u64);
@@ -212,10 +243,16 @@ fn kill_loop(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     let exe = std::env::current_exe().unwrap();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = std::env::var("TIDEMARK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{kind}: kill times from seed {seed} (TIDEMARK_CRASH_SEED={seed} repeats them)");
     let mut rng = Rng(seed | 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -225,9 +262,20 @@ fn kill_loop(kind: &str) {
     let (mut reported, mut acked) = (0u64, 0u64);
     let mut kills = 0;
     let mut mid_ack = 0;
-    while kills < KILLS && started.elapsed() < Duration::from_secs(150) {
+    while kills < KILLS {
+        // A guard against a hang, not a speed check: 24 kills take well under a minute.
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "{kind}: {kills} kills in 15 minutes; is the child stuck?"
+        );
         let mut c = Command::new(&exe)
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("TIDEMARK_CRASH_KIND", kind)
             .env("TIDEMARK_CRASH_PATH", &path)
             .stdout(Stdio::piped())
@@ -235,17 +283,7 @@ fn kill_loop(kind: &str) {
             .spawn()
             .unwrap();
         let stdout = c.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut last = (0u64, 0u64);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(w) = line.strip_prefix("APPLIED ") {
-                    last.0 = w.parse().unwrap_or(0);
-                } else if let Some(r) = line.strip_prefix("ACKED ") {
-                    last.1 = r.parse().unwrap_or(0);
-                }
-            }
-            last
-        });
+        let reader = std::thread::spawn(move || parse_progress(BufReader::new(stdout)));
         std::thread::sleep(Duration::from_millis(150 + rng.next() % 900));
         c.kill().unwrap(); // SIGKILL
         c.wait().unwrap();
@@ -266,8 +304,12 @@ fn kill_loop(kind: &str) {
         eprintln!("{kind}: kill {kills}: watermark {wm}, {pending} pending");
         kills += 1;
     }
-    assert!(kills >= 20, "{kind}: only {kills} kills in the time budget");
     assert!(reported > 0, "{kind}: the child never got to apply a page");
+    assert!(
+        mid_ack > 0,
+        "{kind}: no kill of {kills} landed with local writes pending, so no kill tested \
+         a half-done round of puts and ack (seed {seed})"
+    );
     eprintln!(
         "{kind}: {kills} kills, {mid_ack} with local writes pending, last watermark {reported}"
     );
