@@ -427,7 +427,11 @@ async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+    // `PROPTEST_CASES` raises the count, as for every property test here.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(96),
+        .. ProptestConfig::default()
+    })]
 
     #[test]
     fn backends_behave_like_memory_store(steps in proptest::collection::vec(step(), 1..40)) {
