@@ -41,6 +41,19 @@ pub enum FieldKind {
 }
 
 impl FieldKind {
+    /// What a value of this kind looks like, for messages.
+    pub fn expected(self) -> &'static str {
+        match self {
+            FieldKind::Text => "a string",
+            FieldKind::Number => "a number",
+            FieldKind::Bool => "a bool",
+            FieldKind::Date => "a date string or \"\"",
+            FieldKind::Json => "any JSON value",
+            FieldKind::Relation => "a record id string",
+            FieldKind::Relations => "an array of record ids",
+        }
+    }
+
     /// The SQLite column type this kind is declared with.
     pub fn sql_type(self) -> &'static str {
         match self {
@@ -61,7 +74,7 @@ pub struct Field {
     pub kind: FieldKind,
 }
 
-/// A synced collection: its name and declared fields.
+/// A collection the store holds: its name, declared fields, and whether it syncs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollectionSchema {
     /// Collection (table) name: 1–64 characters of `[A-Za-z0-9_]`, not starting
@@ -69,6 +82,11 @@ pub struct CollectionSchema {
     pub name: String,
     /// Declared fields, in column order.
     pub fields: Vec<Field>,
+    /// Held on this device only: its writes make no outbox entries, pulls never
+    /// touch it (a server collection of the same name is skipped), and a resync
+    /// never removes its records.
+    #[serde(default)]
+    pub local_only: bool,
 }
 
 impl CollectionSchema {
@@ -78,7 +96,14 @@ impl CollectionSchema {
         Self {
             name: name.into(),
             fields: Vec::new(),
+            local_only: false,
         }
+    }
+
+    /// Makes the collection local-only (see [`CollectionSchema::local_only`]).
+    pub fn local_only(mut self) -> Self {
+        self.local_only = true;
+        self
     }
 
     /// Adds a field of any kind.
@@ -324,6 +349,42 @@ pub(crate) fn check_value(
         }
         (FieldKind::Relations, _) => Err(bad("an array of record ids")),
     }
+}
+
+/// A pulled record's fields made canonical, with the values that do not fit their
+/// declared kind set apart: they are kept as the server sent them (the store keeps
+/// them beside the typed columns) and listed as [`sync_traits::Mistyped`], so a
+/// page is never refused for what one record holds.
+pub(crate) fn canonical_remote_fields(
+    c: &CollectionSchema,
+    id: &RecordId,
+    fields: &Fields,
+) -> (Fields, Vec<sync_traits::Mistyped>) {
+    let mut out = Fields::new();
+    let mut mistyped = Vec::new();
+    for (k, v) in fields {
+        if k == "id" {
+            continue;
+        }
+        let v = match c.kind_of(k) {
+            Some(kind) => match check_value(&c.name, id, k, kind, v) {
+                Ok(v) => v,
+                Err(_) => {
+                    mistyped.push(sync_traits::Mistyped {
+                        collection: c.name.clone(),
+                        id: id.clone(),
+                        field: k.clone(),
+                        expected: kind.expected().to_owned(),
+                        value: v.clone(),
+                    });
+                    v.clone()
+                }
+            },
+            None => v.clone(),
+        };
+        out.insert(k.clone(), v);
+    }
+    (out, mistyped)
 }
 
 /// Checks every declared field of `fields` and returns the canonical fields

@@ -10,9 +10,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::conflict::{ConflictPolicy, FieldMerge, Resolution};
 use crate::error::{RemoteError, SyncError};
-use crate::id::RecordId;
 use crate::record::{
-    Ack, Page, PendingChange, PushChange, PushOutcome, Rejection, RemoteState, Watermark,
+    Ack, Conflict, Mistyped, Page, PendingChange, PushChange, PushOutcome, Rejection,
+    RemoteState, Watermark,
 };
 use crate::remote::{PullMode, RemoteStore};
 use crate::store::LocalStore;
@@ -120,6 +120,15 @@ pub enum SyncEvent {
         /// Records removed locally.
         removed: usize,
     },
+    /// A pulled value does not fit the local schema's type for its field; the store
+    /// kept it as the server sent it (see [`crate::ApplyReport::mistyped`]).
+    Mistyped(Mistyped),
+    /// A push failed with something other than an auth error; the pull runs
+    /// anyway and `sync()` returns the error at the end.
+    PushFailed {
+        /// The error text.
+        error: String,
+    },
     /// A transient error; the call is retried after `delay`.
     Retrying {
         /// The error text.
@@ -145,8 +154,18 @@ pub struct SyncReport {
     /// Whether a full resync ran.
     pub resynced: bool,
     /// Outbox entries still pending at the end (re-based conflicts beyond the round
-    /// limit, or writes made during the sync).
+    /// limit, writes made during the sync, changes to collections the remote does
+    /// not sync).
     pub remaining: usize,
+    /// Outbox entries not pushed because the remote does not sync their collection
+    /// ([`RemoteStore::collections`]); they stay in the outbox, untouched.
+    pub unsynced: usize,
+    /// Pulled changes the store skipped: collections it does not hold (kept by the
+    /// store until it declares them) or holds local-only.
+    pub skipped: usize,
+    /// Pulled values kept with another type than the local schema declares (each
+    /// also sent as [`SyncEvent::Mistyped`]).
+    pub mistyped: usize,
 }
 
 /// Moves changes both ways between a local store and a remote.
@@ -219,16 +238,47 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
 
     async fn sync_locked(&self) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
-        let client = self.local.client_id().await?;
-        self.push_all(&client, &mut report)
+        match self.sync_steps(&mut report).await {
+            Ok(()) => {
+                info!(?report, "sync done");
+                Ok(report)
+            }
+            Err(e) => Err(SyncError::after(report, e)),
+        }
+    }
+
+    /// Push, then pull. A push that fails with anything but an auth error does not
+    /// stop the pull: its error is returned after the pull ran.
+    async fn sync_steps(&self, report: &mut SyncReport) -> Result<(), SyncError> {
+        let synced = self
+            .retry("collections", || self.remote.collections())
+            .await?;
+        let pushed = self
+            .push_all(synced.as_ref(), report)
             .instrument(info_span!("push"))
-            .await?;
-        self.pull_all(&mut report)
+            .await;
+        if let Err(e) = &pushed {
+            // Only a remote that answered (or failed) goes on to the pull; a
+            // failing store or refused credentials stop the sync here.
+            if matches!(e, SyncError::Store(_) | SyncError::Remote(RemoteError::Auth(_))) {
+                return pushed;
+            }
+            warn!(%e, "push failed; pulling anyway");
+            self.emit(SyncEvent::PushFailed {
+                error: e.to_string(),
+            });
+        }
+        let pulled = self
+            .pull_all(synced, report)
             .instrument(info_span!("pull"))
-            .await?;
+            .await;
+        if let (Err(push), Err(pull)) = (&pushed, &pulled) {
+            warn!(%pull, "the pull failed too; returning the push's error ({push})");
+        }
+        pushed?;
+        pulled?;
         report.remaining = self.local.pending_count().await?;
-        info!(?report, "sync done");
-        Ok(report)
+        Ok(())
     }
 
     /// A sync, then a check for records that left the caller's view without any
@@ -246,6 +296,9 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         let _guard = self.running.lock().await;
         async {
             let mut report = self.sync_locked().await?;
+            let synced = self
+                .retry("collections", || self.remote.collections())
+                .await?;
             if report.remaining > 0 {
                 info!(
                     remaining = report.remaining,
@@ -258,6 +311,9 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             };
             let mut stale = Vec::new();
             for (collection, remote) in &counts {
+                if synced.as_ref().is_some_and(|s| !s.contains(collection)) {
+                    continue;
+                }
                 let local = self.local.count(collection).await?;
                 if local as u64 > *remote {
                     stale.push((collection.clone(), local as u64 - remote));
@@ -270,7 +326,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 );
                 self.emit(SyncEvent::ResyncStarted);
                 report.resynced = true;
-                self.resync(&mut report).await?;
+                self.resync(synced, &mut report).await?;
             }
             Ok(report)
         }
@@ -335,7 +391,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         retry(&self.config.retry, &self.events, what, f).await
     }
 
-    async fn push_all(&self, client: &RecordId, report: &mut SyncReport) -> Result<(), SyncError> {
+    async fn push_all(
+        &self,
+        synced: Option<&std::collections::BTreeSet<String>>,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let total = self.local.pending_count().await?;
         if total == 0 {
             return Ok(());
@@ -351,36 +411,100 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         for pass in 0..=self.config.max_conflict_rounds {
             let mut after = 0;
             let mut any = false;
+            let mut unsynced = 0;
             loop {
-                let entries = self.local.pending(after, batch).await?;
+                let mut entries = self.local.pending(after, batch).await?;
                 let Some(last) = entries.last() else { break };
-                any = true;
                 after = last.seq;
+                if let Some(synced) = synced {
+                    let before = entries.len();
+                    entries.retain(|e| synced.contains(&e.collection));
+                    unsynced += before - entries.len();
+                }
+                if entries.is_empty() {
+                    continue;
+                }
+                any = true;
                 debug!(pass, n = entries.len(), "pushing batch");
-                settled += self.push_batch(client, entries, report).await?;
+                settled += self.push_batch(entries, report).await?;
                 self.emit(SyncEvent::PushProgress {
                     pushed: settled,
                     total,
                 });
             }
+            report.unsynced = unsynced;
             if !any {
                 break;
             }
         }
+        if report.unsynced > 0 {
+            info!(
+                unsynced = report.unsynced,
+                "outbox entries wait: the remote does not sync their collections"
+            );
+        }
         Ok(())
+    }
+
+    /// Pushes `changes` and answers one outcome per change. A push refused as a
+    /// whole for what it holds (a permanent error or a size limit, not auth, not
+    /// transient, not a malformed answer) is split in halves until the refusal
+    /// names one change, which becomes a rejection of that change: one bad change
+    /// never holds back the others. The flag says an outcome is such a refusal.
+    fn push_outcomes<'a>(
+        &'a self,
+        changes: &'a [PushChange],
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Vec<(PushOutcome, bool)>, RemoteError>> + Send + 'a>,
+    >
+    where
+        L: 'a,
+    {
+        Box::pin(async move {
+            let e = match self
+                .retry("push", || self.remote.push(changes.to_vec()))
+                .await
+            {
+                Ok(outcomes) => return Ok(outcomes.into_iter().map(|o| (o, false)).collect()),
+                Err(e) => e,
+            };
+            if !matches!(e, RemoteError::Permanent(_) | RemoteError::TooLarge(_)) {
+                return Err(e);
+            }
+            if changes.len() == 1 {
+                warn!(change = %changes[0].change_id, %e, "the remote refused one change; rejecting it");
+                return Ok(vec![(
+                    PushOutcome::Rejected(Rejection {
+                        message: e.to_string(),
+                        fields: Default::default(),
+                    }),
+                    true,
+                )]);
+            }
+            let (left, right) = changes.split_at(changes.len() / 2);
+            let mut out = self.push_outcomes(left).await?;
+            out.extend(self.push_outcomes(right).await?);
+            Ok(out)
+        })
     }
 
     /// Pushes one batch and settles it; returns how many entries left the outbox.
     async fn push_batch(
         &self,
-        client: &RecordId,
         entries: Vec<PendingChange>,
         report: &mut SyncReport,
     ) -> Result<usize, SyncError> {
         let changes: Vec<PushChange> = entries.iter().map(PushChange::from).collect();
-        let outcomes = self
-            .retry("push", || self.remote.push(changes.clone()))
-            .await?;
+        let outcomes = self.push_outcomes(&changes).await?;
+        if entries.len() > 1 && outcomes.iter().all(|(_, refused)| *refused) {
+            // Every change refused on its own: the remote refuses the requests,
+            // not one record (a disabled API, say). Keep them all in the outbox.
+            return Err(SyncError::Remote(RemoteError::Permanent(format!(
+                "the remote refused each of {} changes on its own; kept in the outbox",
+                entries.len()
+            ))));
+        }
+        let outcomes: Vec<PushOutcome> = outcomes.into_iter().map(|(o, _)| o).collect();
         if outcomes.len() != entries.len() {
             return Err(SyncError::Protocol(format!(
                 "pushed {} changes, got {} outcomes",
@@ -408,7 +532,10 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                     });
                 }
                 PushOutcome::Conflict { current } => {
-                    let own = current.change_id.as_ref().map(|c| &c.client) == Some(client);
+                    let own = match &current.change_id {
+                        Some(c) if c != &entry.change_id => self.local.made_here(c).await?,
+                        _ => false,
+                    };
                     if current.change_id.as_ref() == Some(&entry.change_id) {
                         // The remote should have answered Applied; accept it.
                         report.pushed += 1;
@@ -458,6 +585,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                                 op: Some(op.clone()),
                             },
                         });
+                        acks.push(Ack::Conflict(Conflict {
+                            local: entry.clone(),
+                            server: current.clone(),
+                            resolution: resolution.clone(),
+                        }));
                         self.emit(SyncEvent::Conflict {
                             local: entry,
                             server: current,
@@ -488,7 +620,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         Ok(settled)
     }
 
-    async fn pull_all(&self, report: &mut SyncReport) -> Result<(), SyncError> {
+    async fn pull_all(
+        &self,
+        synced: Option<std::collections::BTreeSet<String>>,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let state = self.local.sync_state().await?;
         if state.resyncing {
             // A resync interrupted by a crash: the horizon it began under is unknown,
@@ -496,12 +632,12 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             info!("resuming an interrupted resync from zero");
             self.emit(SyncEvent::ResyncStarted);
             report.resynced = true;
-            return self.resync(report).await;
+            return self.resync(synced, report).await;
         }
         if state.watermark.0 == 0 {
             // The first sync is a resync: anything the store holds that the server
             // lacks is removed at the end, and pages below the horizon are safe.
-            return self.resync(report).await;
+            return self.resync(synced, report).await;
         }
         match self
             .pull_pages(state.watermark, PullMode::Incremental, report)
@@ -511,7 +647,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 info!(?since, ?horizon, "watermark expired; full resync");
                 self.emit(SyncEvent::ResyncStarted);
                 report.resynced = true;
-                self.resync(report).await
+                self.resync(synced, report).await
             }
             other => other,
         }
@@ -520,7 +656,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// Full resync: re-read everything from zero, then remove what was not seen. If
     /// the server's horizon moves meanwhile, a tombstone this resync needed may have
     /// been compacted, so it starts again (bounded by `max_resyncs`).
-    async fn resync(&self, report: &mut SyncReport) -> Result<(), SyncError> {
+    async fn resync(
+        &self,
+        synced: Option<std::collections::BTreeSet<String>>,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         for attempt in 0..=self.config.max_resyncs {
             let before = self.retry("horizon", || self.remote.horizon()).await?;
             self.local.begin_resync().await?;
@@ -528,7 +668,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 .await?;
             let after = self.retry("horizon", || self.remote.horizon()).await?;
             if after == before {
-                let removed = self.local.finish_resync().await?;
+                let removed = self.local.finish_resync(synced.clone()).await?;
                 self.emit(SyncEvent::ResyncFinished { removed });
                 return Ok(());
             }
@@ -612,6 +752,13 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         let applied = self.local.apply_remote(page).await?;
         report.pulled += page.changes.len();
         report.applied += applied.applied;
+        report.skipped += applied.skipped;
+        report.mistyped += applied.mistyped.len();
+        for m in applied.mistyped {
+            warn!(collection = %m.collection, id = %m.id, field = %m.field, expected = %m.expected,
+                "a pulled value does not fit the local schema; kept as it came");
+            self.emit(SyncEvent::Mistyped(m));
+        }
         self.emit(SyncEvent::PullProgress {
             pulled: report.pulled,
             watermark: page.watermark,
@@ -724,13 +871,20 @@ mod tests {
 
     use super::*;
     use crate::error::StoreError;
-    use crate::id::{new_id, ChangeId};
+    use crate::id::{new_id, ChangeId, RecordId};
     use crate::record::{ApplyReport, Op, PushOutcome, RemoteChange, SyncState, Version};
     use crate::remote::MockRemoteStore;
     use crate::store::MockLocalStore;
     use mockall::predicate::eq;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    /// A mocked remote that syncs every collection.
+    fn mock_remote() -> MockRemoteStore {
+        let mut r = MockRemoteStore::new();
+        r.expect_collections().returning(|| Ok(None));
+        r
+    }
 
     fn change(client: &RecordId) -> PendingChange {
         PendingChange {
@@ -811,7 +965,7 @@ mod tests {
                 ..Default::default()
             })
         });
-        let mut remote = MockRemoteStore::new();
+        let mut remote = mock_remote();
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         remote.expect_pull().returning(move |since, _, mode| {
@@ -855,20 +1009,26 @@ mod tests {
     #[tokio::test]
     async fn transient_errors_give_up_after_the_bound_and_change_nothing() {
         let client = new_id();
-        let mut local = local_with(vec![change(&client)], 0);
+        let mut local = local_with(vec![change(&client)], 4);
         local.expect_ack().never();
         local.expect_apply_remote().never();
-        let mut remote = MockRemoteStore::new();
+        let mut remote = mock_remote();
         remote.expect_max_push_batch().return_const(100usize);
         remote
             .expect_push()
             .times(4)
             .returning(|_| Err(RemoteError::Transient("503".into())));
+        // The pull runs anyway, and meets the same outage.
+        remote
+            .expect_pull()
+            .times(4)
+            .returning(|_, _, _| Err(RemoteError::Transient("connection refused".into())));
         let err = fast(SyncEngine::new(local, remote))
             .sync()
             .await
             .unwrap_err();
         assert!(err.is_transient(), "the caller may try again later: {err}");
+        assert!(err.to_string().contains("503"), "the push's error is the one returned: {err}");
     }
 
     #[tokio::test]
@@ -901,8 +1061,8 @@ mod tests {
         local
             .expect_apply_remote()
             .returning(|_| Ok(ApplyReport::default()));
-        local.expect_finish_resync().returning(|| Ok(0));
-        let mut remote = MockRemoteStore::new();
+        local.expect_finish_resync().returning(|_| Ok(0));
+        let mut remote = mock_remote();
         remote.expect_horizon().returning(|| Ok(Watermark(0)));
         remote.expect_max_push_batch().return_const(100usize);
         remote.expect_push().times(1).returning(|_| {
@@ -941,9 +1101,9 @@ mod tests {
             .expect_finish_resync()
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|| Ok(2));
+            .returning(|_| Ok(2));
         local.expect_ack().never();
-        let mut remote = MockRemoteStore::new();
+        let mut remote = mock_remote();
         remote
             .expect_horizon()
             .times(2)
@@ -987,7 +1147,7 @@ mod tests {
         local.expect_ack().never();
         local.expect_apply_remote().never();
         local.expect_begin_resync().never();
-        let mut remote = MockRemoteStore::new();
+        let mut remote = mock_remote();
         remote.expect_max_push_batch().return_const(100usize);
         remote
             .expect_push()
@@ -1009,23 +1169,28 @@ mod tests {
     #[tokio::test]
     async fn wrong_outcome_count_is_a_protocol_error_and_acks_nothing() {
         let client = new_id();
-        let mut local = local_with(vec![change(&client)], 0);
+        let mut local = local_with(vec![change(&client)], 5);
         local.expect_ack().never();
-        let mut remote = MockRemoteStore::new();
+        local
+            .expect_apply_remote()
+            .times(1)
+            .returning(|_| Ok(ApplyReport::default()));
+        let mut remote = mock_remote();
         remote.expect_max_push_batch().return_const(100usize);
         remote.expect_push().returning(|_| Ok(vec![]));
+        remote.expect_pull().times(1).returning(|_, _, _| Ok(empty_page(5)));
         let err = fast(SyncEngine::new(local, remote))
             .sync()
             .await
             .unwrap_err();
-        assert!(matches!(err, SyncError::Protocol(_)), "{err}");
+        assert!(matches!(err.cause(), SyncError::Protocol(_)), "{err}");
     }
 
     #[tokio::test]
     async fn a_page_outside_its_range_is_refused_before_applying() {
         let mut local = local_with(vec![], 5);
         local.expect_apply_remote().never();
-        let mut remote = MockRemoteStore::new();
+        let mut remote = mock_remote();
         remote.expect_pull().returning(|_, _, _| {
             Ok(Page {
                 changes: vec![RemoteChange {
@@ -1057,7 +1222,7 @@ mod tests {
                 .collect(),
         );
         let a = asked.clone();
-        let mut remote = MockRemoteStore::new();
+        let mut remote = mock_remote();
         remote.expect_pull().returning(move |since, _, _| {
             let n = since.0 + 1;
             a[n as usize].store(true, Ordering::SeqCst);
@@ -1136,8 +1301,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, SyncError::Store(StoreError::Busy(_))),
+            matches!(err.cause(), SyncError::Store(StoreError::Busy(_))),
             "{err}"
+        );
+        assert_eq!(
+            err.done().map(|d| d.pulled),
+            Some(1),
+            "the error says what the sync did before it failed"
         );
         assert_eq!(
             applied.load(Ordering::SeqCst),
@@ -1150,9 +1320,10 @@ mod tests {
     async fn store_failure_stops_the_sync() {
         let mut local = MockLocalStore::new();
         local
-            .expect_client_id()
+            .expect_pending_count()
             .returning(|| Err(StoreError::Busy("database is locked".into())));
-        let remote = MockRemoteStore::new();
+        local.expect_sync_state().never();
+        let remote = mock_remote();
         let err = SyncEngine::new(local, remote).sync().await.unwrap_err();
         assert!(err.is_transient());
     }

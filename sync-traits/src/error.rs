@@ -112,6 +112,17 @@ pub enum SyncError {
     /// The remote broke the protocol in a way the engine detected.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// A sync failed after doing part of its work: `done` says what it did (pushed,
+    /// pulled, conflicts, rejections) before `error` stopped it. Everything in
+    /// `done` is settled in the store.
+    #[error("{error} (after {} pushed, {} pulled, {} conflicts, {} rejected)", done.pushed, done.pulled, done.conflicts, done.rejected)]
+    Incomplete {
+        /// What the sync did before it failed.
+        done: Box<crate::engine::SyncReport>,
+        /// Why it stopped.
+        #[source]
+        error: Box<SyncError>,
+    },
 }
 
 impl SyncError {
@@ -121,6 +132,46 @@ impl SyncError {
             SyncError::Store(e) => e.is_transient(),
             SyncError::Remote(e) => e.is_transient(),
             SyncError::Protocol(_) => false,
+            SyncError::Incomplete { error, .. } => error.is_transient(),
+        }
+    }
+
+    /// The error that stopped the sync, without the [`SyncError::Incomplete`]
+    /// wrapper.
+    pub fn cause(&self) -> &SyncError {
+        match self {
+            SyncError::Incomplete { error, .. } => error.cause(),
+            e => e,
+        }
+    }
+
+    /// What a failed sync did before it stopped, if it did anything.
+    pub fn done(&self) -> Option<&crate::engine::SyncReport> {
+        match self {
+            SyncError::Incomplete { done, .. } => Some(done),
+            _ => None,
+        }
+    }
+
+    /// Whether the remote refused the credentials (sign in again).
+    pub fn is_auth(&self) -> bool {
+        matches!(self.cause(), SyncError::Remote(RemoteError::Auth(_)))
+    }
+
+    /// `error`, wrapped with `done` if the sync did anything before it.
+    pub(crate) fn after(done: crate::engine::SyncReport, error: SyncError) -> SyncError {
+        let did_something = done.pushed > 0
+            || done.pulled > 0
+            || done.conflicts > 0
+            || done.rejected > 0
+            || done.resynced;
+        if did_something && !matches!(error, SyncError::Incomplete { .. }) {
+            SyncError::Incomplete {
+                done: Box::new(done),
+                error: Box::new(error),
+            }
+        } else {
+            error
         }
     }
 }

@@ -51,8 +51,9 @@ pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
 pub use error::{FieldsError, InvalidId, RemoteError, StoreError, SyncError};
 pub use id::{new_id, ChangeId, RecordId, ID_LEN};
 pub use record::{
-    changed_fields, Ack, ApplyReport, Fields, Op, Page, PendingChange, PushChange, PushOutcome,
-    Quarantined, Record, Rejection, RemoteChange, RemoteState, SyncState, Version, Watermark,
+    changed_fields, Ack, ApplyReport, Conflict, Fields, LoggedConflict, Mistyped, Op, Page,
+    PendingChange, PushChange, PushOutcome, Quarantined, Record, Rejection, RemoteChange,
+    RemoteState, SyncState, Version, Watermark,
 };
 pub use remote::{PullMode, RemoteStore};
 pub use store::LocalStore;

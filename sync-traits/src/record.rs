@@ -229,7 +229,7 @@ pub enum PushOutcome {
 }
 
 /// What [`crate::LocalStore::apply_remote`] did with a page.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ApplyReport {
     /// Changes written to local data.
     pub applied: usize,
@@ -237,6 +237,55 @@ pub struct ApplyReport {
     pub deferred: usize,
     /// Changes skipped because the store already had that version or newer.
     pub stale: usize,
+    /// Changes to collections this store does not hold (not declared, or declared
+    /// local-only). The watermark still covers them: a store keeps what it skips of
+    /// an undeclared collection and applies it when the collection is declared, so
+    /// nothing is lost behind the watermark.
+    pub skipped: usize,
+    /// Values that do not fit the type the store declares for their field. Each is
+    /// kept exactly as the server sent it (not coerced, not dropped) and the rest
+    /// of its record applies.
+    pub mistyped: Vec<Mistyped>,
+}
+
+/// A pulled value of another type than the local schema declares for its field.
+/// The store keeps the value as it came (so the record still equals the server's)
+/// and reports it here; see [`ApplyReport::mistyped`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mistyped {
+    /// Collection name.
+    pub collection: String,
+    /// Record id.
+    pub id: RecordId,
+    /// Field name.
+    pub field: String,
+    /// What the local schema expects there (for example `"a string"`).
+    pub expected: String,
+    /// The value as the server sent it, kept as it is.
+    pub value: Value,
+}
+
+/// A conflict as it happened: the local change that met a newer server state, that
+/// state, and what the policy decided. Every conflict the engine meets is persisted
+/// in the store ([`Ack::Conflict`], [`crate::LocalStore::conflicts`]); events are a
+/// convenience, never the only record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The local change, with its data, as it was pushed.
+    pub local: PendingChange,
+    /// The server's state it met.
+    pub server: RemoteState,
+    /// What was done.
+    pub resolution: crate::conflict::Resolution,
+}
+
+/// A conflict kept in a store's conflict log, with the id that clears it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoggedConflict {
+    /// Store-assigned id, increasing in the order conflicts were logged.
+    pub id: u64,
+    /// The conflict.
+    pub conflict: Conflict,
 }
 
 /// How to settle one pushed outbox entry; passed in a batch to
@@ -300,6 +349,9 @@ pub enum Ack {
         /// The server's current state, if the record exists there.
         server: Option<RemoteState>,
     },
+    /// Append this conflict to the store's conflict log (in the same transaction as
+    /// the ack that settles it, which comes in the same batch). Settles no entry.
+    Conflict(Conflict),
 }
 
 impl Ack {
@@ -310,13 +362,17 @@ impl Ack {
             | Ack::Rebase { collection, id, .. }
             | Ack::TakeServer { collection, id, .. } => (collection, id),
             Ack::Quarantine { change, .. } => (&change.collection, &change.id),
+            Ack::Conflict(c) => (&c.local.collection, &c.local.id),
         }
     }
 }
 
-/// A refused change kept by the store for the application to inspect or retry.
+/// A refused change kept by the store for the application to inspect, retry
+/// ([`crate::LocalStore::retry_quarantined`]) or discard.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Quarantined {
+    /// Store-assigned id, increasing in the order changes were quarantined.
+    pub id: u64,
     /// The change as it was when refused.
     pub change: PendingChange,
     /// Why it was refused.

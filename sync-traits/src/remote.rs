@@ -34,10 +34,14 @@ pub enum PullMode {
 /// - idempotent delivery: a change id already applied answers `Applied` again with
 ///   **the version that change produced** (not the record's current version, which
 ///   may be a later foreign write the caller must still pull), even if other writes
-///   came after it. Change counters of one client only grow and its outbox only
-///   holds its newest change per record, so a remote may keep, per record, the
-///   newest applied counter (and its version) of each client and answer `Applied`
-///   for any counter at or below it;
+///   came after it. A remote may keep, per record, the newest applied change of
+///   each writer ([`ChangeId::client`](crate::ChangeId)) with its version, and must
+///   answer `Applied` **only for that exact change id**: a change with another
+///   counter of the same writer was not applied, whatever its counter (a store
+///   restored from a backup rolls its counter back and may send a lower one, or a
+///   lower one may be an older change a newer one superseded), and goes through the
+///   base-version check like any other write. Answering `Applied` for a change the
+///   remote did not apply loses that write silently;
 /// - a `Conflict` carries the current state with the change id that produced it,
 ///   so the engine can recognise its own earlier write.
 #[cfg_attr(test, mockall::automock)]
@@ -76,6 +80,14 @@ pub trait RemoteStore: Send + Sync {
         Ok(None)
     }
 
+    /// The collections this remote syncs for the caller, if it knows them. The
+    /// engine pushes only changes to these collections (the others wait in the
+    /// outbox, untouched) and a full resync removes local records only in these.
+    /// `None` (the default): the remote syncs whatever the store holds.
+    async fn collections(&self) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
+        Ok(None)
+    }
+
     /// Largest batch [`push`](RemoteStore::push) accepts.
     fn max_push_batch(&self) -> usize {
         500
@@ -100,6 +112,9 @@ macro_rules! forward_remote_store {
             }
             async fn counts(&self) -> Result<Option<std::collections::BTreeMap<String, u64>>, RemoteError> {
                 (**self).counts().await
+            }
+            async fn collections(&self) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
+                (**self).collections().await
             }
             fn max_push_batch(&self) -> usize {
                 (**self).max_push_batch()

@@ -2,9 +2,13 @@
 
 use async_trait::async_trait;
 
+use std::collections::BTreeSet;
+
 use crate::error::StoreError;
-use crate::id::RecordId;
-use crate::record::{Ack, ApplyReport, Page, PendingChange, Quarantined, Record, SyncState};
+use crate::id::{ChangeId, RecordId};
+use crate::record::{
+    Ack, ApplyReport, LoggedConflict, Page, PendingChange, Quarantined, Record, SyncState,
+};
 
 /// A local store that always works, offline included.
 ///
@@ -42,8 +46,28 @@ pub trait LocalStore: Send + Sync {
 
     // ---- engine-facing ----
 
-    /// This store's stable client id (made once, on first open, and persisted).
+    /// The writer id this store stamps on the change ids it makes now
+    /// ([`ChangeId::client`]); stable for the life of this open store.
+    ///
+    /// A store that outlives a process must not trust its change counter across
+    /// opens: a file restored from a backup rolls it back, and a copied file makes
+    /// two writers of one counter. So persistent stores take a fresh writer id (an
+    /// incarnation) at every open, with the counter going on, and remember the
+    /// writer ids they had (see [`made_here`](LocalStore::made_here)): a change id
+    /// is then never reused for different content, whatever happens to the file.
     async fn client_id(&self) -> Result<RecordId, StoreError>;
+
+    /// Whether this store's own history made `change`: a writer id it had, with a
+    /// counter it issued under that writer id. A store restored from a backup or
+    /// copied from another device answers `false` for changes made after the copy
+    /// point, so the engine treats them as foreign writes (a conflict the policy
+    /// decides) rather than as its own unacknowledged ones.
+    ///
+    /// The default answers for the current writer id only, which is right for a
+    /// store that never outlives its process.
+    async fn made_here(&self, change: &ChangeId) -> Result<bool, StoreError> {
+        Ok(change.client == self.client_id().await?)
+    }
 
     /// The current watermark and whether a resync is in progress.
     async fn sync_state(&self) -> Result<SyncState, StoreError>;
@@ -53,6 +77,16 @@ pub trait LocalStore: Send + Sync {
     /// outbox entry is not applied (the push will meet it as a conflict); a change
     /// whose version is not newer than the record's known version is skipped. During
     /// a resync every record named in the page is marked as seen.
+    ///
+    /// A page is never refused for what one record holds:
+    /// - a change to a collection the store does not hold is skipped and counted in
+    ///   [`ApplyReport::skipped`]; a store that can later declare the collection keeps
+    ///   it and applies it then (its watermark has moved past it). Changes to a
+    ///   collection declared local-only are skipped and never touch local data;
+    /// - a value of another type than the store declares for its field is kept as it
+    ///   came and listed in [`ApplyReport::mistyped`].
+    ///
+    /// An error (the store failed) changes nothing.
     async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError>;
 
     /// Up to `limit` outbox entries with `seq > after`, in ascending `seq` order.
@@ -70,11 +104,30 @@ pub trait LocalStore: Send + Sync {
     async fn begin_resync(&self) -> Result<(), StoreError>;
 
     /// Ends a resync: removes every record not seen since `begin_resync` that has no
-    /// outbox entry. Returns how many were removed.
-    async fn finish_resync(&self) -> Result<usize, StoreError>;
+    /// outbox entry, in the collections of `synced` (`None`: every collection the
+    /// store syncs). Records of collections outside it (a collection the remote does
+    /// not sync) and of local-only collections are never removed. Returns how many
+    /// were removed.
+    async fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError>;
 
-    /// Changes the remote refused for good, with their data.
+    /// Changes the remote refused for good, with their data, oldest first.
     async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
+
+    /// Writes a quarantined change again as a new local write (a put of its data,
+    /// or a delete), with a new change id on the record's current known version, and
+    /// removes it from the quarantine, in one transaction. Returns whether `id` was
+    /// in the quarantine.
+    async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError>;
+
+    /// Removes a quarantined change for good. Returns whether it was there.
+    async fn discard_quarantined(&self, id: u64) -> Result<bool, StoreError>;
+
+    /// Every conflict the engine met and the store logged ([`Ack::Conflict`]),
+    /// oldest first, until cleared.
+    async fn conflicts(&self) -> Result<Vec<LoggedConflict>, StoreError>;
+
+    /// Removes the logged conflicts with these ids; returns how many were removed.
+    async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError>;
 }
 
 macro_rules! forward_local_store {
@@ -99,6 +152,9 @@ macro_rules! forward_local_store {
             async fn client_id(&self) -> Result<RecordId, StoreError> {
                 (**self).client_id().await
             }
+            async fn made_here(&self, c: &ChangeId) -> Result<bool, StoreError> {
+                (**self).made_here(c).await
+            }
             async fn sync_state(&self) -> Result<SyncState, StoreError> {
                 (**self).sync_state().await
             }
@@ -117,11 +173,23 @@ macro_rules! forward_local_store {
             async fn begin_resync(&self) -> Result<(), StoreError> {
                 (**self).begin_resync().await
             }
-            async fn finish_resync(&self) -> Result<usize, StoreError> {
-                (**self).finish_resync().await
+            async fn finish_resync(&self, s: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
+                (**self).finish_resync(s).await
             }
             async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
                 (**self).quarantined().await
+            }
+            async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+                (**self).retry_quarantined(id).await
+            }
+            async fn discard_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+                (**self).discard_quarantined(id).await
+            }
+            async fn conflicts(&self) -> Result<Vec<LoggedConflict>, StoreError> {
+                (**self).conflicts().await
+            }
+            async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
+                (**self).clear_conflicts(ids).await
             }
         }
     };

@@ -19,9 +19,11 @@ use std::future::Future;
 
 use serde_json::{json, Value};
 
-use crate::id::{new_id, RecordId};
+use crate::conflict::Resolution;
+use crate::id::{new_id, ChangeId, RecordId};
 use crate::record::{
-    Ack, Fields, Op, Page, Record, Rejection, RemoteChange, RemoteState, Version, Watermark,
+    Ack, Conflict, Fields, Op, Page, Record, Rejection, RemoteChange, RemoteState, Version,
+    Watermark,
 };
 use crate::store::LocalStore;
 
@@ -94,9 +96,14 @@ where
     ack_applied_without_entry_records_version(&make().await).await;
     ack_quarantine_superseded_keeps_newer_write(&make().await).await;
     ack_rebase_to_delete_removes_local_record(&make().await).await;
-    failed_apply_changes_nothing(&make().await).await;
+    a_page_is_not_refused_for_one_collection(&make().await).await;
     finish_resync_without_begin_is_a_no_op(&make().await).await;
     change_ids_increase_across_records(&make().await).await;
+    ack_take_server_superseded_keeps_newer_write(&make().await).await;
+    conflicts_are_logged_until_cleared(&make().await).await;
+    quarantine_retry_writes_again_and_discard_forgets(&make().await).await;
+    made_here_knows_its_own_change_ids(&make().await).await;
+    finish_resync_removes_only_in_synced_collections(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -713,7 +720,7 @@ pub async fn resync_keeps_outbox_and_removes_unseen(s: &dyn LocalStore) {
         s.sync_state().await.unwrap().resyncing,
         "still resyncing until finished"
     );
-    let removed = s.finish_resync().await.unwrap();
+    let removed = s.finish_resync(None).await.unwrap();
     assert_eq!(removed, 1, "only the unseen synced record is removed");
     assert!(s.get(SONGS, &gone).await.unwrap().is_none());
     assert!(s.get(SONGS, &kept).await.unwrap().is_some());
@@ -891,28 +898,26 @@ pub async fn ack_rebase_to_delete_removes_local_record(s: &dyn LocalStore) {
     assert_eq!((p[0].base, &p[0].op), (Some(Version(3)), &Op::Delete));
 }
 
-/// A page that cannot be applied whole is not applied at all.
-pub async fn failed_apply_changes_nothing(s: &dyn LocalStore) {
+/// A change to a collection the store does not hold (undeclared, or a name no
+/// store could hold) is skipped; the rest of the page applies and the watermark
+/// moves.
+pub async fn a_page_is_not_refused_for_one_collection(s: &dyn LocalStore) {
     let a = new_id();
     let r = s
         .apply_remote(&page(
             vec![
                 remote(SONGS, &a, 1, Some(song("a", 1))),
                 remote("no such collection!", &new_id(), 2, Some(song("b", 2))),
+                remote(SONGS, &new_id(), 3, Some(song("c", 3))),
             ],
-            2,
+            3,
         ))
-        .await;
-    assert!(r.is_err(), "a page naming an impossible collection fails");
-    assert!(
-        s.get(SONGS, &a).await.unwrap().is_none(),
-        "no change of a failed page lands"
-    );
-    assert_eq!(
-        s.sync_state().await.unwrap().watermark,
-        Watermark(0),
-        "the watermark of a failed page does not move"
-    );
+        .await
+        .expect("a page is never refused for what one change names");
+    assert_eq!(r.skipped, 1, "the impossible collection is skipped and counted");
+    assert_eq!(r.applied, 2, "every other change applies");
+    assert!(s.get(SONGS, &a).await.unwrap().is_some());
+    assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(3));
 }
 
 /// finish_resync without begin_resync removes nothing.
@@ -921,7 +926,7 @@ pub async fn finish_resync_without_begin_is_a_no_op(s: &dyn LocalStore) {
     s.apply_remote(&page(vec![remote(SONGS, &a, 1, Some(song("a", 1)))], 1))
         .await
         .unwrap();
-    assert_eq!(s.finish_resync().await.unwrap(), 0);
+    assert_eq!(s.finish_resync(None).await.unwrap(), 0);
     assert!(s.get(SONGS, &a).await.unwrap().is_some());
     assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(1));
 }
@@ -937,5 +942,233 @@ pub async fn change_ids_increase_across_records(s: &dyn LocalStore) {
     assert!(
         p.windows(2).all(|w| w[0].change_id.n < w[1].change_id.n),
         "change ids strictly increase"
+    );
+}
+
+fn pushed(s_pending: &[crate::record::PendingChange], id: &RecordId) -> crate::record::PendingChange {
+    s_pending
+        .iter()
+        .find(|p| &p.id == id)
+        .cloned()
+        .expect("the record has an outbox entry")
+}
+
+/// TakeServer for a change a newer local write superseded changes nothing: the
+/// newer write stays, with its data, in the outbox (it will meet the server as a
+/// conflict of its own).
+pub async fn ack_take_server_superseded_keeps_newer_write(s: &dyn LocalStore) {
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("first", 1)))
+        .await
+        .unwrap();
+    let first = pushed(&s.pending(0, 10).await.unwrap(), &a);
+    s.put(Record::new(SONGS, a.clone(), song("newer", 2)))
+        .await
+        .unwrap();
+    s.ack(vec![Ack::TakeServer {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: first.change_id.clone(),
+        state: RemoteState {
+            version: Version(7),
+            fields: Some(song("theirs", 9)),
+            change_id: None,
+        },
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("newer", 2),
+        "a newer local write survives a TakeServer of the change it superseded"
+    );
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1, "the newer write is still in the outbox");
+    assert_eq!(p[0].op, Op::Upsert(song("newer", 2)));
+}
+
+/// Every conflict acked with [`Ack::Conflict`] is kept, with the local change, the
+/// server state and the resolution, in order, until cleared by id.
+pub async fn conflicts_are_logged_until_cleared(s: &dyn LocalStore) {
+    assert!(s.conflicts().await.unwrap().is_empty());
+    let (a, b) = (new_id(), new_id());
+    s.put(Record::new(SONGS, a.clone(), song("mine a", 1)))
+        .await
+        .unwrap();
+    s.put(Record::new(SONGS, b.clone(), song("mine b", 2)))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    let (pa, pb) = (pushed(&p, &a), pushed(&p, &b));
+    let server = |v: u64, t: &str| RemoteState {
+        version: Version(v),
+        fields: Some(song(t, 0)),
+        change_id: None,
+    };
+    let lost = Conflict {
+        local: pa.clone(),
+        server: server(5, "theirs a"),
+        resolution: Resolution::TakeServer,
+    };
+    let kept = Conflict {
+        local: pb.clone(),
+        server: RemoteState {
+            version: Version(6),
+            fields: None,
+            change_id: None,
+        },
+        resolution: Resolution::Replace(Op::Upsert(song("merged", 3))),
+    };
+    s.ack(vec![
+        Ack::TakeServer {
+            collection: SONGS.into(),
+            id: a.clone(),
+            change_id: pa.change_id.clone(),
+            state: server(5, "theirs a"),
+        },
+        Ack::Conflict(lost.clone()),
+        Ack::Rebase {
+            collection: SONGS.into(),
+            id: b.clone(),
+            change_id: pb.change_id.clone(),
+            base: Version(6),
+            op: Some(Op::Upsert(song("merged", 3))),
+        },
+        Ack::Conflict(kept.clone()),
+    ])
+    .await
+    .unwrap();
+    let log = s.conflicts().await.unwrap();
+    assert_eq!(log.len(), 2, "both conflicts are logged");
+    assert_eq!(log[0].conflict, lost, "the losing local change is kept whole");
+    assert_eq!(log[1].conflict, kept);
+    assert!(log[0].id < log[1].id, "ids grow in logging order");
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("theirs a", 0),
+        "the resolution applied with the log entry"
+    );
+    assert_eq!(s.clear_conflicts(vec![log[0].id]).await.unwrap(), 1);
+    let left = s.conflicts().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0], log[1], "clearing one keeps the others as they were");
+    assert_eq!(
+        s.clear_conflicts(vec![log[0].id]).await.unwrap(),
+        0,
+        "clearing twice removes nothing"
+    );
+}
+
+/// A quarantined change can be written again (a new outbox entry with its data,
+/// on the record's known version) or discarded; both remove it from the quarantine.
+pub async fn quarantine_retry_writes_again_and_discard_forgets(s: &dyn LocalStore) {
+    let (a, b) = (new_id(), new_id());
+    s.put(Record::new(SONGS, a.clone(), song("refused a", 1)))
+        .await
+        .unwrap();
+    s.put(Record::new(SONGS, b.clone(), song("refused b", 2)))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    let rejection = Rejection {
+        message: "invalid".into(),
+        fields: Default::default(),
+    };
+    s.ack(vec![
+        Ack::Quarantine {
+            change: pushed(&p, &a),
+            rejection: rejection.clone(),
+            server: Some(RemoteState {
+                version: Version(4),
+                fields: Some(song("server a", 0)),
+                change_id: None,
+            }),
+        },
+        Ack::Quarantine {
+            change: pushed(&p, &b),
+            rejection,
+            server: None,
+        },
+    ])
+    .await
+    .unwrap();
+    let q = s.quarantined().await.unwrap();
+    assert_eq!(q.len(), 2);
+    assert!(q[0].id < q[1].id, "quarantine ids grow");
+    let (qa, qb) = if q[0].change.id == a {
+        (q[0].id, q[1].id)
+    } else {
+        (q[1].id, q[0].id)
+    };
+    assert!(s.retry_quarantined(qa).await.unwrap());
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("refused a", 1),
+        "a retried change is the local data again"
+    );
+    let retried = s.pending(0, 10).await.unwrap();
+    assert_eq!(retried.len(), 1, "and in the outbox");
+    assert_eq!(retried[0].op, Op::Upsert(song("refused a", 1)));
+    assert_eq!(
+        retried[0].base,
+        Some(Version(4)),
+        "based on the version the store knows"
+    );
+    assert_ne!(
+        retried[0].change_id,
+        pushed(&p, &a).change_id,
+        "a retry is a new write with a new change id"
+    );
+    assert!(!s.retry_quarantined(qa).await.unwrap(), "retried once only");
+    assert!(s.discard_quarantined(qb).await.unwrap());
+    assert!(!s.discard_quarantined(qb).await.unwrap());
+    assert!(s.quarantined().await.unwrap().is_empty());
+    assert!(s.get(SONGS, &b).await.unwrap().is_none());
+}
+
+/// A store knows the change ids it made, and no others: not another writer's, and
+/// not a counter it never issued.
+pub async fn made_here_knows_its_own_change_ids(s: &dyn LocalStore) {
+    s.put(Record::new(SONGS, new_id(), song("x", 1)))
+        .await
+        .unwrap();
+    let mine = s.pending(0, 10).await.unwrap()[0].change_id.clone();
+    assert!(s.made_here(&mine).await.unwrap(), "its own change id");
+    assert_eq!(mine.client, s.client_id().await.unwrap());
+    let foreign = ChangeId {
+        client: new_id(),
+        n: mine.n,
+    };
+    assert!(!s.made_here(&foreign).await.unwrap(), "another writer's");
+    let unissued = ChangeId {
+        client: mine.client.clone(),
+        n: mine.n + 1000,
+    };
+    assert!(
+        !s.made_here(&unissued).await.unwrap(),
+        "a counter this store never issued (a copy of it made that one)"
+    );
+}
+
+/// A resync scoped to the collections the remote syncs never removes records of
+/// the others.
+pub async fn finish_resync_removes_only_in_synced_collections(s: &dyn LocalStore) {
+    let (song_id, friend) = (new_id(), new_id());
+    s.apply_remote(&page(
+        vec![
+            remote(SONGS, &song_id, 1, Some(song("s", 1))),
+            remote(FRIENDS, &friend, 2, Some(fields(json!({"name": "f"})))),
+        ],
+        2,
+    ))
+    .await
+    .unwrap();
+    s.begin_resync().await.unwrap();
+    let only_songs = [SONGS.to_string()].into_iter().collect();
+    assert_eq!(s.finish_resync(Some(only_songs)).await.unwrap(), 1);
+    assert!(s.get(SONGS, &song_id).await.unwrap().is_none());
+    assert!(
+        s.get(FRIENDS, &friend).await.unwrap().is_some(),
+        "a collection the remote does not sync is never emptied by a resync"
     );
 }

@@ -53,6 +53,8 @@ struct Server {
     applied: std::collections::HashMap<ChangeId, u32>,
     /// Every collection ever written (the server's "synced collections").
     collections: BTreeSet<String>,
+    /// The collections the server syncs; `None`: any collection.
+    synced: Option<BTreeSet<String>>,
     /// Compacted tombstones keep only their idempotency memory.
     graveyard: std::collections::HashMap<Key, std::collections::HashMap<RecordId, (u64, Version)>>,
 }
@@ -154,6 +156,17 @@ impl FakeRemote {
         Watermark(s.horizon)
     }
 
+    /// Sets which collections the server syncs (`None`: any). A collection taken
+    /// out is neither pulled nor accepted in pushes; one added later is pulled from
+    /// then on, with everything it holds.
+    pub fn set_synced<I, S>(&self, collections: Option<I>)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.lock().synced = collections.map(|c| c.into_iter().map(Into::into).collect());
+    }
+
     /// The current head `seq`.
     pub fn head(&self) -> Watermark {
         Watermark(self.lock().seq)
@@ -202,6 +215,10 @@ impl FakeRemote {
 }
 
 impl Server {
+    fn syncs(&self, collection: &str) -> bool {
+        self.synced.as_ref().is_none_or(|s| s.contains(collection))
+    }
+
     fn write(&mut self, key: Key, fields: Option<Fields>, change_id: Option<ChangeId>) -> Version {
         self.seq += 1;
         let version = Version(self.seq);
@@ -245,12 +262,12 @@ impl Server {
             None
         };
         if let Some(by_client) = cur.map(|e| &e.by_client).or(grave) {
-            // Idempotency: this client's change counters only grow, and its outbox
-            // only ever holds its newest change to a record, so a counter at or below
-            // the newest applied one means this change (or a newer one it is part
-            // of) was applied already.
+            // Idempotency: only the exact change id applied last by this writer is
+            // answered as applied. Another counter of the same writer (lower: a store
+            // restored from a backup, or an older change a newer one superseded) was
+            // not applied and goes through the base check below.
             if let Some((n, v)) = by_client.get(&c.change_id.client) {
-                if *n >= c.change_id.n {
+                if *n == c.change_id.n {
                     return PushOutcome::Applied { version: *v };
                 }
             }
@@ -261,6 +278,9 @@ impl Server {
                 fields: Default::default(),
             })
         };
+        if !self.syncs(&c.collection) {
+            return reject("Missing or invalid collection context.");
+        }
         // Permission: the caller must see the record now and may not give it away.
         if let Some(e) = cur {
             if let Some(f) = &e.fields {
@@ -354,6 +374,9 @@ impl RemoteStore for FakeRemote {
         let mut watermark = Watermark(s.seq);
         let mut more = false;
         for (v, key) in s.by_version.range(since.0 + 1..) {
+            if !s.syncs(&key.0) {
+                continue;
+            }
             let Some(state) = s.records.get(key).and_then(|e| self.access.view(e)) else {
                 continue;
             };
@@ -411,16 +434,24 @@ impl RemoteStore for FakeRemote {
     }
 
     async fn counts(&self) -> Result<Option<std::collections::BTreeMap<String, u64>>, RemoteError> {
-        let mut out: std::collections::BTreeMap<String, u64> = self
-            .lock()
+        let s = self.lock();
+        let mut out: std::collections::BTreeMap<String, u64> = s
             .collections
             .iter()
+            .filter(|c| s.syncs(c))
             .map(|c| (c.clone(), 0))
             .collect();
+        drop(s);
         for r in self.snapshot() {
-            *out.entry(r.collection).or_insert(0) += 1;
+            if let Some(n) = out.get_mut(&r.collection) {
+                *n += 1;
+            }
         }
         Ok(Some(out))
+    }
+
+    async fn collections(&self) -> Result<Option<BTreeSet<String>>, RemoteError> {
+        Ok(self.lock().synced.clone())
     }
 
     fn max_push_batch(&self) -> usize {

@@ -159,6 +159,12 @@ impl<R: RemoteStore> RemoteStore for Faulty<R> {
         self.inner.counts().await
     }
 
+    async fn collections(
+        &self,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
+        self.inner.collections().await
+    }
+
     fn max_push_batch(&self) -> usize {
         self.inner.max_push_batch()
     }

@@ -9,17 +9,28 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::id::{new_id, ChangeId, RecordId};
 use crate::record::{
-    changed_fields, Ack, ApplyReport, Fields, Op, Page, PendingChange, Quarantined, Record,
-    RemoteState, SyncState, Version, Watermark,
+    changed_fields, Ack, ApplyReport, Fields, LoggedConflict, Op, Page, PendingChange,
+    Quarantined, Record, RemoteState, SyncState, Version, Watermark,
 };
 use crate::store::LocalStore;
 
 type Key = (String, RecordId);
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Inner {
-    client: Option<RecordId>,
+    /// The writer ids this store had, oldest first, each with the first change
+    /// counter it issued; the last one is the current writer.
+    writers: Vec<(RecordId, u64)>,
     counter: u64,
+    /// `None`: every (valid) collection is held. `Some`: only these.
+    declared: Option<BTreeSet<String>>,
+    /// Held, written locally, never synced.
+    local_only: BTreeSet<String>,
+    /// Newest pulled state of records of undeclared collections.
+    parked: BTreeMap<Key, RemoteState>,
+    quarantine_seq: u64,
+    conflicts: Vec<LoggedConflict>,
+    conflict_seq: u64,
     outbox_seq: u64,
     records: BTreeMap<Key, Fields>,
     versions: HashMap<Key, Version>,
@@ -32,7 +43,13 @@ struct Inner {
 }
 
 /// An in-memory [`LocalStore`]. Every method takes one lock, so each is atomic;
-/// "crashing" is modelled by dropping the engine and keeping the store.
+/// "crashing" is modelled by dropping the engine and keeping the store, and a
+/// restored or copied store file by [`MemoryStore::reopen_copy`].
+///
+/// By default it holds every collection; [`MemoryStore::with_collections`] makes
+/// it hold only some (like a store with a schema), [`MemoryStore::declare`] adds
+/// one later, and [`MemoryStore::with_local_only`] declares collections that are
+/// never synced.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -61,6 +78,74 @@ impl MemoryStore {
             .map_err(|_| StoreError::Backend("memory store lock poisoned".into()))
     }
 
+    /// A store that holds only `collections` (plus any local-only ones). Changes
+    /// pulled for others are skipped and kept until [`declare`](Self::declare).
+    pub fn with_collections<I, S>(collections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let s = Self::new();
+        s.inner_mut().declared = Some(collections.into_iter().map(Into::into).collect());
+        s
+    }
+
+    /// Declares `collections` local-only: held and written like any other, never
+    /// in the outbox, never touched by a pull or a resync.
+    pub fn with_local_only<I, S>(self, collections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.inner_mut()
+            .local_only
+            .extend(collections.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts holding `collection` (as an app does when it ships a schema that
+    /// declares it): what earlier pulls skipped of it is applied now. Returns how
+    /// many records that brought in.
+    pub fn declare(&self, collection: &str) -> usize {
+        let mut g = self.inner_mut();
+        let Some(declared) = g.declared.as_mut() else {
+            return 0;
+        };
+        if !declared.insert(collection.to_owned()) {
+            return 0;
+        }
+        let keys: Vec<Key> = g
+            .parked
+            .keys()
+            .filter(|(c, _)| c == collection)
+            .cloned()
+            .collect();
+        let mut n = 0;
+        for key in keys {
+            if let Some(state) = g.parked.remove(&key) {
+                n += usize::from(state.fields.is_some());
+                g.set_server_state(key, &state);
+            }
+        }
+        n
+    }
+
+    /// A copy of this store as if its file had been copied (or backed up) now and
+    /// opened later, elsewhere: the same data, outbox, watermark and history, and
+    /// a new writer id, as every persistent store takes at open. Writes to either
+    /// copy afterwards never share a change id.
+    pub fn reopen_copy(&self) -> MemoryStore {
+        let mut inner = self.inner_mut().clone();
+        inner.new_writer();
+        MemoryStore {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn inner_mut(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Every record of every collection, ordered by (collection, id).
     pub fn all_records(&self) -> Vec<Record> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -73,13 +158,51 @@ impl MemoryStore {
 
 impl Inner {
     fn client(&mut self) -> RecordId {
-        self.client.get_or_insert_with(new_id).clone()
+        if self.writers.is_empty() {
+            self.new_writer();
+        }
+        self.writers[self.writers.len() - 1].0.clone()
+    }
+
+    fn new_writer(&mut self) {
+        self.writers.push((new_id(), self.counter + 1));
+    }
+
+    /// Whether this store's history issued `change`.
+    fn made_here(&self, change: &ChangeId) -> bool {
+        let Some(i) = self.writers.iter().position(|(w, _)| *w == change.client) else {
+            return false;
+        };
+        let first = self.writers[i].1;
+        let end = self
+            .writers
+            .get(i + 1)
+            .map_or(self.counter, |(_, next)| next - 1);
+        (first..=end).contains(&change.n)
+    }
+
+    fn holds(&self, collection: &str) -> bool {
+        self.local_only.contains(collection)
+            || self.declared.as_ref().is_none_or(|d| d.contains(collection))
+    }
+
+    fn check_held(&self, collection: &str) -> Result<(), StoreError> {
+        check_collection(collection)?;
+        if self.holds(collection) {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownCollection(collection.to_owned()))
+        }
     }
 
     fn record_write(&mut self, key: Key, op: Op, changed: BTreeSet<String>) {
+        if self.local_only.contains(&key.0) {
+            return;
+        }
+        let client = self.client();
         self.counter += 1;
         let change_id = ChangeId {
-            client: self.client(),
+            client,
             n: self.counter,
         };
         if let Some(seq) = self.outbox_index.get(&key) {
@@ -133,16 +256,16 @@ impl Inner {
 #[async_trait]
 impl LocalStore for MemoryStore {
     async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        check_collection(collection)?;
         let g = self.lock()?;
+        g.check_held(collection)?;
         Ok(g.records
             .get(&(collection.to_owned(), id.clone()))
             .map(|f| Record::new(collection, id.clone(), f.clone())))
     }
 
     async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
-        check_collection(collection)?;
         let g = self.lock()?;
+        g.check_held(collection)?;
         Ok(g.records
             .iter()
             .filter(|((c, _), _)| c == collection)
@@ -151,8 +274,8 @@ impl LocalStore for MemoryStore {
     }
 
     async fn put(&self, record: Record) -> Result<(), StoreError> {
-        check_collection(&record.collection)?;
         let mut g = self.lock()?;
+        g.check_held(&record.collection)?;
         let key = (record.collection, record.id);
         let changed = changed_fields(g.records.get(&key), Some(&record.fields));
         g.records.insert(key.clone(), record.fields.clone());
@@ -161,8 +284,8 @@ impl LocalStore for MemoryStore {
     }
 
     async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
-        check_collection(collection)?;
         let mut g = self.lock()?;
+        g.check_held(collection)?;
         let key = (collection.to_owned(), id.clone());
         let Some(old) = g.records.remove(&key) else {
             return Ok(false);
@@ -176,6 +299,10 @@ impl LocalStore for MemoryStore {
         Ok(self.lock()?.client())
     }
 
+    async fn made_here(&self, change: &ChangeId) -> Result<bool, StoreError> {
+        Ok(self.lock()?.made_here(change))
+    }
+
     async fn sync_state(&self) -> Result<SyncState, StoreError> {
         let g = self.lock()?;
         Ok(SyncState {
@@ -185,13 +312,22 @@ impl LocalStore for MemoryStore {
     }
 
     async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
-        for c in &page.changes {
-            check_collection(&c.collection)?;
-        }
         let mut g = self.lock()?;
         let mut report = ApplyReport::default();
         for c in &page.changes {
             let key = (c.collection.clone(), c.id.clone());
+            if g.local_only.contains(&c.collection) || check_collection(&c.collection).is_err() {
+                report.skipped += 1;
+                continue;
+            }
+            if !g.holds(&c.collection) {
+                report.skipped += 1;
+                let newer = g.parked.get(&key).is_none_or(|p| p.version < c.state.version);
+                if newer {
+                    g.parked.insert(key, c.state.clone());
+                }
+                continue;
+            }
             if g.resyncing {
                 g.seen.insert(key.clone());
             }
@@ -303,7 +439,18 @@ impl LocalStore for MemoryStore {
                             }
                         }
                     }
-                    g.quarantine.push(Quarantined { change, rejection });
+                    g.quarantine_seq += 1;
+                    let id = g.quarantine_seq;
+                    g.quarantine.push(Quarantined {
+                        id,
+                        change,
+                        rejection,
+                    });
+                }
+                Ack::Conflict(conflict) => {
+                    g.conflict_seq += 1;
+                    let id = g.conflict_seq;
+                    g.conflicts.push(LoggedConflict { id, conflict });
                 }
             }
         }
@@ -315,18 +462,25 @@ impl LocalStore for MemoryStore {
         g.watermark = Watermark(0);
         g.resyncing = true;
         g.seen.clear();
+        // The resync delivers everything again, parked records included.
+        g.parked.clear();
         Ok(())
     }
 
-    async fn finish_resync(&self) -> Result<usize, StoreError> {
+    async fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
         let mut g = self.lock()?;
         if !g.resyncing {
             return Ok(0);
         }
+        let in_scope = |c: &String| {
+            !g.local_only.contains(c) && synced.as_ref().is_none_or(|s| s.contains(c))
+        };
         let gone: Vec<Key> = g
             .records
             .keys()
-            .filter(|k| !g.seen.contains(*k) && !g.outbox_index.contains_key(*k))
+            .filter(|k| {
+                in_scope(&k.0) && !g.seen.contains(*k) && !g.outbox_index.contains_key(*k)
+            })
             .cloned()
             .collect();
         for k in &gone {
@@ -340,5 +494,47 @@ impl LocalStore for MemoryStore {
 
     async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         Ok(self.lock()?.quarantine.clone())
+    }
+
+    async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let Some(i) = g.quarantine.iter().position(|q| q.id == id) else {
+            return Ok(false);
+        };
+        let q = g.quarantine.remove(i);
+        let key = (q.change.collection, q.change.id);
+        let new = match &q.change.op {
+            Op::Upsert(f) => Some(f.clone()),
+            Op::Delete => None,
+        };
+        let changed = changed_fields(g.records.get(&key), new.as_ref());
+        match &new {
+            Some(f) => {
+                g.records.insert(key.clone(), f.clone());
+            }
+            None => {
+                g.records.remove(&key);
+            }
+        }
+        g.record_write(key, q.change.op, changed);
+        Ok(true)
+    }
+
+    async fn discard_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let before = g.quarantine.len();
+        g.quarantine.retain(|q| q.id != id);
+        Ok(g.quarantine.len() < before)
+    }
+
+    async fn conflicts(&self) -> Result<Vec<LoggedConflict>, StoreError> {
+        Ok(self.lock()?.conflicts.clone())
+    }
+
+    async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
+        let mut g = self.lock()?;
+        let before = g.conflicts.len();
+        g.conflicts.retain(|c| !ids.contains(&c.id));
+        Ok(before - g.conflicts.len())
     }
 }
