@@ -11,8 +11,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::conflict::{ConflictPolicy, FieldMerge, Resolution};
 use crate::error::{RemoteError, SyncError};
 use crate::record::{
-    Ack, Conflict, Mistyped, Page, PendingChange, PushChange, PushOutcome, Rejection,
-    RemoteState, Watermark,
+    Ack, Conflict, Mistyped, Page, PendingChange, PushChange, PushOutcome, Rejection, RemoteState,
+    Watermark,
 };
 use crate::remote::{PullMode, RemoteStore};
 use crate::store::LocalStore;
@@ -260,7 +260,10 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         if let Err(e) = &pushed {
             // Only a remote that answered (or failed) goes on to the pull; a
             // failing store or refused credentials stop the sync here.
-            if matches!(e, SyncError::Store(_) | SyncError::Remote(RemoteError::Auth(_))) {
+            if matches!(
+                e,
+                SyncError::Store(_) | SyncError::Remote(RemoteError::Auth(_))
+            ) {
                 return pushed;
             }
             warn!(%e, "push failed; pulling anyway");
@@ -1028,7 +1031,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_transient(), "the caller may try again later: {err}");
-        assert!(err.to_string().contains("503"), "the push's error is the one returned: {err}");
+        assert!(
+            err.to_string().contains("503"),
+            "the push's error is the one returned: {err}"
+        );
     }
 
     #[tokio::test]
@@ -1178,7 +1184,10 @@ mod tests {
         let mut remote = mock_remote();
         remote.expect_max_push_batch().return_const(100usize);
         remote.expect_push().returning(|_| Ok(vec![]));
-        remote.expect_pull().times(1).returning(|_, _, _| Ok(empty_page(5)));
+        remote
+            .expect_pull()
+            .times(1)
+            .returning(|_, _, _| Ok(empty_page(5)));
         let err = fast(SyncEngine::new(local, remote))
             .sync()
             .await

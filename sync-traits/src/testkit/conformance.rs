@@ -914,7 +914,10 @@ pub async fn a_page_is_not_refused_for_one_collection(s: &dyn LocalStore) {
         ))
         .await
         .expect("a page is never refused for what one change names");
-    assert_eq!(r.skipped, 1, "the impossible collection is skipped and counted");
+    assert_eq!(
+        r.skipped, 1,
+        "the impossible collection is skipped and counted"
+    );
     assert_eq!(r.applied, 2, "every other change applies");
     assert!(s.get(SONGS, &a).await.unwrap().is_some());
     assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(3));
@@ -945,7 +948,10 @@ pub async fn change_ids_increase_across_records(s: &dyn LocalStore) {
     );
 }
 
-fn pushed(s_pending: &[crate::record::PendingChange], id: &RecordId) -> crate::record::PendingChange {
+fn pushed(
+    s_pending: &[crate::record::PendingChange],
+    id: &RecordId,
+) -> crate::record::PendingChange {
     s_pending
         .iter()
         .find(|p| &p.id == id)
@@ -1040,7 +1046,10 @@ pub async fn conflicts_are_logged_until_cleared(s: &dyn LocalStore) {
     .unwrap();
     let log = s.conflicts().await.unwrap();
     assert_eq!(log.len(), 2, "both conflicts are logged");
-    assert_eq!(log[0].conflict, lost, "the losing local change is kept whole");
+    assert_eq!(
+        log[0].conflict, lost,
+        "the losing local change is kept whole"
+    );
     assert_eq!(log[1].conflict, kept);
     assert!(log[0].id < log[1].id, "ids grow in logging order");
     assert_eq!(
@@ -1051,7 +1060,10 @@ pub async fn conflicts_are_logged_until_cleared(s: &dyn LocalStore) {
     assert_eq!(s.clear_conflicts(vec![log[0].id]).await.unwrap(), 1);
     let left = s.conflicts().await.unwrap();
     assert_eq!(left.len(), 1);
-    assert_eq!(left[0], log[1], "clearing one keeps the others as they were");
+    assert_eq!(
+        left[0], log[1],
+        "clearing one keeps the others as they were"
+    );
     assert_eq!(
         s.clear_conflicts(vec![log[0].id]).await.unwrap(),
         0,

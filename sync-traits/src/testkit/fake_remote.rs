@@ -99,6 +99,7 @@ pub struct FakeRemote {
     server: Arc<Mutex<Server>>,
     access: Access,
     max_batch: usize,
+    max_body: usize,
 }
 
 impl Default for FakeRemote {
@@ -114,6 +115,7 @@ impl FakeRemote {
             server: Arc::default(),
             access: Access::All,
             max_batch: 500,
+            max_body: usize::MAX,
         }
     }
 
@@ -123,6 +125,14 @@ impl FakeRemote {
             access: Access::User(user.to_owned()),
             ..self.clone()
         }
+    }
+
+    /// The same server refusing, as a whole and with [`RemoteError::TooLarge`], any
+    /// push whose changes' JSON adds up to more than `bytes` (PocketBase answers
+    /// such a batch `413 Request entity too large`).
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     /// The same server with a different push batch limit.
@@ -408,6 +418,17 @@ impl RemoteStore for FakeRemote {
                 changes.len(),
                 self.max_batch
             )));
+        }
+        if self.max_body < usize::MAX {
+            let body: usize = changes
+                .iter()
+                .map(|c| serde_json::to_string(&c.op).map_or(0, |j| j.len()))
+                .sum();
+            if body > self.max_body {
+                return Err(RemoteError::TooLarge(format!(
+                    "413 Request entity too large ({body} bytes)"
+                )));
+            }
         }
         let mut s = self.lock();
         s.pushes += 1;

@@ -159,9 +159,7 @@ impl<R: RemoteStore> RemoteStore for Faulty<R> {
         self.inner.counts().await
     }
 
-    async fn collections(
-        &self,
-    ) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
+    async fn collections(&self) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
         self.inner.collections().await
     }
 

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::id::{new_id, ChangeId, RecordId};
 use crate::record::{
-    changed_fields, Ack, ApplyReport, Fields, LoggedConflict, Op, Page, PendingChange,
-    Quarantined, Record, RemoteState, SyncState, Version, Watermark,
+    changed_fields, Ack, ApplyReport, Fields, LoggedConflict, Op, Page, PendingChange, Quarantined,
+    Record, RemoteState, SyncState, Version, Watermark,
 };
 use crate::store::LocalStore;
 
@@ -183,7 +183,10 @@ impl Inner {
 
     fn holds(&self, collection: &str) -> bool {
         self.local_only.contains(collection)
-            || self.declared.as_ref().is_none_or(|d| d.contains(collection))
+            || self
+                .declared
+                .as_ref()
+                .is_none_or(|d| d.contains(collection))
     }
 
     fn check_held(&self, collection: &str) -> Result<(), StoreError> {
@@ -322,7 +325,10 @@ impl LocalStore for MemoryStore {
             }
             if !g.holds(&c.collection) {
                 report.skipped += 1;
-                let newer = g.parked.get(&key).is_none_or(|p| p.version < c.state.version);
+                let newer = g
+                    .parked
+                    .get(&key)
+                    .is_none_or(|p| p.version < c.state.version);
                 if newer {
                     g.parked.insert(key, c.state.clone());
                 }
@@ -472,15 +478,12 @@ impl LocalStore for MemoryStore {
         if !g.resyncing {
             return Ok(0);
         }
-        let in_scope = |c: &String| {
-            !g.local_only.contains(c) && synced.as_ref().is_none_or(|s| s.contains(c))
-        };
+        let in_scope =
+            |c: &String| !g.local_only.contains(c) && synced.as_ref().is_none_or(|s| s.contains(c));
         let gone: Vec<Key> = g
             .records
             .keys()
-            .filter(|k| {
-                in_scope(&k.0) && !g.seen.contains(*k) && !g.outbox_index.contains_key(*k)
-            })
+            .filter(|k| in_scope(&k.0) && !g.seen.contains(*k) && !g.outbox_index.contains_key(*k))
             .cloned()
             .collect();
         for k in &gone {
