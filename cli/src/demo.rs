@@ -8,7 +8,7 @@ use sync_traits::testkit::{FakeRemote, MemoryStore};
 use sync_traits::{new_id, FieldMerge, Fields, LocalStore, Record, RemoteStore, SyncEngine};
 use tidemark_backends::SledStore;
 
-use crate::{open_sqlite, print_event};
+use crate::open_sqlite;
 
 fn fields(v: serde_json::Value) -> Fields {
     v.as_object().cloned().unwrap_or_default()
@@ -127,9 +127,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> Syncable for SyncEngine<L, R> {
             "   {name}: pushed {}, pulled {}, conflicts {}",
             r.pushed, r.pulled, r.conflicts
         );
-        while let Ok(e) = events.try_recv() {
-            print_event(&e);
-        }
+        crate::drain_events(&mut events);
         Ok(())
     }
 }

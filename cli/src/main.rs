@@ -130,11 +130,25 @@ async fn sync(
         .sync()
         .await
         .context("sync failed; local data is kept")?;
-    while let Ok(e) = events.try_recv() {
-        print_event(&e);
-    }
+    drain_events(&mut events);
     println!("{report:?}");
     Ok(())
+}
+
+/// Prints every event still queued. A receiver that fell behind is told how many
+/// it missed and goes on (the store keeps every conflict and rejection anyway:
+/// `status` counts them).
+pub(crate) fn drain_events(events: &mut tokio::sync::broadcast::Receiver<SyncEvent>) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(e) => print_event(&e),
+            Err(TryRecvError::Lagged(n)) => {
+                println!("  ({n} events not shown; conflicts and rejections are kept in the store)")
+            }
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+        }
+    }
 }
 
 pub(crate) fn print_event(e: &SyncEvent) {
@@ -165,6 +179,11 @@ pub(crate) fn print_event(e: &SyncEvent) {
         }
         SyncEvent::ResyncFinished { .. } => {}
         SyncEvent::Retrying { error, delay } => println!("  retrying in {delay:?}: {error}"),
+        SyncEvent::Mistyped(m) => println!(
+            "  kept {}/{} field {:?} as the server sent it ({}), though the local schema expects {}",
+            m.collection, m.id, m.field, m.value, m.expected
+        ),
+        SyncEvent::PushFailed { error } => println!("  push failed ({error}); pulled anyway"),
         SyncEvent::PushProgress { .. } | SyncEvent::PullProgress { .. } => {}
     }
 }
@@ -185,6 +204,7 @@ async fn status(db: &std::path::Path) -> Result<()> {
     );
     println!("outbox:      {} unpushed", store.pending_count().await?);
     println!("quarantine:  {} refused", store.quarantined().await?.len());
+    println!("conflicts:   {} logged", store.conflicts().await?.len());
     for c in ["songs", "friends"] {
         println!("{c:<12} {} records", store.list(c).await?.len());
     }

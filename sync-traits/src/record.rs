@@ -235,7 +235,7 @@ pub struct ApplyReport {
     pub applied: usize,
     /// Changes left alone because the record has unpushed local writes.
     pub deferred: usize,
-    /// Changes skipped because the store already had that version or newer.
+    /// Changes skipped because the store already had a newer version.
     pub stale: usize,
     /// Changes to collections this store does not hold (not declared, or declared
     /// local-only). The watermark still covers them: a store keeps what it skips of

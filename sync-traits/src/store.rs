@@ -75,8 +75,12 @@ pub trait LocalStore: Send + Sync {
     /// Applies a page of remote changes and sets the watermark to `page.watermark`
     /// (never lowering it), in one transaction. A change to a record that has an
     /// outbox entry is not applied (the push will meet it as a conflict); a change
-    /// whose version is not newer than the record's known version is skipped. During
-    /// a resync every record named in the page is marked as seen.
+    /// whose version is older than the record's known version is skipped (stale).
+    /// A change *at* the known version is applied: it is the server's own copy of
+    /// the write the store last acknowledged or took, which may differ from the
+    /// local copy where the server normalised a value or kept a field the write left
+    /// out, so after a quiet sync every device holds exactly what the server holds.
+    /// During a resync every record named in the page is marked as seen.
     ///
     /// A page is never refused for what one record holds:
     /// - a change to a collection the store does not hold is skipped and counted in

@@ -489,3 +489,47 @@ async fn a_restored_outbox_entry_is_not_taken_for_the_newer_change_it_precedes()
     );
     assert_eq!(report.pushed, 0, "and not counted as pushed");
 }
+
+/// A server that does not store a write exactly as sent (PocketBase: a PATCH keeps
+/// the fields a write leaves out, and values are coerced to the field's type):
+/// after a quiet sync every device, the writer included, holds exactly what the
+/// server holds.
+#[tokio::test]
+async fn removed_fields_and_normalised_values_converge() {
+    fn upper_title(_: &str, f: &mut Fields) {
+        if let Some(serde_json::Value::String(t)) = f.get_mut("title") {
+            *t = t.to_uppercase();
+        }
+    }
+    let server = FakeRemote::new().with_write_rules(sync_traits::testkit::WriteRules {
+        patch: true,
+        normalise: Some(upper_title),
+    });
+    let (a, b) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
+    let (ea, eb) = (engine(&a, &server), engine(&b, &server));
+    let x = new_id();
+    a.put(Record::new(
+        "songs",
+        x.clone(),
+        f(json!({"title": "so what", "artist": "miles"})),
+    ))
+    .await
+    .unwrap();
+    ea.sync().await.unwrap();
+    eb.sync().await.unwrap();
+    // The writer's own copy came back normalised.
+    assert_eq!(
+        a.get("songs", &x).await.unwrap().unwrap().fields,
+        f(json!({"title": "SO WHAT", "artist": "miles"}))
+    );
+    // A put without `artist`: the server keeps it, and so does every device.
+    a.put(Record::new("songs", x.clone(), f(json!({"title": "blue"}))))
+        .await
+        .unwrap();
+    ea.sync().await.unwrap();
+    eb.sync().await.unwrap();
+    let on_server = server.snapshot();
+    assert_eq!(on_server[0].fields, f(json!({"title": "BLUE", "artist": "miles"})));
+    assert_eq!(a.all_records(), on_server, "the writer holds the server's record");
+    assert_eq!(b.all_records(), on_server);
+}

@@ -18,8 +18,10 @@ use sync_traits::{
 
 /// Records the steps pick from (a small pool, so clients collide often).
 pub const RECORDS: usize = 5;
-/// The one collection used: the conformance suite's `songs`.
+/// The one synced collection used: the conformance suite's `songs`.
 pub const COLL: &str = "songs";
+/// A collection every client holds local-only (never synced).
+pub const LOCAL_ONLY: &str = "drafts";
 const FIELDS: [&str; 3] = ["title", "artist", "order"];
 
 /// The server side of a scenario: what the harness does to it directly (as an admin
@@ -131,6 +133,19 @@ pub enum Step {
     /// deletes the first live record of that page and compacts (a resync in progress
     /// must notice the horizon move).
     DeleteAndCompactDuringPull(usize, usize),
+    /// The client's store is backed up now (a copy of its file, kept aside).
+    Snapshot(usize),
+    /// The client's device is lost and its last backup restored: its store becomes
+    /// that copy, opened anew (the writes made since the backup are gone with the
+    /// device; those it pushed are on the server).
+    Restore(usize),
+    /// The second client's device is replaced by a copy of the first's store file
+    /// (two devices now share one history).
+    CloneStore(usize, usize),
+    /// The client writes a record of its local-only collection.
+    LocalOnlyWrite(usize, usize, i64),
+    /// Client puts its local copy again without one field (if present).
+    RemoveField(usize, usize, usize),
 }
 
 /// Which local store a client uses.
@@ -276,6 +291,12 @@ type Engine<R> = SyncEngine<Arc<dyn LocalStore>, Interleave<R>>;
 struct Client<R: RemoteStore + Clone> {
     engine: Engine<R>,
     store: Arc<dyn LocalStore>,
+    /// The same store when it is a `MemoryStore` (backups and copies are taken of it).
+    memory: Option<Arc<MemoryStore>>,
+    /// The last backup: the copy, the write log and the local-only records then.
+    backup: Option<(Arc<MemoryStore>, Vec<Write>, BTreeMap<RecordId, Fields>)>,
+    /// What the client's local-only collection must hold.
+    local_only: BTreeMap<RecordId, Fields>,
     remote: Interleave<R>,
     policy: u8,
     online: bool,
@@ -288,16 +309,29 @@ struct Client<R: RemoteStore + Clone> {
     log: Log,
 }
 
-fn make_store(kind: StoreKind) -> Result<Arc<dyn LocalStore>, TestCaseError> {
-    let schema = tidemark_backends::Schema::conformance;
+type Made = (Arc<dyn LocalStore>, Option<Arc<MemoryStore>>);
+
+fn make_store(kind: StoreKind) -> Result<Made, TestCaseError> {
+    let schema = || {
+        tidemark_backends::Schema::conformance().collection(
+            tidemark_backends::CollectionSchema::new(LOCAL_ONLY)
+                .text("title")
+                .local_only(),
+        )
+    };
     Ok(match kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Sqlite => {
-            Arc::new(tidemark_backends::SqliteStore::open_in_memory(schema()).map_err(fail)?)
+        StoreKind::Memory => {
+            let m = Arc::new(MemoryStore::new().with_local_only([LOCAL_ONLY]));
+            (m.clone(), Some(m))
         }
-        StoreKind::Sled => {
-            Arc::new(tidemark_backends::SledStore::open_temporary(schema()).map_err(fail)?)
-        }
+        StoreKind::Sqlite => (
+            Arc::new(tidemark_backends::SqliteStore::open_in_memory(schema()).map_err(fail)?),
+            None,
+        ),
+        StoreKind::Sled => (
+            Arc::new(tidemark_backends::SledStore::open_temporary(schema()).map_err(fail)?),
+            None,
+        ),
     })
 }
 
@@ -392,6 +426,21 @@ async fn update(
     Ok(())
 }
 
+async fn remove_field(
+    store: &dyn LocalStore,
+    log: &Log,
+    rec: usize,
+    id: &RecordId,
+    field: usize,
+) -> Result<(), TestCaseError> {
+    if let Some(mut r) = store.get(COLL, id).await.map_err(fail)? {
+        if r.fields.remove(FIELDS[field]).is_some() {
+            write(store, log, rec, id, Some(r.fields)).await?;
+        }
+    }
+    Ok(())
+}
+
 impl<R: RemoteStore + Clone + 'static> Client<R> {
     fn drain_events(&mut self) {
         while let Ok(e) = self.events.try_recv() {
@@ -435,10 +484,35 @@ impl<R: RemoteStore + Clone + 'static> Client<R> {
         self.engine = make_engine(self.store.clone(), self.remote.clone(), self.policy);
         self.events = self.engine.subscribe();
     }
+
+    /// The client's device now runs on `store` (a restored backup, a copy), with a
+    /// new engine, and its write log and local-only records as they were in it.
+    async fn replace_store(
+        &mut self,
+        store: Arc<MemoryStore>,
+        log: Vec<Write>,
+        local_only: BTreeMap<RecordId, Fields>,
+    ) -> Result<(), TestCaseError> {
+        let dyn_store: Arc<dyn LocalStore> = store.clone();
+        self.store = dyn_store.clone();
+        self.memory = Some(store);
+        self.remote.store = dyn_store;
+        *self.log.lock().unwrap() = log;
+        self.local_only = local_only;
+        self.client_id = self.store.client_id().await.map_err(fail)?;
+        self.restart();
+        Ok(())
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> TestCaseError {
     TestCaseError::fail(e.to_string())
+}
+
+fn upper_title(_: &str, f: &mut Fields) {
+    if let Some(Value::String(t)) = f.get_mut("title") {
+        *t = t.to_uppercase();
+    }
 }
 
 /// Runs one scenario against the in-memory `FakeRemote` and checks every invariant.
@@ -447,7 +521,12 @@ pub fn run_case(kinds: &[StoreKind], policies: &[u8], steps: &[Step]) -> Result<
         .enable_time()
         .build()
         .map_err(fail)?;
-    let server = FakeRemote::new();
+    // Like PocketBase: a push is a PATCH (fields a write leaves out stay) and the
+    // server normalises what it stores (here: titles upper-cased).
+    let server = FakeRemote::new().with_write_rules(sync_traits::testkit::WriteRules {
+        patch: true,
+        normalise: Some(upper_title),
+    });
     let remote = server.clone();
     rt.block_on(run_case_with(
         Arc::new(server),
@@ -470,7 +549,7 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
     let ids: Arc<Vec<RecordId>> = Arc::new((0..RECORDS).map(|_| new_id()).collect());
     let mut clients = Vec::new();
     for (k, p) in kinds.iter().zip(policies) {
-        let store = make_store(*k)?;
+        let (store, memory) = make_store(*k)?;
         let log = Log::default();
         let remote = Interleave {
             inner: Faulty::new(remote()),
@@ -488,6 +567,9 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
         clients.push(Client {
             engine,
             store,
+            memory,
+            backup: None,
+            local_only: BTreeMap::new(),
             remote,
             policy: *p,
             online: true,
@@ -512,6 +594,10 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
                 update(&*cl.store, &cl.log, r, &ids[r], f, v).await?;
             }
             Step::Delete(c, r) => clients[c].write(r, &ids[r], None).await?,
+            Step::RemoveField(c, r, f) => {
+                let cl = &clients[c];
+                remove_field(&*cl.store, &cl.log, r, &ids[r], f).await?;
+            }
             Step::Invalid(c, r) => clients[c].write(r, &ids[r], Some(server.invalid())).await?,
             Step::Sync(c) => {
                 if clients[c].online {
@@ -569,6 +655,40 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
                     cl.remote.inner.on_pull(Fault::TransientBefore);
                     cl.sync().await;
                 }
+            }
+            Step::Snapshot(c) => {
+                let cl = &mut clients[c];
+                if let Some(m) = &cl.memory {
+                    let log = cl.log.lock().unwrap().clone();
+                    cl.backup = Some((Arc::new(m.reopen_copy()), log, cl.local_only.clone()));
+                }
+            }
+            Step::Restore(c) => {
+                let cl = &mut clients[c];
+                if let Some((copy, log, local_only)) = cl.backup.clone() {
+                    // Opened anew each time, so one backup can be restored twice.
+                    cl.replace_store(Arc::new(copy.reopen_copy()), log, local_only)
+                        .await?;
+                }
+            }
+            Step::CloneStore(from, to) => {
+                if from != to {
+                    if let (Some(m), true) = (&clients[from].memory, clients[to].memory.is_some()) {
+                        let copy = Arc::new(m.reopen_copy());
+                        let log = clients[from].log.lock().unwrap().clone();
+                        let local_only = clients[from].local_only.clone();
+                        clients[to].replace_store(copy, log, local_only).await?;
+                    }
+                }
+            }
+            Step::LocalOnlyWrite(c, r, v) => {
+                let cl = &mut clients[c];
+                let f = json!({"title": format!("draft {v}")}).as_object().cloned().unwrap();
+                cl.store
+                    .put(Record::new(LOCAL_ONLY, ids[r].clone(), f.clone()))
+                    .await
+                    .map_err(fail)?;
+                cl.local_only.insert(ids[r].clone(), f);
             }
             Step::ServerEdit(r, v) => server.write(&ids[r], Some(server.song(v))).await,
             Step::ServerDelete(r) => server.write(&ids[r], None).await,
@@ -704,7 +824,32 @@ async fn check_invariants<R: RemoteStore + Clone + 'static>(
                 "client {i}: conflict with its own write: {s}"
             )));
         }
-        // 2. No silent loss.
+        // Local-only records are exactly what the client wrote: never pushed (the
+        // outbox is empty, checked above), never changed by a pull or a resync.
+        let drafts: BTreeMap<RecordId, Fields> = cl
+            .store
+            .list(LOCAL_ONLY)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|r| (r.id, r.fields))
+            .collect();
+        if drafts != cl.local_only {
+            return Err(TestCaseError::fail(format!(
+                "client {i}: local-only records changed:\n local {drafts:?}\n wrote {:?}",
+                cl.local_only
+            )));
+        }
+        // 2. No silent loss: every write is on the server, superseded, or kept in
+        // the store's conflict log or quarantine (events are not counted: a store
+        // must persist them).
+        let mut kept: HashSet<ChangeId> = HashSet::new();
+        for c in cl.store.conflicts().await.map_err(fail)? {
+            kept.insert(c.conflict.local.change_id);
+        }
+        for q in cl.store.quarantined().await.map_err(fail)? {
+            kept.insert(q.change.change_id);
+        }
         let writes = cl.log.lock().unwrap().clone();
         let asked: Vec<(RecordId, ChangeId, bool)> = writes
             .iter()
@@ -717,7 +862,7 @@ async fn check_invariants<R: RemoteStore + Clone + 'static>(
                 .iter()
                 .any(|l| l.rec == w.rec && supersedes(l, w));
             let on_server = applied.contains(&w.change_id);
-            let reported = cl.reported.contains(&w.change_id);
+            let reported = kept.contains(&w.change_id);
             if !(on_server || reported || superseded) {
                 return Err(TestCaseError::fail(format!(
                     "client {i}: write {} to record {} was silently lost: {w:?}",
@@ -751,6 +896,11 @@ pub fn step(clients: usize) -> impl Strategy<Value = Step> {
         1 => rec.clone().prop_map(Step::ServerDelete),
         1 => Just(Step::Compact),
         1 => (c.clone(), 0..3usize).prop_map(|(c, k)| Step::DeleteAndCompactDuringPull(c, k)),
+        1 => c.clone().prop_map(Step::Snapshot),
+        1 => c.clone().prop_map(Step::Restore),
+        1 => (c.clone(), c.clone()).prop_map(|(a, b)| Step::CloneStore(a, b)),
+        1 => (c.clone(), rec.clone(), 0..100i64).prop_map(|(c, r, v)| Step::LocalOnlyWrite(c, r, v)),
+        1 => (c.clone(), rec.clone(), 0..3usize).prop_map(|(c, r, f)| Step::RemoveField(c, r, f)),
     ]
 }
 

@@ -429,10 +429,19 @@ pub async fn ack_applied_clears_entry_and_sets_base(s: &dyn LocalStore) {
         "data stays"
     );
     let r = s
-        .apply_remote(&page(vec![remote(SONGS, &a, 7, Some(song("a", 1)))], 7))
+        .apply_remote(&page(vec![remote(SONGS, &a, 7, Some(song("A", 1)))], 7))
         .await
         .unwrap();
-    assert_eq!(r.stale, 1, "the echo of our own write is not newer");
+    assert_eq!(
+        (r.stale, r.applied),
+        (0, 1),
+        "the echo of our own write at its version is applied: it is the server's copy"
+    );
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        song("A", 1),
+        "the server's normalised copy of a write comes back to the writer"
+    );
     s.put(Record::new(SONGS, a.clone(), song("a", 2)))
         .await
         .unwrap();
@@ -589,7 +598,7 @@ pub async fn ack_take_server(s: &dyn LocalStore) {
         .apply_remote(&page(vec![remote(SONGS, &a, 4, Some(song("x", 0)))], 5))
         .await
         .unwrap();
-    assert_eq!(r.stale, 1, "the taken version is known");
+    assert_eq!(r.applied, 1, "the taken version applies again, as the same state");
 }
 
 /// A refused change is kept with its data; the record follows the server.
@@ -833,10 +842,10 @@ pub async fn ack_applied_without_entry_records_version(s: &dyn LocalStore) {
         "a duplicate ack creates nothing"
     );
     let r = s
-        .apply_remote(&page(vec![remote(SONGS, &a, 4, Some(song("x", 0)))], 4))
+        .apply_remote(&page(vec![remote(SONGS, &a, 3, Some(song("x", 0)))], 4))
         .await
         .unwrap();
-    assert_eq!(r.stale, 1, "the acked version is known");
+    assert_eq!(r.stale, 1, "a version older than the acked one is stale");
     assert_eq!(
         s.get(SONGS, &a).await.unwrap().unwrap().fields,
         song("a", 1)

@@ -100,6 +100,18 @@ pub struct FakeRemote {
     access: Access,
     max_batch: usize,
     max_body: usize,
+    writes: WriteRules,
+}
+
+/// How the fake applies an upsert, for modelling a server that does not store a
+/// write exactly as sent (PocketBase: a PATCH keeps the fields a write leaves out,
+/// and values are coerced to the field's type).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteRules {
+    /// An upsert of a live record keeps the fields it does not name (a PATCH).
+    pub patch: bool,
+    /// Changes a record's fields as the server's schema would, after the write.
+    pub normalise: Option<fn(&str, &mut Fields)>,
 }
 
 impl Default for FakeRemote {
@@ -116,6 +128,7 @@ impl FakeRemote {
             access: Access::All,
             max_batch: 500,
             max_body: usize::MAX,
+            writes: WriteRules::default(),
         }
     }
 
@@ -132,6 +145,13 @@ impl FakeRemote {
     /// such a batch `413 Request entity too large`).
     pub fn with_max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
+        self
+    }
+
+    /// The same server applying this caller's upserts by `rules` (see
+    /// [`WriteRules`]); by default an upsert replaces the record exactly as sent.
+    pub fn with_write_rules(mut self, rules: WriteRules) -> Self {
+        self.writes = rules;
         self
     }
 
@@ -263,7 +283,7 @@ impl Server {
         version
     }
 
-    fn apply(&mut self, access: &Access, c: PushChange) -> PushOutcome {
+    fn apply(&mut self, access: &Access, rules: WriteRules, c: PushChange) -> PushOutcome {
         let key = (c.collection.clone(), c.id.clone());
         let cur = self.records.get(&key);
         let grave = if cur.is_none() {
@@ -358,6 +378,19 @@ impl Server {
             self.applied.entry(c.change_id).or_insert(1);
             return PushOutcome::Applied { version };
         }
+        let fields = fields.map(|mut f| {
+            if rules.patch {
+                if let Some(old) = cur.and_then(|e| e.fields.as_ref()) {
+                    let mut merged = old.clone();
+                    merged.append(&mut f);
+                    f = merged;
+                }
+            }
+            if let Some(normalise) = rules.normalise {
+                normalise(&key.0, &mut f);
+            }
+            f
+        });
         let version = self.write(key, fields, Some(c.change_id));
         PushOutcome::Applied { version }
     }
@@ -434,7 +467,7 @@ impl RemoteStore for FakeRemote {
         s.pushes += 1;
         Ok(changes
             .into_iter()
-            .map(|c| s.apply(&self.access, c))
+            .map(|c| s.apply(&self.access, self.writes, c))
             .collect())
     }
 

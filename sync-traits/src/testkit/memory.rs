@@ -341,7 +341,7 @@ impl LocalStore for MemoryStore {
                 report.deferred += 1;
                 continue;
             }
-            if g.versions.get(&key).is_some_and(|v| *v >= c.state.version) {
+            if g.versions.get(&key).is_some_and(|v| *v > c.state.version) {
                 report.stale += 1;
                 continue;
             }

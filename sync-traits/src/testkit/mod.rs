@@ -9,6 +9,6 @@ mod fake_remote;
 mod faults;
 mod memory;
 
-pub use fake_remote::{Access, FakeRemote};
+pub use fake_remote::{Access, FakeRemote, WriteRules};
 pub use faults::{Fault, FaultPlan, Faulty};
 pub use memory::MemoryStore;
