@@ -549,6 +549,34 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                             change_id,
                             version: current.version,
                         });
+                    } else if current.change_id.as_ref().is_some_and(|c| {
+                        c.client == entry.change_id.client && c.n > entry.change_id.n
+                    }) {
+                        // The server holds a later write of the very writer that made
+                        // this entry: this store is a restored or copied one, and its
+                        // own history went on without it. That later write carries this
+                        // one forward, so take it (logged, reported; no policy asked:
+                        // re-pushing would undo the writer's own later edit).
+                        report.conflicts += 1;
+                        settled += 1;
+                        info!(%id, change = %entry.change_id, "superseded by a later write of its own writer (a restored or copied store)");
+                        let resolution = Resolution::TakeServer;
+                        acks.push(Ack::TakeServer {
+                            collection,
+                            id,
+                            change_id,
+                            state: current.clone(),
+                        });
+                        acks.push(Ack::Conflict(Conflict {
+                            local: entry.clone(),
+                            server: current.clone(),
+                            resolution: resolution.clone(),
+                        }));
+                        self.emit(SyncEvent::Conflict {
+                            local: entry,
+                            server: current,
+                            resolution,
+                        });
                     } else if own {
                         // The server holds an earlier write of ours whose ack was
                         // lost; our entry already contains it. Re-base, no conflict.

@@ -34,14 +34,16 @@ pub enum PullMode {
 /// - idempotent delivery: a change id already applied answers `Applied` again with
 ///   **the version that change produced** (not the record's current version, which
 ///   may be a later foreign write the caller must still pull), even if other writes
-///   came after it. A remote may keep, per record, the newest applied change of
-///   each writer ([`ChangeId::client`](crate::ChangeId)) with its version, and must
-///   answer `Applied` **only for that exact change id**: a change with another
-///   counter of the same writer was not applied, whatever its counter (a store
-///   restored from a backup rolls its counter back and may send a lower one, or a
-///   lower one may be an older change a newer one superseded), and goes through the
-///   base-version check like any other write. Answering `Applied` for a change the
-///   remote did not apply loses that write silently;
+///   came after it. A remote keeps, per record, the change ids it applied, per
+///   writer ([`ChangeId::client`](crate::ChangeId)), with the versions they
+///   produced, and answers `Applied` **only for a change id it names exactly**: a
+///   change with another counter of the same writer was not applied, whatever its
+///   counter, and goes through the base-version check like any other write.
+///   Answering `Applied` for a change the remote did not apply loses that write
+///   silently. A remote must remember at least each writer's newest change per
+///   record; remembering more (PocketBase keeps the newest few) lets a store
+///   restored from a backup re-deliver an older outbox entry and be answered
+///   `Applied` instead of having it written a second time;
 /// - a `Conflict` carries the current state with the change id that produced it,
 ///   so the engine can recognise its own earlier write.
 #[cfg_attr(test, mockall::automock)]

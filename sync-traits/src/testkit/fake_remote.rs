@@ -17,6 +17,8 @@ use crate::record::{
 use crate::remote::{PullMode, RemoteStore};
 
 type Key = (String, RecordId);
+/// A record's idempotency memory: writer id -> counter -> version it produced.
+type Memory = std::collections::HashMap<RecordId, BTreeMap<u64, Version>>;
 
 /// Who is asking, for visibility.
 ///
@@ -38,8 +40,9 @@ struct Entry {
     change_id: Option<ChangeId>,
     past_owners: BTreeSet<String>,
     public_ever: bool,
-    /// Per writing client: the newest change counter applied and its version.
-    by_client: std::collections::HashMap<RecordId, (u64, Version)>,
+    /// Per writer: every change counter applied to this record, with the version
+    /// it produced (an ideal server's memory; a real one may keep the newest few).
+    by_client: Memory,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +59,7 @@ struct Server {
     /// The collections the server syncs; `None`: any collection.
     synced: Option<BTreeSet<String>>,
     /// Compacted tombstones keep only their idempotency memory.
-    graveyard: std::collections::HashMap<Key, std::collections::HashMap<RecordId, (u64, Version)>>,
+    graveyard: std::collections::HashMap<Key, Memory>,
 }
 
 fn owner(fields: &Fields) -> Option<&str> {
@@ -275,7 +278,11 @@ impl Server {
         entry.version = version;
         if let Some(c) = &change_id {
             *self.applied.entry(c.clone()).or_default() += 1;
-            entry.by_client.insert(c.client.clone(), (c.n, version));
+            entry
+                .by_client
+                .entry(c.client.clone())
+                .or_default()
+                .insert(c.n, version);
         }
         entry.change_id = change_id;
         self.by_version.remove(&old);
@@ -292,14 +299,15 @@ impl Server {
             None
         };
         if let Some(by_client) = cur.map(|e| &e.by_client).or(grave) {
-            // Idempotency: only the exact change id applied last by this writer is
-            // answered as applied. Another counter of the same writer (lower: a store
-            // restored from a backup, or an older change a newer one superseded) was
-            // not applied and goes through the base check below.
-            if let Some((n, v)) = by_client.get(&c.change_id.client) {
-                if *n == c.change_id.n {
-                    return PushOutcome::Applied { version: *v };
-                }
+            // Idempotency: only a change id this record's memory names exactly is
+            // answered as applied. Another counter of the same writer (a store
+            // restored from a backup may send one) was not applied and goes through
+            // the base check below.
+            if let Some(v) = by_client
+                .get(&c.change_id.client)
+                .and_then(|m| m.get(&c.change_id.n))
+            {
+                return PushOutcome::Applied { version: *v };
             }
         }
         let reject = |m: &str| {
@@ -363,18 +371,14 @@ impl Server {
             // the same no-op, not a second application), and is remembered like any
             // applied change so a later delivery is recognised.
             let version = cur.map_or(Version(self.seq), |e| e.version);
-            let memo = (c.change_id.n, version);
-            match self.records.get_mut(&key) {
-                Some(e) => {
-                    e.by_client.insert(c.change_id.client.clone(), memo);
-                }
-                None => {
-                    self.graveyard
-                        .entry(key)
-                        .or_default()
-                        .insert(c.change_id.client.clone(), memo);
-                }
-            }
+            let memory = match self.records.get_mut(&key) {
+                Some(e) => &mut e.by_client,
+                None => self.graveyard.entry(key).or_default(),
+            };
+            memory
+                .entry(c.change_id.client.clone())
+                .or_default()
+                .insert(c.change_id.n, version);
             self.applied.entry(c.change_id).or_insert(1);
             return PushOutcome::Applied { version };
         }
