@@ -59,8 +59,8 @@ impl Pb {
 
 #[async_trait]
 impl Server for Pb {
-    async fn write(&self, id: &RecordId, fields: Option<Fields>) {
-        let one = format!("{}/api/collections/{COLL}/records/{id}", self.url);
+    async fn write_in(&self, coll: &str, id: &RecordId, fields: Option<Fields>) {
+        let one = format!("{}/api/collections/{coll}/records/{id}", self.url);
         let (status, body) = match fields {
             None => self.send(self.http.delete(&one)).await,
             Some(f) => {
@@ -70,7 +70,7 @@ impl Server for Pb {
                 } else {
                     let mut f = f;
                     f.insert("id".into(), json!(id.as_str()));
-                    let all = format!("{}/api/collections/{COLL}/records", self.url);
+                    let all = format!("{}/api/collections/{coll}/records", self.url);
                     self.send(self.http.post(all).json(&f)).await
                 }
             }
@@ -89,10 +89,10 @@ impl Server for Pb {
         self.admin.head().await.expect("head").head
     }
 
-    async fn live(&self, ids: &[RecordId]) -> BTreeMap<RecordId, Fields> {
+    async fn live(&self, coll: &str, ids: &[RecordId]) -> BTreeMap<RecordId, Fields> {
         let mut out = BTreeMap::new();
         for id in ids {
-            if let Some(st) = self.user.fetch(COLL, id).await.expect("fetch") {
+            if let Some(st) = self.user.fetch(coll, id).await.expect("fetch") {
                 if let Some(f) = st.fields {
                     out.insert(id.clone(), f);
                 }
@@ -123,19 +123,22 @@ impl Server for Pb {
         }
     }
 
-    async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId> {
+    async fn applied(
+        &self,
+        changes: &[(&'static str, RecordId, ChangeId, bool)],
+    ) -> HashSet<ChangeId> {
         // One change per request: the receipt answers one seq per record.
         let mut out = HashSet::new();
-        for (id, cid, delete) in changes {
+        for (coll, id, cid, delete) in changes {
             if *delete && self.noop_deletes.lock().unwrap().contains(cid) {
                 out.insert(cid.clone());
                 continue;
             }
             let url = format!("{}/api/tidemark/receipt", self.url);
-            let ask = json!({ COLL: [[id.as_str(), cid.to_string()]] });
+            let ask = json!({ *coll: [[id.as_str(), cid.to_string()]] });
             let (status, body) = self.send(self.http.post(url).json(&ask)).await;
             assert_eq!(status, 200, "receipt: {body}");
-            if body[COLL][id.as_str()].as_u64().is_some() {
+            if body[*coll][id.as_str()].as_u64().is_some() {
                 out.insert(cid.clone());
             }
         }
@@ -157,6 +160,21 @@ impl Server for Pb {
         // An owner that does not exist: PocketBase refuses the relation (400).
         let mut f = self.song(-1);
         f.insert("owner".into(), json!("nosuchuser0000"));
+        f
+    }
+
+    fn other(&self, v: i64) -> Fields {
+        json!({"name": format!("f{v}"), "owner": self.owner.as_str()})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn odd_song(&self, v: i64) -> Fields {
+        // PocketBase coerces a number sent to a text field: the stored title is
+        // the number's text, which every client must then hold too.
+        let mut f = self.song(v);
+        f.insert("title".into(), json!(v));
         f
     }
 }

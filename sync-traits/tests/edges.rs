@@ -529,7 +529,14 @@ async fn removed_fields_and_normalised_values_converge() {
     ea.sync().await.unwrap();
     eb.sync().await.unwrap();
     let on_server = server.snapshot();
-    assert_eq!(on_server[0].fields, f(json!({"title": "BLUE", "artist": "miles"})));
-    assert_eq!(a.all_records(), on_server, "the writer holds the server's record");
+    assert_eq!(
+        on_server[0].fields,
+        f(json!({"title": "BLUE", "artist": "miles"}))
+    );
+    assert_eq!(
+        a.all_records(),
+        on_server,
+        "the writer holds the server's record"
+    );
     assert_eq!(b.all_records(), on_server);
 }

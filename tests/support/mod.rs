@@ -22,6 +22,20 @@ pub const RECORDS: usize = 5;
 pub const COLL: &str = "songs";
 /// A collection every client holds local-only (never synced).
 pub const LOCAL_ONLY: &str = "drafts";
+/// A second synced collection (the conformance suite's `friends`, field `name`):
+/// the in-memory server syncs it only from a `ServerSyncsOther` step on, and
+/// in-memory clients hold it only from a `DeclareOther` step on. Before the quiet
+/// round both happen, so the final checks cover it like `songs`.
+pub const OTHER: &str = "friends";
+
+/// The collection of record `rec` of the pool: `songs` below `RECORDS`, then `friends`.
+pub fn coll_of(rec: usize) -> &'static str {
+    if rec < RECORDS {
+        COLL
+    } else {
+        OTHER
+    }
+}
 const FIELDS: [&str; 3] = ["title", "artist", "order"];
 
 /// The server side of a scenario: what the harness does to it directly (as an admin
@@ -29,17 +43,27 @@ const FIELDS: [&str; 3] = ["title", "artist", "order"];
 /// `FakeRemote` here and for a real PocketBase in `tests/pocketbase_convergence.rs`.
 #[async_trait]
 pub trait Server: Send + Sync + 'static {
-    /// A write made directly on the server (admin UI): `None` deletes.
-    async fn write(&self, id: &RecordId, fields: Option<Fields>);
+    /// A write made directly on the server (admin UI) to a record of `COLL`: `None`
+    /// deletes.
+    async fn write(&self, id: &RecordId, fields: Option<Fields>) {
+        self.write_in(COLL, id, fields).await
+    }
+    /// A write made directly on the server to a record of `collection`.
+    async fn write_in(&self, collection: &str, id: &RecordId, fields: Option<Fields>);
+    /// The server starts syncing `OTHER` (a no-op where it always did).
+    async fn sync_other(&self) {}
     /// Compacts the log: tombstones go, the horizon moves to the head.
     async fn compact(&self);
     /// The head of the change sequence.
     async fn head(&self) -> Watermark;
-    /// The live records among `ids`.
-    async fn live(&self, ids: &[RecordId]) -> BTreeMap<RecordId, Fields>;
-    /// Which of these changes (record, change id, whether it deletes) the server
-    /// applied.
-    async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId>;
+    /// The live records of `collection` among `ids`.
+    async fn live(&self, collection: &str, ids: &[RecordId]) -> BTreeMap<RecordId, Fields>;
+    /// Which of these changes (collection, record, change id, whether it deletes)
+    /// the server applied.
+    async fn applied(
+        &self,
+        changes: &[(&'static str, RecordId, ChangeId, bool)],
+    ) -> HashSet<ChangeId>;
     /// Sees the answers to a client's push, for a server that keeps no trace of some
     /// of what it applies. Nothing by default.
     async fn answered(&self, _changes: &[PushChange], _outcomes: &[PushOutcome]) {}
@@ -49,12 +73,20 @@ pub trait Server: Send + Sync + 'static {
     fn song(&self, v: i64) -> Fields;
     /// A record the server refuses.
     fn invalid(&self) -> Fields;
+    /// A record of `OTHER` with value `v`.
+    fn other(&self, v: i64) -> Fields;
+    /// A song whose `title` holds a value of another type than the stores declare
+    /// (a number), as the server keeps it.
+    fn odd_song(&self, v: i64) -> Fields;
 }
 
 #[async_trait]
 impl Server for FakeRemote {
-    async fn write(&self, id: &RecordId, fields: Option<Fields>) {
-        self.server_write(COLL, id, fields);
+    async fn write_in(&self, collection: &str, id: &RecordId, fields: Option<Fields>) {
+        self.server_write(collection, id, fields);
+    }
+    async fn sync_other(&self) {
+        self.set_synced(Some([COLL, OTHER]));
     }
     async fn compact(&self) {
         FakeRemote::compact(self);
@@ -62,19 +94,22 @@ impl Server for FakeRemote {
     async fn head(&self) -> Watermark {
         FakeRemote::head(self)
     }
-    async fn live(&self, ids: &[RecordId]) -> BTreeMap<RecordId, Fields> {
+    async fn live(&self, collection: &str, ids: &[RecordId]) -> BTreeMap<RecordId, Fields> {
         self.snapshot()
             .into_iter()
-            .filter(|r| ids.contains(&r.id))
+            .filter(|r| r.collection == collection && ids.contains(&r.id))
             .map(|r| (r.id, r.fields))
             .collect()
     }
-    async fn applied(&self, changes: &[(RecordId, ChangeId, bool)]) -> HashSet<ChangeId> {
+    async fn applied(
+        &self,
+        changes: &[(&'static str, RecordId, ChangeId, bool)],
+    ) -> HashSet<ChangeId> {
         let all: HashMap<ChangeId, u32> = self.applied_change_ids().into_iter().collect();
         changes
             .iter()
-            .filter(|(_, c, _)| all.contains_key(c))
-            .map(|(_, c, _)| c.clone())
+            .filter(|(_, _, c, _)| all.contains_key(c))
+            .map(|(_, _, c, _)| c.clone())
             .collect()
     }
     async fn applied_twice(&self) -> Option<(ChangeId, u32)> {
@@ -86,6 +121,17 @@ impl Server for FakeRemote {
     fn invalid(&self) -> Fields {
         let mut f = song(-1);
         f.insert("invalid".into(), json!(true));
+        f
+    }
+    fn other(&self, v: i64) -> Fields {
+        json!({"name": format!("f{v}")})
+            .as_object()
+            .cloned()
+            .unwrap()
+    }
+    fn odd_song(&self, v: i64) -> Fields {
+        let mut f = song(v);
+        f.insert("title".into(), json!(v));
         f
     }
 }
@@ -146,6 +192,16 @@ pub enum Step {
     LocalOnlyWrite(usize, usize, i64),
     /// Client puts its local copy again without one field (if present).
     RemoveField(usize, usize, usize),
+    /// Client writes record k of `OTHER` (if it holds that collection).
+    OtherWrite(usize, usize, i64),
+    /// The server starts syncing `OTHER`.
+    ServerSyncsOther,
+    /// An in-memory client starts holding `OTHER` (its app shipped a schema that
+    /// declares it): what it skipped of it arrives.
+    DeclareOther(usize),
+    /// The server holds a song whose title is a number (another type than the
+    /// stores declare).
+    ServerOddValue(usize, i64),
 }
 
 /// Which local store a client uses.
@@ -221,9 +277,11 @@ impl<R: RemoteStore + Clone + 'static> RemoteStore for Interleave<R> {
         let write = {
             let mut slot = self.write_during_pull.lock().unwrap();
             match slot.take() {
-                Some((0, f, v)) if !page.changes.is_empty() => {
-                    Some((page.changes[0].id.clone(), f, v))
-                }
+                Some((0, f, v)) if page.changes.iter().any(|c| c.collection == COLL) => page
+                    .changes
+                    .iter()
+                    .find(|c| c.collection == COLL)
+                    .map(|c| (c.id.clone(), f, v)),
                 Some((k, f, v)) => {
                     *slot = Some((k.saturating_sub(1), f, v));
                     None
@@ -239,7 +297,10 @@ impl<R: RemoteStore + Clone + 'static> RemoteStore for Interleave<R> {
             let mut slot = self.during_pull.lock().unwrap();
             match slot.take() {
                 Some(0) => {
-                    let live = page.changes.iter().find(|c| c.state.fields.is_some());
+                    let live = page
+                        .changes
+                        .iter()
+                        .find(|c| c.collection == COLL && c.state.fields.is_some());
                     if live.is_none() {
                         *slot = Some(0);
                     }
@@ -260,7 +321,10 @@ impl<R: RemoteStore + Clone + 'static> RemoteStore for Interleave<R> {
     }
 
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
-        let first = changes.first().map(|c| c.id.clone());
+        let first = changes
+            .iter()
+            .find(|c| c.collection == COLL)
+            .map(|c| c.id.clone());
         let sent = changes.clone();
         let r = self.inner.push(changes).await;
         if let Ok(outcomes) = &r {
@@ -297,6 +361,8 @@ struct Client<R: RemoteStore + Clone> {
     backup: Option<(Arc<MemoryStore>, Vec<Write>, BTreeMap<RecordId, Fields>)>,
     /// What the client's local-only collection must hold.
     local_only: BTreeMap<RecordId, Fields>,
+    /// Whether the client's store holds `OTHER` yet.
+    holds_other: bool,
     remote: Interleave<R>,
     policy: u8,
     online: bool,
@@ -321,7 +387,7 @@ fn make_store(kind: StoreKind) -> Result<Made, TestCaseError> {
     };
     Ok(match kind {
         StoreKind::Memory => {
-            let m = Arc::new(MemoryStore::new().with_local_only([LOCAL_ONLY]));
+            let m = Arc::new(MemoryStore::with_collections([COLL]).with_local_only([LOCAL_ONLY]));
             (m.clone(), Some(m))
         }
         StoreKind::Sqlite => (
@@ -376,16 +442,17 @@ async fn write(
     id: &RecordId,
     fields: Option<Fields>,
 ) -> Result<(), TestCaseError> {
-    let before = store.get(COLL, id).await.map_err(fail)?.map(|r| r.fields);
+    let coll = coll_of(rec);
+    let before = store.get(coll, id).await.map_err(fail)?.map(|r| r.fields);
     let done = match &fields {
         Some(f) => {
             store
-                .put(Record::new(COLL, id.clone(), f.clone()))
+                .put(Record::new(coll, id.clone(), f.clone()))
                 .await
                 .map_err(fail)?;
             true
         }
-        None => store.delete(COLL, id).await.map_err(fail)?,
+        None => store.delete(coll, id).await.map_err(fail)?,
     };
     if !done {
         return Ok(());
@@ -479,6 +546,15 @@ impl<R: RemoteStore + Clone + 'static> Client<R> {
         self.drain_events();
     }
 
+    /// The client's app starts declaring `OTHER` (in-memory stores; the others hold
+    /// it from the start).
+    fn declare_other(&mut self) {
+        if let Some(m) = &self.memory {
+            m.declare(OTHER);
+        }
+        self.holds_other = true;
+    }
+
     /// A crashed client restarts: a new engine over the same store.
     fn restart(&mut self) {
         self.engine = make_engine(self.store.clone(), self.remote.clone(), self.policy);
@@ -499,6 +575,7 @@ impl<R: RemoteStore + Clone + 'static> Client<R> {
         self.remote.store = dyn_store;
         *self.log.lock().unwrap() = log;
         self.local_only = local_only;
+        self.holds_other = self.memory.as_ref().is_none_or(|m| m.holds(OTHER));
         self.client_id = self.store.client_id().await.map_err(fail)?;
         self.restart();
         Ok(())
@@ -527,6 +604,7 @@ pub fn run_case(kinds: &[StoreKind], policies: &[u8], steps: &[Step]) -> Result<
         patch: true,
         normalise: Some(upper_title),
     });
+    server.set_synced(Some([COLL]));
     let remote = server.clone();
     rt.block_on(run_case_with(
         Arc::new(server),
@@ -546,10 +624,12 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
     policies: &[u8],
     steps: &[Step],
 ) -> Result<(), TestCaseError> {
-    let ids: Arc<Vec<RecordId>> = Arc::new((0..RECORDS).map(|_| new_id()).collect());
+    // Songs, then as many friends.
+    let ids: Arc<Vec<RecordId>> = Arc::new((0..2 * RECORDS).map(|_| new_id()).collect());
     let mut clients = Vec::new();
     for (k, p) in kinds.iter().zip(policies) {
         let (store, memory) = make_store(*k)?;
+        let holds_other = memory.is_none();
         let log = Log::default();
         let remote = Interleave {
             inner: Faulty::new(remote()),
@@ -570,6 +650,7 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
             memory,
             backup: None,
             local_only: BTreeMap::new(),
+            holds_other,
             remote,
             policy: *p,
             online: true,
@@ -683,13 +764,26 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
             }
             Step::LocalOnlyWrite(c, r, v) => {
                 let cl = &mut clients[c];
-                let f = json!({"title": format!("draft {v}")}).as_object().cloned().unwrap();
+                let f = json!({"title": format!("draft {v}")})
+                    .as_object()
+                    .cloned()
+                    .unwrap();
                 cl.store
                     .put(Record::new(LOCAL_ONLY, ids[r].clone(), f.clone()))
                     .await
                     .map_err(fail)?;
                 cl.local_only.insert(ids[r].clone(), f);
             }
+            Step::OtherWrite(c, r, v) => {
+                let cl = &mut clients[c];
+                if cl.holds_other {
+                    let f = server.other(v);
+                    cl.write(RECORDS + r, &ids[RECORDS + r], Some(f)).await?;
+                }
+            }
+            Step::ServerSyncsOther => server.sync_other().await,
+            Step::DeclareOther(c) => clients[c].declare_other(),
+            Step::ServerOddValue(r, v) => server.write(&ids[r], Some(server.odd_song(v))).await,
             Step::ServerEdit(r, v) => server.write(&ids[r], Some(server.song(v))).await,
             Step::ServerDelete(r) => server.write(&ids[r], None).await,
             Step::Compact => server.compact().await,
@@ -741,7 +835,12 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
         }
     }
 
-    // Quiet round: everyone online, no faults, sync until nothing moves.
+    // Quiet round: the server syncs every collection and every client holds it,
+    // everyone online, no faults, sync until nothing moves.
+    server.sync_other().await;
+    for cl in clients.iter_mut() {
+        cl.declare_other();
+    }
     for round in 0..4 {
         for cl in clients.iter_mut() {
             cl.online = true;
@@ -782,7 +881,9 @@ async fn check_invariants<R: RemoteStore + Clone + 'static>(
     ids: &[RecordId],
     clients: &[Client<R>],
 ) -> Result<(), TestCaseError> {
-    let truth = server.live(ids).await;
+    let (songs, others) = ids.split_at(RECORDS);
+    let truth = server.live(COLL, songs).await;
+    let other_truth = server.live(OTHER, others).await;
     let head = server.head().await;
     // 4. Idempotency: no change applied twice.
     if let Some((c, n)) = server.applied_twice().await {
@@ -801,6 +902,19 @@ async fn check_invariants<R: RemoteStore + Clone + 'static>(
         if mine != truth {
             return Err(TestCaseError::fail(format!(
                 "client {i} diverged:\n local  {mine:?}\n server {truth:?}"
+            )));
+        }
+        let mine: BTreeMap<RecordId, Fields> = cl
+            .store
+            .list(OTHER)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|r| (r.id, r.fields))
+            .collect();
+        if mine != other_truth {
+            return Err(TestCaseError::fail(format!(
+                "client {i} diverged in {OTHER}:\n local  {mine:?}\n server {other_truth:?}"
             )));
         }
         // 3. Caught up.
@@ -851,10 +965,17 @@ async fn check_invariants<R: RemoteStore + Clone + 'static>(
             kept.insert(q.change.change_id);
         }
         let writes = cl.log.lock().unwrap().clone();
-        let asked: Vec<(RecordId, ChangeId, bool)> = writes
+        let asked: Vec<(&'static str, RecordId, ChangeId, bool)> = writes
             .iter()
             .filter(|w| w.rec < ids.len())
-            .map(|w| (ids[w.rec].clone(), w.change_id.clone(), w.fields.is_none()))
+            .map(|w| {
+                (
+                    coll_of(w.rec),
+                    ids[w.rec].clone(),
+                    w.change_id.clone(),
+                    w.fields.is_none(),
+                )
+            })
             .collect();
         let applied = server.applied(&asked).await;
         for (k, w) in writes.iter().enumerate() {
@@ -901,6 +1022,10 @@ pub fn step(clients: usize) -> impl Strategy<Value = Step> {
         1 => (c.clone(), c.clone()).prop_map(|(a, b)| Step::CloneStore(a, b)),
         1 => (c.clone(), rec.clone(), 0..100i64).prop_map(|(c, r, v)| Step::LocalOnlyWrite(c, r, v)),
         1 => (c.clone(), rec.clone(), 0..3usize).prop_map(|(c, r, f)| Step::RemoveField(c, r, f)),
+        2 => (c.clone(), rec.clone(), 0..100i64).prop_map(|(c, r, v)| Step::OtherWrite(c, r, v)),
+        1 => Just(Step::ServerSyncsOther),
+        1 => c.clone().prop_map(Step::DeclareOther),
+        1 => (rec.clone(), 0..100i64).prop_map(|(r, v)| Step::ServerOddValue(r, v)),
     ]
 }
 

@@ -598,7 +598,10 @@ pub async fn ack_take_server(s: &dyn LocalStore) {
         .apply_remote(&page(vec![remote(SONGS, &a, 4, Some(song("x", 0)))], 5))
         .await
         .unwrap();
-    assert_eq!(r.applied, 1, "the taken version applies again, as the same state");
+    assert_eq!(
+        r.applied, 1,
+        "the taken version applies again, as the same state"
+    );
 }
 
 /// A refused change is kept with its data; the record follows the server.

@@ -130,6 +130,11 @@ impl MemoryStore {
         n
     }
 
+    /// Whether the store holds `collection` now (declared, or local-only).
+    pub fn holds(&self, collection: &str) -> bool {
+        self.inner_mut().holds(collection)
+    }
+
     /// A copy of this store as if its file had been copied (or backed up) now and
     /// opened later, elsewhere: the same data, outbox, watermark and history, and
     /// a new writer id, as every persistent store takes at open. Writes to either
