@@ -454,12 +454,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// transient, not a malformed answer) is split in halves until the refusal
     /// names one change, which becomes a rejection of that change: one bad change
     /// never holds back the others. The flag says an outcome is such a refusal.
-    fn push_outcomes<'a>(
-        &'a self,
-        changes: &'a [PushChange],
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<Vec<(PushOutcome, bool)>, RemoteError>> + Send + 'a>,
-    >
+    fn push_outcomes<'a>(&'a self, changes: &'a [PushChange]) -> Outcomes<'a>
     where
         L: 'a,
     {
@@ -797,6 +792,12 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         Ok(page.more)
     }
 }
+
+/// The outcomes of a push as `push_outcomes` answers them, each flagged when it is
+/// a refusal the engine turned into a rejection.
+type Outcomes<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<Vec<(PushOutcome, bool)>, RemoteError>> + Send + 'a>,
+>;
 
 /// Runs `f` until it succeeds, fails permanently, or the policy's retries run out,
 /// announcing each retry as a [`SyncEvent::Retrying`].

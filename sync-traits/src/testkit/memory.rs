@@ -124,6 +124,10 @@ impl MemoryStore {
         for key in keys {
             if let Some(state) = g.parked.remove(&key) {
                 n += usize::from(state.fields.is_some());
+                if g.resyncing {
+                    // Delivered by this resync: seen.
+                    g.seen.insert(key.clone());
+                }
                 g.set_server_state(key, &state);
             }
         }
