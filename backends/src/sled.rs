@@ -15,6 +15,11 @@
 //! - `conflicts`: conflict id (u64 BE) → logged conflict (JSON);
 //! - `parked`: `<collection>\0<id>` → the newest pulled state (version u64 BE, then
 //!   the state as JSON) of a record of a collection the schema does not declare.
+//!   An open whose schema declares the collection applies them (like a pull: not
+//!   over a newer known version, not over an outbox entry, seen if a resync is
+//!   under way) and removes them, in one transaction; `begin_resync` forgets them
+//!   all (the resync delivers them again). Those of a collection declared
+//!   local-only stay parked: a pull never touches a local-only collection.
 //!
 //! Every mutating call is one sled transaction over all these trees (sled's
 //! `Transactional` on a slice of trees), so it is applied whole or not at all.
@@ -236,7 +241,7 @@ struct Shared {
     trees: Vec<Tree>,
     colls: HashMap<String, (usize, CollectionSchema)>,
     /// Every writer this store had, in the order of opens, each with the first
-    /// counter it issued; the last one is this open's, and is never empty.
+    /// counter it issued. Never empty: the last one is this open's.
     writers: Vec<(RecordId, u64)>,
     write_lock: Mutex<()>,
     flush: bool,
@@ -666,6 +671,12 @@ impl LocalStore for SledStore {
         self.run(move |s| Ok(s.trees[i].len())).await
     }
 
+    /// Checks the record against its collection's schema: a value that does not
+    /// fit its declared kind is refused ([`StoreError::Schema`], or
+    /// [`StoreError::InvalidId`] for a relation) and nothing changes, unless the
+    /// stored record already holds exactly that value (a mistyped value a pull
+    /// kept, which the app left unchanged). Local-only collections get no outbox
+    /// entry.
     async fn put(&self, record: Record) -> Result<(), StoreError> {
         self.shared.coll(&record.collection)?;
         self.run(move |s| {
