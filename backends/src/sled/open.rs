@@ -234,14 +234,13 @@ fn init(db: Db, schema: Schema, flush: bool) -> Result<Shared, StoreError> {
         stored.push(c);
     }
     let effective = merge_schema(stored, &schema)?;
-    let mut batch = ::sled::Batch::default();
+    let mut schema_rows: Vec<(String, Vec<u8>)> = Vec::new();
     let mut colls = HashMap::new();
     for c in effective {
-        batch.insert(format!("coll/{}", c.name).as_bytes(), to_json(&c)?);
+        schema_rows.push((format!("coll/{}", c.name), to_json(&c)?));
         colls.insert(c.name.clone(), (trees.len(), c.clone()));
         trees.push(db.open_tree(format!("c/{}", c.name)).map_err(sled_err)?);
     }
-    meta.apply_batch(batch).map_err(sled_err)?;
 
     // This open's writer: a fresh id, from the counter on.
     let old = load_writers(&trees[WRITERS])?;
@@ -285,6 +284,10 @@ fn init(db: Db, schema: Schema, flush: bool) -> Result<Shared, StoreError> {
     shared.trees[..]
         .transaction(|t: &Vec<TransactionalTree>| {
             let tx = Tx { t, s: &shared };
+            // The schema, this open's writer and the parked records: one commit.
+            for (k, v) in &schema_rows {
+                t[META].insert(k.as_bytes(), v.as_slice())?;
+            }
             t[WRITERS].insert(writer.as_str(), &writer_value(first, ordinal))?;
             let resyncing = tx.meta("resyncing")? != 0;
             for (k, coll, id, state) in &parked {
