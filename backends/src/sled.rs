@@ -241,8 +241,10 @@ struct Shared {
     trees: Vec<Tree>,
     colls: HashMap<String, (usize, CollectionSchema)>,
     /// Every writer this store had, in the order of opens, each with the first
-    /// counter it issued. Never empty: the last one is this open's.
+    /// counter it issued; the last one is this open's, `client`.
     writers: Vec<(RecordId, u64)>,
+    /// This open's writer id.
+    client: RecordId,
     write_lock: Mutex<()>,
     flush: bool,
 }
@@ -387,8 +389,7 @@ fn canonical_put_fields(
 
 impl Shared {
     fn client(&self) -> &RecordId {
-        // `open` always registers this open's writer.
-        &self.writers[self.writers.len() - 1].0
+        &self.client
     }
 
     fn coll(&self, name: &str) -> Result<(usize, &CollectionSchema), StoreError> {

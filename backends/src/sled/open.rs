@@ -278,6 +278,7 @@ fn init(db: Db, schema: Schema, flush: bool) -> Result<Shared, StoreError> {
         trees,
         colls,
         writers,
+        client: writer.clone(),
         write_lock: Mutex::new(()),
         flush,
     };
