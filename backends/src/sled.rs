@@ -3,19 +3,48 @@
 //! # Layout
 //!
 //! - one tree per collection, `c/<name>`: record id → the record's fields as JSON;
-//! - `meta`: format, client id, change counter, outbox and quarantine counters,
+//! - `meta`: format, change counter, outbox, quarantine and conflict counters,
 //!   watermark, resync flag, and `coll/<name>` → the collection's stored schema;
+//! - `writers`: writer id → the first change counter it issued (u64 BE) and its
+//!   place in the order of opens (u64 BE): one writer per open of the store;
 //! - `versions`: `<collection>\0<id>` → the record's known server version (u64 BE);
-//! - `outbox`: outbox seq (u64 BE) → entry (JSON); `outbox_idx`:
-//!   `<collection>\0<id>` → outbox seq;
+//! - `outbox`: outbox seq (u64 BE) → entry (JSON, with its writer id and counter);
+//!   `outbox_idx`: `<collection>\0<id>` → outbox seq;
 //! - `seen`: `<collection>\0<id>` of records seen during a resync;
-//! - `quarantine`: n (u64 BE) → refused change and rejection (JSON).
+//! - `quarantine`: quarantine id (u64 BE) → refused change and rejection (JSON);
+//! - `conflicts`: conflict id (u64 BE) → logged conflict (JSON);
+//! - `parked`: `<collection>\0<id>` → the newest pulled state (version u64 BE, then
+//!   the state as JSON) of a record of a collection the schema does not declare.
+//!   An open whose schema declares the collection applies them (like a pull: not
+//!   over a newer known version, not over an outbox entry, seen if a resync is
+//!   under way) and removes them, in one transaction; `begin_resync` forgets them
+//!   all (the resync delivers them again). Those of a collection declared
+//!   local-only stay parked: a pull never touches a local-only collection.
 //!
 //! Every mutating call is one sled transaction over all these trees (sled's
 //! `Transactional` on a slice of trees), so it is applied whole or not at all.
 //! Mutating calls are also serialised by a mutex, which makes the multi-tree scans
 //! of `pending` and `finish_resync` consistent and keeps sled from ever retrying a
 //! transaction closure.
+//!
+//! # Writers
+//!
+//! Every open takes a fresh writer id ([`sync_traits::new_id`]) and records it,
+//! durably, with the first counter it will issue; the change counter goes on from
+//! where it was. A copy of the directory (a backup restored, a device cloned) so
+//! never stamps a change id that the original also stamped, and
+//! [`LocalStore::made_here`] answers only for the counters each writer issued. A
+//! database of format 1 (one client id) is upgraded in place at open: its client
+//! id becomes the first writer, from counter 1.
+//!
+//! # Not blocking the runtime
+//!
+//! Every [`LocalStore`] method runs its sled work (reads, transactions, flushes)
+//! on tokio's blocking pool (`spawn_blocking`, the store's state behind an `Arc`),
+//! never on an async worker; a pulled page is checked and encoded on the calling
+//! task in slices, yielding between them. Outside a tokio runtime the work runs on
+//! the calling thread. A call whose future is dropped after its work started still
+//! completes whole (or fails whole): the call stays atomic either way.
 //!
 //! # Durability
 //!
@@ -32,11 +61,15 @@
 //! mutating call by default, so a call that returned `Ok` survives a power cut;
 //! [`SledOptions::flush_every_write`] turns this off for speed (a put drops from
 //! 0.3–1.8 ms to ~0.07 ms, see `BENCHMARKS.md`), trading the durability of the last
-//! ~500 ms of calls — never their atomicity.
+//! ~500 ms of calls — never their atomicity. The writer an open takes is always
+//! flushed before `open` returns.
+
+mod open;
+mod tx;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -45,30 +78,44 @@ use ::sled::{Db, IVec, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sync_traits::{
-    Ack, ApplyReport, ChangeId, Fields, LocalStore, Op, Page, PendingChange, Quarantined, Record,
-    RecordId, RemoteState, StoreError, SyncState, Version, Watermark,
+    changed_fields, Ack, ApplyReport, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op,
+    Page, PendingChange, Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version,
+    Watermark,
 };
 
 use crate::schema::{
-    canonical_fields, check_collection_name, schema_err, CollectionSchema, Schema,
+    canonical_fields, canonical_remote_fields, check_collection_name, check_value,
+    CollectionSchema, Schema,
 };
-use sync_traits::changed_fields;
+use tx::Tx;
 
-const FORMAT: &[u8] = b"tidemark-sled/1";
+const FORMAT: &[u8] = b"tidemark-sled/2";
+/// The format before writer incarnations: one client id in `meta`.
+const FORMAT_V1: &[u8] = b"tidemark-sled/1";
 const META: usize = 0;
 const VERSIONS: usize = 1;
 const OUTBOX: usize = 2;
 const OUTBOX_IDX: usize = 3;
 const SEEN: usize = 4;
 const QUARANTINE: usize = 5;
-const FIXED: [&str; 6] = [
+const CONFLICTS: usize = 6;
+const PARKED: usize = 7;
+const WRITERS: usize = 8;
+const FIXED: [&str; 9] = [
     "meta",
     "versions",
     "outbox",
     "outbox_idx",
     "seen",
     "quarantine",
+    "conflicts",
+    "parked",
+    "writers",
 ];
+
+/// How many pulled changes are checked and encoded between two yields to the
+/// runtime (each slice takes well under a millisecond).
+const PREPARE_SLICE: usize = 512;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -94,10 +141,6 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-/// A remote change checked and encoded before its transaction: (tree index, key,
-/// encoded record or `None` for a delete).
-type Prepared = (usize, Vec<u8>, Option<Vec<u8>>);
-
 fn key(collection: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + 1 + id.len());
     k.extend_from_slice(collection.as_bytes());
@@ -121,15 +164,53 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
+fn record_id_of(k: &[u8]) -> Result<RecordId, StoreError> {
+    let id = std::str::from_utf8(k).map_err(|_| corrupt("record key is not UTF-8"))?;
+    RecordId::parse(id).map_err(|e| corrupt(format!("record key: {e}")))
+}
+
 /// An outbox entry as stored. The op is not stored: it is always the record's
-/// current local state (upsert of its fields, or delete when absent).
+/// current local state (upsert of its fields, or delete when absent). The change
+/// id is `client.n`: the writer that made the newest write folded in, and its
+/// counter.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     collection: String,
     id: RecordId,
+    client: RecordId,
     n: u64,
     base: Option<u64>,
     changed: BTreeSet<String>,
+}
+
+/// A quarantined change as stored; its id is its key.
+#[derive(Serialize, Deserialize)]
+struct StoredQuarantined {
+    change: PendingChange,
+    rejection: Rejection,
+}
+
+/// A pulled change checked and encoded before its transaction.
+enum Prepared {
+    /// An impossible collection name, or a local-only collection: skipped.
+    Skip,
+    /// A collection the schema does not declare: skipped, its newest state kept.
+    Park {
+        key: Vec<u8>,
+        version: u64,
+        /// The version (u64 BE) followed by the state as JSON.
+        value: Vec<u8>,
+    },
+    /// A declared collection.
+    Apply {
+        tree: usize,
+        key: Vec<u8>,
+        id: RecordId,
+        version: u64,
+        /// The encoded record, or `None` for a tombstone.
+        data: Option<Vec<u8>>,
+        mistyped: Vec<Mistyped>,
+    },
 }
 
 /// Options for [`SledStore::open_with`].
@@ -151,23 +232,47 @@ impl Default for SledOptions {
     }
 }
 
-/// A [`LocalStore`] in a sled database (see the [module docs](self)).
+/// What the store's calls share, behind an `Arc` so that each call's sled work can
+/// run on tokio's blocking pool.
 #[derive(Debug)]
-pub struct SledStore {
+struct Shared {
     db: Db,
+    /// The [`FIXED`] trees, then one tree per collection.
     trees: Vec<Tree>,
     colls: HashMap<String, (usize, CollectionSchema)>,
+    /// Every writer this store had, in the order of opens, each with the first
+    /// counter it issued; the last one is this open's, `client`.
+    writers: Vec<(RecordId, u64)>,
+    /// This open's writer id.
     client: RecordId,
     write_lock: Mutex<()>,
     flush: bool,
 }
 
+/// A [`LocalStore`] in a sled database (see the [module docs](self)).
+///
+/// Cheap to share: clone an `Arc<SledStore>` to use one store from many tasks.
+/// Dropping the last handle closes the database once the calls still running on
+/// the blocking pool have finished.
+#[derive(Debug)]
+pub struct SledStore {
+    shared: Arc<Shared>,
+}
+
 impl SledStore {
-    /// Opens (creating if needed) the store in the sled directory at `path`.
+    /// Opens (creating if needed) the store in the sled directory at `path`, with a
+    /// new writer id (see the [module docs](self#writers)) that is on disk before
+    /// this returns. Collections declared in `schema` for the first time receive
+    /// what earlier pulls parked for them, in one transaction.
     ///
     /// Errors: [`StoreError::Corrupt`] if the directory holds a damaged database or
     /// a sled database that is not a tidemark store; [`StoreError::Schema`] if the
-    /// schema is invalid or changes a stored field's kind.
+    /// schema is invalid or changes a stored field's kind; [`StoreError::Busy`] if
+    /// another store holds the database (after a bounded wait).
+    ///
+    /// This blocks (it reads and fsyncs the database): from async code, call it
+    /// with `tokio::task::spawn_blocking`. Called on a multi-threaded runtime's
+    /// worker it hands that worker's other tasks to another thread meanwhile.
     pub fn open(path: impl AsRef<Path>, schema: Schema) -> Result<Self, StoreError> {
         Self::open_with(path, schema, SledOptions::default())
     }
@@ -178,142 +283,113 @@ impl SledStore {
         schema: Schema,
         opts: SledOptions,
     ) -> Result<Self, StoreError> {
-        schema.validate()?;
-        let path = path.as_ref().to_owned();
-        let cap = opts.cache_capacity;
-        // sled's background flusher can hold the directory lock for a moment after
-        // the last handle of a previous store was dropped: wait for it, bounded.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let db = loop {
-            let p = path.clone();
-            // sled panics on some kinds of damaged files instead of returning an error.
-            let opened = std::panic::catch_unwind(move || {
-                ::sled::Config::new().path(p).cache_capacity(cap).open()
-            })
-            .map_err(|_| corrupt("sled could not read the database"))?;
-            match opened {
-                Ok(db) => break db,
-                // sled reports a held lock either as WouldBlock or as an Other error
-                // that only says so in its message.
-                Err(::sled::Error::Io(io))
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(StoreError::Busy(format!(
-                            "sled database {} is locked by another process or store: {io}",
-                            path.display()
-                        )));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(::sled::Error::Io(io)) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "cannot open as a sled database: {io}"
-                    )))
-                }
-                Err(other) => return Err(sled_err(other)),
-            }
-        };
-        Self::init(db, schema, opts.flush_every_write)
+        let path = path.as_ref();
+        crate::blocking::run(|| open::open_dir(path, schema, opts)).map(Self::from)
     }
 
-    /// A store in a temporary sled database, removed when dropped.
+    /// A store in a temporary sled database, removed when dropped. Its calls are
+    /// atomic but never flushed.
     pub fn open_temporary(schema: Schema) -> Result<Self, StoreError> {
-        schema.validate()?;
-        let db = ::sled::Config::new()
-            .temporary(true)
-            .open()
-            .map_err(sled_err)?;
-        Self::init(db, schema, false)
+        open::open_temporary(schema).map(Self::from)
     }
 
-    fn init(db: Db, schema: Schema, flush: bool) -> Result<Self, StoreError> {
-        let names = db.tree_names();
-        let has_meta = names.iter().any(|n| n.as_ref() == b"meta");
-        if !has_meta {
-            let foreign = names.len() > 1 || !db.is_empty();
-            if foreign {
-                return Err(corrupt("the sled database is not a tidemark store"));
-            }
-        }
-        let mut trees = Vec::new();
-        for name in FIXED {
-            trees.push(db.open_tree(name).map_err(sled_err)?);
-        }
-        let meta = trees[META].clone();
-        if has_meta {
-            let format = meta.get("format").map_err(sled_err)?;
-            if format.as_deref() != Some(FORMAT) {
-                return Err(corrupt("unsupported or missing tidemark store format"));
-            }
-        } else {
-            let client = sync_traits::new_id();
-            let mut b = ::sled::Batch::default();
-            b.insert("client", client.as_str());
-            for k in ["counter", "outbox_seq", "q_seq", "watermark", "resyncing"] {
-                b.insert(k, &0u64.to_be_bytes());
-            }
-            b.insert("format", FORMAT);
-            meta.apply_batch(b).map_err(sled_err)?;
-        }
-        let client = meta
-            .get("client")
-            .map_err(sled_err)?
-            .ok_or_else(|| corrupt("client id missing"))?;
-        let client = std::str::from_utf8(&client)
-            .ok()
-            .and_then(|s| RecordId::parse(s).ok())
-            .ok_or_else(|| corrupt("client id is invalid"))?;
+    /// Flushes sled's buffers to disk (fsync). Blocks; see [`SledStore::open`].
+    pub fn flush(&self) -> Result<(), StoreError> {
+        crate::blocking::run(|| self.shared.db.flush().map(|_| ()).map_err(sled_err))
+    }
 
-        // Stored collections, merged with the given schema.
-        let mut effective: Vec<CollectionSchema> = Vec::new();
-        for item in meta.scan_prefix("coll/") {
-            let (_, v) = item.map_err(sled_err)?;
-            let c: CollectionSchema =
-                serde_json::from_slice(&v).map_err(|e| corrupt(format!("stored schema: {e}")))?;
-            effective.push(c);
+    /// The underlying sled database, for reads. Writing to the store's trees
+    /// directly bypasses the outbox.
+    pub fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    /// Runs `f`, the sled work of one call, on tokio's blocking pool (or inline
+    /// outside a tokio runtime), so no async worker waits on sled.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.spawn_blocking(move || f(&shared)).await.map_err(|e| {
+                StoreError::Backend(if e.is_panic() {
+                    "a sled store call panicked; its transaction was not committed".into()
+                } else {
+                    "the runtime shut down before the sled store call ran".into()
+                })
+            })?,
+            Err(_) => f(&shared),
         }
-        for c in &schema.collections {
-            match effective.iter_mut().find(|e| e.name == c.name) {
-                None => effective.push(c.clone()),
-                Some(old) => {
-                    for f in &c.fields {
-                        match old.kind_of(&f.name) {
-                            Some(k) if k == f.kind => {}
-                            Some(k) => {
-                                return Err(schema_err(
-                                    &c.name,
-                                    "",
-                                    &format!(
-                                        "field {:?} is stored as {k:?}; changing it to {:?} needs a manual migration",
-                                        f.name, f.kind
-                                    ),
-                                ))
-                            }
-                            None => old.fields.push(f.clone()),
-                        }
+    }
+
+    /// Checks and encodes a pulled page on the calling task, yielding to the
+    /// runtime between slices. Returns one [`Prepared`] per change.
+    async fn prepare(&self, page: &Page) -> Vec<Prepared> {
+        let mut out = Vec::with_capacity(page.changes.len());
+        for (n, c) in page.changes.iter().enumerate() {
+            if n > 0 && n % PREPARE_SLICE == 0 {
+                tokio::task::yield_now().await;
+            }
+            out.push(self.shared.prepare(c));
+        }
+        out
+    }
+}
+
+impl From<Shared> for SledStore {
+    fn from(shared: Shared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+/// A put's fields made canonical. A value that does not fit its declared kind is
+/// refused ([`StoreError::Schema`], or [`StoreError::InvalidId`] for a bad
+/// relation) unless the stored record already holds exactly that value (a value
+/// the server sent that way, which the app left unchanged).
+fn canonical_put_fields(
+    c: &CollectionSchema,
+    id: &RecordId,
+    fields: &Fields,
+    old: Option<&Fields>,
+) -> Result<Fields, StoreError> {
+    // Nearly every put fits its schema: check it whole first.
+    let first_error = match canonical_fields(c, id, fields) {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    if old.is_none() {
+        return Err(first_error);
+    }
+    let mut out = Fields::new();
+    for (k, v) in fields {
+        if k == "id" {
+            continue;
+        }
+        let v = match c.kind_of(k) {
+            Some(kind) => match check_value(&c.name, id, k, kind, v) {
+                Ok(v) => v,
+                Err(e) => {
+                    if old.and_then(|o| o.get(k)) == Some(v) {
+                        v.clone()
+                    } else {
+                        return Err(e);
                     }
                 }
-            }
-        }
-        let mut batch = ::sled::Batch::default();
-        let mut colls = HashMap::new();
-        for c in effective {
-            batch.insert(format!("coll/{}", c.name).as_bytes(), to_json(&c)?);
-            colls.insert(c.name.clone(), (trees.len(), c.clone()));
-            trees.push(db.open_tree(format!("c/{}", c.name)).map_err(sled_err)?);
-        }
-        meta.apply_batch(batch).map_err(sled_err)?;
-        db.flush().map_err(sled_err)?;
-        Ok(Self {
-            db,
-            trees,
-            colls,
-            client,
-            write_lock: Mutex::new(()),
-            flush,
-        })
+            },
+            None => v.clone(),
+        };
+        out.insert(k.clone(), v);
+    }
+    Ok(out)
+}
+
+impl Shared {
+    fn client(&self) -> &RecordId {
+        &self.client
     }
 
     fn coll(&self, name: &str) -> Result<(usize, &CollectionSchema), StoreError> {
@@ -324,52 +400,12 @@ impl SledStore {
             .ok_or_else(|| StoreError::UnknownCollection(name.to_owned()))
     }
 
-    /// [`LocalStore::apply_remote`] once the page is checked and encoded: one
-    /// transaction. `prepared[i]` is change `i`'s (tree, key, encoded record).
-    fn apply_prepared(
-        &self,
-        page: &Page,
-        prepared: &[Prepared],
-    ) -> Result<ApplyReport, StoreError> {
-        let _g = self.lock();
-        self.write(|tx| {
-            let resyncing = tx.meta("resyncing")? != 0;
-            let mut report = ApplyReport::default();
-            for (c, (i, k, data)) in page.changes.iter().zip(prepared) {
-                if resyncing {
-                    tx.t[SEEN].insert(k.as_slice(), &[])?;
-                }
-                if tx.t[OUTBOX_IDX].get(k)?.is_some() {
-                    report.deferred += 1;
-                    continue;
-                }
-                if tx.version(k)?.is_some_and(|v| v >= c.state.version.0) {
-                    report.stale += 1;
-                    continue;
-                }
-                match data {
-                    Some(d) => {
-                        tx.t[*i].insert(c.id.as_str(), d.as_slice())?;
-                    }
-                    None => {
-                        tx.t[*i].remove(c.id.as_str())?;
-                    }
-                }
-                tx.t[VERSIONS].insert(k.as_slice(), &c.state.version.0.to_be_bytes())?;
-                report.applied += 1;
-            }
-            if page.watermark.0 > tx.meta("watermark")? {
-                tx.set_meta("watermark", page.watermark.0)?;
-            }
-            Ok(report)
-        })
-    }
-
     fn lock(&self) -> MutexGuard<'_, ()> {
         self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` as one transaction over every tree, then flushes if configured.
+    /// The caller holds the write lock.
     fn write<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
         let out = self.trees[..]
             .transaction(|t: &Vec<TransactionalTree>| f(&Tx { t, s: self }))
@@ -387,309 +423,137 @@ impl SledStore {
         }
     }
 
-    /// Flushes sled's buffers to disk (fsync).
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(sled_err)
+    fn keys_of(&self, tree: usize) -> Result<Vec<IVec>, StoreError> {
+        self.trees[tree]
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(sled_err)
     }
 
-    /// The underlying sled database, for reads. Writing to the store's trees
-    /// directly bypasses the outbox.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-}
-
-/// A transaction's view of the store's trees.
-struct Tx<'a> {
-    t: &'a [TransactionalTree],
-    s: &'a SledStore,
-}
-
-impl Tx<'_> {
-    fn meta(&self, k: &str) -> TxResult<u64> {
-        match self.t[META].get(k)? {
-            Some(v) => u64_of(&v).or_else(abort),
-            None => abort(corrupt(format!("metadata {k} missing"))),
+    /// Checks and encodes one pulled change (no sled access).
+    fn prepare(&self, c: &sync_traits::RemoteChange) -> Prepared {
+        if check_collection_name(&c.collection).is_err() {
+            return Prepared::Skip;
         }
-    }
-
-    fn set_meta(&self, k: &str, v: u64) -> TxResult<()> {
-        self.t[META].insert(k, &v.to_be_bytes())?;
-        Ok(())
-    }
-
-    fn bump(&self, k: &str) -> TxResult<u64> {
-        let v = self.meta(k)? + 1;
-        self.set_meta(k, v)?;
-        Ok(v)
-    }
-
-    fn coll(&self, name: &str) -> TxResult<(usize, &CollectionSchema)> {
-        self.s.coll(name).or_else(abort)
-    }
-
-    fn read(&self, coll: usize, id: &RecordId) -> TxResult<Option<Fields>> {
-        match self.t[coll].get(id.as_str())? {
-            Some(v) => fields_of(&v).map(Some).or_else(abort),
-            None => Ok(None),
-        }
-    }
-
-    fn write_row(&self, coll: &str, id: &RecordId, f: &Fields) -> TxResult<()> {
-        let (i, c) = self.coll(coll)?;
-        let f = canonical_fields(c, id, f).or_else(abort)?;
-        self.t[i].insert(id.as_str(), to_json(&f).or_else(abort)?)?;
-        Ok(())
-    }
-
-    fn delete_row(&self, coll: &str, id: &RecordId) -> TxResult<bool> {
-        let (i, _) = self.coll(coll)?;
-        Ok(self.t[i].remove(id.as_str())?.is_some())
-    }
-
-    fn version(&self, k: &[u8]) -> TxResult<Option<u64>> {
-        match self.t[VERSIONS].get(k)? {
-            Some(v) => u64_of(&v).map(Some).or_else(abort),
-            None => Ok(None),
-        }
-    }
-
-    fn raise_version(&self, k: &[u8], v: u64) -> TxResult<()> {
-        if self.version(k)?.is_none_or(|cur| cur < v) {
-            self.t[VERSIONS].insert(k, &v.to_be_bytes())?;
-        }
-        Ok(())
-    }
-
-    fn entry(&self, k: &[u8]) -> TxResult<Option<(IVec, Entry)>> {
-        let Some(seq) = self.t[OUTBOX_IDX].get(k)? else {
-            return Ok(None);
-        };
-        let Some(v) = self.t[OUTBOX].get(&seq)? else {
-            return abort(corrupt("outbox index points at a missing entry"));
-        };
-        let e: Entry = serde_json::from_slice(&v)
-            .map_err(|e| corrupt(format!("outbox entry: {e}")))
-            .or_else(abort)?;
-        Ok(Some((seq, e)))
-    }
-
-    fn put_entry(&self, seq: &[u8], e: &Entry) -> TxResult<()> {
-        self.t[OUTBOX].insert(seq, to_json(e).or_else(abort)?)?;
-        Ok(())
-    }
-
-    fn remove_entry(&self, k: &[u8], seq: &[u8]) -> TxResult<()> {
-        self.t[OUTBOX].remove(seq)?;
-        self.t[OUTBOX_IDX].remove(k)?;
-        Ok(())
-    }
-
-    /// The outbox seq of the record's entry if it carries `change_id`.
-    fn matching(&self, k: &[u8], change_id: &ChangeId) -> TxResult<Option<IVec>> {
-        Ok(self.entry(k)?.and_then(|(seq, e)| {
-            (change_id.client == self.s.client && e.n == change_id.n).then_some(seq)
-        }))
-    }
-
-    fn record_write(&self, coll: &str, id: &RecordId, changed: BTreeSet<String>) -> TxResult<()> {
-        let n = self.bump("counter")?;
-        let k = key(coll, id.as_str());
-        match self.entry(&k)? {
-            Some((seq, mut e)) => {
-                e.n = n;
-                e.changed.extend(changed);
-                self.put_entry(&seq, &e)
-            }
-            None => {
-                let seq = self.bump("outbox_seq")?.to_be_bytes();
-                let e = Entry {
-                    collection: coll.to_owned(),
-                    id: id.clone(),
-                    n,
-                    base: self.version(&k)?,
-                    changed,
-                };
-                self.put_entry(&seq, &e)?;
-                self.t[OUTBOX_IDX].insert(k.as_slice(), &seq)?;
-                Ok(())
-            }
-        }
-    }
-
-    fn set_server_state(&self, coll: &str, id: &RecordId, state: &RemoteState) -> TxResult<()> {
-        match &state.fields {
-            Some(f) => self.write_row(coll, id, f)?,
-            None => {
-                self.delete_row(coll, id)?;
-            }
-        }
-        self.raise_version(&key(coll, id.as_str()), state.version.0)
-    }
-
-    fn ack(&self, ack: &Ack) -> TxResult<()> {
-        match ack {
-            Ack::Applied {
-                collection,
-                id,
-                change_id,
-                version,
-            } => {
-                let k = key(collection, id.as_str());
-                match self.matching(&k, change_id)? {
-                    Some(seq) => self.remove_entry(&k, &seq)?,
-                    None => {
-                        if let Some((seq, mut e)) = self.entry(&k)? {
-                            e.base = Some(version.0);
-                            self.put_entry(&seq, &e)?;
+        let k = key(&c.collection, c.id.as_str());
+        let version = c.state.version.0;
+        match self.colls.get(&c.collection) {
+            Some((_, schema)) if schema.local_only => Prepared::Skip,
+            Some((tree, schema)) => {
+                let (data, mistyped) = match &c.state.fields {
+                    Some(f) => {
+                        let (f, m) = canonical_remote_fields(schema, &c.id, f);
+                        match serde_json::to_vec(&f) {
+                            Ok(d) => (Some(d), m),
+                            // A map of JSON values always serialises; if it ever did
+                            // not, the record would be unreadable: skip it instead.
+                            Err(_) => return Prepared::Skip,
                         }
                     }
-                }
-                self.raise_version(&k, version.0)
-            }
-            Ack::Rebase {
-                collection,
-                id,
-                change_id,
-                base,
-                op,
-            } => {
-                let k = key(collection, id.as_str());
-                let Some(seq) = self.matching(&k, change_id)? else {
-                    return Ok(());
+                    None => (None, Vec::new()),
                 };
-                match op {
-                    Some(Op::Upsert(f)) => self.write_row(collection, id, f)?,
-                    Some(Op::Delete) => {
-                        self.delete_row(collection, id)?;
-                    }
-                    None => {}
+                Prepared::Apply {
+                    tree: *tree,
+                    key: k,
+                    id: c.id.clone(),
+                    version,
+                    data,
+                    mistyped,
                 }
-                if let Some((_, mut e)) = self.entry(&k)? {
-                    e.base = Some(base.0);
-                    self.put_entry(&seq, &e)?;
+            }
+            None => {
+                let mut value = version.to_be_bytes().to_vec();
+                if serde_json::to_writer(&mut value, &c.state).is_err() {
+                    return Prepared::Skip;
                 }
-                Ok(())
+                Prepared::Park {
+                    key: k,
+                    version,
+                    value,
+                }
             }
-            Ack::TakeServer {
-                collection,
-                id,
-                change_id,
-                state,
-            } => {
-                let k = key(collection, id.as_str());
-                let Some(seq) = self.matching(&k, change_id)? else {
-                    return Ok(());
-                };
-                self.remove_entry(&k, &seq)?;
-                self.set_server_state(collection, id, state)
-            }
-            Ack::Quarantine {
-                change,
-                rejection,
-                server,
-            } => {
-                let k = key(&change.collection, change.id.as_str());
-                if let Some(seq) = self.matching(&k, &change.change_id)? {
-                    self.remove_entry(&k, &seq)?;
-                    match server {
-                        Some(s) => self.set_server_state(&change.collection, &change.id, s)?,
-                        None => {
-                            self.delete_row(&change.collection, &change.id)?;
+        }
+    }
+
+    /// [`LocalStore::apply_remote`] once the page is checked and encoded: one
+    /// transaction.
+    fn apply_prepared(
+        &self,
+        watermark: Watermark,
+        mut prepared: Vec<Prepared>,
+    ) -> Result<ApplyReport, StoreError> {
+        let _g = self.lock();
+        let (mut report, applied) = self.write(|tx| {
+            let resyncing = tx.meta("resyncing")? != 0;
+            let mut report = ApplyReport::default();
+            let mut applied = Vec::new();
+            for (n, p) in prepared.iter().enumerate() {
+                match p {
+                    Prepared::Skip => report.skipped += 1,
+                    Prepared::Park {
+                        key,
+                        version,
+                        value,
+                    } => {
+                        report.skipped += 1;
+                        let newer = match tx.t[PARKED].get(key.as_slice())? {
+                            Some(old) => u64_of(old.get(..8).unwrap_or_default())
+                                .or_else(abort)?
+                                .lt(version),
+                            None => true,
+                        };
+                        if newer {
+                            tx.t[PARKED].insert(key.as_slice(), value.as_slice())?;
                         }
                     }
+                    Prepared::Apply {
+                        tree,
+                        key,
+                        id,
+                        version,
+                        data,
+                        ..
+                    } => {
+                        if resyncing {
+                            tx.mark_seen(key)?;
+                        }
+                        if tx.has_entry(key)? {
+                            report.deferred += 1;
+                            continue;
+                        }
+                        if tx.version(key)?.is_some_and(|v| v >= *version) {
+                            report.stale += 1;
+                            continue;
+                        }
+                        match data {
+                            Some(d) => {
+                                tx.t[*tree].insert(id.as_str(), d.as_slice())?;
+                            }
+                            None => {
+                                tx.t[*tree].remove(id.as_str())?;
+                            }
+                        }
+                        tx.t[VERSIONS].insert(key.as_slice(), &version.to_be_bytes())?;
+                        report.applied += 1;
+                        applied.push(n);
+                    }
                 }
-                let n = self.bump("q_seq")?;
-                let q = Quarantined {
-                    change: change.clone(),
-                    rejection: rejection.clone(),
-                };
-                self.t[QUARANTINE].insert(&n.to_be_bytes(), to_json(&q).or_else(abort)?)?;
-                Ok(())
+            }
+            if watermark.0 > tx.meta("watermark")? {
+                tx.set_meta("watermark", watermark.0)?;
+            }
+            Ok((report, applied))
+        })?;
+        for n in applied {
+            if let Some(Prepared::Apply { mistyped, .. }) = prepared.get_mut(n) {
+                report.mistyped.append(mistyped);
             }
         }
-    }
-}
-
-#[async_trait]
-impl LocalStore for SledStore {
-    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        let (i, _) = self.coll(collection)?;
-        match self.trees[i].get(id.as_str()).map_err(sled_err)? {
-            Some(v) => Ok(Some(Record::new(collection, id.clone(), fields_of(&v)?))),
-            None => Ok(None),
-        }
+        Ok(report)
     }
 
-    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
-        let (i, _) = self.coll(collection)?;
-        let mut out = Vec::new();
-        for item in self.trees[i].iter() {
-            let (k, v) = item.map_err(sled_err)?;
-            let id = std::str::from_utf8(&k).map_err(|_| corrupt("record key is not UTF-8"))?;
-            out.push(Record::new(
-                collection,
-                RecordId::parse(id)?,
-                fields_of(&v)?,
-            ));
-        }
-        Ok(out)
-    }
-
-    async fn put(&self, record: Record) -> Result<(), StoreError> {
-        let (i, c) = self.coll(&record.collection)?;
-        let fields = canonical_fields(c, &record.id, &record.fields)?;
-        let data = to_json(&fields)?;
-        let _g = self.lock();
-        self.write(|tx| {
-            let old = tx.read(i, &record.id)?;
-            let changed = changed_fields(old.as_ref(), Some(&fields));
-            tx.t[i].insert(record.id.as_str(), data.as_slice())?;
-            tx.record_write(&record.collection, &record.id, changed)
-        })
-    }
-
-    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
-        let (i, _) = self.coll(collection)?;
-        let _g = self.lock();
-        self.write(|tx| {
-            let Some(old) = tx.read(i, id)? else {
-                return Ok(false);
-            };
-            tx.t[i].remove(id.as_str())?;
-            tx.record_write(collection, id, changed_fields(Some(&old), None))?;
-            Ok(true)
-        })
-    }
-
-    async fn client_id(&self) -> Result<RecordId, StoreError> {
-        Ok(self.client.clone())
-    }
-
-    async fn sync_state(&self) -> Result<SyncState, StoreError> {
-        let _g = self.lock();
-        Ok(SyncState {
-            watermark: Watermark(self.meta_u64("watermark")?),
-            resyncing: self.meta_u64("resyncing")? != 0,
-        })
-    }
-
-    async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
-        // Check collections and record types before the transaction.
-        let mut prepared = Vec::with_capacity(page.changes.len());
-        for c in &page.changes {
-            let (i, schema) = self.coll(&c.collection)?;
-            let data = match &c.state.fields {
-                Some(f) => Some(to_json(&canonical_fields(schema, &c.id, f)?)?),
-                None => None,
-            };
-            prepared.push((i, key(&c.collection, c.id.as_str()), data));
-        }
-        // The transaction (and its flush) blocks: let the runtime's other tasks go on.
-        crate::blocking::run(|| self.apply_prepared(page, &prepared))
-    }
-
-    async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {
+    fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {
         let _g = self.lock();
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
@@ -709,7 +573,7 @@ impl LocalStore for SledStore {
             out.push(PendingChange {
                 seq: u64_of(&seq)?,
                 change_id: ChangeId {
-                    client: self.client.clone(),
+                    client: e.client,
                     n: e.n,
                 },
                 collection: e.collection,
@@ -722,45 +586,29 @@ impl LocalStore for SledStore {
         Ok(out)
     }
 
-    async fn pending_count(&self) -> Result<usize, StoreError> {
-        Ok(self.trees[OUTBOX].len())
+    fn made_here(&self, change: &ChangeId) -> Result<bool, StoreError> {
+        let Some(i) = self.writers.iter().position(|(w, _)| *w == change.client) else {
+            return Ok(false);
+        };
+        let first = self.writers[i].1;
+        let end = match self.writers.get(i + 1) {
+            Some((_, next)) => next.saturating_sub(1),
+            None => self.meta_u64("counter")?,
+        };
+        Ok((first..=end).contains(&change.n))
     }
 
-    async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
-        let _g = self.lock();
-        self.write(|tx| {
-            for a in &acks {
-                tx.ack(a)?;
-            }
-            Ok(())
-        })
-    }
-
-    async fn begin_resync(&self) -> Result<(), StoreError> {
-        let _g = self.lock();
-        let seen: Vec<IVec> = self.trees[SEEN]
-            .iter()
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(sled_err)?;
-        self.write(|tx| {
-            tx.set_meta("watermark", 0)?;
-            tx.set_meta("resyncing", 1)?;
-            for k in &seen {
-                tx.t[SEEN].remove(k)?;
-            }
-            Ok(())
-        })
-    }
-
-    async fn finish_resync(&self) -> Result<usize, StoreError> {
+    fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
         let _g = self.lock();
         if self.meta_u64("resyncing")? == 0 {
             return Ok(0);
         }
         // Under the lock nothing changes between this scan and the transaction.
         let mut gone: Vec<(usize, IVec, Vec<u8>)> = Vec::new();
-        for (name, (i, _)) in &self.colls {
+        for (name, (i, c)) in &self.colls {
+            if c.local_only || synced.as_ref().is_some_and(|s| !s.contains(name)) {
+                continue;
+            }
             for item in self.trees[*i].iter().keys() {
                 let id = item.map_err(sled_err)?;
                 let id_str = std::str::from_utf8(&id).map_err(|_| corrupt("record key"))?;
@@ -772,11 +620,7 @@ impl LocalStore for SledStore {
                 }
             }
         }
-        let seen: Vec<IVec> = self.trees[SEEN]
-            .iter()
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(sled_err)?;
+        let seen = self.keys_of(SEEN)?;
         self.write(|tx| {
             for (i, id, k) in &gone {
                 tx.t[*i].remove(id)?;
@@ -789,13 +633,238 @@ impl LocalStore for SledStore {
             Ok(gone.len())
         })
     }
+}
+
+#[async_trait]
+impl LocalStore for SledStore {
+    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let (i, _) = self.shared.coll(collection)?;
+        let (collection, id) = (collection.to_owned(), id.clone());
+        self.run(
+            move |s| match s.trees[i].get(id.as_str()).map_err(sled_err)? {
+                Some(v) => Ok(Some(Record::new(collection, id, fields_of(&v)?))),
+                None => Ok(None),
+            },
+        )
+        .await
+    }
+
+    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
+        let (i, _) = self.shared.coll(collection)?;
+        let collection = collection.to_owned();
+        self.run(move |s| {
+            let mut out = Vec::new();
+            for item in s.trees[i].iter() {
+                let (k, v) = item.map_err(sled_err)?;
+                out.push(Record::new(
+                    collection.as_str(),
+                    record_id_of(&k)?,
+                    fields_of(&v)?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count(&self, collection: &str) -> Result<usize, StoreError> {
+        let (i, _) = self.shared.coll(collection)?;
+        self.run(move |s| Ok(s.trees[i].len())).await
+    }
+
+    /// Checks the record against its collection's schema: a value that does not
+    /// fit its declared kind is refused ([`StoreError::Schema`], or
+    /// [`StoreError::InvalidId`] for a relation) and nothing changes, unless the
+    /// stored record already holds exactly that value (a mistyped value a pull
+    /// kept, which the app left unchanged). Local-only collections get no outbox
+    /// entry.
+    async fn put(&self, record: Record) -> Result<(), StoreError> {
+        self.shared.coll(&record.collection)?;
+        self.run(move |s| {
+            let (i, c) = s.coll(&record.collection)?;
+            let _g = s.lock();
+            s.write(|tx| {
+                let old = tx.read(i, &record.id)?;
+                let fields = canonical_put_fields(c, &record.id, &record.fields, old.as_ref())
+                    .or_else(abort)?;
+                let changed = changed_fields(old.as_ref(), Some(&fields));
+                tx.t[i].insert(record.id.as_str(), to_json(&fields).or_else(abort)?)?;
+                tx.record_write(&record.collection, &record.id, changed)
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
+        let (i, _) = self.shared.coll(collection)?;
+        let (collection, id) = (collection.to_owned(), id.clone());
+        self.run(move |s| {
+            let _g = s.lock();
+            s.write(|tx| {
+                let Some(old) = tx.read(i, &id)? else {
+                    return Ok(false);
+                };
+                tx.t[i].remove(id.as_str())?;
+                tx.record_write(&collection, &id, changed_fields(Some(&old), None))?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    /// This open's writer id: a new one at every open (see the
+    /// [module docs](self#writers)).
+    async fn client_id(&self) -> Result<RecordId, StoreError> {
+        Ok(self.shared.client().clone())
+    }
+
+    /// True only for a writer id this database had, with a counter issued under
+    /// it: from its first counter to the next writer's first counter - 1, or to
+    /// the current counter for this open's writer.
+    async fn made_here(&self, change: &ChangeId) -> Result<bool, StoreError> {
+        let change = change.clone();
+        self.run(move |s| s.made_here(&change)).await
+    }
+
+    async fn sync_state(&self) -> Result<SyncState, StoreError> {
+        self.run(|s| {
+            let _g = s.lock();
+            Ok(SyncState {
+                watermark: Watermark(s.meta_u64("watermark")?),
+                resyncing: s.meta_u64("resyncing")? != 0,
+            })
+        })
+        .await
+    }
+
+    /// Applies the page in one transaction on the blocking pool. Changes to a
+    /// collection the schema does not declare are skipped and parked (the newest
+    /// state per record), and applied when a later open declares it; changes to
+    /// impossible collection names and to local-only collections are skipped.
+    /// Values that do not fit their declared kind are kept as sent and listed in
+    /// [`ApplyReport::mistyped`] (for the changes that applied).
+    async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
+        let prepared = self.prepare(page).await;
+        let watermark = page.watermark;
+        self.run(move |s| s.apply_prepared(watermark, prepared))
+            .await
+    }
+
+    async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {
+        self.run(move |s| s.pending(after, limit)).await
+    }
+
+    async fn pending_count(&self) -> Result<usize, StoreError> {
+        self.run(|s| Ok(s.trees[OUTBOX].len())).await
+    }
+
+    async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
+        self.run(move |s| {
+            let _g = s.lock();
+            s.write(|tx| {
+                for a in &acks {
+                    tx.ack(a)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Also forgets what earlier pulls parked: the resync delivers it again.
+    async fn begin_resync(&self) -> Result<(), StoreError> {
+        self.run(|s| {
+            let _g = s.lock();
+            let seen = s.keys_of(SEEN)?;
+            let parked = s.keys_of(PARKED)?;
+            s.write(|tx| {
+                tx.set_meta("watermark", 0)?;
+                tx.set_meta("resyncing", 1)?;
+                for k in &seen {
+                    tx.t[SEEN].remove(k)?;
+                }
+                for k in &parked {
+                    tx.t[PARKED].remove(k)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
+        self.run(move |s| s.finish_resync(synced)).await
+    }
 
     async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.trees[QUARANTINE].iter().values() {
-            let v = item.map_err(sled_err)?;
-            out.push(serde_json::from_slice(&v).map_err(|e| corrupt(format!("quarantine: {e}")))?);
-        }
-        Ok(out)
+        self.run(|s| {
+            let mut out = Vec::new();
+            for item in s.trees[QUARANTINE].iter() {
+                let (k, v) = item.map_err(sled_err)?;
+                let q: StoredQuarantined =
+                    serde_json::from_slice(&v).map_err(|e| corrupt(format!("quarantine: {e}")))?;
+                out.push(Quarantined {
+                    id: u64_of(&k)?,
+                    change: q.change,
+                    rejection: q.rejection,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A put of the change's data (or a delete) exactly as the app's own write:
+    /// a new change id, coalesced into the record's outbox entry if it has one,
+    /// else based on the record's known version; values the store kept as the
+    /// server sent them are accepted as they are. One transaction with the
+    /// removal from the quarantine.
+    async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        self.run(move |s| {
+            let _g = s.lock();
+            s.write(|tx| tx.retry_quarantined(id))
+        })
+        .await
+    }
+
+    async fn discard_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        self.run(move |s| {
+            let _g = s.lock();
+            s.write(|tx| Ok(tx.t[QUARANTINE].remove(&id.to_be_bytes())?.is_some()))
+        })
+        .await
+    }
+
+    async fn conflicts(&self) -> Result<Vec<LoggedConflict>, StoreError> {
+        self.run(|s| {
+            let mut out = Vec::new();
+            for item in s.trees[CONFLICTS].iter() {
+                let (k, v) = item.map_err(sled_err)?;
+                let conflict = serde_json::from_slice(&v)
+                    .map_err(|e| corrupt(format!("conflict log: {e}")))?;
+                out.push(LoggedConflict {
+                    id: u64_of(&k)?,
+                    conflict,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
+        self.run(move |s| {
+            let _g = s.lock();
+            s.write(|tx| {
+                let mut n = 0;
+                for id in &ids {
+                    if tx.t[CONFLICTS].remove(&id.to_be_bytes())?.is_some() {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .await
     }
 }

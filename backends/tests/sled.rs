@@ -56,7 +56,17 @@ async fn state_survives_reopen() {
         )
     };
     let s = SledStore::open(&path, schema()).unwrap();
-    assert_eq!(s.client_id().await.unwrap(), client, "client id persists");
+    assert_ne!(
+        s.client_id().await.unwrap(),
+        client,
+        "every open takes a new writer id"
+    );
+    for e in &p {
+        assert!(
+            s.made_here(&e.change_id).await.unwrap(),
+            "the earlier writer's changes are still this store's own"
+        );
+    }
     assert_eq!(s.pending(0, 10).await.unwrap(), p, "outbox persists");
     assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(4));
     let all = s.list("songs").await.unwrap();
