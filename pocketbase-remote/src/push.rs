@@ -191,8 +191,7 @@ impl PocketBaseRemote {
                         // Nothing written (the server answers such writes with an
                         // error, so that PocketBase fires no event for them).
                         Some("tm_dup") => {
-                            self.settle_retries(chunk, &group, i, &mut outcomes)
-                                .await?
+                            self.settle_retries(chunk, &group, i, &mut outcomes).await?
                         }
                         Some("tm_conflict") => {
                             outcomes[i] = Some(self.conflict_of(&chunk[i]).await?);
@@ -221,10 +220,8 @@ impl PocketBaseRemote {
                             vec![i]
                         }
                     };
-                    let rest: Vec<usize> = group
-                        .into_iter()
-                        .filter(|j| !settled.contains(j))
-                        .collect();
+                    let rest: Vec<usize> =
+                        group.into_iter().filter(|j| !settled.contains(j)).collect();
                     queue.push_front(rest);
                 }
                 BatchReply::Refused(message) => {
@@ -378,7 +375,9 @@ impl PocketBaseRemote {
             .await
         {
             Ok(r) => r,
-            Err(f) if f.broken && serde_json::to_vec(&body).map_or(0, |b| b.len()) >= LARGE_BODY => {
+            Err(f)
+                if f.broken && serde_json::to_vec(&body).map_or(0, |b| b.len()) >= LARGE_BODY =>
+            {
                 return Ok(BatchReply::Refused(format!(
                     "connection broken while sending a large request ({})",
                     f.error
@@ -435,7 +434,11 @@ impl PocketBaseRemote {
                 });
             }
         }
-        Ok(BatchReply::Refused(format!("{} {}", r.status.as_u16(), e.message)))
+        Ok(BatchReply::Refused(format!(
+            "{} {}",
+            r.status.as_u16(),
+            e.message
+        )))
     }
 
     /// Maps one sub-request's answer onto a [`PushOutcome`].

@@ -126,7 +126,9 @@ async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
         writers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let auth: serde_json::Value = http
-                .post(format!("{url_base}/api/collections/users/auth-with-password"))
+                .post(format!(
+                    "{url_base}/api/collections/users/auth-with-password"
+                ))
                 .json(&json!({"identity": email, "password": USER_PASSWORD}))
                 .send()
                 .await
