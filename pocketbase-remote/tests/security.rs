@@ -172,6 +172,22 @@ async fn a_client_id_is_bound_to_the_first_user_that_pushes_with_it() {
         assert!(r.message.contains("belongs to another user"), "{r:?}");
     }
     applied(&out[1]);
+    // Nor through PocketBase's ":autogenerate" modifier, which sets tm_push too.
+    let token_b = t.rb.token().await.unwrap();
+    let (status, v) = batch(
+        &t.srv,
+        Some(&token_b),
+        json!([{"method": "PUT", "url": "/api/collections/songs/records",
+                "body": {"id": new_id().as_str(), "title": "b4", "owner": t.b.as_str(),
+                         "tm_push:autogenerate": format!("0:{}.200", x.id)}}]),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        failed(&v, 0)["data"]["tm_push"]["code"],
+        "tm_client_taken",
+        "{v}"
+    );
     let mine: Vec<_> = everything(pull_all(&t.rb, 0, 100).await);
     assert_eq!(mine.len(), 1, "only B's own client wrote: {mine:?}");
     // A superuser may write with anyone's client id.

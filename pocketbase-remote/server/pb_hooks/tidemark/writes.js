@@ -272,41 +272,34 @@ function failAt(e, i, status, message, field, code) {
   return e.json(400, { data: { requests: requests }, message: "Batch transaction failed.", status: 400 });
 }
 
-// The push tag a sub-request carries ("" if none): tm_push of its body (also inside
-// a multipart @jsonPayload) or, for a delete, ?tm=. Throws a 400 for a malformed one.
+// The push tag a sub-request carries ("" if none): tm_push of its body — under its
+// name or with PocketBase's ":autogenerate" modifier, which sets a text field too —
+// or, for a delete, ?tm=. Throws a 400 for a malformed or ambiguous one. (PocketBase
+// hands a sub-request's body fields to the record as one JSON payload: these keys
+// are the only ones that reach tm_push.)
 function tagOf(r) {
   let tag = "";
   const body = r.body;
   if (body) {
-    const t = body["tm_push"];
-    if (t !== undefined && t !== null && t !== "") {
+    for (const key of PUSH_KEYS) {
+      const t = body[key];
+      if (t === undefined || t === null || t === "") continue;
       if (typeof t !== "string") throw ids.bad("tidemark: tm_push must be a string");
+      if (tag) throw ids.bad("tidemark: ambiguous tm_push");
       tag = t;
-    }
-    let payloads = body["@jsonPayload"];
-    if (payloads !== undefined && payloads !== null) {
-      if (!Array.isArray(payloads)) payloads = [payloads];
-      for (const p of payloads) {
-        let v;
-        try {
-          v = JSON.parse(String(p));
-        } catch (_) {
-          continue; // PocketBase refuses it too
-        }
-        if (v && typeof v === "object" && v.tm_push !== undefined && v.tm_push !== null && v.tm_push !== "") {
-          if (typeof v.tm_push !== "string" || (tag && tag !== v.tm_push)) throw ids.bad("tidemark: ambiguous tm_push");
-          tag = v.tm_push;
-        }
-      }
     }
   }
   if (String(r.method).toUpperCase() === "DELETE") {
     const q = ids.tmOfUrl(String(r.url));
-    if (q) tag = q;
+    if (q) {
+      if (tag) throw ids.bad("tidemark: ambiguous push tag");
+      tag = q;
+    }
   }
   if (tag) ids.parsePush(tag);
   return tag;
 }
+const PUSH_KEYS = ["tm_push", "tm_push:autogenerate"];
 
 // onBatchRequest: checks every push tag of the batch (one JS call per batch, not per
 // write) and binds their client ids to the caller; a client id of another user, or a
