@@ -58,10 +58,14 @@ function parsePush(s) {
 // The `tm` parameter of a batch sub-request's URL, exactly as PocketBase will read it
 // (the first value), or "" if there is none. Refuses (throws) a URL where it is
 // ambiguous: more than one tm, or a query PocketBase would parse differently.
+const PLAIN_TM = /^tm=[0-9a-z:.]*$/;
+
 function tmOfUrl(url) {
   const q = url.indexOf("?");
   if (q < 0) return "";
   const query = url.slice(q + 1);
+  // What the tidemark client sends: nothing to decode.
+  if (PLAIN_TM.test(query)) return query.slice(3);
   let found = null;
   for (const part of query.split("&")) {
     const eq = part.indexOf("=");

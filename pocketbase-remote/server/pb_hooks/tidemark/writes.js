@@ -227,7 +227,8 @@ function onDeleteRequest(e) {
   if (!e.app.isTransactional()) throw batchOnly();
   const name = e.record.collection().name;
   let answer = null;
-  store.inTx(e, (tx) => {
+  // (In the batch's transaction: see the check above.)
+  ((tx) => {
     // Common case in one statement: the base is the stored version -> hand the change
     // id to the delete trigger, which writes the tombstone with the next seq.
     const onBase = tx
@@ -252,7 +253,7 @@ function onDeleteRequest(e) {
     const fresh = tx.findRecordById(name, e.record.id);
     fresh.set("tm_push", "conflict");
     answer = fresh;
-  });
+  })(e.app);
   if (answer === null) throw new NotFoundError("tidemark: record already deleted");
   return e.json(200, answer);
 }
