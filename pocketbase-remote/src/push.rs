@@ -434,8 +434,13 @@ impl PocketBaseRemote {
                 });
             }
         }
-        Ok(BatchReply::Refused(format!(
-            "{} {}",
+        if r.status == StatusCode::BAD_REQUEST {
+            // A body PocketBase cannot read, or over maxRequests: refused for what it
+            // holds.
+            return Ok(BatchReply::Refused(format!("400 {}", e.message)));
+        }
+        Err(RemoteError::Permanent(format!(
+            "batch: {} {}",
             r.status.as_u16(),
             e.message
         )))

@@ -628,6 +628,17 @@ async fn client_strings_are_bounded_and_validated() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
+    // A tag in the body and another in the URL are ambiguous too (the delete hook
+    // reads the URL's).
+    let other = format!("{v}:{}.7", new_id());
+    let (status, body) = batch(
+        &t.srv,
+        Some(&token),
+        json!([{"method": "DELETE", "body": {"tm_push": ok},
+                "url": format!("/api/collections/songs/records/{id}?tm={other}")}]),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
     assert_eq!(t.ra.head().await.unwrap().head.0, head, "nothing written");
     assert!(t
         .ra

@@ -70,7 +70,7 @@ function receipt(e) {
     const got = {};
     out[c.name] = got;
     if (asked.length === 0) continue;
-    const of = su ? "" : c.owner;
+    const of = su ? "" : ownerColumn(app, c);
     // The common cases in one statement and one JSON string each: the record still
     // holds the change as its latest version, or (a delete) its tombstone does.
     Object.assign(
@@ -107,6 +107,16 @@ function receipt(e) {
     }
   }
   return out;
+}
+
+// The configured owner field of collection c if the collection has it, else "".
+function ownerColumn(app, c) {
+  if (!c.owner) return "";
+  try {
+    return app.findCollectionByNameOrId(c.name).fields.getByName(c.owner) ? c.owner : "";
+  } catch (_) {
+    return "";
+  }
 }
 
 // {id: seq} of the asked [id, change id] pairs that `join` (a JOIN clause on json_each
