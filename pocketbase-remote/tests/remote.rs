@@ -1018,7 +1018,7 @@ fn shipped_migrations_folder_holds_only_tidemark_files() {
         [
             "1764000000_tidemark_init.js",
             "1764000001_tidemark_fixture.js",
-            "1764000002_tidemark_writers.js",
+            "1764000002_tidemark_security.js",
             "1764000003_tidemark_fixture_owner_guard.js",
         ]
     );
