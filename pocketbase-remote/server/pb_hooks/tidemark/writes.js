@@ -312,11 +312,12 @@ function onBatch(e) {
   if (e.hasSuperuserAuth()) return e.next();
   const first = {};
   const clients = [];
-  const n = e.batch.length;
+  const reqs = e.batch;
+  const n = reqs.length;
   for (let i = 0; i < n; i++) {
     let tag;
     try {
-      tag = tagOf(e.batch[i]);
+      tag = tagOf(reqs[i]);
     } catch (err) {
       const msg = err && err.message ? String(err.message) : String(err);
       return failAt(e, i, 400, msg, "tm_push", "tm_invalid");
