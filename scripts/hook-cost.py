@@ -46,7 +46,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PB = os.path.join(ROOT, ".venv", "bin", "pocketbase")
+PB = os.environ.get("TIDEMARK_POCKETBASE") or os.path.join(ROOT, ".venv", "bin", "pocketbase")
 SERVER = os.path.join(ROOT, "pocketbase-remote", "server")
 
 EMPTY = 'onRecordCreateExecute((e) => { e.next(); }, "songs", "friends");\n'
@@ -78,11 +78,10 @@ TRIGGER = """onBootstrap((e) => {
 # runs the migrations) and the receipt route.
 TRIGGERS_ONLY = """onCollectionCreateExecute((e) => {
   e.next();
-  require(`${__hooks}/tidemark.js`).ensureTriggers(e.app, e.collection);
+  require(`${__hooks}/tidemark/triggers.js`).ensureTriggers(e.app, e.collection);
 }, "songs", "friends");
 routerAdd("POST", "/api/tidemark/receipt", (e) => {
-  return e.json(200, require(`${__hooks}/tidemark.js`).receipt(e.app,
-    JSON.parse(JSON.stringify(e.requestInfo().body || {}))));
+  return e.json(200, require(`${__hooks}/tidemark/routes.js`).receipt(e));
 }, $apis.requireAuth());
 """
 

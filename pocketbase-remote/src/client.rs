@@ -399,8 +399,13 @@ impl PocketBaseRemote {
         req: RequestBuilder,
         context: &str,
     ) -> Result<Resp, RemoteError> {
+        self.send_checked(req, context).await.map_err(|f| f.error)
+    }
+
+    /// [`Self::send`], telling a connection that broke under the request apart.
+    async fn send_checked(&self, req: RequestBuilder, context: &str) -> Result<Resp, CallFailure> {
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = req.send().await.map_err(transport)?;
+        let mut resp = req.send().await.map_err(CallFailure::transport)?;
         let status = resp.status();
         let limit = self.inner.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > limit as u64) {
@@ -411,7 +416,7 @@ impl PocketBaseRemote {
             .into());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        while let Some(chunk) = resp.chunk().await.map_err(CallFailure::transport)? {
             if body.len() + chunk.len() > limit {
                 return Err(ProtocolError::TooLarge {
                     context: context.into(),
@@ -443,6 +448,20 @@ impl PocketBaseRemote {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Resp, RemoteError> {
+        self.call_checked(method, path, query, body)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// [`Self::call_query`], telling a connection that broke under the request apart
+    /// (e.g. a server that resets a request body over its limit).
+    pub(crate) async fn call_checked(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Resp, CallFailure> {
         let mut force = false;
         for attempt in 0..2 {
             let token = self.valid_token(force).await?;
@@ -457,7 +476,7 @@ impl PocketBaseRemote {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let r = self.send(req, path).await?;
+            let r = self.send_checked(req, path).await?;
             if r.status == StatusCode::UNAUTHORIZED {
                 if attempt == 0 && self.inner.credentials.password_login().is_some() {
                     force = true;
@@ -466,7 +485,8 @@ impl PocketBaseRemote {
                 return Err(RemoteError::Auth(format!(
                     "{path}: {}",
                     ApiError::parse(&r.body).message
-                )));
+                ))
+                .into());
             }
             if r.status.is_server_error()
                 || r.status == StatusCode::TOO_MANY_REQUESTS
@@ -476,11 +496,12 @@ impl PocketBaseRemote {
                     "{path}: {} {}",
                     r.status,
                     ApiError::parse(&r.body).message
-                )));
+                ))
+                .into());
             }
             return Ok(r);
         }
-        Err(RemoteError::Auth(format!("{path}: unauthorized")))
+        Err(RemoteError::Auth(format!("{path}: unauthorized")).into())
     }
 
     /// Confirms the token is still valid (the head route requires auth); an invalid
@@ -488,6 +509,37 @@ impl PocketBaseRemote {
     /// "rejected", which PocketBase also answers to a token it treated as a guest.
     pub(crate) async fn verify_auth(&self) -> Result<(), RemoteError> {
         self.head().await.map(|_| ())
+    }
+}
+
+/// Why a call failed: the error it maps to, and whether the connection broke while
+/// the request was under way (not a refused connection, not a timeout).
+pub(crate) struct CallFailure {
+    pub error: RemoteError,
+    pub broken: bool,
+}
+
+impl CallFailure {
+    fn transport(e: reqwest::Error) -> Self {
+        Self {
+            broken: !e.is_connect() && !e.is_timeout() && !e.is_builder(),
+            error: transport(e),
+        }
+    }
+}
+
+impl From<RemoteError> for CallFailure {
+    fn from(error: RemoteError) -> Self {
+        Self {
+            error,
+            broken: false,
+        }
+    }
+}
+
+impl From<ProtocolError> for CallFailure {
+    fn from(e: ProtocolError) -> Self {
+        RemoteError::from(e).into()
     }
 }
 

@@ -12,8 +12,11 @@
 //!   `tm_push = "<base>:<change id>"`, each delete `?tm=<base>:<change id>`; the
 //!   server (SQLite triggers for the common writes, the hooks for the rest) assigns
 //!   the seq inside the write's transaction, refuses stale bases (conflict) and
-//!   recognises retried deliveries (idempotency); the seqs of trigger-written upserts
-//!   and of deletes come back in one receipt per batch (`POST /api/tidemark/receipt`);
+//!   recognises retried deliveries of exactly the change it remembers (idempotency);
+//!   the seqs of trigger-written upserts, of deletes and of retries come back in one
+//!   receipt per batch (`POST /api/tidemark/receipt`). A client id belongs to the
+//!   first user who pushes with it; an upsert that writes nothing is a failed
+//!   sub-request (no realtime event fires for it), settled by the client;
 //! - **realtime**: [`PocketBaseRemote::subscribe`] turns PocketBase's SSE events into
 //!   "changes available" hints; correctness never depends on them.
 //!

@@ -20,8 +20,24 @@ enum BatchReply {
         status: u16,
         body: Value,
     },
-    /// The batch as a whole was refused (size, body limit, ...); nothing was saved.
-    Refused(ApiError),
+    /// The batch as a whole was refused for what it holds (413 over the body limit,
+    /// 400 for a body PocketBase cannot read, a connection reset under a large body);
+    /// nothing was saved.
+    Refused(String),
+}
+
+/// A request body at least this large whose connection breaks while it is sent is
+/// taken as refused for its size (PocketBase sometimes resets a body over its limit
+/// instead of answering 413): the batch is bisected, a single change rejected.
+const LARGE_BODY: usize = 1 << 20;
+
+/// The tidemark code of a failed sub-request (`data.<field>.code` starting `tm_`).
+fn tm_code(body: &Value) -> Option<&str> {
+    body.get("data")?
+        .as_object()?
+        .values()
+        .filter_map(|v| v.get("code").and_then(Value::as_str))
+        .find(|c| c.starts_with("tm_"))
 }
 
 /// What a change sends as `tm_push` (upserts) or `?tm=` (deletes).
@@ -171,19 +187,52 @@ impl PocketBaseRemote {
                         }
                         .into());
                     };
-                    outcomes[i] = Some(
-                        self.outcome(&chunk[i], status, &body, auth_verified)
-                            .await?,
-                    );
-                    let rest: Vec<usize> = group.into_iter().filter(|&j| j != i).collect();
+                    let settled = match tm_code(&body) {
+                        // Nothing written (the server answers such writes with an
+                        // error, so that PocketBase fires no event for them).
+                        Some("tm_dup") => {
+                            self.settle_retries(chunk, &group, i, &mut outcomes).await?
+                        }
+                        Some("tm_conflict") => {
+                            outcomes[i] = Some(self.conflict_of(&chunk[i]).await?);
+                            vec![i]
+                        }
+                        // The client id belongs to another user: so does every change
+                        // of it.
+                        Some("tm_client_taken") => {
+                            let r = rejection(status, &ApiError::from_value(&body));
+                            let client = &chunk[i].change_id.client;
+                            let same: Vec<usize> = group
+                                .iter()
+                                .copied()
+                                .filter(|&j| &chunk[j].change_id.client == client)
+                                .collect();
+                            for &j in &same {
+                                outcomes[j] = Some(PushOutcome::Rejected(r.clone()));
+                            }
+                            same
+                        }
+                        _ => {
+                            outcomes[i] = Some(
+                                self.outcome(&chunk[i], status, &body, auth_verified)
+                                    .await?,
+                            );
+                            vec![i]
+                        }
+                    };
+                    let rest: Vec<usize> =
+                        group.into_iter().filter(|j| !settled.contains(j)).collect();
                     queue.push_front(rest);
                 }
-                BatchReply::Refused(e) => {
-                    if group.len() == 1 {
-                        return Err(RemoteError::Permanent(format!(
-                            "batch of one refused: {}",
-                            e.message
-                        )));
+                BatchReply::Refused(message) => {
+                    if let [i] = group[..] {
+                        // Refused for what this one change holds: a rejection of it,
+                        // so that the others go through.
+                        outcomes[i] = Some(PushOutcome::Rejected(Rejection {
+                            message: format!("refused by the server as a whole request: {message}"),
+                            fields: BTreeMap::new(),
+                        }));
+                        continue;
                     }
                     let (a, b) = group.split_at(group.len() / 2);
                     queue.push_front(b.to_vec());
@@ -205,16 +254,89 @@ impl PocketBaseRemote {
             .collect()
     }
 
+    /// Change `i` of `group` was applied before (the server answered `tm_dup`): a
+    /// retried delivery, likely of the whole group (a response was lost). One receipt
+    /// for the group settles every change of it the server already holds; returns
+    /// those (with `i`), the rest is sent again.
+    async fn settle_retries(
+        &self,
+        chunk: &[PushChange],
+        group: &[usize],
+        i: usize,
+        outcomes: &mut [Option<PushOutcome>],
+    ) -> Result<Vec<usize>, RemoteError> {
+        let seqs = self.receipt_seqs(chunk, group).await?;
+        let mut settled = Vec::new();
+        for (&j, seq) in group.iter().zip(seqs) {
+            if let Some(v) = seq {
+                outcomes[j] = Some(PushOutcome::Applied { version: v });
+                settled.push(j);
+            }
+        }
+        if !settled.contains(&i) {
+            let c = &chunk[i];
+            return Err(ProtocolError::Invalid {
+                context: "receipt".into(),
+                message: format!(
+                    "change {} of {}/{} answered as applied before, but the receipt does not name it",
+                    c.change_id, c.collection, c.id
+                ),
+            }
+            .into());
+        }
+        Ok(settled)
+    }
+
+    /// The outcome of a change the server refused for a stale base (`tm_conflict`):
+    /// a conflict with the record's current state, or its tombstone, as the caller
+    /// sees it now. Neither visible (deleted and compacted since): transient, the
+    /// engine pushes again.
+    async fn conflict_of(&self, c: &PushChange) -> Result<PushOutcome, RemoteError> {
+        match self.fetch_state(&c.collection, &c.id).await? {
+            Some(current) => Ok(PushOutcome::Conflict { current }),
+            None => Err(RemoteError::Transient(format!(
+                "push {}/{}: conflict with a state that is gone",
+                c.collection, c.id
+            ))),
+        }
+    }
+
     /// The seqs that the changes `pending` (indexes into `chunk`, answered with their
     /// own `tm_push`) produced, in order: one `POST /api/tidemark/receipt`. The
     /// server reads them from the records' idempotency memory, so other writes since
     /// do not hide them. A change it does not name is an error, not a guess: the
-    /// engine pushes it again and the server answers `"dup"` with its seq.
+    /// engine pushes it again and the server answers with its seq.
     async fn receipt(
         &self,
         chunk: &[PushChange],
         pending: &[usize],
     ) -> Result<Vec<Version>, RemoteError> {
+        let seqs = self.receipt_seqs(chunk, pending).await?;
+        pending
+            .iter()
+            .zip(seqs)
+            .map(|(&i, seq)| {
+                let c = &chunk[i];
+                seq.ok_or_else(|| {
+                    ProtocolError::Invalid {
+                        context: "receipt".into(),
+                        message: format!(
+                            "no seq for change {} of {}/{}",
+                            c.change_id, c.collection, c.id
+                        ),
+                    }
+                    .into()
+                })
+            })
+            .collect()
+    }
+
+    /// The seq each change of `pending` produced, if the server names it.
+    async fn receipt_seqs(
+        &self,
+        chunk: &[PushChange],
+        pending: &[usize],
+    ) -> Result<Vec<Option<Version>>, RemoteError> {
         let mut ask: BTreeMap<&str, Vec<[String; 2]>> = BTreeMap::new();
         for &i in pending {
             let c = &chunk[i];
@@ -232,7 +354,7 @@ impl PocketBaseRemote {
             ));
         }
         let v = crate::client::expect_ok(&r, "receipt")?;
-        pending
+        Ok(pending
             .iter()
             .map(|&i| {
                 let c = &chunk[i];
@@ -241,29 +363,28 @@ impl PocketBaseRemote {
                     .and_then(Value::as_u64)
                     .filter(|&s| s > 0)
                     .map(Version)
-                    .ok_or_else(|| {
-                        ProtocolError::Invalid {
-                            context: "receipt".into(),
-                            message: format!(
-                                "no seq for change {} of {}/{}",
-                                c.change_id, c.collection, c.id
-                            ),
-                        }
-                        .into()
-                    })
             })
-            .collect()
+            .collect())
     }
 
     async fn batch(&self, requests: Vec<Value>) -> Result<BatchReply, RemoteError> {
         let n = requests.len();
-        let r: Resp = self
-            .call(
-                Method::POST,
-                "/api/batch",
-                Some(&json!({ "requests": requests })),
-            )
-            .await?;
+        let body = json!({ "requests": requests });
+        let r: Resp = match self
+            .call_checked(Method::POST, "/api/batch", &[], Some(&body))
+            .await
+        {
+            Ok(r) => r,
+            Err(f)
+                if f.broken && serde_json::to_vec(&body).map_or(0, |b| b.len()) >= LARGE_BODY =>
+            {
+                return Ok(BatchReply::Refused(format!(
+                    "connection broken while sending a large request ({})",
+                    f.error
+                )));
+            }
+            Err(f) => return Err(f.error),
+        };
         let ctx = "batch";
         if r.status.is_success() {
             let v = r.json(ctx)?;
@@ -286,7 +407,10 @@ impl PocketBaseRemote {
             )));
         }
         if r.status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Ok(BatchReply::Refused(ApiError::parse(&r.body)));
+            return Ok(BatchReply::Refused(format!(
+                "413 {}",
+                ApiError::parse(&r.body).message
+            )));
         }
         let e = ApiError::parse(&r.body);
         // {"data":{"requests":{"<i>":{"code":"batch_request_failed","response":{...}}}}}
@@ -310,7 +434,16 @@ impl PocketBaseRemote {
                 });
             }
         }
-        Ok(BatchReply::Refused(e))
+        if r.status == StatusCode::BAD_REQUEST {
+            // A body PocketBase cannot read, or over maxRequests: refused for what it
+            // holds.
+            return Ok(BatchReply::Refused(format!("400 {}", e.message)));
+        }
+        Err(RemoteError::Permanent(format!(
+            "batch: {} {}",
+            r.status.as_u16(),
+            e.message
+        )))
     }
 
     /// Maps one sub-request's answer onto a [`PushOutcome`].
@@ -409,6 +542,11 @@ impl PocketBaseRemote {
     /// pushed) is applied at the head; one based on a version is `None`, a
     /// rejection (not the caller's record, or compacted away).
     async fn delete_of_missing(&self, c: &PushChange) -> Result<Option<PushOutcome>, RemoteError> {
+        // Our own earlier delivery: the tombstone's memory names it (also for an
+        // owner-less tombstone, which shows no change id).
+        if let Some(v) = self.receipt_seqs(std::slice::from_ref(c), &[0]).await?[0] {
+            return Ok(Some(PushOutcome::Applied { version: v }));
+        }
         let Some(t) = self.tombstone_of(&c.collection, &c.id).await? else {
             if c.base.is_none_or(|v| v.0 == 0) {
                 let head = self.head().await?;

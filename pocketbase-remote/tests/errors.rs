@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 
 type Handler = Arc<dyn Fn(&str, &str, &str) -> (u16, String) + Send + Sync>;
 
-/// Serves `handler(method, path, body)` on a local port; returns the base URL.
+/// Serves `handler(method, path, body)` on a local port; returns the base URL. A
+/// request with a body over [`RESET_OVER`] bytes gets its connection closed unread
+/// (as PocketBase sometimes answers a body over its limit).
 async fn fake(handler: Handler) -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -44,6 +46,9 @@ async fn fake(handler: Handler) -> String {
                                     .map(|v| v.trim().parse::<usize>().unwrap_or(0))
                             })
                             .unwrap_or(0);
+                        if len > RESET_OVER {
+                            return;
+                        }
                         if buf.len() < end + 4 + len {
                             continue;
                         }
@@ -65,6 +70,8 @@ async fn fake(handler: Handler) -> String {
     });
     url
 }
+
+const RESET_OVER: usize = 1 << 20;
 
 const HEAD: &str =
     r#"{"head":10,"horizon":0,"collections":["songs"],"batchMax":50,"superuser":false}"#;
@@ -342,4 +349,57 @@ async fn receipts_give_new_records_their_seqs_or_a_typed_error() {
     *missing_route.lock().unwrap() = true;
     let e = r.push(vec![change()]).await.unwrap_err();
     assert!(matches!(e, RemoteError::Permanent(_)), "{e:?}");
+}
+
+/// A change whose request is refused as a whole (its connection reset under a large
+/// body, or 400 for the whole batch) is rejected once it is alone in its batch; the
+/// others are applied.
+#[tokio::test]
+async fn a_change_refused_as_a_whole_request_is_rejected() {
+    let url = fake(Arc::new(|m, p, body| {
+        base(m, p).unwrap_or_else(|| {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let reqs = v["requests"].as_array().cloned().unwrap_or_default();
+            if reqs.iter().any(|r| r["body"]["title"] == "unreadable") {
+                return (
+                    400,
+                    json!({"status":400,"message":"Failed to read the submitted batch data.","data":{}})
+                        .to_string(),
+                );
+            }
+            let replies: Vec<_> = reqs
+                .iter()
+                .map(|r| json!({"status":200,"body":{"id": r["body"]["id"], "tm_seq": 5, "tm_push": ""}}))
+                .collect();
+            (200, serde_json::Value::Array(replies).to_string())
+        })
+    }))
+    .await;
+    let r = connect(&url).await;
+    let with = |title: String| PushChange {
+        op: Op::Upsert([("title".to_owned(), json!(title))].into_iter().collect()),
+        ..change()
+    };
+    let out = r
+        .push(vec![
+            with("small".into()),
+            with("x".repeat(2 << 20)),
+            with("small".into()),
+            with("unreadable".into()),
+            with("small".into()),
+        ])
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = out
+        .iter()
+        .map(|o| match o {
+            sync_traits::PushOutcome::Applied { .. } => "applied",
+            sync_traits::PushOutcome::Rejected(_) => "rejected",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["applied", "rejected", "applied", "rejected", "applied"]
+    );
 }

@@ -118,14 +118,17 @@ async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
         }));
     }
     // Single REST creates outside any batch: plain PocketBase writes (no tidemark
-    // metadata), and every third one a new record pushed with `tm_push`. The trigger
-    // assigns both their seqs in the insert's own statement.
+    // metadata), and every third one a new record pushed with `tm_push` in a batch of
+    // its own (pushes are accepted only inside /api/batch). The trigger assigns both
+    // their seqs in the insert's own statement.
     for (uid, email) in [(a.clone(), "a@t.io"), (b.clone(), "b@t.io")] {
-        let url = srv.url().to_owned();
+        let url_base = srv.url().to_owned();
         writers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let auth: serde_json::Value = http
-                .post(format!("{url}/api/collections/users/auth-with-password"))
+                .post(format!(
+                    "{url_base}/api/collections/users/auth-with-password"
+                ))
                 .json(&json!({"identity": email, "password": USER_PASSWORD}))
                 .send()
                 .await
@@ -143,18 +146,29 @@ async fn seq_is_unique_gap_free_and_commit_ordered_under_concurrent_writers() {
                     json!({"name": format!("r{i}"), "owner": uid.as_str()})
                 };
                 let push = format!("0:{client}.{}", i + 1);
-                if i % 3 == 0 {
+                let r = if i % 3 == 0 {
                     body["tm_push"] = json!(push);
-                }
-                let r = http
-                    .post(format!("{url}/api/collections/{coll}/records"))
-                    .header("Authorization", &token)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
+                    body["id"] = json!(new_id().as_str());
+                    let url = format!("/api/collections/{coll}/records");
+                    http.post(format!("{url_base}/api/batch"))
+                        .header("Authorization", &token)
+                        .json(&json!({"requests": [{"method": "PUT", "url": url, "body": body}]}))
+                        .send()
+                        .await
+                        .unwrap()
+                } else {
+                    http.post(format!("{url_base}/api/collections/{coll}/records"))
+                        .header("Authorization", &token)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap()
+                };
                 assert!(r.status().is_success());
-                let answer: Value = r.json().await.unwrap();
+                let mut answer: Value = r.json().await.unwrap();
+                if i % 3 == 0 {
+                    answer = answer[0]["body"].take();
+                }
                 // The triggers assign the seq after PocketBase built its answer: a
                 // push answers with its own tm_push, a plain create with "".
                 let expect = if i % 3 == 0 { push } else { String::new() };
@@ -466,8 +480,8 @@ async fn users_see_only_their_records_and_tombstones_do_not_leak() {
             .unwrap()["title"],
         "a"
     );
-    // Re-using the id of A's deleted record: a conflict against the tombstone, which
-    // does not show B the change id of A's delete.
+    // Re-using the id of A's deleted record: refused (the tombstone is A's), without
+    // showing B the seq or change id of A's delete.
     let out = rb
         .push(vec![cb.upsert(
             "songs",
@@ -478,11 +492,8 @@ async fn users_see_only_their_records_and_tombstones_do_not_leak() {
         .await
         .unwrap();
     match &out[0] {
-        PushOutcome::Conflict { current } => {
-            assert!(current.fields.is_none());
-            assert_eq!(current.change_id, None);
-        }
-        other => panic!("expected a tombstone conflict, got {other:?}"),
+        PushOutcome::Rejected(r) => assert!(r.fields.contains_key("id"), "{r:?}"),
+        other => panic!("expected a rejection, got {other:?}"),
     }
     // Creating a record owned by someone else is refused by the create rule.
     let out = rb
@@ -505,8 +516,17 @@ async fn owner_change_removes_the_record_from_the_old_owners_pull() {
             .unwrap()[0],
     );
     let wm = pull_all(&ra, 0, 100).await.last().unwrap().watermark;
+    // A user cannot give a record away (it would plant it in B's account)...
+    let out = ra
+        .push(vec![ca.upsert("songs", &id, Some(v1), song("gift", 1, &b))])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], PushOutcome::Rejected(_)), "{out:?}");
+    // ... a superuser can.
+    let mut cs = Client::new();
     let v2 = applied(
-        &ra.push(vec![ca.upsert("songs", &id, Some(v1), song("gift", 1, &b))])
+        &admin
+            .push(vec![cs.upsert("songs", &id, Some(v1), song("gift", 1, &b))])
             .await
             .unwrap()[0],
     );
@@ -997,7 +1017,9 @@ fn shipped_migrations_folder_holds_only_tidemark_files() {
         names,
         [
             "1764000000_tidemark_init.js",
-            "1764000001_tidemark_fixture.js"
+            "1764000001_tidemark_fixture.js",
+            "1764000002_tidemark_security.js",
+            "1764000003_tidemark_fixture_owner_guard.js",
         ]
     );
 }
@@ -1141,11 +1163,11 @@ async fn server_restart_transient_errors_and_realtime_reconnect() {
     assert_eq!(all.len(), 2);
 }
 
-/// Pushes on the same base racing as single REST updates (no batch, so no
-/// transaction around them): PocketBase loads the record for each before any of them
-/// writes, so the hook's check against the loaded version passes for all. The update
-/// trigger checks the base again in the UPDATE's own statement: exactly one lands,
-/// the others are conflicts with its version, and no seq is used up by them.
+/// Pushes on the same base racing, each in a batch of its own (pushes are accepted
+/// only inside /api/batch): exactly one lands, the others are conflicts (answered as
+/// failed sub-requests), and no seq is used up by them. (The update trigger checks the
+/// base in the UPDATE's own statement, so this holds even where PocketBase loaded the
+/// record before another write landed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_updates_on_one_base_land_once() {
     let srv = TestServer::start();
@@ -1163,25 +1185,35 @@ async fn racing_updates_on_one_base_land_once() {
         let racers = (0..12).map(|k| {
             let (http, token, url) = (http.clone(), token.clone(), srv.url().to_owned());
             let id = id.clone();
+            let tag = format!("{v}:{}.1", new_id());
             tokio::spawn(async move {
+                let body = json!({"id": id.as_str(), "title": format!("r{k}"), "tm_push": tag});
                 let r = http
-                    .patch(format!("{url}/api/collections/songs/records/{id}"))
+                    .post(format!("{url}/api/batch"))
                     .header("Authorization", &token)
-                    .json(&json!({"title": format!("r{k}"), "tm_push": format!("{v}:c{k}.1")}))
+                    .json(&json!({"requests": [
+                        {"method": "PUT", "url": "/api/collections/songs/records", "body": body},
+                    ]}))
                     .send()
                     .await
                     .unwrap();
-                assert!(r.status().is_success());
-                let body: Value = r.json().await.unwrap();
-                (k, body["tm_push"].as_str().unwrap().to_owned())
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap();
+                let answer = if status == 200 {
+                    v[0]["body"]["tm_push"].as_str().unwrap_or("").to_owned()
+                } else {
+                    let code = &v["data"]["requests"]["0"]["response"]["data"]["tm_push"]["code"];
+                    code.as_str().unwrap_or("").to_owned()
+                };
+                (k, tag, answer)
             })
         });
         let mut won = Vec::new();
         for h in racers.collect::<Vec<_>>() {
-            let (k, answer) = h.await.unwrap();
+            let (k, tag, answer) = h.await.unwrap();
             match answer.as_str() {
-                "conflict" => {}
-                a if a == format!("{v}:c{k}.1") => won.push(k),
+                "tm_conflict" => {}
+                a if a == tag => won.push(k),
                 other => panic!("round {round}: racer {k} answered {other:?}"),
             }
         }
@@ -1323,40 +1355,46 @@ async fn a_push_create_cannot_slip_past_a_tombstone() {
     let d = applied(&ra.push(vec![x.delete("songs", &id, v1)]).await.unwrap()[0]);
     let token = srv.superuser().await.token().await.unwrap();
     let http = reqwest::Client::new();
+    let z = new_id();
     let body = |n: u32, clients: Value| {
         json!({
             "id": id.as_str(), "title": "ghost", "owner": a.as_str(),
-            "tm_push": format!("0:z.{n}"), "tm_clients": clients,
+            "tm_push": format!("0:{z}.{n}"), "tm_clients": clients,
         })
     };
-    // Straight to the records API, and through the batch API as the client sends it,
-    // with tm_clients forged, empty, or absent.
+    // Straight to the records API: refused, pushes go through /api/batch only.
     let single = http
         .post(format!("{}/api/collections/songs/records", srv.url()))
         .header("Authorization", &token)
-        .json(&body(1, json!({"z": [0, 0]})))
+        .json(&body(1, json!({z.as_str(): [0, 0]})))
         .send()
         .await
         .unwrap();
-    assert!(single.status().is_success());
-    let mut answers = vec![single.json::<Value>().await.unwrap()];
-    let batch = http
-        .post(format!("{}/api/batch", srv.url()))
-        .header("Authorization", &token)
-        .json(&json!({"requests": [
-            {"method": "PUT", "url": "/api/collections/songs/records", "body": body(2, json!("{}"))},
-            {"method": "PUT", "url": "/api/collections/songs/records", "body": body(3, Value::Null)},
-        ]}))
-        .send()
-        .await
-        .unwrap();
-    assert!(batch.status().is_success());
-    for r in batch.json::<Vec<Value>>().await.unwrap() {
-        answers.push(r["body"].clone());
-    }
-    for b in &answers {
-        assert_eq!(b["tm_push"], "tombstone", "{b}");
-        assert_eq!(b["tm_seq"], json!(d), "{b}");
+    assert_eq!(single.status().as_u16(), 400);
+    let v: Value = single.json().await.unwrap();
+    assert_eq!(v["data"]["tm_push"]["code"], "tm_batch_only", "{v}");
+    // Through the batch API as the client sends it (and as a POST), with tm_clients
+    // forged, empty, or absent: a conflict with the tombstone, answered as a failed
+    // sub-request (so that no event fires for a write that did not happen).
+    for (n, method, clients) in [
+        (1, "POST", json!({z.as_str(): [1, 1]})),
+        (2, "PUT", json!("{}")),
+        (3, "PUT", Value::Null),
+    ] {
+        let batch = http
+            .post(format!("{}/api/batch", srv.url()))
+            .header("Authorization", &token)
+            .json(&json!({"requests": [
+                {"method": method, "url": "/api/collections/songs/records", "body": body(n, clients)},
+            ]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(batch.status().as_u16(), 400);
+        let v: Value = batch.json().await.unwrap();
+        let resp = &v["data"]["requests"]["0"]["response"];
+        assert_eq!(resp["status"], 409, "{v}");
+        assert_eq!(resp["data"]["tm_push"]["code"], "tm_conflict", "{v}");
     }
     let st = ra
         .fetch("songs", &id)
@@ -1428,8 +1466,15 @@ async fn receipts_name_the_seq_a_change_produced() {
                 .send()
                 .await
                 .unwrap();
-            assert!(r.status().is_success());
-            r.json::<Value>().await.unwrap()
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let ask = |body: Value| {
+        let f = ask(body);
+        async move {
+            let (status, v) = f.await;
+            assert_eq!(status, 200, "{v}");
+            v
         }
     };
     let got = ask(json!({
@@ -1446,11 +1491,6 @@ async fn receipts_name_the_seq_a_change_produced() {
     assert!(got["songs"].get(id2.as_str()).is_none(), "{got}");
     let got = ask(json!({"songs": [[id2.as_str(), d_id]]})).await;
     assert_eq!(got["songs"][id2.as_str()], json!(dv), "{got}");
-    // Junk is ignored, not an error.
-    let got =
-        ask(json!({"songs": [1, ["x"], [id1.as_str(), 5]], "nope": [[id1.as_str(), ids[0]]]}))
-            .await;
-    assert_eq!(got, json!({"songs": {}}));
 }
 
 /// A synced collection created while PocketBase runs gets the triggers behind fast
@@ -1559,7 +1599,9 @@ async fn a_collection_synced_later_gets_its_triggers_at_start() {
 
 /// The idempotency memory survives alternating writers: the latest writer's entry
 /// lives in tm_cid/tm_seq and moves into tm_clients only when someone else writes,
-/// so a late retry from any earlier writer is still recognised, never a conflict.
+/// so a late retry of each writer's newest change is still recognised. Only that
+/// exact change: an older change id of the same client is a conflict (it is not the
+/// change the server remembers; see also `a_lower_counter_is_a_new_change`).
 #[tokio::test]
 async fn late_retries_are_recognised_after_writers_alternate() {
     let srv = TestServer::start();
@@ -1579,9 +1621,17 @@ async fn late_retries_are_recognised_after_writers_alternate() {
 
     // y's change, retried on its stale base, answers the version it produced.
     assert_eq!(one(ra.push(vec![y_upd]).await.unwrap()), v2);
-    // x's retries answer x's newest version (the memory keeps one entry per client).
-    for c in [create, x_upd, x_again] {
-        assert_eq!(one(ra.push(vec![c]).await.unwrap()), v4);
+    // x's newest change, retried, answers its version; x's older ones are conflicts
+    // with the current state, which x wrote.
+    assert_eq!(one(ra.push(vec![x_again.clone()]).await.unwrap()), v4);
+    for c in [create, x_upd] {
+        match &ra.push(vec![c]).await.unwrap()[0] {
+            PushOutcome::Conflict { current } => {
+                assert_eq!(current.version.0, v4);
+                assert_eq!(current.change_id.as_ref(), Some(&x_again.change_id));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
     }
     assert_eq!(
         ra.head().await.unwrap().head,

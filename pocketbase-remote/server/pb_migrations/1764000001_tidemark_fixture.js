@@ -2,7 +2,9 @@
 // Sample schema (the seed's): `songs` and `friends`, owned by users, synced by tidemark.
 // A synced collection needs the fields tm_seq (number), tm_cid (text), tm_push (text),
 // tm_clients (json, hidden),
-// an index on tm_seq, and its name in TIDEMARK_COLLECTIONS (see pb_hooks/tidemark.js).
+// an index on tm_seq, and its name in TIDEMARK_COLLECTIONS (see pb_hooks/tidemark/config.js),
+// and rules that keep records with their owner (pocketbase-remote/README.md; the update
+// rule is tightened by 1764000003_tidemark_fixture_owner_guard.js).
 migrate(
   (app) => {
     const users = app.findCollectionByNameOrId("users");
