@@ -601,6 +601,16 @@ impl RemoteStore for PocketBaseRemote {
         self.count_visible().await.map(Some)
     }
 
+    /// The collections this remote pulls and pushes: the builder's
+    /// [`collections`](Builder::collections), or else the server's synced list. The
+    /// engine leaves every other collection alone (never pushed, never removed by a
+    /// resync).
+    async fn collections(
+        &self,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
+        Ok(Some(PocketBaseRemote::collections(self).into_iter().collect()))
+    }
+
     fn max_push_batch(&self) -> usize {
         self.inner.batch_max.load(Ordering::Relaxed).max(1)
     }
