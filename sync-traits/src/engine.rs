@@ -284,17 +284,19 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         Ok(())
     }
 
-    /// A sync, then a check for records that left the caller's view without any
-    /// trace the pull could see (a changed access rule, a write that bypassed the
-    /// server's hooks): after a complete pull the store holds every record the
-    /// server shows the caller, so a collection holding more records locally than
-    /// [`RemoteStore::counts`] reports has stale ones, and a full resync removes
-    /// them. One extra request when nothing is stale.
+    /// A sync, then a check for records that left or entered the caller's view
+    /// without any trace the pull could see (a changed access rule, a record shared
+    /// through a team relation, a write that bypassed the server's hooks): after a
+    /// complete pull the store holds exactly the records the server shows the
+    /// caller, so a collection whose local count differs from what
+    /// [`RemoteStore::counts`] reports has stale or missing records, and a full
+    /// resync removes the ones and pulls the others. One extra request when the
+    /// counts agree.
     ///
     /// Skipped (reported as not resynced) while the outbox is not empty, since
     /// unpushed creates would count too, and when the remote cannot count. A write
     /// landing on the server between the pull and the count can hide a stale record
-    /// until the next reconcile.
+    /// until the next reconcile, or start a resync that was not needed.
     pub async fn reconcile(&self) -> Result<SyncReport, SyncError> {
         let _guard = self.running.lock().await;
         async {
@@ -317,15 +319,20 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 if synced.as_ref().is_some_and(|s| !s.contains(collection)) {
                     continue;
                 }
-                let local = self.local.count(collection).await?;
-                if local as u64 > *remote {
-                    stale.push((collection.clone(), local as u64 - remote));
+                let local = match self.local.count(collection).await {
+                    Ok(n) => n,
+                    // A collection this store does not hold: nothing to compare.
+                    Err(crate::error::StoreError::UnknownCollection(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if local as u64 != *remote {
+                    stale.push((collection.clone(), local as i64 - *remote as i64));
                 }
             }
             if !stale.is_empty() {
                 info!(
                     ?stale,
-                    "local collections hold records the server no longer shows; resync"
+                    "local collections differ from what the server shows; resync"
                 );
                 self.emit(SyncEvent::ResyncStarted);
                 report.resynced = true;

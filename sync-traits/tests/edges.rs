@@ -540,3 +540,41 @@ async fn removed_fields_and_normalised_values_converge() {
     );
     assert_eq!(b.all_records(), on_server);
 }
+
+/// Reconcile is two-sided: a record that enters a user's view without any write
+/// they could pull (shared to them by a rule change) arrives, as one that left
+/// it is removed.
+#[tokio::test]
+async fn reconcile_pulls_records_that_entered_the_view_without_a_write() {
+    let server = FakeRemote::new();
+    let theirs = new_id();
+    server.server_write(
+        "songs",
+        &theirs,
+        Some(f(json!({"title": "hidden", "owner": "bob"}))),
+    );
+    let store = Arc::new(MemoryStore::new());
+    let e = SyncEngine::new(store.clone(), server.as_user("ann"));
+    e.sync().await.unwrap();
+    assert!(
+        store.get("songs", &theirs).await.unwrap().is_none(),
+        "not ann's"
+    );
+    // The record is shared with everyone, without a write.
+    assert!(server.raw_update("songs", &theirs, f(json!({"title": "shared", "owner": ""}))));
+    e.sync().await.unwrap();
+    assert!(
+        store.get("songs", &theirs).await.unwrap().is_none(),
+        "an incremental pull cannot see it"
+    );
+    let r = e.reconcile().await.unwrap();
+    assert!(r.resynced);
+    assert_eq!(
+        store.get("songs", &theirs).await.unwrap().unwrap().fields["title"],
+        json!("shared")
+    );
+    assert!(
+        !e.reconcile().await.unwrap().resynced,
+        "and then the counts agree"
+    );
+}

@@ -239,6 +239,21 @@ impl FakeRemote {
         }
     }
 
+    /// Changes a record's fields behind sync's back, keeping its version — like a
+    /// rule change (or a raw SQL update) that shows a record to callers who did not
+    /// see it, with no write they could pull. Only
+    /// [`crate::SyncEngine::reconcile`] notices. Returns whether the record exists.
+    pub fn raw_update(&self, collection: &str, id: &RecordId, fields: Fields) -> bool {
+        let mut s = self.lock();
+        match s.records.get_mut(&(collection.to_owned(), id.clone())) {
+            Some(e) => {
+                e.fields = Some(fields);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A write made directly on the server (admin UI, another service): no base
     /// check, no change id.
     pub fn server_write(&self, collection: &str, id: &RecordId, fields: Option<Fields>) -> Version {
