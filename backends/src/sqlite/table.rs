@@ -1,0 +1,282 @@
+//! A collection's table: its DDL, its capture triggers, its prepared SQL, and the
+//! mapping between a record's JSON fields and the table's typed columns.
+
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use serde_json::Value;
+use sync_traits::{Fields, Mistyped, RecordId, StoreError};
+
+use super::sql::{lit, q, sql_err};
+use crate::schema::{check_value, CollectionSchema, FieldKind};
+
+/// A collection's table and its prepared SQL.
+#[derive(Debug)]
+pub(super) struct Table {
+    pub(super) schema: CollectionSchema,
+    pub(super) select_one: String,
+    pub(super) select_all: String,
+    pub(super) count: String,
+    pub(super) upsert: String,
+    pub(super) delete: String,
+}
+
+impl Table {
+    pub(super) fn new(schema: CollectionSchema) -> Self {
+        let t = q(&schema.name);
+        let cols: Vec<String> = schema.fields.iter().map(|f| q(&f.name)).collect();
+        let mut data_cols = cols.clone();
+        data_cols.push("\"_extra\"".into());
+        let all = data_cols.join(", ");
+        let placeholders: Vec<String> =
+            (1..=data_cols.len() + 1).map(|i| format!("?{i}")).collect();
+        let updates: Vec<String> = data_cols
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        Self {
+            select_one: format!("SELECT {all} FROM {t} WHERE \"id\" = ?1"),
+            select_all: format!("SELECT \"id\", {all} FROM {t} ORDER BY \"id\""),
+            count: format!("SELECT COUNT(*) FROM {t}"),
+            upsert: format!(
+                "INSERT INTO {t} (\"id\", {all}) VALUES ({}) ON CONFLICT (\"id\") DO UPDATE SET {}",
+                placeholders.join(", "),
+                updates.join(", ")
+            ),
+            delete: format!("DELETE FROM {t} WHERE \"id\" = ?1"),
+            schema,
+        }
+    }
+
+    /// Binds a record (id, declared columns, `_extra`) to the upsert statement,
+    /// without copying strings.
+    ///
+    /// A declared field's value that does not fit its kind is bound as NULL in its
+    /// column and kept, exactly as it is, in `_extra` (where [`Table::read_fields`]
+    /// finds it), and reported in `mistyped` when given. Callers that must refuse
+    /// such values (an app's `put`) check the record before binding it.
+    pub(super) fn bind_row(
+        &self,
+        st: &mut rusqlite::Statement<'_>,
+        id: &RecordId,
+        fields: &Fields,
+        mut mistyped: Option<&mut Vec<Mistyped>>,
+    ) -> Result<(), StoreError> {
+        let c = &self.schema;
+        st.raw_bind_parameter(1, id.as_str()).map_err(sql_err)?;
+        let mut extra: Vec<(&String, &Value)> = Vec::new();
+        for (i, f) in c.fields.iter().enumerate() {
+            let idx = i + 2;
+            let r = match (f.kind, fields.get(&f.name)) {
+                (_, None) => st.raw_bind_parameter(idx, SqlValue::Null),
+                (_, Some(v @ Value::Null)) => {
+                    extra.push((&f.name, v));
+                    st.raw_bind_parameter(idx, SqlValue::Null)
+                }
+                (FieldKind::Text, Some(Value::String(s))) => st.raw_bind_parameter(idx, s.as_str()),
+                (FieldKind::Number, Some(Value::Number(n))) if n.is_i64() => {
+                    st.raw_bind_parameter(idx, n.as_i64().unwrap_or_default())
+                }
+                (FieldKind::Bool, Some(Value::Bool(b))) => st.raw_bind_parameter(idx, *b),
+                (kind, Some(v)) => match check_value(&c.name, id, &f.name, kind, v) {
+                    Ok(v) => st.raw_bind_parameter(idx, to_sql(kind, &v)),
+                    Err(_) => {
+                        if let Some(m) = mistyped.as_deref_mut() {
+                            m.push(Mistyped {
+                                collection: c.name.clone(),
+                                id: id.clone(),
+                                field: f.name.clone(),
+                                expected: kind.expected().to_owned(),
+                                value: v.clone(),
+                            });
+                        }
+                        extra.push((&f.name, v));
+                        st.raw_bind_parameter(idx, SqlValue::Null)
+                    }
+                },
+            };
+            r.map_err(sql_err)?;
+        }
+        for (k, v) in fields {
+            if k != "id" && c.kind_of(k).is_none() {
+                extra.push((k, v));
+            }
+        }
+        let idx = c.fields.len() + 2;
+        if extra.is_empty() {
+            st.raw_bind_parameter(idx, SqlValue::Null)
+        } else {
+            extra.sort_by(|a, b| a.0.cmp(b.0));
+            let map: serde_json::Map<String, Value> = extra
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            st.raw_bind_parameter(idx, Value::Object(map).to_string())
+        }
+        .map_err(sql_err)?;
+        Ok(())
+    }
+
+    /// Reads declared columns and `_extra` starting at column `offset`.
+    pub(super) fn read_fields(
+        &self,
+        row: &rusqlite::Row<'_>,
+        offset: usize,
+    ) -> rusqlite::Result<Fields> {
+        let n = self.schema.fields.len();
+        let mut out = match row.get_ref(offset + n)? {
+            ValueRef::Text(t) => match serde_json::from_slice::<Value>(t) {
+                Ok(Value::Object(m)) => m,
+                _ => Fields::new(),
+            },
+            _ => Fields::new(),
+        };
+        for (i, f) in self.schema.fields.iter().enumerate() {
+            let v = row.get_ref(offset + i)?;
+            if let Some(v) = from_sql(f.kind, v) {
+                out.insert(f.name.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_sql(kind: FieldKind, v: &Value) -> SqlValue {
+    match (kind, v) {
+        (_, Value::Null) => SqlValue::Null,
+        (FieldKind::Json | FieldKind::Relations, v) => SqlValue::Text(v.to_string()),
+        (_, Value::String(s)) => SqlValue::Text(s.clone()),
+        (_, Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
+        (_, Value::Number(n)) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(n.as_f64().unwrap_or(0.0)),
+        },
+        (_, v) => SqlValue::Text(v.to_string()),
+    }
+}
+
+/// A column value as JSON; `None` for SQL NULL. Values written with plain SQL that
+/// do not fit the declared kind are returned as they are stored (best effort).
+fn from_sql(kind: FieldKind, v: ValueRef<'_>) -> Option<Value> {
+    Some(match v {
+        ValueRef::Null => return None,
+        ValueRef::Integer(i) => match kind {
+            FieldKind::Bool if i == 0 => Value::Bool(false),
+            FieldKind::Bool if i == 1 => Value::Bool(true),
+            _ => Value::from(i),
+        },
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(t) => {
+            let s = String::from_utf8_lossy(t);
+            match kind {
+                FieldKind::Json | FieldKind::Relations => {
+                    serde_json::from_str(&s).unwrap_or(Value::String(s.into_owned()))
+                }
+                _ => Value::String(s.into_owned()),
+            }
+        }
+        ValueRef::Blob(b) => Value::String(String::from_utf8_lossy(b).into_owned()),
+    })
+}
+
+/// DDL for a collection's table.
+pub(super) fn create_table_sql(c: &CollectionSchema) -> String {
+    let mut cols = vec![
+        "\"id\" TEXT PRIMARY KEY NOT NULL DEFAULT (substr(lower(hex(randomblob(8))), 1, 15)) \
+         "
+        .to_string(),
+    ];
+    for f in &c.fields {
+        cols.push(format!("{} {}", q(&f.name), f.kind.sql_type()));
+    }
+    cols.push("\"_extra\" TEXT".into());
+    format!("CREATE TABLE {} (\n  {}\n)", q(&c.name), cols.join(",\n  "))
+}
+
+pub(super) fn trigger_names(c: &CollectionSchema) -> [String; 5] {
+    ["ai", "au", "ad", "id", "bi"].map(|s| q(&format!("_tidemark_{}_{s}", c.name)))
+}
+
+/// Triggers that capture plain-SQL writes on a collection's table into the outbox
+/// (none for a local-only collection), and guard its record ids.
+pub(super) fn triggers_sql(c: &CollectionSchema) -> String {
+    let t = q(&c.name);
+    let cl = lit(&c.name);
+    let path = |name: &str| lit(&format!("$.\"{name}\""));
+    let declared: Vec<String> = c.fields.iter().map(|f| lit(&f.name)).collect();
+    let keys_of = |row: &str| -> String {
+        let mut parts: Vec<String> = c
+            .fields
+            .iter()
+            .map(|f| {
+                format!(
+                    "SELECT {} AS k WHERE {row}.{} IS NOT NULL",
+                    lit(&f.name),
+                    q(&f.name)
+                )
+            })
+            .collect();
+        parts.push(format!(
+            "SELECT \"key\" AS k FROM json_each(coalesce({row}.\"_extra\", '{{}}'))"
+        ));
+        parts.join(" UNION ")
+    };
+    let updated = {
+        let mut parts: Vec<String> = c
+            .fields
+            .iter()
+            .map(|f| {
+                let col = q(&f.name);
+                let p = path(&f.name);
+                format!(
+                    "SELECT {} AS k WHERE OLD.{col} IS NOT NEW.{col} OR (NEW.{col} IS NULL AND \
+                     (OLD.\"_extra\" -> {p}) IS NOT (NEW.\"_extra\" -> {p}))",
+                    lit(&f.name)
+                )
+            })
+            .collect();
+        parts.push(format!(
+            "SELECT \"key\" AS k FROM (SELECT \"key\", \"fullkey\" FROM json_each(coalesce(NEW.\"_extra\", '{{}}')) \
+             UNION SELECT \"key\", \"fullkey\" FROM json_each(coalesce(OLD.\"_extra\", '{{}}'))) \
+             WHERE \"key\" NOT IN ({}) AND (coalesce(OLD.\"_extra\", '{{}}') -> \"fullkey\") IS NOT \
+             (coalesce(NEW.\"_extra\", '{{}}') -> \"fullkey\")",
+            declared.join(", ")
+        ));
+        parts.join(" UNION ")
+    };
+    let when = "";
+    let body = |row: &str, changed: &str| -> String {
+        format!(
+            "UPDATE \"_tidemark_meta\" SET \"value\" = \"value\" + 1 WHERE \"key\" = 'counter';\n\
+             UPDATE \"_tidemark_outbox\" SET \
+               \"change_n\" = (SELECT \"value\" FROM \"_tidemark_meta\" WHERE \"key\" = 'counter'), \
+               \"changed\" = (SELECT json_group_array(k) FROM (SELECT \"value\" AS k FROM json_each(\"_tidemark_outbox\".\"changed\") UNION {changed})) \
+             WHERE \"collection\" = {cl} AND \"id\" = {row}.\"id\";\n\
+             INSERT INTO \"_tidemark_outbox\" (\"collection\", \"id\", \"change_n\", \"base\", \"changed\") \
+             SELECT {cl}, {row}.\"id\", (SELECT \"value\" FROM \"_tidemark_meta\" WHERE \"key\" = 'counter'), \
+               (SELECT \"version\" FROM \"_tidemark_versions\" WHERE \"collection\" = {cl} AND \"id\" = {row}.\"id\"), \
+               (SELECT json_group_array(k) FROM ({changed})) \
+             WHERE NOT EXISTS (SELECT 1 FROM \"_tidemark_outbox\" WHERE \"collection\" = {cl} AND \"id\" = {row}.\"id\");"
+        )
+    };
+    let [ai, au, ad, idt, bi] = trigger_names(c);
+    // A local-only collection's writes never reach the outbox, whichever
+    // connection makes them: it gets the id guards only.
+    let capture = if c.local_only {
+        String::new()
+    } else {
+        format!(
+            "CREATE TRIGGER {ai} AFTER INSERT ON {t} {when} BEGIN\n{}\nEND;\n\
+             CREATE TRIGGER {au} AFTER UPDATE ON {t} {when} BEGIN\n{}\nEND;\n\
+             CREATE TRIGGER {ad} AFTER DELETE ON {t} {when} BEGIN\n{}\nEND;\n",
+            body("NEW", &keys_of("NEW")),
+            body("NEW", &updated),
+            body("OLD", &keys_of("OLD")),
+        )
+    };
+    format!(
+        "{capture}\
+         CREATE TRIGGER {idt} BEFORE UPDATE OF \"id\" ON {t} WHEN OLD.\"id\" IS NOT NEW.\"id\" BEGIN \
+         SELECT RAISE(ABORT, 'tidemark: record ids cannot change; delete and insert instead'); END;\n\
+         CREATE TRIGGER {bi} BEFORE INSERT ON {t} WHEN length(NEW.\"id\") IS NOT 15 OR NEW.\"id\" GLOB '*[^a-z0-9]*' BEGIN \
+         SELECT RAISE(ABORT, 'tidemark: a record id is 15 characters of a-z0-9'); END;\n",
+    )
+}
