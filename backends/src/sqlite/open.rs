@@ -233,14 +233,16 @@ fn migrate_collection(
     for f in &c.fields {
         match old.kind_of(&f.name) {
             Some(k) if k == f.kind => {}
-            Some(k) => return Err(schema_err(
-                &c.name,
-                "",
-                &format!(
+            Some(k) => {
+                return Err(schema_err(
+                    &c.name,
+                    "",
+                    &format!(
                     "field {:?} is stored as {k:?}; changing it to {:?} needs a manual migration",
                     f.name, f.kind
                 ),
-            )),
+                ))
+            }
             None => {
                 merged.fields.push(f.clone());
                 added.push(f.clone());
