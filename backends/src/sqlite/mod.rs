@@ -277,11 +277,13 @@ impl LocalStore for SqliteStore {
         self.run(|s| s.sync_state()).await
     }
 
-    /// See the trait, and *Pulls* in the module docs. The page is copied once to
-    /// run on the blocking pool.
+    /// See the trait, and *Pulls* in the module docs. The page is first turned,
+    /// on the calling task, into the owned values its rows bind (classifying each
+    /// change and checking its values, no SQLite); the transaction runs on the
+    /// blocking pool.
     async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
-        let (changes, watermark) = (page.changes.clone(), page.watermark);
-        self.run(move |s| s.apply_page(&changes, watermark)).await
+        let page = self.core.prepare_page(page)?;
+        self.run(move |s| s.apply_prepared(&page)).await
     }
 
     async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {

@@ -8,6 +8,40 @@ use sync_traits::{Fields, Mistyped, RecordId, StoreError};
 use super::sql::{lit, q, sql_err};
 use crate::schema::{check_value, CollectionSchema, FieldKind};
 
+/// One value to bind; text lives in [`Rows::text`].
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    /// A byte range of [`Rows`]' text.
+    Text(usize, usize),
+}
+
+/// Rows ready to bind, owned and compact: their values in one vector and all
+/// their text in one string (a page of them is two allocations, however many
+/// records it holds).
+#[derive(Debug, Default)]
+pub(super) struct Rows {
+    pub(super) text: String,
+    pub(super) cells: Vec<Cell>,
+}
+
+impl Rows {
+    /// Appends `s` to the text; its cell.
+    pub(super) fn text(&mut self, s: &str) -> Cell {
+        let a = self.text.len();
+        self.text.push_str(s);
+        Cell::Text(a, self.text.len())
+    }
+
+    /// The text of a [`Cell::Text`] (empty if out of range, which the store never
+    /// makes).
+    pub(super) fn str(&self, a: usize, b: usize) -> &str {
+        self.text.get(a..b).unwrap_or_default()
+    }
+}
+
 /// A collection's table and its prepared SQL.
 #[derive(Debug)]
 pub(super) struct Table {
@@ -46,8 +80,7 @@ impl Table {
         }
     }
 
-    /// Binds a record (id, declared columns, `_extra`) to the upsert statement,
-    /// without copying strings.
+    /// Binds a record (id, declared columns, `_extra`) to the upsert statement.
     ///
     /// A declared field's value that does not fit its kind is bound as NULL in its
     /// column and kept, exactly as it is, in `_extra` (where [`Table::read_fields`]
@@ -58,60 +91,105 @@ impl Table {
         st: &mut rusqlite::Statement<'_>,
         id: &RecordId,
         fields: &Fields,
-        mut mistyped: Option<&mut Vec<Mistyped>>,
+        mistyped: Option<&mut Vec<Mistyped>>,
     ) -> Result<(), StoreError> {
+        let mut rows = Rows::default();
+        let mut none = Vec::new();
+        let start = self.prepare_row(&mut rows, id, fields, mistyped.unwrap_or(&mut none));
+        self.bind_prepared(st, &rows, start)
+    }
+
+    /// Turns a record into the values its upsert binds (id, declared columns,
+    /// `_extra`), appended to `rows`; returns where they start. The rules of
+    /// [`Table::bind_row`]; values that do not fit are added to `mistyped`.
+    pub(super) fn prepare_row(
+        &self,
+        rows: &mut Rows,
+        id: &RecordId,
+        fields: &Fields,
+        mistyped: &mut Vec<Mistyped>,
+    ) -> usize {
         let c = &self.schema;
-        st.raw_bind_parameter(1, id.as_str()).map_err(sql_err)?;
+        let start = rows.cells.len();
+        let cell = rows.text(id.as_str());
+        rows.cells.push(cell);
         let mut extra: Vec<(&String, &Value)> = Vec::new();
-        for (i, f) in c.fields.iter().enumerate() {
-            let idx = i + 2;
-            let r = match (f.kind, fields.get(&f.name)) {
-                (_, None) => st.raw_bind_parameter(idx, SqlValue::Null),
+        for f in &c.fields {
+            let cell = match (f.kind, fields.get(&f.name)) {
+                (_, None) => Cell::Null,
                 (_, Some(v @ Value::Null)) => {
                     extra.push((&f.name, v));
-                    st.raw_bind_parameter(idx, SqlValue::Null)
+                    Cell::Null
                 }
-                (FieldKind::Text, Some(Value::String(s))) => st.raw_bind_parameter(idx, s.as_str()),
+                (FieldKind::Text, Some(Value::String(s))) => rows.text(s),
                 (FieldKind::Number, Some(Value::Number(n))) if n.is_i64() => {
-                    st.raw_bind_parameter(idx, n.as_i64().unwrap_or_default())
+                    Cell::Int(n.as_i64().unwrap_or_default())
                 }
-                (FieldKind::Bool, Some(Value::Bool(b))) => st.raw_bind_parameter(idx, *b),
+                (FieldKind::Bool, Some(Value::Bool(b))) => Cell::Int(i64::from(*b)),
                 (kind, Some(v)) => match check_value(&c.name, id, &f.name, kind, v) {
-                    Ok(v) => st.raw_bind_parameter(idx, to_sql(kind, &v)),
+                    Ok(v) => match to_sql(kind, &v) {
+                        SqlValue::Null => Cell::Null,
+                        SqlValue::Integer(i) => Cell::Int(i),
+                        SqlValue::Real(r) => Cell::Real(r),
+                        SqlValue::Text(t) => rows.text(&t),
+                        SqlValue::Blob(b) => rows.text(&String::from_utf8_lossy(&b)),
+                    },
                     Err(_) => {
-                        if let Some(m) = mistyped.as_deref_mut() {
-                            m.push(Mistyped {
-                                collection: c.name.clone(),
-                                id: id.clone(),
-                                field: f.name.clone(),
-                                expected: kind.expected().to_owned(),
-                                value: v.clone(),
-                            });
-                        }
+                        mistyped.push(Mistyped {
+                            collection: c.name.clone(),
+                            id: id.clone(),
+                            field: f.name.clone(),
+                            expected: kind.expected().to_owned(),
+                            value: v.clone(),
+                        });
                         extra.push((&f.name, v));
-                        st.raw_bind_parameter(idx, SqlValue::Null)
+                        Cell::Null
                     }
                 },
             };
-            r.map_err(sql_err)?;
+            rows.cells.push(cell);
         }
         for (k, v) in fields {
             if k != "id" && c.kind_of(k).is_none() {
                 extra.push((k, v));
             }
         }
-        let idx = c.fields.len() + 2;
-        if extra.is_empty() {
-            st.raw_bind_parameter(idx, SqlValue::Null)
+        let cell = if extra.is_empty() {
+            Cell::Null
         } else {
             extra.sort_by(|a, b| a.0.cmp(b.0));
             let map: serde_json::Map<String, Value> = extra
                 .into_iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            st.raw_bind_parameter(idx, Value::Object(map).to_string())
+            rows.text(&Value::Object(map).to_string())
+        };
+        rows.cells.push(cell);
+        start
+    }
+
+    /// Binds the values [`Table::prepare_row`] put at `start` to the upsert.
+    pub(super) fn bind_prepared(
+        &self,
+        st: &mut rusqlite::Statement<'_>,
+        rows: &Rows,
+        start: usize,
+    ) -> Result<(), StoreError> {
+        let n = self.schema.fields.len() + 2;
+        let cells = rows
+            .cells
+            .get(start..start + n)
+            .ok_or_else(|| StoreError::Backend("prepared row out of range".into()))?;
+        for (i, cell) in cells.iter().enumerate() {
+            let idx = i + 1;
+            match *cell {
+                Cell::Null => st.raw_bind_parameter(idx, SqlValue::Null),
+                Cell::Int(v) => st.raw_bind_parameter(idx, v),
+                Cell::Real(v) => st.raw_bind_parameter(idx, v),
+                Cell::Text(a, b) => st.raw_bind_parameter(idx, rows.str(a, b)),
+            }
+            .map_err(sql_err)?;
         }
-        .map_err(sql_err)?;
         Ok(())
     }
 
