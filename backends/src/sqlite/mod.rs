@@ -96,7 +96,10 @@
 //! runtime's other tasks go on meanwhile, on a current-thread runtime too. A
 //! call's transaction runs to its end even if its future is dropped (it is
 //! atomic either way). Outside a tokio runtime the work runs on the calling
-//! thread. [`LocalStore::client_id`] reads no SQLite. The synchronous
+//! thread. [`LocalStore::client_id`] reads no SQLite. `apply_remote` first turns
+//! the page, on the calling task, into owned bind-ready rows (a classification
+//! and type check of each value, no SQLite, no locks: the work binding did inside
+//! the transaction before, and cheaper than copying the page). The synchronous
 //! [`SqliteStore::with_connection`] and [`SqliteStore::set_synchronous_full`]
 //! take the mutex on the calling thread: call them from blocking code (or
 //! `spawn_blocking`), not from an async task. Other connections (the app's
