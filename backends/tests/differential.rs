@@ -22,7 +22,22 @@ use sync_traits::{
 
 use tidemark_backends::{Schema, SqliteStore};
 
-const COLLS: [&str; 2] = ["songs", "friends"];
+/// The collections steps name: the two of the conformance schema, `albums`, which
+/// no store holds until a `Declare` step, and a name no store can hold.
+const COLLS: [&str; 4] = ["songs", "friends", "albums", "not a name!"];
+/// What the stores hold from the start.
+const HELD: [&str; 2] = ["songs", "friends"];
+
+/// The schema of the SQLite stores: the conformance schema, plus `albums` once
+/// declared.
+fn schema(albums: bool) -> Schema {
+    let s = Schema::conformance();
+    if albums {
+        s.collection(tidemark_backends::CollectionSchema::new("albums").text("name"))
+    } else {
+        s
+    }
+}
 
 fn ids() -> Vec<RecordId> {
     [
@@ -56,6 +71,10 @@ enum Step {
     /// `finish_resync` over every collection, or only `COLLS[i]`.
     FinishResync(Option<usize>),
     Reopen,
+    /// Start holding `albums` (SQLite: reopen with a schema that declares it;
+    /// memory: `declare`), so what pulls parked of it applies. Nothing while a
+    /// resync is under way (see `Step::Declare` in `main`'s loop).
+    Declare,
     /// Log a conflict for a pending entry (by index), with a resolution.
     LogConflict(usize, u8),
     /// Clear logged conflicts (by index into the log; an index past it clears an
@@ -142,13 +161,13 @@ fn ack_kind() -> impl Strategy<Value = AckKind> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..2usize, 0..4usize, fields()).prop_map(|(c, i, f)| Step::Put(c, i, f)),
-        2 => (0..2usize, 0..4usize).prop_map(|(c, i)| Step::Delete(c, i)),
+        4 => (0..3usize, 0..4usize, fields()).prop_map(|(c, i, f)| Step::Put(c, i, f)),
+        2 => (0..3usize, 0..4usize).prop_map(|(c, i)| Step::Delete(c, i)),
         3 => (0..2usize, 0..4usize, fields()).prop_map(|(c, i, f)| Step::SqlPut(c, i, f)),
         1 => (0..2usize, 0..4usize).prop_map(|(c, i)| Step::SqlDelete(c, i)),
         3 => (
             proptest::collection::vec(
-                (0..2usize, 0..4usize, 1u64..40, proptest::option::of(fields())),
+                (0..4usize, 0..4usize, 1u64..40, proptest::option::of(fields())),
                 0..5
             ),
             0u64..40
@@ -158,8 +177,9 @@ fn step() -> impl Strategy<Value = Step> {
         3 => proptest::collection::vec((0..8usize, ack_kind(), proptest::bool::weighted(0.2)), 1..4)
             .prop_map(Step::Ack),
         1 => Just(Step::BeginResync),
-        1 => proptest::option::of(0..2usize).prop_map(Step::FinishResync),
+        1 => proptest::option::of(0..3usize).prop_map(Step::FinishResync),
         1 => Just(Step::Reopen),
+        1 => Just(Step::Declare),
         1 => (0..8usize, 0..3u8).prop_map(|(i, r)| Step::LogConflict(i, r)),
         1 => proptest::collection::vec(0..4usize, 1..3).prop_map(Step::ClearConflicts),
         1 => (0..4usize).prop_map(Step::RetryQuarantined),
@@ -185,6 +205,8 @@ struct Subject {
     /// Where `Backup` put the store's copy (the memory store keeps it in memory).
     backup: Option<PathBuf>,
     memory_backup: Option<MemoryStore>,
+    /// Whether `albums` is declared.
+    albums: bool,
     /// Every change id this subject's pending entries showed so far, in the order
     /// first seen (the same order for every subject when they agree).
     seen: Vec<ChangeId>,
@@ -219,6 +241,7 @@ impl Subject {
             memory: None,
             backup: None,
             memory_backup: None,
+            albums: false,
             seen: Vec::new(),
         }
     }
@@ -229,17 +252,17 @@ impl Subject {
         self.memory = None;
         self.store = Some(match &self.kind {
             Kind::Memory => {
-                let s = Arc::new(MemoryStore::new());
+                let s = Arc::new(MemoryStore::with_collections(HELD));
                 self.memory = Some(s.clone());
                 Box::new(s)
             }
             Kind::SqliteMemory => {
-                let s = Arc::new(SqliteStore::open_in_memory(Schema::conformance()).unwrap());
+                let s = Arc::new(SqliteStore::open_in_memory(schema(self.albums)).unwrap());
                 self.sqlite = Some(s.clone());
                 Box::new(s)
             }
             Kind::SqliteFile(p) => {
-                let s = Arc::new(SqliteStore::open(p, Schema::conformance()).unwrap());
+                let s = Arc::new(SqliteStore::open(p, schema(self.albums)).unwrap());
                 self.sqlite = Some(s.clone());
                 Box::new(s)
             }
@@ -247,7 +270,7 @@ impl Subject {
             Kind::Sled(p) => Box::new(
                 tidemark_backends::SledStore::open_with(
                     p,
-                    Schema::conformance(),
+                    schema(self.albums),
                     tidemark_backends::sled::SledOptions {
                         flush_every_write: false,
                         ..Default::default()
@@ -307,6 +330,11 @@ impl Subject {
         if let Kind::Memory = self.kind {
             if let Some(b) = &self.memory_backup {
                 let s = Arc::new(b.reopen_copy());
+                if self.albums {
+                    // The SQLite stores open the restored file with the schema
+                    // of now.
+                    s.declare("albums");
+                }
                 self.memory = Some(s.clone());
                 self.store = Some(Box::new(s));
             }
@@ -328,6 +356,27 @@ impl Subject {
         }
         copy_path(&backup, &to);
         self.open();
+    }
+    /// Starts holding `albums`.
+    fn declare(&mut self, dir: &Path, n: usize) {
+        if self.albums {
+            return;
+        }
+        self.albums = true;
+        match &self.kind {
+            Kind::Memory => {
+                self.memory.as_ref().unwrap().declare("albums");
+            }
+            Kind::SqliteMemory => {
+                // Only a file can be reopened with another schema. (This is no
+                // backup a later `Restore` would use.)
+                let saved = self.backup.take();
+                self.backup(dir, n);
+                self.restore(dir, n);
+                self.backup = saved;
+            }
+            _ => self.open(),
+        }
     }
     fn s(&self) -> &dyn LocalStore {
         self.store.as_deref().unwrap()
@@ -394,7 +443,8 @@ async fn observe(s: &dyn LocalStore, seen: &mut Vec<ChangeId>) -> Observed {
     }
     let mut records = Vec::new();
     for c in COLLS {
-        records.extend(s.list(c).await.unwrap());
+        // `albums` errors alike until declared.
+        records.extend(s.list(c).await.unwrap_or_default());
     }
     let st = s.sync_state().await.unwrap();
     Observed {
@@ -590,6 +640,7 @@ async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
             )
         }
         Step::Reopen => "reopen".into(),
+        Step::Declare => "declare".into(),
         Step::Backup => "backup".into(),
         Step::Restore => "restore".into(),
         Step::LogConflict(i, r) => {
@@ -678,6 +729,11 @@ proptest! {
         }
         rt.block_on(async {
             for (n, step) in steps.iter().enumerate() {
+                // MemoryStore::declare does not count what it brings in as seen
+                // by a resync under way (so a finish_resync removes it); SQLite
+                // does (a resync drops the parked records when it begins, so what
+                // is parked came with it). Declaring mid-resync is left out.
+                let resyncing = subjects[0].s().sync_state().await.unwrap().resyncing;
                 for (k, s) in subjects.iter_mut().enumerate() {
                     let at = dir.path().join(format!("subject-{k}"));
                     std::fs::create_dir_all(&at).unwrap();
@@ -685,6 +741,7 @@ proptest! {
                         Step::Reopen => s.reopen(),
                         Step::Backup => s.backup(&at, n),
                         Step::Restore => s.restore(&at, n),
+                        Step::Declare if !resyncing => s.declare(&at, n),
                         _ => {}
                     }
                 }
