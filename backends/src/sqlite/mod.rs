@@ -122,6 +122,7 @@
 //! its `-wal` file with it, or checkpoint first (`PRAGMA wal_checkpoint(TRUNCATE)`
 //! through [`SqliteStore::with_connection`]); a copy opened later is a new writer.
 
+mod apply;
 mod core;
 mod open;
 mod sql;
