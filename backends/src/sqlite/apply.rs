@@ -66,16 +66,29 @@ impl Core {
             mistyped: Vec::new(),
             watermark: page.watermark,
         };
+        // Room for the usual record (id and a few short values) up front.
+        p.rows.text.reserve(page.changes.len() * 64);
+        p.rows.cells.reserve(page.changes.len() * 6);
+        // Pages are mostly runs of one collection: look each run's table up once.
+        let mut last: Option<(usize, Option<&Table>)> = None;
         for c in &page.changes {
-            let coll = match p.names.iter().position(|n| *n == c.collection) {
-                Some(i) => i,
-                None => {
-                    p.names.push(c.collection.clone());
-                    p.names.len() - 1
+            let (coll, table) = match last {
+                Some((i, t)) if p.names[i] == c.collection => (i, t),
+                _ => {
+                    let i = match p.names.iter().position(|n| *n == c.collection) {
+                        Some(i) => i,
+                        None => {
+                            p.names.push(c.collection.clone());
+                            p.names.len() - 1
+                        }
+                    };
+                    let t = self.tables.get(&c.collection);
+                    last = Some((i, t));
+                    (i, t)
                 }
             };
             let id = p.rows.text(c.id.as_str());
-            let what = match self.tables.get(&c.collection) {
+            let what = match table {
                 None if check_collection_name(&c.collection).is_err() => What::Skip,
                 None => What::Park(match &c.state.fields {
                     Some(f) => Some(p.rows.text(&to_json(f)?)),

@@ -114,8 +114,13 @@ impl Table {
         let cell = rows.text(id.as_str());
         rows.cells.push(cell);
         let mut extra: Vec<(&String, &Value)> = Vec::new();
+        // How many of the record's fields are declared ones: when that is all of
+        // them, there is nothing undeclared to look for.
+        let mut declared = 0;
         for f in &c.fields {
-            let cell = match (f.kind, fields.get(&f.name)) {
+            let v = fields.get(&f.name);
+            declared += usize::from(v.is_some());
+            let cell = match (f.kind, v) {
                 (_, None) => Cell::Null,
                 (_, Some(v @ Value::Null)) => {
                     extra.push((&f.name, v));
@@ -149,9 +154,11 @@ impl Table {
             };
             rows.cells.push(cell);
         }
-        for (k, v) in fields {
-            if k != "id" && c.kind_of(k).is_none() {
-                extra.push((k, v));
+        if declared < fields.len() {
+            for (k, v) in fields {
+                if k != "id" && c.kind_of(k).is_none() {
+                    extra.push((k, v));
+                }
             }
         }
         let cell = if extra.is_empty() {
