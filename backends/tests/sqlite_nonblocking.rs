@@ -70,7 +70,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Store reads from several tasks, each calling again and again until `stop`:
+/// Store reads from several tasks, each calling again and again until `stop`
+/// (true) or a hang guard (false):
 /// each would hold a worker while it waits if the store ran SQLite (or waited for
 /// its connection) on it.
 fn readers(
@@ -78,18 +79,26 @@ fn readers(
     store: &SqliteStore,
     n: usize,
     stop: &Arc<AtomicBool>,
-) -> Vec<JoinHandle<()>> {
+) -> Vec<JoinHandle<bool>> {
     (0..n)
         .map(|i| {
             let (s, stop) = (store.clone(), stop.clone());
             rt.spawn(async move {
+                // A hang guard, not a measure: with the store's work on the
+                // workers these loops starve everything else, the store call
+                // they wait behind included.
+                let guard = std::time::Instant::now();
                 while !stop.load(Ordering::SeqCst) {
+                    if guard.elapsed() > Duration::from_secs(20) {
+                        return false;
+                    }
                     match i % 3 {
                         0 => drop(s.count("songs").await.unwrap()),
                         1 => drop(s.sync_state().await.unwrap()),
                         _ => drop(s.pending_count().await.unwrap()),
                     }
                 }
+                true
             })
         })
         .collect()
@@ -156,7 +165,10 @@ fn other_tasks_progress_while_a_large_page_applies() {
     rt.block_on(apply).unwrap();
     stop.store(true, Ordering::SeqCst);
     for r in waiting {
-        rt.block_on(r).unwrap();
+        assert!(
+            rt.block_on(r).unwrap(),
+            "a reader was still starving the runtime after 20 s"
+        );
     }
     assert!(
         ticks >= 10 && steps >= 10,
@@ -211,11 +223,86 @@ fn other_tasks_progress_while_another_connection_holds_the_write_lock() {
     }
     stop.store(true, Ordering::SeqCst);
     for r in waiting {
-        rt.block_on(r).unwrap();
+        assert!(
+            rt.block_on(r).unwrap(),
+            "a reader was still starving the runtime after 20 s"
+        );
     }
     assert!(
         ticks >= 10 && steps >= 10,
         "ticks {ticks} and computation steps {steps} while the lock was held"
     );
     assert_eq!(rt.block_on(store.pending_count()).unwrap(), 2);
+}
+
+/// On a current-thread runtime too: its one thread keeps running other tasks
+/// while a page waits for the write lock another connection holds (the store's
+/// transaction waits on the blocking pool, not on the runtime's thread).
+#[test]
+fn a_current_thread_runtime_keeps_running_while_an_apply_waits_for_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let store = SqliteStore::open(&path, Schema::conformance()).unwrap();
+    let page = Page {
+        changes: (0..10u64)
+            .map(|i| RemoteChange {
+                collection: "songs".into(),
+                id: new_id(),
+                state: RemoteState {
+                    version: Version(i + 1),
+                    fields: json!({"title": format!("song {i}")}).as_object().cloned(),
+                    change_id: None,
+                },
+            })
+            .collect(),
+        watermark: Watermark(10),
+        more: false,
+    };
+    let ticks = Arc::new(AtomicU64::new(0));
+    let (go, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (t, g, d) = (ticks.clone(), go.clone(), done.clone());
+    let runner = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let mut iv = tokio::time::interval(Duration::from_millis(1));
+                loop {
+                    iv.tick().await;
+                    t.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            while !g.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let r = store.apply_remote(&page).await.unwrap();
+            d.store(true, Ordering::SeqCst);
+            assert_eq!(r.applied, 10);
+        });
+    });
+    while ticks.load(Ordering::SeqCst) < 5 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    go.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(20));
+    let start = ticks.load(Ordering::SeqCst);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "applied while another connection held the lock"
+        );
+    }
+    let during = ticks.load(Ordering::SeqCst) - start;
+    other.execute_batch("COMMIT").unwrap();
+    runner.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    assert!(during >= 10, "{during} ticks while the apply waited");
 }

@@ -3,7 +3,7 @@
 //! then applied in one transaction off the async workers.
 
 use rusqlite::params;
-use sync_traits::{ApplyReport, Mistyped, Page, StoreError, Watermark};
+use sync_traits::{ApplyReport, Mistyped, Page, RemoteChange, StoreError, Watermark};
 
 use super::core::Core;
 use super::sql::{
@@ -12,7 +12,7 @@ use super::sql::{
 use super::table::{Cell, Rows, Table};
 use crate::schema::check_collection_name;
 
-/// A page ready to apply ([`Core::prepare_page`]).
+/// A page ready to apply ([`Core::prepared_page`], [`Core::prepare_changes`]).
 #[derive(Debug)]
 pub(super) struct PreparedPage {
     /// The page's collection names.
@@ -53,12 +53,9 @@ enum What {
 }
 
 impl Core {
-    /// A page made ready for [`Core::apply_prepared`]: every change classified
-    /// (held, local-only, parked or impossible) and every upsert turned into the
-    /// values it binds, with the values that do not fit their kind found. Reads
-    /// no SQLite: this is what binding did inside the transaction, done before it,
-    /// so the page's owned copy is a few allocations rather than one per value.
-    pub(super) fn prepare_page(&self, page: &Page) -> Result<PreparedPage, StoreError> {
+    /// An empty [`PreparedPage`] for `page`, with room for its changes; fill it
+    /// with [`Core::prepare_changes`].
+    pub(super) fn prepared_page(page: &Page) -> PreparedPage {
         let mut p = PreparedPage {
             names: Vec::new(),
             rows: Rows::default(),
@@ -69,9 +66,23 @@ impl Core {
         // Room for the usual record (id and a few short values) up front.
         p.rows.text.reserve(page.changes.len() * 64);
         p.rows.cells.reserve(page.changes.len() * 6);
+        p
+    }
+
+    /// Makes `changes` (a run of the page, in order) ready for
+    /// [`Core::apply_prepared`]: every change classified (held, local-only, parked
+    /// or impossible) and every upsert turned into the values it binds, with the
+    /// values that do not fit their kind found. Reads no SQLite: this is what
+    /// binding did inside the transaction, done before it, so the page's owned
+    /// copy is a few allocations rather than one per value.
+    pub(super) fn prepare_changes(
+        &self,
+        p: &mut PreparedPage,
+        changes: &[RemoteChange],
+    ) -> Result<(), StoreError> {
         // Pages are mostly runs of one collection: look each run's table up once.
         let mut last: Option<(usize, Option<&Table>)> = None;
-        for c in &page.changes {
+        for c in changes {
             let (coll, table) = match last {
                 Some((i, t)) if p.names[i] == c.collection => (i, t),
                 _ => {
@@ -114,7 +125,7 @@ impl Core {
                 what,
             });
         }
-        Ok(p)
+        Ok(())
     }
 
     /// [`LocalStore::apply_remote`](sync_traits::LocalStore::apply_remote) of a

@@ -99,7 +99,7 @@
 //! thread. [`LocalStore::client_id`] reads no SQLite. `apply_remote` first turns
 //! the page, on the calling task, into owned bind-ready rows (a classification
 //! and type check of each value, no SQLite, no locks: the work binding did inside
-//! the transaction before, and cheaper than copying the page). The synchronous
+//! the transaction before), yielding to the runtime every 1000 changes. The synchronous
 //! [`SqliteStore::with_connection`] and [`SqliteStore::set_synchronous_full`]
 //! take the mutex on the calling thread: call them from blocking code (or
 //! `spawn_blocking`), not from an async task. Other connections (the app's
@@ -144,6 +144,10 @@ use self::core::Core;
 use self::sql::sql_err;
 use crate::blocking::unblock;
 use crate::schema::Schema;
+
+/// How many changes of a page `apply_remote` prepares between two yields to the
+/// runtime (about 0.3 ms of work).
+const PREPARE_RUN: usize = 1000;
 
 /// A [`LocalStore`] in a SQLite database (see the [module docs](self)).
 ///
@@ -283,11 +287,19 @@ impl LocalStore for SqliteStore {
 
     /// See the trait, and *Pulls* in the module docs. The page is first turned,
     /// on the calling task, into the owned values its rows bind (classifying each
-    /// change and checking its values, no SQLite); the transaction runs on the
-    /// blocking pool.
+    /// change and checking its values, no SQLite), a thousand changes at a
+    /// time with a yield between runs; the transaction runs on the blocking pool.
     async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
-        let page = self.core.prepare_page(page)?;
-        self.run(move |s| s.apply_prepared(&page)).await
+        // Preparing is pure CPU on this task (about 0.3 µs a record): done in runs
+        // with a yield between them, so no poll of it holds the worker long.
+        let mut prepared = Core::prepared_page(page);
+        for (i, run) in page.changes.chunks(PREPARE_RUN).enumerate() {
+            if i > 0 {
+                tokio::task::yield_now().await;
+            }
+            self.core.prepare_changes(&mut prepared, run)?;
+        }
+        self.run(move |s| s.apply_prepared(&prepared)).await
     }
 
     async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {
