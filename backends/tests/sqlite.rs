@@ -224,7 +224,7 @@ async fn remote_applies_and_acks_are_not_echoed() {
         .apply_remote(&page(vec![change("songs", &a, 1, None)], 3))
         .await
         .unwrap();
-    store.finish_resync().await.unwrap();
+    store.finish_resync(None).await.unwrap();
     assert_eq!(
         store.pending_count().await.unwrap(),
         0,
@@ -433,20 +433,20 @@ async fn bad_input_is_a_typed_error_and_changes_nothing() {
         store.list("bad name!").await,
         Err(StoreError::UnknownCollection(_))
     ));
-    // A page with one bad record is refused whole: no data, no watermark.
+    // A page is never refused for one record: a mistyped value is kept and
+    // reported, a change to an undeclared collection skipped.
     let good = change("songs", &new_id(), 1, Some(f(json!({"title": "ok"}))));
     let badc = change("songs", &new_id(), 2, Some(f(json!({"order": "x"}))));
-    assert!(matches!(
-        store.apply_remote(&page(vec![good, badc], 2)).await,
-        Err(StoreError::Schema { .. })
-    ));
+    let r = store
+        .apply_remote(&page(vec![good, badc], 2))
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.mistyped.len()), (2, 1), "{r:?}");
     let unknown = change("nope", &new_id(), 3, Some(Fields::new()));
-    assert!(matches!(
-        store.apply_remote(&page(vec![unknown], 3)).await,
-        Err(StoreError::UnknownCollection(_))
-    ));
-    assert_eq!(store.sync_state().await.unwrap().watermark, Watermark(0));
-    assert!(store.list("songs").await.unwrap().is_empty());
+    let r = store.apply_remote(&page(vec![unknown], 3)).await.unwrap();
+    assert_eq!((r.applied, r.skipped), (0, 1), "{r:?}");
+    assert_eq!(store.sync_state().await.unwrap().watermark, Watermark(3));
+    assert_eq!(store.list("songs").await.unwrap().len(), 2);
     assert_eq!(store.pending_count().await.unwrap(), 0);
 }
 
@@ -539,7 +539,7 @@ async fn a_store_from_before_the_resync_epoch_is_upgraded_mid_resync() {
         ))
         .await
         .unwrap();
-    assert_eq!(store.finish_resync().await.unwrap(), 1);
+    assert_eq!(store.finish_resync(None).await.unwrap(), 1);
     assert!(store.get("songs", &kept).await.unwrap().is_some());
     assert!(store.get("songs", &later).await.unwrap().is_some());
     assert!(store.get("songs", &dropped).await.unwrap().is_none());
@@ -557,7 +557,7 @@ async fn a_store_from_before_the_resync_epoch_is_upgraded_mid_resync() {
         ))
         .await
         .unwrap();
-    assert_eq!(store.finish_resync().await.unwrap(), 1);
+    assert_eq!(store.finish_resync(None).await.unwrap(), 1);
     assert!(store.get("songs", &kept).await.unwrap().is_none());
     assert_eq!(store.count("songs").await.unwrap(), 1);
 }

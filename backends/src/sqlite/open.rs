@@ -1,0 +1,416 @@
+//! Opening a store: connection settings, the metadata tables (created, or brought
+//! up to date from earlier releases of the format), the writer incarnation of this
+//! open, the collections' tables (created or migrated), and the parked records of
+//! newly declared collections — all in one IMMEDIATE transaction.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use sync_traits::{Fields, RecordId, StoreError};
+
+use super::core::{Core, Writers};
+use super::sql::{
+    corrupt, from_json, lit, q, sql_err, to_json, FORMAT, GET_META, LATER_DDL, META_DDL,
+    VERSION_APPLY,
+};
+use super::table::{create_table_sql, trigger_names, triggers_sql, Table};
+use crate::schema::{canonical_remote_fields, schema_err, CollectionSchema, Schema};
+
+impl Core {
+    /// Opens the store on `conn` (see [`super::SqliteStore::open`]).
+    pub(super) fn open(
+        mut conn: Connection,
+        schema: Schema,
+        wal: bool,
+    ) -> Result<Self, StoreError> {
+        schema.validate()?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sql_err)?;
+        // Reading the schema first turns "not a database" into an error here.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(sql_err)?;
+        if wal {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(sql_err)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StoreError::Backend(format!(
+                    "could not switch to WAL mode (got {mode})"
+                )));
+            }
+            // Checkpoint every ~32 MiB of WAL rather than SQLite's 1000 pages: a page
+            // of remote changes with random ids dirties a few MiB of b-tree pages,
+            // and checkpointing after every one (with its fsync) made a first sync
+            // of 100k records ~1.5x slower. The file is cut back to 64 MiB after.
+            let page: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(sql_err)?;
+            conn.execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = 67108864;",
+                (32 << 20) / page.max(512)
+            ))
+            .map_err(sql_err)?;
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(sql_err)?;
+        conn.set_prepared_statement_cache_capacity(128);
+        // The store's own connection never fires the capture triggers: API writes
+        // record their outbox entry themselves and remote applies must not echo.
+        // Statements are compiled without the (non-TEMP) triggers, so this costs
+        // nothing per row. Other connections to the file fire them.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .map_err(sql_err)?;
+
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        let has_meta: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_tidemark_meta')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        if !has_meta {
+            let objects: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err)?;
+            if objects > 0 {
+                return Err(corrupt(
+                    "the database has tables but is not a tidemark store",
+                ));
+            }
+            tx.execute_batch(META_DDL).map_err(sql_err)?;
+            let mut ins = tx
+                .prepare(r#"INSERT INTO "_tidemark_meta" ("key", "value") VALUES (?1, ?2)"#)
+                .map_err(sql_err)?;
+            ins.execute(params!["format", FORMAT]).map_err(sql_err)?;
+            for k in ["counter", "watermark", "resyncing"] {
+                ins.execute(params![k, 0i64]).map_err(sql_err)?;
+            }
+            // Resync epochs start at 1: a version row's mark 0 means "never seen".
+            ins.execute(params!["epoch", 1i64]).map_err(sql_err)?;
+        } else {
+            let format: Option<String> = tx
+                .query_row(GET_META, ["format"], |r| r.get(0))
+                .optional()
+                .map_err(|e| corrupt(format!("bad tidemark metadata: {e}")))?;
+            if format.as_deref() != Some(FORMAT) {
+                return Err(corrupt(format!(
+                    "unsupported tidemark store format {format:?} (expected {FORMAT})"
+                )));
+            }
+            upgrade_metadata(&tx)?;
+        }
+        tx.execute_batch(LATER_DDL).map_err(sql_err)?;
+        let client = new_incarnation(&tx)?;
+
+        // Stored collections.
+        let mut stored: HashMap<String, CollectionSchema> = HashMap::new();
+        {
+            let mut st = tx
+                .prepare(r#"SELECT "name", "schema" FROM "_tidemark_collections""#)
+                .map_err(sql_err)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql_err)?;
+            for row in rows {
+                let (name, js) = row.map_err(sql_err)?;
+                let c: CollectionSchema = from_json(&format!("stored schema of {name}"), &js)?;
+                stored.insert(name, c);
+            }
+        }
+        let mut tables = HashMap::new();
+        for c in &schema.collections {
+            let effective = match stored.remove(&c.name) {
+                None => {
+                    tx.execute_batch(&create_table_sql(c)).map_err(sql_err)?;
+                    tx.execute_batch(&triggers_sql(c)).map_err(sql_err)?;
+                    store_schema(&tx, c)?;
+                    c.clone()
+                }
+                Some(old) => migrate_collection(&tx, c, old)?,
+            };
+            tables.insert(c.name.clone(), Table::new(effective));
+        }
+        for (name, c) in stored {
+            tables.insert(name, Table::new(c));
+        }
+        // What pulls kept of collections declared only now.
+        for t in tables.values() {
+            unpark(&tx, t)?;
+        }
+        tx.commit().map_err(sql_err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            client,
+            tables,
+        })
+    }
+}
+
+/// Takes this open's writer id: a fresh id whose first counter is the one after
+/// the current counter, appended to `_tidemark_writers` (and kept as meta `client`,
+/// so a release that knows a single client id stamps its writes with the newest
+/// writer, whose range holds them). A store from before writers existed gets its
+/// old client id as the first writer, from counter 1 (every change it made).
+fn new_incarnation(tx: &Transaction<'_>) -> Result<RecordId, StoreError> {
+    let has_writers: bool = tx
+        .query_row(
+            r#"SELECT EXISTS (SELECT 1 FROM "_tidemark_writers")"#,
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if !has_writers {
+        let old: Option<String> = tx
+            .query_row(GET_META, ["client"], |r| r.get(0))
+            .optional()
+            .map_err(|e| corrupt(format!("client id: {e}")))?;
+        if let Some(old) = old {
+            let old = RecordId::parse(&old).map_err(|e| corrupt(format!("client id: {e}")))?;
+            tx.execute(
+                r#"INSERT INTO "_tidemark_writers" ("writer", "first") VALUES (?1, 1)"#,
+                [old.as_str()],
+            )
+            .map_err(sql_err)?;
+        }
+    }
+    let counter: i64 = tx
+        .query_row(GET_META, ["counter"], |r| r.get(0))
+        .map_err(|e| corrupt(format!("metadata counter: {e}")))?;
+    let known = Writers::load(tx)?;
+    // A fresh id is random; one this file already had is (practically) never
+    // drawn, but drawing again costs nothing.
+    let mut client = sync_traits::new_id();
+    while known.contains(&client) {
+        client = sync_traits::new_id();
+    }
+    tx.execute(
+        r#"INSERT INTO "_tidemark_writers" ("writer", "first") VALUES (?1, ?2)"#,
+        params![client.as_str(), counter.saturating_add(1)],
+    )
+    .map_err(sql_err)?;
+    tx.execute(
+        r#"INSERT INTO "_tidemark_meta" ("key", "value") VALUES ('client', ?1)
+           ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value""#,
+        [client.as_str()],
+    )
+    .map_err(sql_err)?;
+    Ok(client)
+}
+
+/// A stored collection opened with `c`: new fields become columns (values kept in
+/// `_extra` move into them), the triggers are regenerated. Changing a field's kind
+/// or whether the collection is local-only is refused.
+fn migrate_collection(
+    tx: &Transaction<'_>,
+    c: &CollectionSchema,
+    old: CollectionSchema,
+) -> Result<CollectionSchema, StoreError> {
+    if old.local_only != c.local_only {
+        let (was, now) = if old.local_only {
+            ("local-only", "synced")
+        } else {
+            ("synced", "local-only")
+        };
+        return Err(schema_err(
+            &c.name,
+            "",
+            &format!("the collection is stored as {was}; making it {now} needs a manual migration"),
+        ));
+    }
+    let mut merged = old.clone();
+    let mut added = Vec::new();
+    for f in &c.fields {
+        match old.kind_of(&f.name) {
+            Some(k) if k == f.kind => {}
+            Some(k) => {
+                return Err(schema_err(
+                    &c.name,
+                    "",
+                    &format!(
+                    "field {:?} is stored as {k:?}; changing it to {:?} needs a manual migration",
+                    f.name, f.kind
+                ),
+                ))
+            }
+            None => {
+                merged.fields.push(f.clone());
+                added.push(f.clone());
+            }
+        }
+    }
+    if !added.is_empty() {
+        for f in &added {
+            tx.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                q(&c.name),
+                q(&f.name),
+                f.kind.sql_type()
+            ))
+            .map_err(sql_err)?;
+        }
+        for n in trigger_names(c) {
+            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {n}"))
+                .map_err(sql_err)?;
+        }
+        tx.execute_batch(&triggers_sql(&merged)).map_err(sql_err)?;
+        store_schema(tx, &merged)?;
+        migrate_extra(tx, &Table::new(merged.clone()), &added)?;
+    }
+    Ok(merged)
+}
+
+fn store_schema(tx: &Transaction<'_>, c: &CollectionSchema) -> Result<(), StoreError> {
+    let js = to_json(c)?;
+    tx.execute(
+        r#"INSERT INTO "_tidemark_collections" ("name", "schema") VALUES (?1, ?2)
+           ON CONFLICT ("name") DO UPDATE SET "schema" = excluded."schema""#,
+        params![c.name, js],
+    )
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// Moves values of newly declared fields from `_extra` into their columns.
+/// Values that do not fit the new kind stay in `_extra`.
+fn migrate_extra(
+    tx: &Transaction<'_>,
+    t: &Table,
+    added: &[crate::schema::Field],
+) -> Result<(), StoreError> {
+    let cond: Vec<String> = added
+        .iter()
+        .map(|f| {
+            format!(
+                "json_type(\"_extra\", {}) IS NOT NULL",
+                lit(&format!("$.\"{}\"", f.name))
+            )
+        })
+        .collect();
+    let mut all = t.select_all.replacen(
+        " ORDER BY",
+        &format!(
+            " WHERE \"_extra\" IS NOT NULL AND json_valid(\"_extra\") AND ({}) ORDER BY",
+            cond.join(" OR ")
+        ),
+        1,
+    );
+    if cond.is_empty() {
+        all = t.select_all.clone();
+    }
+    let rows: Vec<(String, Fields)> = {
+        let mut st = tx.prepare(&all).map_err(sql_err)?;
+        let it = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, t.read_fields(r, 1)?)))
+            .map_err(sql_err)?;
+        it.collect::<Result<_, _>>().map_err(sql_err)?
+    };
+    let mut up = tx.prepare(&t.upsert).map_err(sql_err)?;
+    for (id, fields) in rows {
+        let Ok(id) = RecordId::parse(&id) else {
+            continue;
+        };
+        t.bind_row(&mut up, &id, &fields, None)?;
+        up.raw_execute().map_err(sql_err)?;
+    }
+    Ok(())
+}
+
+/// Applies what pulls parked of `t`'s collection while the schema did not declare
+/// it (each record's newest state, behind a watermark that has moved on), as
+/// `apply_remote` would have: values that do not fit their kind are kept, a version
+/// the store already has is not applied, and the records count as seen by a resync
+/// under way (a resync clears the parked table when it begins, so whatever is
+/// parked was delivered by it). A local-only collection takes nothing from the
+/// server: its parked records are dropped.
+fn unpark(tx: &Transaction<'_>, t: &Table) -> Result<(), StoreError> {
+    let c = &t.schema.name;
+    let rows: Vec<(String, i64, Option<String>)> = {
+        let mut st = tx
+            .prepare_cached(
+                r#"SELECT "id", "version", "fields" FROM "_tidemark_parked" WHERE "collection" = ?1"#,
+            )
+            .map_err(sql_err)?;
+        let it = st
+            .query_map([c], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql_err)?;
+        it.collect::<Result<_, _>>().map_err(sql_err)?
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        r#"DELETE FROM "_tidemark_parked" WHERE "collection" = ?1"#,
+        [c],
+    )
+    .map_err(sql_err)?;
+    if t.schema.local_only {
+        return Ok(());
+    }
+    let epoch: i64 = tx
+        .query_row(GET_META, ["epoch"], |r| r.get(0))
+        .map_err(|e| corrupt(format!("metadata epoch: {e}")))?;
+    let mut newer = tx.prepare_cached(VERSION_APPLY).map_err(sql_err)?;
+    let mut up = tx.prepare_cached(&t.upsert).map_err(sql_err)?;
+    let mut del = tx.prepare_cached(&t.delete).map_err(sql_err)?;
+    for (id, version, fields) in rows {
+        let id = RecordId::parse(&id).map_err(|e| corrupt(format!("parked record id: {e}")))?;
+        if newer
+            .execute(params![c, id.as_str(), version, epoch])
+            .map_err(sql_err)?
+            == 0
+        {
+            continue;
+        }
+        match fields {
+            Some(js) => {
+                let fields: Fields = from_json("parked record", &js)?;
+                let (fields, _) = canonical_remote_fields(&t.schema, &id, &fields);
+                t.bind_row(&mut up, &id, &fields, None)?;
+                up.raw_execute().map_err(sql_err)?;
+            }
+            None => {
+                del.execute([id.as_str()]).map_err(sql_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Brings the metadata of a store written by an earlier release of this format
+/// up to date: the resync epoch (`_tidemark_versions.seen`, meta `epoch`). (The
+/// tables added later are created by [`LATER_DDL`], and the writers by
+/// [`new_incarnation`].)
+fn upgrade_metadata(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let has_seen: bool = tx
+        .query_row(
+            r#"SELECT EXISTS (SELECT 1 FROM pragma_table_info('_tidemark_versions') WHERE "name" = 'seen')"#,
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if !has_seen {
+        tx.execute_batch(
+            r#"ALTER TABLE "_tidemark_versions" ADD COLUMN "seen" INTEGER NOT NULL DEFAULT 0"#,
+        )
+        .map_err(sql_err)?;
+    }
+    // Epoch 1, not 0: the rows just given the default mark 0 must not count as
+    // seen by a resync that is under way (its marks are in `_tidemark_seen`).
+    tx.execute(
+        r#"INSERT INTO "_tidemark_meta" ("key", "value") VALUES ('epoch', 1) ON CONFLICT DO NOTHING"#,
+        [],
+    )
+    .map_err(sql_err)?;
+    Ok(())
+}
