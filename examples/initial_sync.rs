@@ -191,7 +191,7 @@ async fn main() {
         for p in &pages {
             store.apply_remote(p).await.expect("apply");
         }
-        store.finish_resync().await.expect("finish");
+        store.finish_resync(None).await.expect("finish");
         applies.push(t.elapsed());
     }
 

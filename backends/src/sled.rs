@@ -522,7 +522,9 @@ impl Shared {
                             report.deferred += 1;
                             continue;
                         }
-                        if tx.version(key)?.is_some_and(|v| v >= *version) {
+                        // At the known version: the server's copy of what was
+                        // acked, applied again; only an older one is stale.
+                        if tx.version(key)?.is_some_and(|v| v > *version) {
                             report.stale += 1;
                             continue;
                         }

@@ -605,10 +605,10 @@ impl RemoteStore for PocketBaseRemote {
     /// [`collections`](Builder::collections), or else the server's synced list. The
     /// engine leaves every other collection alone (never pushed, never removed by a
     /// resync).
-    async fn collections(
-        &self,
-    ) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
-        Ok(Some(PocketBaseRemote::collections(self).into_iter().collect()))
+    async fn collections(&self) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
+        Ok(Some(
+            PocketBaseRemote::collections(self).into_iter().collect(),
+        ))
     }
 
     fn max_push_batch(&self) -> usize {

@@ -191,7 +191,7 @@ impl Core {
                     report.deferred += 1;
                     continue;
                 }
-                // Records the version (and the epoch) only if it is newer: one
+                // Records the version (and the epoch) unless it is older: one
                 // statement reads and writes, and "no row changed" means stale.
                 if newer
                     .execute(params![coll, id, c.version, epoch])

@@ -93,7 +93,9 @@ pub(super) const VERSION_GET: &str =
 pub(super) const VERSION_RAISE: &str = r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version") VALUES (?1, ?2, ?3) ON CONFLICT ("collection", "id") DO UPDATE SET "version" = excluded."version" WHERE excluded."version" > "version""#;
 /// What `apply_remote` records for a change it applies: the version, and (in the
 /// same row, so a resync costs no extra b-tree) the resync epoch that saw it.
-pub(super) const VERSION_APPLY: &str = r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version", "seen") VALUES (?1, ?2, ?3, ?4) ON CONFLICT ("collection", "id") DO UPDATE SET "version" = excluded."version", "seen" = excluded."seen" WHERE excluded."version" > "version""#;
+/// A change at the known version applies again (it is the server's copy of what was
+/// acked); only an older one is stale.
+pub(super) const VERSION_APPLY: &str = r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version", "seen") VALUES (?1, ?2, ?3, ?4) ON CONFLICT ("collection", "id") DO UPDATE SET "version" = excluded."version", "seen" = excluded."seen" WHERE excluded."version" >= "version""#;
 /// Seen marks for the (rare) records a resync sees without applying them: stale or
 /// deferred behind a pending local change.
 pub(super) const SEEN_MARK: &str =
