@@ -29,7 +29,6 @@ pub(crate) fn run<T>(f: impl FnOnce() -> T) -> T {
 /// `f` runs exactly once, to completion, even if the returned future is dropped
 /// first (its transaction is never split). A panic in `f` is resumed in the
 /// caller; a blocking pool that is shutting down gives [`StoreError::Backend`].
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) async fn unblock<T, F>(f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,

@@ -312,16 +312,7 @@ impl SledStore {
         F: FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => h.spawn_blocking(move || f(&shared)).await.map_err(|e| {
-                StoreError::Backend(if e.is_panic() {
-                    "a sled store call panicked; its transaction was not committed".into()
-                } else {
-                    "the runtime shut down before the sled store call ran".into()
-                })
-            })?,
-            Err(_) => f(&shared),
-        }
+        crate::blocking::unblock(move || f(&shared)).await
     }
 
     /// Checks and encodes a pulled page on the calling task, yielding to the

@@ -416,6 +416,9 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             .min(self.remote.max_push_batch())
             .max(1);
         let mut settled = 0;
+        // What the store has pulled up to: an applied change at or below it was
+        // pulled (and deferred) before its ack, so its echo will not come again.
+        let pulled_to = self.local.sync_state().await?.watermark;
         // Each pass walks the whole outbox once. Entries re-based after a conflict
         // stay in the outbox and go out again in the next pass.
         for pass in 0..=self.config.max_conflict_rounds {
@@ -436,7 +439,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 }
                 any = true;
                 debug!(pass, n = entries.len(), "pushing batch");
-                settled += self.push_batch(entries, report).await?;
+                settled += self.push_batch(entries, pulled_to, report).await?;
                 self.emit(SyncEvent::PushProgress {
                     pushed: settled,
                     total,
@@ -497,6 +500,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     async fn push_batch(
         &self,
         entries: Vec<PendingChange>,
+        pulled_to: Watermark,
         report: &mut SyncReport,
     ) -> Result<usize, SyncError> {
         let changes: Vec<PushChange> = entries.iter().map(PushChange::from).collect();
@@ -519,6 +523,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         }
         let mut acks = Vec::with_capacity(entries.len());
         let mut settled = 0;
+        // Applied changes the store had already pulled past (see `reread_late`).
+        let mut late = Vec::new();
         for (entry, outcome) in entries.into_iter().zip(outcomes) {
             let (collection, id, change_id) = (
                 entry.collection.clone(),
@@ -529,6 +535,9 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 PushOutcome::Applied { version } => {
                     report.pushed += 1;
                     settled += 1;
+                    if version.0 <= pulled_to.0 {
+                        late.push((collection.clone(), id.clone()));
+                    }
                     acks.push(Ack::Applied {
                         collection,
                         id,
@@ -650,7 +659,50 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             }
         }
         self.local.ack(acks).await?;
+        self.reread_late(late, pulled_to).await?;
         Ok(settled)
+    }
+
+    /// The server's copy of a change comes back to the writer with the pull (it may
+    /// differ: normalised values, fields a PATCH kept). For a change acked only after
+    /// the store pulled past its version (a lost answer, a push that failed before
+    /// the pull ran), that copy was pulled while the change was still pending and
+    /// left alone, so it is read again here and applied by the store's usual rules.
+    async fn reread_late(
+        &self,
+        late: Vec<(String, crate::id::RecordId)>,
+        pulled_to: Watermark,
+    ) -> Result<(), SyncError> {
+        let mut changes = Vec::new();
+        for (collection, id) in late {
+            let state = self
+                .retry("fetch", || self.remote.fetch(&collection, &id))
+                .await?;
+            // A newer state above the watermark comes with the next pull.
+            if let Some(state) = state.filter(|s| s.version.0 <= pulled_to.0) {
+                changes.push(crate::record::RemoteChange {
+                    collection,
+                    id,
+                    state,
+                });
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        changes.sort_by_key(|c| c.state.version);
+        debug!(
+            n = changes.len(),
+            "re-reading changes acked after the pull passed them"
+        );
+        self.local
+            .apply_remote(&Page {
+                changes,
+                watermark: pulled_to,
+                more: false,
+            })
+            .await?;
+        Ok(())
     }
 
     async fn pull_all(

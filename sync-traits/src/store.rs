@@ -55,6 +55,8 @@ pub trait LocalStore: Send + Sync {
     /// incarnation) at every open, with the counter going on, and remember the
     /// writer ids they had (see [`made_here`](LocalStore::made_here)): a change id
     /// is then never reused for different content, whatever happens to the file.
+    /// (Two stores open on one file at once share its counter; each change id names
+    /// the writer whose counter range holds it, so ids stay unique.)
     async fn client_id(&self) -> Result<RecordId, StoreError>;
 
     /// Whether this store's own history made `change`: a writer id it had, with a
@@ -120,7 +122,9 @@ pub trait LocalStore: Send + Sync {
     /// Writes a quarantined change again as a new local write (a put of its data,
     /// or a delete), with a new change id on the record's current known version, and
     /// removes it from the quarantine, in one transaction. Returns whether `id` was
-    /// in the quarantine.
+    /// in the quarantine. Fails like `put` would (for example
+    /// [`StoreError::Schema`] when the change no longer fits the store's schema), and
+    /// then changes nothing: the change stays quarantined.
     async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError>;
 
     /// Removes a quarantined change for good. Returns whether it was there.

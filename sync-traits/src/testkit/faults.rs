@@ -23,8 +23,10 @@ pub enum Fault {
     /// Let the remote apply the call, then lose the response (transient error): the
     /// engine retries, so the remote sees the same push twice.
     LoseResponse,
-    /// Let the remote apply the call, then fail permanently, as if the client process
-    /// died right after the request: the engine gives up and the caller "restarts".
+    /// Let the remote apply the call, then fail with an answer the engine can make
+    /// nothing of (`Malformed`: it neither retries nor splits the call, so nothing
+    /// it sent is acknowledged), as if the client process died right after the
+    /// request; the caller then "restarts".
     CrashAfter,
     /// Deliver the call twice (a duplicated request); return the second answer.
     Duplicate,
@@ -113,7 +115,7 @@ where
         }
         Some(Fault::CrashAfter) => {
             call().await?;
-            Err(RemoteError::Permanent(
+            Err(RemoteError::Malformed(
                 "injected: client crashed after the request".into(),
             ))
         }
