@@ -109,11 +109,8 @@ impl PostgresRemote {
         *backoff = MIN_BACKOFF;
         let _ = tx.try_send(());
         while let Some(m) = msgs.next().await {
-            match m? {
-                AsyncMessage::Notification(_) => {
-                    let _ = tx.try_send(());
-                }
-                _ => {}
+            if let AsyncMessage::Notification(_) = m? {
+                let _ = tx.try_send(());
             }
             if tx.is_closed() {
                 return Ok(());
