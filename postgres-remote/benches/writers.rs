@@ -18,15 +18,35 @@ fn pgbench(s: &TestServer, script: &str, clients: usize, secs: u64) -> f64 {
     let file = dir.path().join("script.sql");
     std::fs::write(&file, script).expect("script");
     let out = Command::new(bindir().join("pgbench"))
-        .args(["-n", "-h", "127.0.0.1", "-p", &s.port().to_string(), "-U", ADMIN])
-        .args(["-c", &clients.to_string(), "-j", "2", "-T", &secs.to_string(), "-f"])
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.port().to_string(),
+            "-U",
+            ADMIN,
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &secs.to_string(),
+            "-f",
+        ])
         .arg(&file)
         .arg(DATABASE)
         .env("PGPASSWORD", ADMIN_PASSWORD)
         .output()
         .expect("run pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pgbench: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .find_map(|l| {
             l.strip_prefix("tps = ")
@@ -56,10 +76,16 @@ fn main() {
             )
             .await
             .expect("tables");
-        admin.enable_sync("synced", Some("owner")).await.expect("enable");
+        admin
+            .enable_sync("synced", Some("owner"))
+            .await
+            .expect("enable");
     });
     println!("writers: single-row INSERT transactions per second, {secs} s per run");
-    println!("{:<8} {:>10} {:>10} {:>10}", "clients", "plain", "seq-trig", "xid8");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10}",
+        "clients", "plain", "seq-trig", "xid8"
+    );
     for clients in [1usize, 8, 32] {
         let mut row = Vec::new();
         for t in ["plain", "synced", "xid"] {
@@ -68,7 +94,10 @@ fn main() {
             );
             row.push(pgbench(&s, &script, clients, secs));
         }
-        println!("{clients:<8} {:>10.0} {:>10.0} {:>10.0}", row[0], row[1], row[2]);
+        println!(
+            "{clients:<8} {:>10.0} {:>10.0} {:>10.0}",
+            row[0], row[1], row[2]
+        );
     }
     // Batched writers: 10 rows per transaction.
     println!("writers: 10-row INSERT transactions per second");
@@ -80,7 +109,10 @@ fn main() {
             );
             row.push(pgbench(&s, &script, clients, secs));
         }
-        println!("{clients:<8} {:>10.0} {:>10.0} {:>10.0}", row[0], row[1], row[2]);
+        println!(
+            "{clients:<8} {:>10.0} {:>10.0} {:>10.0}",
+            row[0], row[1], row[2]
+        );
     }
     // The xid design's horizon: one transaction held open for 3 s while 8 writers
     // commit. A poller may only deliver rows with tx < pg_snapshot_xmin, so every

@@ -81,7 +81,8 @@ GRANT SELECT, INSERT, UPDATE ON tidemark.applied TO tidemark_sync;
 -- either precedes the snapshot (its horizon is seen) or follows it (its deleted
 -- tombstones are still seen), so no page misses a compacted tombstone silently.
 -- STABLE: every statement sees the calling query's snapshot, so head, data and
--- horizon are one consistent cut. One extra row is a header: collection NULL,
+-- horizon are one consistent cut. Rows are turned into JSON after the LIMIT (in the
+-- outer query), so a plan that sorts does not convert rows it then drops. One extra row is a header: collection NULL,
 -- seq = head, change_id = horizon.
 CREATE OR REPLACE FUNCTION tidemark.pull(p_proto int, p_since bigint, p_limit int)
 RETURNS TABLE (seq bigint, collection text, id text, fields jsonb, change_id text, tomb boolean)
@@ -106,9 +107,9 @@ BEGIN
             q := q || format(
                 $q$(SELECT r.tm_seq, %1$L::text, r.id::text,
                            to_jsonb(r) - 'id' - 'tm_seq' - 'tm_cid', r.tm_cid, false
-                    FROM %2$I.%3$I r
-                    WHERE r.tm_seq > $1 AND r.tm_seq <= $2
-                    ORDER BY r.tm_seq LIMIT $3)
+                    FROM (SELECT * FROM %2$I.%3$I x
+                          WHERE x.tm_seq > $1 AND x.tm_seq <= $2
+                          ORDER BY x.tm_seq LIMIT $3) r)
                    UNION ALL
                    (SELECT b.seq, %1$L::text, b.id, NULL::jsonb, b.change_id, true
                     FROM tidemark.tombstones b
