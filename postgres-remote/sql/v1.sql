@@ -12,6 +12,25 @@ CREATE TABLE IF NOT EXISTS tidemark.head (
 );
 INSERT INTO tidemark.head DEFAULT VALUES ON CONFLICT DO NOTHING;
 
+-- Hands out the seqs inside a transaction that holds the head row locked (see the
+-- write triggers). Users have no privilege on it.
+CREATE SEQUENCE IF NOT EXISTS tidemark.counter AS bigint MINVALUE 0 START 0;
+REVOKE ALL ON SEQUENCE tidemark.counter FROM PUBLIC;
+
+-- Publishes a transaction's last seq in the head row. Runs as a deferred
+-- constraint trigger on every synced table, so at commit (or when a statement
+-- ends, under SET CONSTRAINTS ALL IMMEDIATE), while the head row is still locked
+-- by this transaction. Only the first firing changes the row.
+CREATE OR REPLACE FUNCTION tidemark.publish_head()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    v bigint := currval('tidemark.counter');
+BEGIN
+    UPDATE tidemark.head SET seq = v WHERE seq < v;
+    RETURN NULL;
+END $fn$;
+REVOKE ALL ON FUNCTION tidemark.publish_head() FROM PUBLIC;
+
 -- Registered (synced) tables. The collection name is the table's name.
 CREATE TABLE IF NOT EXISTS tidemark.synced (
     collection text PRIMARY KEY,
@@ -151,7 +170,7 @@ DECLARE
     res jsonb;
     v_coll text; v_id text; v_client text; v_n bigint; v_base bigint; v_del boolean;
     v_f jsonb; v_me text := current_user::text;
-    m record; t record; cur record; tb record;
+    m record; t record; cur record; v_tseq bigint; v_tcid text;
     v_horizon bigint; v_ver bigint; v_cols text[]; v_bad jsonb; v_set text; v_ins text;
     v_sel text; k text; cols jsonb := '{}';
     found_live boolean; found_tomb boolean; v_rows bigint;
@@ -192,16 +211,18 @@ BEGIN
                     INTO cur USING v_id;
                 found_live := cur.tm_seq IS NOT NULL;
                 found_tomb := false;
+                v_tseq := NULL;
+                v_tcid := NULL;
                 IF NOT found_live THEN
-                    SELECT b.seq, b.change_id INTO tb FROM tidemark.tombstones b
+                    SELECT b.seq, b.change_id INTO v_tseq, v_tcid FROM tidemark.tombstones b
                     WHERE b.collection = v_coll AND b.id = v_id
                     ORDER BY b.seq DESC LIMIT 1;
                     found_tomb := FOUND;
                 END IF;
                 IF found_live AND v_base IS DISTINCT FROM cur.tm_seq THEN
                     res := jsonb_build_object('k', 'c', 'v', cur.tm_seq, 'f', cur.j, 'cid', cur.tm_cid);
-                ELSIF found_tomb AND v_base IS DISTINCT FROM tb.seq THEN
-                    res := jsonb_build_object('k', 'c', 'v', tb.seq, 'f', NULL, 'cid', tb.change_id);
+                ELSIF found_tomb AND v_base IS DISTINCT FROM v_tseq THEN
+                    res := jsonb_build_object('k', 'c', 'v', v_tseq, 'f', NULL, 'cid', v_tcid);
                 ELSIF NOT found_live AND NOT found_tomb AND v_base IS NOT NULL
                       AND v_base <> v_horizon THEN
                     -- Unknown here: deleted and compacted (or never visible).
@@ -215,11 +236,11 @@ BEGIN
                         USING v_id;
                     GET DIAGNOSTICS v_rows = ROW_COUNT;
                     IF v_rows = 1 THEN
-                        -- This transaction holds the head row: its seq is the delete's.
-                        SELECT h.seq INTO v_ver FROM tidemark.head h;
+                        -- The delete trigger left its seq in tidemark.seq.
+                        v_ver := nullif(current_setting('tidemark.seq', true), '')::bigint;
                     END IF;
                 ELSIF found_tomb THEN
-                    v_ver := tb.seq;
+                    v_ver := v_tseq;
                 ELSE
                     SELECT h.seq INTO v_ver FROM tidemark.head h;
                 END IF;

@@ -168,9 +168,28 @@ CREATE OR REPLACE FUNCTION tidemark.{func}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     s bigint;
+    h bigint;
+    me text;
     cid text := nullif(current_setting('tidemark.cid', true), '');
 BEGIN
-    UPDATE tidemark.head SET seq = seq + 1 RETURNING seq INTO s;
+    -- Lock the head row until this transaction ends: writers take seqs one
+    -- transaction at a time, so seq order is commit order. `h` is the last
+    -- published seq (this transaction publishes its own only at commit).
+    SELECT seq INTO h FROM tidemark.head FOR UPDATE;
+    me := pg_current_xact_id()::text || ':' || h;
+    IF current_setting('tidemark.txn', true) IS DISTINCT FROM me THEN
+        -- First write of this transaction: seqs taken by transactions that rolled
+        -- back are handed out again (gap-free).
+        PERFORM setval('tidemark.counter', h);
+        PERFORM set_config('tidemark.txn', me, true);
+    END IF;
+    s := nextval('tidemark.counter');
+    IF s <= h THEN
+        -- Only if the marker above was forged: never hand out a published seq.
+        PERFORM setval('tidemark.counter', h);
+        s := nextval('tidemark.counter');
+    END IF;
+    PERFORM set_config('tidemark.seq', s::text, true);
     IF TG_OP = 'DELETE' THEN
         INSERT INTO tidemark.tombstones AS b (collection, id, owner, seq, change_id, moved, at)
         VALUES ({coll_lit}, OLD.id, {old_owner}, s, cid, false, now())
@@ -208,6 +227,7 @@ REVOKE ALL ON FUNCTION tidemark.{func}() FROM PUBLIC;
          DROP TRIGGER IF EXISTS zz_tidemark_write ON {fq};
          DROP TRIGGER IF EXISTS zz_tidemark_delete ON {fq};
          DROP TRIGGER IF EXISTS zz_tidemark_truncate ON {fq};
+         DROP TRIGGER IF EXISTS zz_tidemark_publish ON {fq};
          WITH n AS (SELECT count(*) AS c FROM {fq} WHERE tm_seq IS NULL),
               h AS (UPDATE tidemark.head SET seq = seq + (SELECT c FROM n)
                     RETURNING seq - (SELECT c FROM n) AS base)
@@ -221,6 +241,9 @@ REVOKE ALL ON FUNCTION tidemark.{func}() FROM PUBLIC;
              FOR EACH ROW EXECUTE FUNCTION tidemark.{func}();
          CREATE TRIGGER zz_tidemark_delete AFTER DELETE ON {fq}
              FOR EACH ROW EXECUTE FUNCTION tidemark.{func}();
+         CREATE CONSTRAINT TRIGGER zz_tidemark_publish AFTER INSERT OR UPDATE OR DELETE ON {fq}
+             DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION tidemark.publish_head();
          CREATE TRIGGER zz_tidemark_truncate BEFORE TRUNCATE ON {fq}
              FOR EACH STATEMENT EXECUTE FUNCTION tidemark.refuse_truncate();
          GRANT SELECT, INSERT, UPDATE, DELETE ON {fq} TO tidemark_sync;

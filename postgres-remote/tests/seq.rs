@@ -172,7 +172,9 @@ async fn a_poller_never_misses_a_change_while_writers_run() {
         })
     };
     let mut writers = Vec::new();
+    let deadlocks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for w in 0..3u64 {
+        let deadlocks = deadlocks.clone();
         let conn = conn.clone();
         let ids = ids.clone();
         let seed = rng.next();
@@ -198,12 +200,24 @@ async fn a_poller_never_misses_a_change_while_writers_run() {
                         json!({"body": format!("w{w} n{n}")}),
                     )
                 };
-                // Racing writers conflict sometimes; that is fine here.
-                r.push(vec![change]).await.expect("push");
+                // Racing writers conflict sometimes; that is fine here. A
+                // deadlock with the SQL writer is transient: retried.
+                let mut tries = 0;
+                loop {
+                    match r.push(vec![change.clone()]).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_transient() && tries < 20 => {
+                            tries += 1;
+                            deadlocks.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("push: {e}"),
+                    }
+                }
             }
         }));
     }
     {
+        let deadlocks = deadlocks.clone();
         let sql = s.sql().await;
         let ids = ids.clone();
         let seed = rng.next();
@@ -218,7 +232,26 @@ async fn a_poller_never_misses_a_change_while_writers_run() {
                          ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body"
                     ),
                 };
-                sql.batch_execute(&stmt).await.expect("sql writer");
+                // An upsert takes the head lock (BEFORE INSERT) before the row's,
+                // an update the row's first: they can deadlock, and PostgreSQL
+                // aborts one (40P01). Writers retry that, as any service must.
+                let mut tries = 0;
+                loop {
+                    match sql.batch_execute(&stmt).await {
+                        Ok(()) => break,
+                        Err(e)
+                            if e.code()
+                                == Some(
+                                    &tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED,
+                                )
+                                && tries < 20 =>
+                        {
+                            tries += 1;
+                            deadlocks.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("sql writer: {e:?}"),
+                    }
+                }
             }
         }));
     }
@@ -227,7 +260,10 @@ async fn a_poller_never_misses_a_change_while_writers_run() {
     }
     stop.store(true, Ordering::SeqCst);
     let (copy, pulls) = poller.await.expect("poller");
-    println!("poller: {pulls} pulls");
+    println!(
+        "poller: {pulls} pulls; {} deadlocks retried",
+        deadlocks.load(Ordering::SeqCst)
+    );
     let table: HashMap<String, serde_json::Value> = s
         .sql()
         .await
