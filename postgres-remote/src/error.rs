@@ -26,6 +26,10 @@ pub enum PgError {
     /// too many connections).
     #[error("transient database error: {0}")]
     Transient(String),
+    /// The server's TLS certificate was refused (untrusted, expired, wrong name):
+    /// retrying will not help until the configuration changes.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The tidemark schema is missing, or its version is not the one this client
     /// speaks.
     #[error("tidemark schema: {0}")]
@@ -70,17 +74,32 @@ impl From<tokio_postgres::Error> for PgError {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The driver's text alone ("error performing TLS handshake") hides the
+            // cause; append the source chain.
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                src = s.source();
+            }
+            text
+        }
     }
 }
 
-/// Sorts a driver error: no code (I/O, closed connection, protocol) is transient;
+/// Sorts a driver error: no code (I/O, closed connection, protocol) is transient,
+/// except a refused server certificate;
 /// SQLSTATE classes 08 (connection), 40 (serialisation, deadlock), 53
 /// (resources), 57 (cancel, shutdown: includes statement timeouts), 58 (system)
 /// and lock timeouts are transient; 28 is auth; the rest is permanent.
 pub(crate) fn classify(e: &tokio_postgres::Error) -> PgError {
     let text = describe(e);
     let Some(code) = e.code() else {
+        if text.contains("invalid peer certificate") {
+            return PgError::Tls(text);
+        }
         return PgError::Transient(text);
     };
     let c = code.code();

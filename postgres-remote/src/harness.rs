@@ -32,6 +32,7 @@ pub struct TestServer {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    tls: bool,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -99,6 +100,17 @@ impl TestServer {
     /// Starts a server (fsync off: test data is thrown away). Panics with the
     /// reason if it cannot.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that also accepts TLS, with a certificate for 127.0.0.1
+    /// signed by a throwaway CA, both made by the `openssl` command
+    /// ([`TestServer::tls_cert_pem`] is the CA).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = bindir();
         for b in ["initdb", "postgres"] {
             if !bin.join(b).exists() {
@@ -111,7 +123,7 @@ impl TestServer {
         }
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(&bin) {
+            match Self::try_start(&bin, tls) {
                 Ok(s) => return s,
                 Err(e) => last = e,
             }
@@ -119,7 +131,7 @@ impl TestServer {
         panic!("could not start PostgreSQL from {}: {last}", bin.display());
     }
 
-    fn try_start(bin: &Path) -> Result<Self, String> {
+    fn try_start(bin: &Path, tls: bool) -> Result<Self, String> {
         let user = server_user();
         let dir = tempfile::Builder::new()
             .prefix("tidemark-pg-")
@@ -166,7 +178,92 @@ impl TestServer {
                 .map_err(|e| e.to_string())?;
         }
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut ssl = Vec::new();
+        if tls {
+            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            let p = |n: &str| dir.path().join(n);
+            let ext = p("leaf.ext");
+            std::fs::write(
+                &ext,
+                "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            )
+            .map_err(|e| e.to_string())?;
+            // A CA (the certificate clients trust) and a leaf for 127.0.0.1 signed by it.
+            let steps: Vec<Vec<std::ffi::OsString>> = vec![
+                vec![
+                    "req".into(),
+                    "-x509".into(),
+                    "-newkey".into(),
+                    "rsa:2048".into(),
+                    "-nodes".into(),
+                    "-days".into(),
+                    "2".into(),
+                    "-subj".into(),
+                    "/CN=tidemark test CA".into(),
+                    "-keyout".into(),
+                    p("ca.key").into(),
+                    "-out".into(),
+                    p("ca.crt").into(),
+                ],
+                vec![
+                    "req".into(),
+                    "-newkey".into(),
+                    "rsa:2048".into(),
+                    "-nodes".into(),
+                    "-subj".into(),
+                    "/CN=127.0.0.1".into(),
+                    "-keyout".into(),
+                    key.clone().into(),
+                    "-out".into(),
+                    p("leaf.csr").into(),
+                ],
+                vec![
+                    "x509".into(),
+                    "-req".into(),
+                    "-in".into(),
+                    p("leaf.csr").into(),
+                    "-CA".into(),
+                    p("ca.crt").into(),
+                    "-CAkey".into(),
+                    p("ca.key").into(),
+                    "-CAcreateserial".into(),
+                    "-days".into(),
+                    "2".into(),
+                    "-extfile".into(),
+                    ext.into(),
+                    "-out".into(),
+                    crt.clone().into(),
+                ],
+            ];
+            for args in steps {
+                let out = Command::new("openssl")
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("openssl: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("openssl: {}", String::from_utf8_lossy(&out.stderr)));
+                }
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            if let Some((u, g)) = user {
+                for f in [&crt, &key] {
+                    std::os::unix::fs::chown(f, Some(u), Some(g)).map_err(|e| e.to_string())?;
+                }
+            }
+            ssl = vec![
+                "-c".to_owned(),
+                "ssl=on".to_owned(),
+                "-c".to_owned(),
+                format!("ssl_cert_file={}", crt.display()),
+                "-c".to_owned(),
+                format!("ssl_key_file={}", key.display()),
+            ];
+        }
         let mut cmd = Command::new(bin.join("postgres"));
+        cmd.args(&ssl);
         cmd.arg("-D")
             .arg(&data)
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
@@ -188,7 +285,12 @@ impl TestServer {
             .stdin(Stdio::null());
         as_user(&mut cmd, user);
         let child = cmd.spawn().map_err(|e| format!("spawn postgres: {e}"))?;
-        let mut me = Self { child, dir, port };
+        let mut me = Self {
+            child,
+            dir,
+            port,
+            tls,
+        };
         me.wait_ready()?;
         Ok(me)
     }
@@ -234,6 +336,15 @@ impl TestServer {
             }
         }
         Err(format!("not ready within 30 s: {}", self.log()))
+    }
+
+    /// The certificate of the CA that signed the server's certificate (PEM), if
+    /// started with [`TestServer::start_tls`]: what a client trusts.
+    pub fn tls_cert_pem(&self) -> Option<Vec<u8>> {
+        if !self.tls {
+            return None;
+        }
+        std::fs::read(self.dir.path().join("ca.crt")).ok()
     }
 
     /// The port on 127.0.0.1.
