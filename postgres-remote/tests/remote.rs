@@ -613,3 +613,80 @@ async fn hints_arrive_for_commits_and_carry_nothing() {
         !src.contains("pg_notify('tidemark', NEW") && !src.contains("pg_notify('tidemark', OLD")
     );
 }
+
+/// A batch of creates goes set-based; it answers exactly as the per-change path:
+/// versions in order, each row with its own change id, re-deliveries recognised,
+/// and one bad row makes the whole batch fall back to deciding each change alone.
+#[tokio::test]
+async fn a_batch_of_creates_answers_like_single_changes() {
+    let (s, r) = server().await;
+    let c = new_id();
+    let ids: Vec<_> = (0..20).map(|_| new_id()).collect();
+    let batch: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let coll = if i % 3 == 0 { "notes" } else { "songs" };
+            let fields = if coll == "notes" {
+                json!({"body": format!("b{i}")})
+            } else {
+                json!({"title": format!("t{i}"), "n": i})
+            };
+            upsert(cid(&c, i as u64 + 1), coll, id, None, fields)
+        })
+        .collect();
+    let head = r.head().await.unwrap();
+    let out = r.push(batch.clone()).await.unwrap();
+    let versions: Vec<u64> = out.iter().map(applied).collect();
+    let mut sorted = versions.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, ((head.0 + 1)..=(head.0 + 20)).collect::<Vec<_>>());
+    for (i, id) in ids.iter().enumerate() {
+        let coll = if i % 3 == 0 { "notes" } else { "songs" };
+        let st = r.fetch(coll, id).await.unwrap().expect("written");
+        assert_eq!(st.version.0, versions[i]);
+        assert_eq!(
+            st.change_id,
+            Some(cid(&c, i as u64 + 1)),
+            "its own change id"
+        );
+    }
+    // Re-delivered: the same answers, nothing written.
+    let again: Vec<u64> = r.push(batch).await.unwrap().iter().map(applied).collect();
+    assert_eq!(again, versions);
+    assert_eq!(r.head().await.unwrap(), Watermark(head.0 + 20));
+    // One row breaks a CHECK: the others still apply, that one is rejected.
+    let more: Vec<_> = (0..5).map(|_| new_id()).collect();
+    let batch: Vec<_> = more
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            upsert(
+                cid(&c, 100 + i as u64),
+                "songs",
+                id,
+                None,
+                json!({"n": if i == 2 { -5 } else { 1 }}),
+            )
+        })
+        .collect();
+    let out = r.push(batch).await.unwrap();
+    for (i, o) in out.iter().enumerate() {
+        if i == 2 {
+            assert!(matches!(o, PushOutcome::Rejected(_)), "{o:?}");
+        } else {
+            applied(o);
+        }
+    }
+    // Plain SQL writes after a push are not labelled with a change id.
+    let sql = s.sql().await;
+    let x = new_id();
+    sql.execute(
+        "INSERT INTO notes (id, body) VALUES ($1, 'plain')",
+        &[&x.as_str()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.fetch("notes", &x).await.unwrap().unwrap().change_id, None);
+}
