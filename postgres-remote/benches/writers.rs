@@ -57,10 +57,16 @@ fn pgbench(s: &TestServer, script: &str, clients: usize, secs: u64) -> f64 {
 }
 
 fn main() {
+    // One second per cell when `cargo test --benches` runs this as a smoke test.
+    let default = if std::env::args().any(|a| a == "--bench") {
+        5
+    } else {
+        1
+    };
     let secs: u64 = std::env::var("TIDEMARK_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(default);
     let s = TestServer::start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {

@@ -120,7 +120,7 @@ BEGIN
     IF p_since < v_head THEN
         FOR t IN
             SELECT s.* FROM tidemark.synced s
-            WHERE has_table_privilege(format('%I.%I', s.schema_name, s.table_name), 'SELECT')
+            WHERE coalesce(has_table_privilege(to_regclass(format('%I.%I', s.schema_name, s.table_name)), 'SELECT'), false)
             ORDER BY s.collection
         LOOP
             q := q || format(
@@ -197,7 +197,8 @@ BEGIN
                 res := jsonb_build_object('k', 'a', 'v', m.version);
             END IF;
             IF res IS NULL THEN
-                SELECT s.* INTO t FROM tidemark.synced s WHERE s.collection = v_coll;
+                SELECT s.* INTO t FROM tidemark.synced s WHERE s.collection = v_coll
+                  AND to_regclass(format('%I.%I', s.schema_name, s.table_name)) IS NOT NULL;
                 IF NOT FOUND THEN
                     res := jsonb_build_object('k', 'r', 'm',
                         format('collection %s is not synced by this server', v_coll),
@@ -371,7 +372,7 @@ BEGIN
             USING ERRCODE = 'TM001';
     END IF;
     SELECT s.* INTO t FROM tidemark.synced s WHERE s.collection = p_collection
-      AND has_table_privilege(format('%I.%I', s.schema_name, s.table_name), 'SELECT');
+      AND coalesce(has_table_privilege(to_regclass(format('%I.%I', s.schema_name, s.table_name)), 'SELECT'), false);
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -393,7 +394,7 @@ BEGIN
             USING ERRCODE = 'TM001';
     END IF;
     FOR t IN SELECT s.* FROM tidemark.synced s
-             WHERE has_table_privilege(format('%I.%I', s.schema_name, s.table_name), 'SELECT')
+             WHERE coalesce(has_table_privilege(to_regclass(format('%I.%I', s.schema_name, s.table_name)), 'SELECT'), false)
              ORDER BY s.collection
     LOOP
         EXECUTE format('SELECT count(*) FROM %I.%I', t.schema_name, t.table_name) INTO v_n;

@@ -351,7 +351,7 @@ impl RemoteStore for PostgresRemote {
                     let rows = c
                         .query(
                             "SELECT collection FROM tidemark.synced
-                             WHERE has_table_privilege(format('%I.%I', schema_name, table_name), 'SELECT')",
+                             WHERE coalesce(has_table_privilege(to_regclass(format('%I.%I', schema_name, table_name)), 'SELECT'), false)",
                             &[],
                         )
                         .await?;

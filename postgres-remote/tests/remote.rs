@@ -70,6 +70,22 @@ async fn install_is_idempotent_and_safe_concurrently() {
     assert!(msg.contains("protocol"), "{msg}");
     // Truncate would leave no tombstones: refused.
     assert!(sql.batch_execute("TRUNCATE old").await.is_err());
+    // A registered table that was dropped does not break the others' sync.
+    sql.batch_execute("DROP TABLE old").await.expect("drop");
+    admin
+        .pull(Watermark(0), 100, PullMode::Resync)
+        .await
+        .expect("pull without the dropped table");
+    assert_eq!(
+        admin.counts().await.expect("counts"),
+        Some(Default::default())
+    );
+    assert!(admin
+        .collections()
+        .await
+        .expect("collections")
+        .unwrap_or_default()
+        .is_empty());
 }
 
 #[tokio::test]
