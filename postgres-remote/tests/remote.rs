@@ -706,3 +706,67 @@ async fn a_batch_of_creates_answers_like_single_changes() {
     .unwrap();
     assert_eq!(r.fetch("notes", &x).await.unwrap().unwrap().change_id, None);
 }
+
+/// Racing writers on one base: exactly one lands, every other one is told the
+/// winner's state — for updates on the same version and for creates of the same
+/// new id (which meet on the primary key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writes_on_one_base_land_once() {
+    let (s, r) = server().await;
+    let x = new_id();
+    let v = applied(
+        &r.push(vec![upsert(
+            cid(&new_id(), 1),
+            "notes",
+            &x,
+            None,
+            json!({"body": "v"}),
+        )])
+        .await
+        .unwrap()[0],
+    );
+    for (label, base, id) in [("update", Some(v), x.clone()), ("create", None, new_id())] {
+        let mut tasks = Vec::new();
+        for w in 0..12 {
+            let conn = s.admin_conn_str();
+            let id = id.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = postgres_remote::PostgresRemote::connect(&conn)
+                    .await
+                    .expect("connect");
+                let c = new_id();
+                let o = r
+                    .push(vec![upsert(
+                        cid(&c, 1),
+                        "notes",
+                        &id,
+                        base,
+                        json!({"body": format!("w{w}")}),
+                    )])
+                    .await
+                    .expect("push");
+                (c, o.into_iter().next().expect("one outcome"))
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut losers = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                (c, PushOutcome::Applied { version }) => winners.push((c, version)),
+                (_, PushOutcome::Conflict { current }) => losers.push(current),
+                (_, o) => panic!("{label}: {o:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{label}: exactly one lands");
+        let (wc, wv) = winners.pop().expect("winner");
+        for l in &losers {
+            assert_eq!(
+                (l.version, l.change_id.clone()),
+                (wv, Some(cid(&wc, 1))),
+                "{label}: told the winner's state"
+            );
+        }
+        let st = r.fetch("notes", &id).await.unwrap().expect("live");
+        assert_eq!(st.version, wv);
+    }
+}
