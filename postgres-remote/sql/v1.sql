@@ -161,34 +161,23 @@ END $fn$;
 --          "b": base or null, "d": true for a delete, "f": {fields}}]
 -- Output: [{"k":"a","v":version} | {"k":"c","v":version,"f":fields|null,"cid":..}
 --          | {"k":"r","m":message,"fields":{name: message}}]
-CREATE OR REPLACE FUNCTION tidemark.push(p_proto int, p jsonb)
-RETURNS jsonb
+-- One change of a push (see tidemark.push). `p_safe`: the caller runs it in a
+-- subtransaction of its own, so a create that loses a race on the primary key can
+-- be caught and answered as a conflict. `cols` caches each table's columns.
+CREATE OR REPLACE FUNCTION tidemark.push_one(ch jsonb, v_horizon bigint, p_safe boolean,
+                                             INOUT cols jsonb, OUT res jsonb)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    ch jsonb;
-    outs jsonb[] := '{}';
-    res jsonb;
     v_coll text; v_id text; v_client text; v_n bigint; v_base bigint; v_del boolean;
     v_f jsonb; v_me text := current_user::text;
     m record; t record; cur record; v_tseq bigint; v_tcid text;
-    v_horizon bigint; v_ver bigint; v_cols text[]; v_bad jsonb; v_set text; v_ins text;
-    v_sel text; k text; cols jsonb := '{}';
+    v_ver bigint; v_bad jsonb; v_set text; v_ins text; v_sel text; k text;
     found_live boolean; found_tomb boolean; v_rows bigint;
 BEGIN
-    IF p_proto <> 1 THEN
-        RAISE EXCEPTION 'tidemark protocol % is not supported by this server (1)', p_proto
-            USING ERRCODE = 'TM001';
-    END IF;
-    IF jsonb_typeof(p) <> 'array' THEN
-        RAISE EXCEPTION 'push expects a JSON array' USING ERRCODE = '22023';
-    END IF;
-    SELECT h.horizon INTO v_horizon FROM tidemark.head h;
-    FOR ch IN SELECT value FROM jsonb_array_elements(p) LOOP
-        v_coll := ch->>'c'; v_id := ch->>'id'; v_client := ch->>'cl';
-        v_n := (ch->>'n')::bigint; v_base := (ch->>'b')::bigint;
-        v_del := coalesce((ch->>'d')::boolean, false); v_f := ch->'f';
-        res := NULL;
-        BEGIN
+    v_coll := ch->>'c'; v_id := ch->>'id'; v_client := ch->>'cl';
+    v_n := (ch->>'n')::bigint; v_base := (ch->>'b')::bigint;
+    v_del := coalesce((ch->>'d')::boolean, false); v_f := ch->'f';
+    res := NULL;
             -- Idempotency: only the exact change id this writer applied last.
             SELECT a.n, a.version INTO m FROM tidemark.applied a
             WHERE a.collection = v_coll AND a.id = v_id AND a.writer = v_me
@@ -286,6 +275,16 @@ BEGIN
                         SELECT string_agg(format('%I', c), ', '), string_agg(format('x.%I', c), ', ')
                           INTO v_ins, v_sel
                           FROM jsonb_array_elements_text(cols->v_coll) c WHERE v_f ? c;
+                        IF NOT p_safe THEN
+                            -- Without a savepoint: a failure here fails the optimistic
+                            -- pass, and the change is decided again with one.
+                            EXECUTE format('INSERT INTO %I.%I AS r (id%s) SELECT $2%s
+                                            FROM jsonb_populate_record(NULL::%I.%I, $1) x RETURNING r.tm_seq',
+                                           t.schema_name, t.table_name,
+                                           coalesce(', ' || v_ins, ''), coalesce(', ' || v_sel, ''),
+                                           t.schema_name, t.table_name)
+                                INTO v_ver USING v_f, v_id;
+                        ELSE
                         BEGIN
                             EXECUTE format('INSERT INTO %I.%I AS r (id%s) SELECT $2%s
                                             FROM jsonb_populate_record(NULL::%I.%I, $1) x RETURNING r.tm_seq',
@@ -307,6 +306,7 @@ BEGIN
                                     'fields', '{}'::jsonb);
                             END IF;
                         END;
+                        END IF;
                     END IF;
                     PERFORM set_config('tidemark.cid', '', true);
                 END IF;
@@ -322,15 +322,56 @@ BEGIN
                 DO UPDATE SET n = EXCLUDED.n, version = EXCLUDED.version;
                 res := jsonb_build_object('k', 'a', 'v', v_ver);
             END IF;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION tidemark.push(p_proto int, p jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    ch jsonb;
+    outs jsonb[] := '{}';
+    r record;
+    cols jsonb := '{}';
+    v_horizon bigint;
+BEGIN
+    IF p_proto <> 1 THEN
+        RAISE EXCEPTION 'tidemark protocol % is not supported by this server (1)', p_proto
+            USING ERRCODE = 'TM001';
+    END IF;
+    IF jsonb_typeof(p) <> 'array' THEN
+        RAISE EXCEPTION 'push expects a JSON array' USING ERRCODE = '22023';
+    END IF;
+    SELECT h.horizon INTO v_horizon FROM tidemark.head h;
+    -- Optimistic pass: the whole batch in one subtransaction (a subtransaction per
+    -- change costs, and past 64 of them PostgreSQL's snapshots overflow to
+    -- pg_subtrans, which slows every session). If any change raises, all of it
+    -- is undone and the second pass decides each change in its own subtransaction.
+    BEGIN
+        FOR ch IN SELECT value FROM jsonb_array_elements(p) LOOP
+            SELECT * INTO r FROM tidemark.push_one(ch, v_horizon, false, cols);
+            cols := r.cols;
+            outs := array_append(outs, r.res);
+        END LOOP;
+        PERFORM set_config('tidemark.cid', '', true);
+        RETURN to_jsonb(outs);
+    EXCEPTION
+        WHEN data_exception OR integrity_constraint_violation OR with_check_option_violation
+             OR raise_exception OR insufficient_privilege OR datatype_mismatch
+             OR undefined_column THEN
+            outs := '{}';
+    END;
+    FOR ch IN SELECT value FROM jsonb_array_elements(p) LOOP
+        BEGIN
+            SELECT * INTO r FROM tidemark.push_one(ch, v_horizon, true, cols);
+            cols := r.cols;
+            outs := array_append(outs, r.res);
         EXCEPTION
             WHEN data_exception OR integrity_constraint_violation OR with_check_option_violation
                  OR raise_exception OR insufficient_privilege OR datatype_mismatch
-                 OR undefined_column OR invalid_text_representation THEN
-                res := jsonb_build_object('k', 'r', 'm', SQLERRM, 'state', SQLSTATE,
-                                          'fields', '{}'::jsonb);
+                 OR undefined_column THEN
+                outs := array_append(outs, jsonb_build_object('k', 'r', 'm', SQLERRM,
+                    'state', SQLSTATE, 'fields', '{}'::jsonb));
         END;
-        v_ver := NULL;
-        outs := array_append(outs, res);
     END LOOP;
     PERFORM set_config('tidemark.cid', '', true);
     RETURN to_jsonb(outs);
@@ -359,6 +400,7 @@ END $fn$;
 REVOKE ALL ON FUNCTION tidemark.compact(interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tidemark.pull(int, bigint, int) TO tidemark_sync;
 GRANT EXECUTE ON FUNCTION tidemark.push(int, jsonb) TO tidemark_sync;
+GRANT EXECUTE ON FUNCTION tidemark.push_one(jsonb, bigint, boolean, jsonb) TO tidemark_sync;
 
 -- One record as the caller sees it (no row if missing or not visible).
 CREATE OR REPLACE FUNCTION tidemark.fetch(p_proto int, p_collection text, p_id text)
