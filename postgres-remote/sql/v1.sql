@@ -170,14 +170,15 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 DECLARE
     v_coll text; v_id text; v_client text; v_n bigint; v_base bigint; v_del boolean;
     v_f jsonb; v_me text := current_user::text;
-    m record; t record; cur record; v_tseq bigint; v_tcid text;
+    m record; t record; v_cseq bigint; v_ccid text; v_cj jsonb; v_tseq bigint; v_tcid text;
     v_ver bigint; v_bad jsonb; v_set text; v_ins text; v_sel text; k text;
-    found_live boolean; found_tomb boolean; v_rows bigint;
+    found_live boolean; found_tomb boolean; v_rows bigint; v_key text; v_sql text;
 BEGIN
     v_coll := ch->>'c'; v_id := ch->>'id'; v_client := ch->>'cl';
     v_n := (ch->>'n')::bigint; v_base := (ch->>'b')::bigint;
     v_del := coalesce((ch->>'d')::boolean, false); v_f := ch->'f';
     res := NULL;
+    v_cseq := NULL; v_ccid := NULL; v_cj := NULL;
             -- Idempotency: only the exact change id this writer applied last.
             SELECT a.n, a.version INTO m FROM tidemark.applied a
             WHERE a.collection = v_coll AND a.id = v_id AND a.writer = v_me
@@ -195,11 +196,17 @@ BEGIN
                 END IF;
             END IF;
             IF res IS NULL THEN
-                -- The record as the caller sees it, locked until commit.
-                EXECUTE format('SELECT r.tm_seq, r.tm_cid, to_jsonb(r) - ''id'' - ''tm_seq'' - ''tm_cid'' AS j
-                                FROM %I.%I r WHERE r.id = $1 FOR UPDATE', t.schema_name, t.table_name)
-                    INTO cur USING v_id;
-                found_live := cur.tm_seq IS NOT NULL;
+                -- The record as the caller sees it, locked until commit. A create
+                -- skips this: if the record exists, its INSERT fails on the primary
+                -- key and the change is decided again with a savepoint (below).
+                IF v_base IS NULL AND NOT v_del AND NOT p_safe THEN
+                    found_live := false;
+                ELSE
+                    EXECUTE format('SELECT r.tm_seq, r.tm_cid, to_jsonb(r) - ''id'' - ''tm_seq'' - ''tm_cid'' AS j
+                                    FROM %I.%I r WHERE r.id = $1 FOR UPDATE', t.schema_name, t.table_name)
+                        INTO v_cseq, v_ccid, v_cj USING v_id;
+                    found_live := v_cseq IS NOT NULL;
+                END IF;
                 found_tomb := false;
                 v_tseq := NULL;
                 v_tcid := NULL;
@@ -209,8 +216,8 @@ BEGIN
                     ORDER BY b.seq DESC LIMIT 1;
                     found_tomb := FOUND;
                 END IF;
-                IF found_live AND v_base IS DISTINCT FROM cur.tm_seq THEN
-                    res := jsonb_build_object('k', 'c', 'v', cur.tm_seq, 'f', cur.j, 'cid', cur.tm_cid);
+                IF found_live AND v_base IS DISTINCT FROM v_cseq THEN
+                    res := jsonb_build_object('k', 'c', 'v', v_cseq, 'f', v_cj, 'cid', v_ccid);
                 ELSIF found_tomb AND v_base IS DISTINCT FROM v_tseq THEN
                     res := jsonb_build_object('k', 'c', 'v', v_tseq, 'f', NULL, 'cid', v_tcid);
                 ELSIF NOT found_live AND NOT found_tomb AND v_base IS NOT NULL
@@ -248,7 +255,9 @@ BEGIN
                           AND a.attgenerated = ''));
                 END IF;
                 v_bad := '{}';
+                v_key := v_coll || chr(1) || found_live::text;
                 FOR k IN SELECT jsonb_object_keys(v_f) LOOP
+                    v_key := v_key || chr(1) || k;
                     IF k IN ('id', 'tm_seq', 'tm_cid') THEN
                         v_bad := v_bad || jsonb_build_object(k, 'reserved by tidemark');
                     ELSIF NOT (cols->v_coll) ? k THEN
@@ -260,46 +269,49 @@ BEGIN
                         format('fields that %s cannot hold', v_coll), 'fields', v_bad);
                 ELSE
                     PERFORM set_config('tidemark.cid', ch->>'cid', true);
-                    IF found_live THEN
+                    v_sql := cols->'#sql'->>v_key;
+                    IF v_sql IS NULL AND found_live THEN
                         SELECT string_agg(format('%I = %s', c,
                                    CASE WHEN v_f ? c THEN format('x.%I', c) ELSE 'DEFAULT' END), ', ')
                           INTO v_set FROM jsonb_array_elements_text(cols->v_coll) c;
                         IF v_set IS NULL THEN
                             v_set := 'id = r.id';
                         END IF;
-                        EXECUTE format('UPDATE %I.%I r SET %s FROM jsonb_populate_record(NULL::%I.%I, $1) x
-                                        WHERE r.id = $2 RETURNING r.tm_seq',
-                                       t.schema_name, t.table_name, v_set, t.schema_name, t.table_name)
-                            INTO v_ver USING v_f, v_id;
-                    ELSE
+                        v_sql := format('UPDATE %I.%I r SET %s FROM jsonb_populate_record(NULL::%I.%I, $1) x
+                                         WHERE r.id = $2 RETURNING r.tm_seq',
+                                        t.schema_name, t.table_name, v_set, t.schema_name, t.table_name);
+                        -- Cached for the rest of the batch (same table, same fields).
+                        cols := jsonb_set(cols, ARRAY['#sql'],
+                                          coalesce(cols->'#sql', '{}') || jsonb_build_object(v_key, v_sql));
+                    ELSIF v_sql IS NULL THEN
                         SELECT string_agg(format('%I', c), ', '), string_agg(format('x.%I', c), ', ')
                           INTO v_ins, v_sel
                           FROM jsonb_array_elements_text(cols->v_coll) c WHERE v_f ? c;
+                        v_sql := format('INSERT INTO %I.%I AS r (id%s) SELECT $2%s
+                                         FROM jsonb_populate_record(NULL::%I.%I, $1) x RETURNING r.tm_seq',
+                                        t.schema_name, t.table_name,
+                                        coalesce(', ' || v_ins, ''), coalesce(', ' || v_sel, ''),
+                                        t.schema_name, t.table_name);
+                        -- Cached for the rest of the batch (same table, same fields).
+                        cols := jsonb_set(cols, ARRAY['#sql'],
+                                          coalesce(cols->'#sql', '{}') || jsonb_build_object(v_key, v_sql));
+                    END IF;
+                    IF found_live THEN
+                        EXECUTE v_sql INTO v_ver USING v_f, v_id;
+                    ELSE
                         IF NOT p_safe THEN
-                            -- Without a savepoint: a failure here fails the optimistic
-                            -- pass, and the change is decided again with one.
-                            EXECUTE format('INSERT INTO %I.%I AS r (id%s) SELECT $2%s
-                                            FROM jsonb_populate_record(NULL::%I.%I, $1) x RETURNING r.tm_seq',
-                                           t.schema_name, t.table_name,
-                                           coalesce(', ' || v_ins, ''), coalesce(', ' || v_sel, ''),
-                                           t.schema_name, t.table_name)
-                                INTO v_ver USING v_f, v_id;
+                            EXECUTE v_sql INTO v_ver USING v_f, v_id;
                         ELSE
                         BEGIN
-                            EXECUTE format('INSERT INTO %I.%I AS r (id%s) SELECT $2%s
-                                            FROM jsonb_populate_record(NULL::%I.%I, $1) x RETURNING r.tm_seq',
-                                           t.schema_name, t.table_name,
-                                           coalesce(', ' || v_ins, ''), coalesce(', ' || v_sel, ''),
-                                           t.schema_name, t.table_name)
-                                INTO v_ver USING v_f, v_id;
+                            EXECUTE v_sql INTO v_ver USING v_f, v_id;
                         EXCEPTION WHEN unique_violation THEN
                             -- Created meanwhile by another transaction (now committed),
                             -- or it exists and the caller may not see it.
                             EXECUTE format('SELECT r.tm_seq, r.tm_cid, to_jsonb(r) - ''id'' - ''tm_seq'' - ''tm_cid'' AS j
                                             FROM %I.%I r WHERE r.id = $1', t.schema_name, t.table_name)
-                                INTO cur USING v_id;
-                            IF cur.tm_seq IS NOT NULL THEN
-                                res := jsonb_build_object('k', 'c', 'v', cur.tm_seq, 'f', cur.j, 'cid', cur.tm_cid);
+                                INTO v_cseq, v_ccid, v_cj USING v_id;
+                            IF v_cseq IS NOT NULL THEN
+                                res := jsonb_build_object('k', 'c', 'v', v_cseq, 'f', v_cj, 'cid', v_ccid);
                             ELSE
                                 res := jsonb_build_object('k', 'r', 'm',
                                     format('record %s/%s exists and is not yours to write', v_coll, v_id),
