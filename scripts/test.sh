@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite: installs the pinned PocketBase
-# into .venv, checks formatting and lints, then runs every test (unit, conformance,
-# property, crash, end-to-end against a real PocketBase) and the doctests.
+# into .venv and PostgreSQL 15's server where it is missing, checks formatting and
+# lints, then runs every test (unit, conformance, property, crash, end-to-end against
+# a real PocketBase and a real PostgreSQL) and the doctests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export TIDEMARK_POCKETBASE="$(bash scripts/install-pocketbase.sh)"
 echo "PocketBase: $("$TIDEMARK_POCKETBASE" --version)"
+export TIDEMARK_PG_BINDIR="$(bash postgres-remote/scripts/install-postgres.sh)"
+echo "PostgreSQL: $("$TIDEMARK_PG_BINDIR/postgres" --version)"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
