@@ -321,12 +321,15 @@ async fn a_parked_collection_arrives_when_a_later_schema_declares_it() {
     );
     let r = s
         .apply_remote(&page(
-            vec![change("albums", &x, 6, Some(json!({"name": "echo"})))],
+            vec![change("albums", &x, 5, Some(json!({"name": "older"})))],
             9,
         ))
         .await
         .unwrap();
-    assert_eq!(r.stale, 1, "their versions are known");
+    assert_eq!(
+        r.stale, 1,
+        "their versions are known: an older one is stale"
+    );
     drop(s);
     let s = SledStore::open(&path, schema).unwrap();
     assert_eq!(s.count("albums").await.unwrap(), 2, "applied once, kept");

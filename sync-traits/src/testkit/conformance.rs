@@ -104,6 +104,7 @@ where
     quarantine_retry_writes_again_and_discard_forgets(&make().await).await;
     made_here_knows_its_own_change_ids(&make().await).await;
     finish_resync_removes_only_in_synced_collections(&make().await).await;
+    a_value_of_another_type_is_kept_as_sent(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -1194,5 +1195,53 @@ pub async fn finish_resync_removes_only_in_synced_collections(s: &dyn LocalStore
     assert!(
         s.get(FRIENDS, &friend).await.unwrap().is_some(),
         "a collection the remote does not sync is never emptied by a resync"
+    );
+}
+
+/// A pulled value of another type than the store declares for its field (`order`
+/// is a number; the server sends a string) is kept exactly as sent, reported if the
+/// store has types, and the rest of the page applies; a later local write that
+/// leaves the value as it is is accepted and changes only what it changes.
+pub async fn a_value_of_another_type_is_kept_as_sent(s: &dyn LocalStore) {
+    let (a, b) = (new_id(), new_id());
+    let mut odd = song("odd", 0);
+    odd.insert("order".into(), json!("not a number"));
+    let r = s
+        .apply_remote(&page(
+            vec![
+                remote(SONGS, &a, 1, Some(odd.clone())),
+                remote(SONGS, &b, 2, Some(song("fine", 2))),
+            ],
+            2,
+        ))
+        .await
+        .expect("a page is never refused for one value");
+    assert_eq!(r.applied, 2, "both records apply");
+    assert!(
+        r.mistyped.is_empty()
+            || (r.mistyped.len() == 1
+                && r.mistyped[0].id == a
+                && r.mistyped[0].field == "order"
+                && r.mistyped[0].value == json!("not a number")),
+        "a store with types reports the value it kept: {:?}",
+        r.mistyped
+    );
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        odd,
+        "kept exactly as sent, not coerced or dropped"
+    );
+    let mut edited = odd.clone();
+    edited.insert("title".into(), json!("edited"));
+    s.put(Record::new(SONGS, a.clone(), edited.clone()))
+        .await
+        .expect("a write that leaves the odd value as it is is accepted");
+    assert_eq!(s.get(SONGS, &a).await.unwrap().unwrap().fields, edited);
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        p[0].changed,
+        ["title".to_string()].into_iter().collect(),
+        "only what the write changed"
     );
 }
