@@ -193,7 +193,8 @@ async fn raw_batch(
 fn batch_hooks(c: &mut Criterion) {
     let rt = rt();
     let with = TestServer::start();
-    let without = TestServer::start_with(&pocketbase_remote::harness::Options::default().fixture_unsynced());
+    let without =
+        TestServer::start_with(&pocketbase_remote::harness::Options::default().fixture_unsynced());
     let http = reqwest::Client::new();
     let mut g = c.benchmark_group("batch_hooks");
     g.sample_size(10).measurement_time(Duration::from_secs(15));

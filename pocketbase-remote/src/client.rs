@@ -437,10 +437,12 @@ impl PocketBaseRemote {
                 })
         };
         let n = |k: &str| {
-            v.get(k).and_then(Value::as_u64).ok_or_else(|| ProtocolError::Field {
-                context: "enable".into(),
-                field: k.into(),
-            })
+            v.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| ProtocolError::Field {
+                    context: "enable".into(),
+                    field: k.into(),
+                })
         };
         let out = EnabledCollection {
             collection: s("collection")?,
@@ -466,13 +468,13 @@ impl PocketBaseRemote {
             )
             .await?;
         let v = expect_ok(&r, "disable")?;
-        let was = v
-            .get("wasSynced")
-            .and_then(Value::as_bool)
-            .ok_or_else(|| ProtocolError::Field {
-                context: "disable".into(),
-                field: "wasSynced".into(),
-            })?;
+        let was =
+            v.get("wasSynced")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| ProtocolError::Field {
+                    context: "disable".into(),
+                    field: "wasSynced".into(),
+                })?;
         self.head().await?;
         Ok(was)
     }
@@ -756,10 +758,10 @@ impl RemoteStore for PocketBaseRemote {
     /// [`collections`](Builder::collections), or else the server's synced list. The
     /// engine leaves every other collection alone (never pushed, never removed by a
     /// resync).
-    async fn collections(
-        &self,
-    ) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
-        Ok(Some(PocketBaseRemote::collections(self).into_iter().collect()))
+    async fn collections(&self) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
+        Ok(Some(
+            PocketBaseRemote::collections(self).into_iter().collect(),
+        ))
     }
 
     fn max_push_batch(&self) -> usize {

@@ -171,8 +171,8 @@ fn prepare(dir: &Path, opts: &Options) -> Result<PathBuf, String> {
     }
     for (file, from, to) in &opts.hooks_patch {
         let path = hooks.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("read {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
         if !text.contains(from.as_str()) {
             return Err(format!("hooks patch: {file} does not contain {from:?}"));
         }

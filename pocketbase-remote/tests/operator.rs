@@ -20,7 +20,12 @@ use sync_traits::{
 };
 
 /// A raw request as the superuser; returns status and JSON body.
-async fn admin(srv: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn admin(
+    srv: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let token = srv.superuser().await.token().await.unwrap();
     let mut req = reqwest::Client::new()
         .request(method, format!("{}{path}", srv.url()))
@@ -34,7 +39,12 @@ async fn admin(srv: &TestServer, method: reqwest::Method, path: &str, body: Opti
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn admin_ok(srv: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+async fn admin_ok(
+    srv: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
     let (s, v) = admin(srv, method, path, body).await;
     assert!((200..300).contains(&s), "{path}: {s} {v}");
     v
@@ -55,18 +65,36 @@ routerAdd("POST", "/api/test/sql", (e) => {
 "#;
 
 async fn sql(srv: &TestServer, q: &str) {
-    admin_ok(srv, reqwest::Method::POST, "/api/test/sql", Some(json!({"sql": q}))).await;
+    admin_ok(
+        srv,
+        reqwest::Method::POST,
+        "/api/test/sql",
+        Some(json!({"sql": q})),
+    )
+    .await;
 }
 
 async fn sql_query(srv: &TestServer, q: &str) -> Vec<String> {
-    let v = admin_ok(srv, reqwest::Method::POST, "/api/test/sql", Some(json!({"sql": q, "query": true}))).await;
-    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap_or_default().to_owned()).collect()
+    let v = admin_ok(
+        srv,
+        reqwest::Method::POST,
+        "/api/test/sql",
+        Some(json!({"sql": q, "query": true})),
+    )
+    .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 async fn triggers_on(srv: &TestServer, table: &str) -> Vec<String> {
     let mut t = sql_query(
         srv,
-        &format!("SELECT name AS v FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{table}'"),
+        &format!(
+            "SELECT name AS v FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{table}'"
+        ),
     )
     .await;
     t.sort();
@@ -85,7 +113,10 @@ async fn the_head_route_reports_the_protocol_and_pocketbase_versions() {
 
 async fn connect_err(srv: &TestServer) -> RemoteError {
     PocketBaseRemote::builder(srv.url())
-        .superuser(pocketbase_remote::harness::ADMIN_EMAIL, pocketbase_remote::harness::ADMIN_PASSWORD)
+        .superuser(
+            pocketbase_remote::harness::ADMIN_EMAIL,
+            pocketbase_remote::harness::ADMIN_PASSWORD,
+        )
         .connect()
         .await
         .expect_err("connect must refuse another protocol version")
@@ -125,7 +156,9 @@ async fn connect_refuses_a_newer_extension_and_says_to_upgrade_the_client() {
     let e = connect_err(&srv).await;
     assert!(is_protocol_mismatch(&e), "{e:?}");
     assert!(e.to_string().contains("upgrade the client"), "{e}");
-    assert!(!is_protocol_mismatch(&RemoteError::Permanent("other".into())));
+    assert!(!is_protocol_mismatch(&RemoteError::Permanent(
+        "other".into()
+    )));
 }
 
 // ---- 7. startup self-check -------------------------------------------------------
@@ -191,8 +224,19 @@ fn startup_refuses_when_an_insert_gets_no_seq() {
 #[tokio::test]
 async fn the_self_check_leaves_nothing_behind() {
     let mut srv = TestServer::start();
-    let (_, v) = admin(&srv, reqwest::Method::GET, "/api/collections?perPage=200", None).await;
-    let names: Vec<&str> = v["items"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let (_, v) = admin(
+        &srv,
+        reqwest::Method::GET,
+        "/api/collections?perPage=200",
+        None,
+    )
+    .await;
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert!(!names.iter().any(|n| n.contains("selfcheck")), "{names:?}");
     let head = srv.superuser().await.head().await.unwrap().head;
     srv.stop();
@@ -234,7 +278,11 @@ fn the_shipped_migrations_hold_no_sample_schema() {
 #[tokio::test]
 async fn a_production_server_syncs_nothing_until_the_operator_says_so() {
     // TIDEMARK_COLLECTIONS names collections that do not exist: nothing registered.
-    let srv = TestServer::start_with(&Options::default().no_fixture().env("TIDEMARK_COLLECTIONS", "songs:owner"));
+    let srv = TestServer::start_with(
+        &Options::default()
+            .no_fixture()
+            .env("TIDEMARK_COLLECTIONS", "songs:owner"),
+    );
     let su = srv.superuser().await;
     assert!(su.head().await.unwrap().collections.is_empty());
     let (s, _) = admin(&srv, reqwest::Method::GET, "/api/collections/songs", None).await;
@@ -268,18 +316,31 @@ async fn the_registry_survives_restarts_and_leaves_other_triggers_alone() {
     assert_eq!(su.head().await.unwrap().collections, ["friends", "songs"]);
     assert_eq!(
         triggers_on(&srv, "friends").await,
-        ["_tidemark_delete_friends", "_tidemark_insert_friends", "_tidemark_update_friends", "tm_audit"]
+        [
+            "_tidemark_delete_friends",
+            "_tidemark_insert_friends",
+            "_tidemark_update_friends",
+            "tm_audit"
+        ]
     );
     let ra = srv.user("a@t.io").await;
     let mut x = Client::new();
     let head = ra.head().await.unwrap().head.0;
     let id = new_id();
     let out = ra
-        .push(vec![x.upsert("friends", &id, None, fields(json!({"name": "f", "owner": a.as_str()})))])
+        .push(vec![x.upsert(
+            "friends",
+            &id,
+            None,
+            fields(json!({"name": "f", "owner": a.as_str()})),
+        )])
         .await
         .unwrap();
     assert_eq!(applied(&out[0]), head + 1, "one seq per write");
-    assert_eq!(sql_query(&srv, "SELECT rid AS v FROM audit").await, [id.as_str()]);
+    assert_eq!(
+        sql_query(&srv, "SELECT rid AS v FROM audit").await,
+        [id.as_str()]
+    );
 
     // Owner field "" -> tombstones without owner; back to "owner" -> the owner's.
     let e = su.enable_sync("friends", None).await.unwrap();
@@ -290,12 +351,19 @@ async fn the_registry_survives_restarts_and_leaves_other_triggers_alone() {
     assert_eq!(sql_query(&srv, &owners(&id)).await, [""]);
     su.enable_sync("friends", Some("owner")).await.unwrap();
     let id2 = new_id();
-    ra.push(vec![x.upsert("friends", &id2, None, fields(json!({"name": "g", "owner": a.as_str()})))])
-        .await
-        .unwrap();
+    ra.push(vec![x.upsert(
+        "friends",
+        &id2,
+        None,
+        fields(json!({"name": "g", "owner": a.as_str()})),
+    )])
+    .await
+    .unwrap();
     admin_ok(&srv, reqwest::Method::DELETE, &del(&id2), None).await;
     assert_eq!(sql_query(&srv, &owners(&id2)).await, [a.as_str()]);
-    assert!(triggers_on(&srv, "friends").await.contains(&"tm_audit".to_owned()));
+    assert!(triggers_on(&srv, "friends")
+        .await
+        .contains(&"tm_audit".to_owned()));
 }
 
 // ---- 9. enabling sync on an app's own collection --------------------------------------
@@ -346,7 +414,12 @@ async fn enabling_sync_on_a_live_collection_skips_no_record() {
         .await;
     }
     // Not synced yet: not listed, and a pull does not ask for it.
-    assert!(!su.head().await.unwrap().collections.contains(&"tasks".to_owned()));
+    assert!(!su
+        .head()
+        .await
+        .unwrap()
+        .collections
+        .contains(&"tasks".to_owned()));
 
     // Writers: creates and updates (n counts each record's writes) by the owner and
     // by the superuser, through plain REST, while the collection is enabled.
@@ -407,7 +480,10 @@ async fn enabling_sync_on_a_live_collection_skips_no_record() {
         for c in p.changes {
             if c.collection == "tasks" {
                 let f = c.state.fields.clone().unwrap_or_default();
-                seen.insert(c.id.as_str().to_owned(), (c.state.version.0, Value::Object(f)));
+                seen.insert(
+                    c.id.as_str().to_owned(),
+                    (c.state.version.0, Value::Object(f)),
+                );
             }
         }
         wm = p.watermark;
@@ -421,7 +497,10 @@ async fn enabling_sync_on_a_live_collection_skips_no_record() {
         for c in p.changes {
             if c.collection == "tasks" {
                 let f = c.state.fields.clone().unwrap_or_default();
-                seen.insert(c.id.as_str().to_owned(), (c.state.version.0, Value::Object(f)));
+                seen.insert(
+                    c.id.as_str().to_owned(),
+                    (c.state.version.0, Value::Object(f)),
+                );
             }
         }
         wm = p.watermark;
@@ -444,7 +523,10 @@ async fn enabling_sync_on_a_live_collection_skips_no_record() {
         for it in &items {
             let seq = it["tm_seq"].as_u64().unwrap();
             assert!(seq > 0, "a record without a seq: {it}");
-            server.insert(it["id"].as_str().unwrap().to_owned(), (seq, it["n"].as_i64().unwrap()));
+            server.insert(
+                it["id"].as_str().unwrap().to_owned(),
+                (seq, it["n"].as_i64().unwrap()),
+            );
         }
         if items.len() < 500 {
             break;
@@ -456,7 +538,10 @@ async fn enabling_sync_on_a_live_collection_skips_no_record() {
         .iter()
         .map(|(k, (v, f))| (k.clone(), (*v, f["n"].as_i64().unwrap())))
         .collect();
-    assert_eq!(got, server, "the poller holds every record at its newest state");
+    assert_eq!(
+        got, server,
+        "the poller holds every record at its newest state"
+    );
     // A pull from 0 lists every record exactly once.
     let all: Vec<_> = pull_all(&ra, 0, 1000)
         .await
@@ -498,7 +583,16 @@ async fn disabling_sync_unregisters_and_keeps_the_data() {
     let ra = srv.user("a@t.io").await;
     let mut x = Client::new();
     let id = new_id();
-    let v = applied(&ra.push(vec![x.upsert("friends", &id, None, fields(json!({"name": "f", "owner": a.as_str()})))]).await.unwrap()[0]);
+    let v = applied(
+        &ra.push(vec![x.upsert(
+            "friends",
+            &id,
+            None,
+            fields(json!({"name": "f", "owner": a.as_str()})),
+        )])
+        .await
+        .unwrap()[0],
+    );
     assert!(su.disable_sync("friends").await.unwrap());
     assert!(!su.disable_sync("friends").await.unwrap(), "idempotent");
     assert_eq!(su.collections(), ["songs"]);
@@ -512,10 +606,24 @@ async fn disabling_sync_unregisters_and_keeps_the_data() {
     )
     .await;
     assert_eq!(su.head().await.unwrap().head, head);
-    let out = ra.push(vec![x.upsert("friends", &id, Some(v), fields(json!({"name": "h", "owner": a.as_str()})))]).await.unwrap();
+    let out = ra
+        .push(vec![x.upsert(
+            "friends",
+            &id,
+            Some(v),
+            fields(json!({"name": "h", "owner": a.as_str()})),
+        )])
+        .await
+        .unwrap();
     assert!(matches!(out[0], PushOutcome::Rejected(_)), "{out:?}");
     // The data stays; enabling again stamps every record anew.
-    let (_, rec) = admin(&srv, reqwest::Method::GET, &format!("/api/collections/friends/records/{id}"), None).await;
+    let (_, rec) = admin(
+        &srv,
+        reqwest::Method::GET,
+        &format!("/api/collections/friends/records/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(rec["name"], json!("g"));
     let e = su.enable_sync("friends", Some("owner")).await.unwrap();
     assert_eq!(e.backfilled, 1);
@@ -529,14 +637,23 @@ async fn enable_refuses_what_cannot_be_synced() {
     let srv = TestServer::start();
     srv.create_user("a@t.io").await;
     let su = srv.superuser().await;
-    let e = su.enable_sync("no_such_collection", None).await.unwrap_err();
+    let e = su
+        .enable_sync("no_such_collection", None)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no collection"), "{e}");
-    let e = su.enable_sync("songs", Some("no_such_field")).await.unwrap_err();
+    let e = su
+        .enable_sync("songs", Some("no_such_field"))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no field"), "{e}");
     let e = su.enable_sync("users", None).await.unwrap_err();
     assert!(e.to_string().contains("only base collections"), "{e}");
     let ra = srv.user("a@t.io").await;
-    assert!(ra.enable_sync("songs", None).await.is_err(), "superusers only");
+    assert!(
+        ra.enable_sync("songs", None).await.is_err(),
+        "superusers only"
+    );
     // A synced collection keeps its fields.
     let (s, v) = admin(
         &srv,
@@ -617,16 +734,40 @@ async fn a_team_member_receives_edits_and_reconcile_removes_a_deleted_record() {
     let r = owner.sync().await.unwrap();
     assert_eq!(r.pushed, 1, "{r:?}");
     reader.sync().await.unwrap();
-    let got = reader.local().get("docs", &id).await.unwrap().expect("the member receives it");
+    let got = reader
+        .local()
+        .get("docs", &id)
+        .await
+        .unwrap()
+        .expect("the member receives it");
     assert_eq!(got.fields["title"], json!("v1"));
 
     // An edit reaches the member through the pull.
-    let mut f = owner.local().get("docs", &id).await.unwrap().unwrap().fields;
+    let mut f = owner
+        .local()
+        .get("docs", &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .fields;
     f.insert("title".into(), json!("v2"));
-    owner.local().put(Record::new("docs", id.clone(), f)).await.unwrap();
+    owner
+        .local()
+        .put(Record::new("docs", id.clone(), f))
+        .await
+        .unwrap();
     owner.sync().await.unwrap();
     reader.sync().await.unwrap();
-    assert_eq!(reader.local().get("docs", &id).await.unwrap().unwrap().fields["title"], json!("v2"));
+    assert_eq!(
+        reader
+            .local()
+            .get("docs", &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .fields["title"],
+        json!("v2")
+    );
 
     // The owner deletes it: the tombstone is the owner's.
     owner.local().delete("docs", &id).await.unwrap();
@@ -639,6 +780,9 @@ async fn a_team_member_receives_edits_and_reconcile_removes_a_deleted_record() {
     );
     assert_eq!(reader.remote().counts().await.unwrap().unwrap()["docs"], 0);
     reader.reconcile().await.unwrap();
-    assert!(reader.local().get("docs", &id).await.unwrap().is_none(), "reconcile removes it");
+    assert!(
+        reader.local().get("docs", &id).await.unwrap().is_none(),
+        "reconcile removes it"
+    );
     let _ = USER_PASSWORD;
 }
