@@ -45,6 +45,8 @@ pub struct Options {
     /// Extra files in a copy of `pb_hooks`: `(file name, content)` (e.g. a test-only
     /// route).
     pub extra_hooks: Vec<(String, String)>,
+    /// Extra files in the server's migrations folder: `(file name, content)`.
+    pub extra_migrations: Vec<(String, String)>,
 }
 
 impl Options {
@@ -69,6 +71,12 @@ impl Options {
     /// Adds the file `name` with `content` to the server's copy of `pb_hooks`.
     pub fn add_hook(mut self, name: &str, content: &str) -> Self {
         self.extra_hooks.push((name.into(), content.into()));
+        self
+    }
+
+    /// Adds the migration file `name` with `content` to the server's migrations folder.
+    pub fn add_migration(mut self, name: &str, content: &str) -> Self {
+        self.extra_migrations.push((name.into(), content.into()));
         self
     }
 
@@ -160,6 +168,9 @@ fn prepare(dir: &Path, opts: &Options) -> Result<PathBuf, String> {
             &[]
         };
         copy_dir(&fixture_migrations_dir(), &migrations, skip)?;
+    }
+    for (name, content) in &opts.extra_migrations {
+        std::fs::write(migrations.join(name), content).map_err(|e| format!("write {name}: {e}"))?;
     }
     if opts.hooks_patch.is_empty() && opts.extra_hooks.is_empty() {
         return Ok(server.join("pb_hooks"));
@@ -399,6 +410,37 @@ impl TestServer {
     /// The server's data directory (`pb_data`), e.g. to open its database.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("pb_data")
+    }
+
+    /// The server's own migrations folder (a copy; tests may change it while the
+    /// server is stopped).
+    pub fn migrations_dir(&self) -> PathBuf {
+        self.dir.path().join("pb_migrations")
+    }
+
+    /// Runs the PocketBase command `args` (e.g. `["migrate", "down", "1"]`) on this
+    /// server's data, hooks and migrations (stop the server first); returns its
+    /// exit status and output.
+    pub fn command(&self, args: &[&str]) -> (bool, String) {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args);
+        common_args(&mut cmd, self.dir.path(), &self.hooks, &env);
+        match cmd.output() {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("{}: {e}", self.bin.display())),
+        }
     }
 
     /// The server's stdout/stderr so far.

@@ -786,3 +786,53 @@ async fn a_team_member_receives_edits_and_reconcile_removes_a_deleted_record() {
     );
     let _ = USER_PASSWORD;
 }
+
+/// The init migration raises only the batch limits it needs (a higher limit stays)
+/// and its down migration restores what it changed.
+#[tokio::test]
+async fn the_init_migration_raises_batch_limits_and_its_down_restores_them() {
+    let pre = r#"migrate((app) => {
+  const s = app.settings();
+  s.batch.enabled = false;
+  s.batch.maxRequests = 5000;
+  s.batch.timeout = 10;
+  app.save(s);
+}, (app) => {});
+"#;
+    let mut srv = TestServer::start_with(
+        &Options::default()
+            .no_fixture()
+            .add_migration("1763999999_operator_settings.js", pre),
+    );
+    let batch = |v: Value| v["batch"].clone();
+    let up = batch(admin_ok(&srv, reqwest::Method::GET, "/api/settings", None).await);
+    assert_eq!(
+        (
+            up["enabled"].clone(),
+            up["maxRequests"].clone(),
+            up["timeout"].clone()
+        ),
+        (json!(true), json!(5000), json!(30))
+    );
+    srv.stop();
+    // The three tidemark migrations, down.
+    let (ok, out) = srv.command(&["migrate", "down", "3"]);
+    assert!(ok, "{out}");
+    for f in [
+        "1764000000_tidemark_init.js",
+        "1764000002_tidemark_security.js",
+        "1764000004_tidemark_registry.js",
+    ] {
+        std::fs::remove_file(srv.migrations_dir().join(f)).unwrap();
+    }
+    srv.resume();
+    let down = batch(admin_ok(&srv, reqwest::Method::GET, "/api/settings", None).await);
+    assert_eq!(
+        (
+            down["enabled"].clone(),
+            down["maxRequests"].clone(),
+            down["timeout"].clone()
+        ),
+        (json!(false), json!(5000), json!(10))
+    );
+}
