@@ -419,9 +419,10 @@ impl TestServer {
     }
 
     /// Runs the PocketBase command `args` (e.g. `["migrate", "down", "1"]`) on this
-    /// server's data, hooks and migrations (stop the server first); returns its
-    /// exit status and output.
-    pub fn command(&self, args: &[&str]) -> (bool, String) {
+    /// server's data, hooks and migrations (stop the server first), with `input` on
+    /// its stdin (e.g. `"y\n"` to confirm); returns whether it succeeded and its
+    /// output.
+    pub fn command(&self, args: &[&str], input: &str) -> (bool, String) {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -430,7 +431,17 @@ impl TestServer {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args);
         common_args(&mut cmd, self.dir.path(), &self.hooks, &env);
-        match cmd.output() {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut run = || -> std::io::Result<std::process::Output> {
+            let mut child = cmd.spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(input.as_bytes())?;
+            }
+            child.wait_with_output()
+        };
+        match run() {
             Ok(o) => (
                 o.status.success(),
                 format!(

@@ -816,7 +816,7 @@ async fn the_init_migration_raises_batch_limits_and_its_down_restores_them() {
     );
     srv.stop();
     // The three tidemark migrations, down.
-    let (ok, out) = srv.command(&["migrate", "down", "3"]);
+    let (ok, out) = srv.command(&["migrate", "down", "3"], "y\n");
     assert!(ok, "{out}");
     for f in [
         "1764000000_tidemark_init.js",
@@ -826,7 +826,27 @@ async fn the_init_migration_raises_batch_limits_and_its_down_restores_them() {
         std::fs::remove_file(srv.migrations_dir().join(f)).unwrap();
     }
     srv.resume();
-    let down = batch(admin_ok(&srv, reqwest::Method::GET, "/api/settings", None).await);
+    // (The head route needs the tables the down migrations dropped: plain login.)
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{}/api/collections/_superusers/auth-with-password", srv.url()))
+        .json(&json!({"identity": pocketbase_remote::harness::ADMIN_EMAIL, "password": pocketbase_remote::harness::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let settings: Value = http
+        .get(format!("{}/api/settings", srv.url()))
+        .header("Authorization", login["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let down = batch(settings);
     assert_eq!(
         (
             down["enabled"].clone(),
