@@ -323,31 +323,17 @@ function tagOf(r) {
   return tag;
 }
 const PUSH_KEYS = ["tm_push", "tm_push:autogenerate"];
-// The collection of a record sub-request's URL.
-const COLLECTION_OF_URL = /^\/api\/collections\/([^/?]+)\/records(?:[/?]|$)/;
-
-function collectionOfUrl(url) {
-  const m = COLLECTION_OF_URL.exec(url);
-  if (!m) return "";
-  try {
-    return decodeURIComponent(m[1]);
-  } catch (_) {
-    return "";
-  }
-}
 
 // onBatchRequest: checks every push tag of the batch (one JS call per batch, not per
 // write) and binds their client ids to the caller; a client id of another user, or a
-// push by a guest, fails the batch at that sub-request with 403, a push to a
-// collection that is not synced with 400 (tm_not_synced). Superusers may push with
-// any client id.
+// push by a guest, fails the batch at that sub-request with 403. Superusers may push
+// with any client id.
 function onBatch(e) {
   // Superusers may push with any client id, and the write hooks check the format of
   // every tag they meet: nothing to do per sub-request.
   if (e.hasSuperuserAuth()) return e.next();
   const first = {};
   const clients = [];
-  const reg = config.registry(e.app);
   const reqs = e.batch;
   const n = reqs.length;
   for (let i = 0; i < n; i++) {
@@ -359,9 +345,6 @@ function onBatch(e) {
       return failAt(e, i, 400, msg, "tm_push", "tm_invalid");
     }
     if (!tag) continue;
-    if (!reg.byName[collectionOfUrl(String(reqs[i].url))]) {
-      return failAt(e, i, 400, "tidemark: pushes go to synced collections only", "tm_push", "tm_not_synced");
-    }
     const client = tag.slice(tag.indexOf(":") + 1, tag.indexOf("."));
     if (!(client in first)) {
       first[client] = i;
