@@ -9,8 +9,8 @@
 // only here, once): a collection is registered if an earlier version of the
 // extension gave it triggers (the owner field read from its delete trigger), or if
 // TIDEMARK_COLLECTIONS names it ("name[:ownerField]", a name alone meaning owner
-// field "owner"), provided it exists and has the tidemark fields. The startup
-// replaces the old triggers with the new ones.
+// field "owner"), provided it exists and has the tidemark fields. The old triggers
+// are replaced with the new ones right away (and at every start).
 migrate(
   (app) => {
     const run = (sql, params) => app.db().newQuery(sql).bind(params || {}).execute();
@@ -59,6 +59,15 @@ migrate(
         { id: coll.id, n: coll.name, o: owner }
       );
     }
+    // With the tidemark hooks loaded (the usual case), the registered collections get
+    // the new triggers and hooks now, not at the next start.
+    let registry = null;
+    try {
+      registry = require(`${__hooks}/tidemark/registry.js`);
+    } catch (_) {
+      registry = null;
+    }
+    if (registry) registry.activate(app);
   },
   (app) => {
     app.db().newQuery("DROP TABLE IF EXISTS _tm_collections").execute();

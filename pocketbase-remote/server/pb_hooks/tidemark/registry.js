@@ -332,6 +332,13 @@ function bootstrap(app) {
     publish(app);
     return;
   }
+  activate(app);
+}
+
+// Every registered collection's triggers anew (replacing older versions' ones), the
+// registry published and the hooks bound: at start, and from the migration that
+// creates the registry (an upgrade must not wait for a restart).
+function activate(app) {
   app.runInTransaction((tx) => {
     for (const c of load(tx)) {
       let coll;
@@ -348,8 +355,21 @@ function bootstrap(app) {
       triggers.ensureTriggers(tx, coll, c.owner);
     }
     publish(tx);
+    for (const c of load(tx)) bind(tx, c.id);
   });
-  for (const c of load(app)) bind(app, c.id);
 }
 
-module.exports = { TABLE, FIELDS, enable, disable, publish, bind, load, onCollectionUpdate, onCollectionDelete, bootstrap, tableExists };
+module.exports = {
+  TABLE,
+  FIELDS,
+  enable,
+  disable,
+  publish,
+  bind,
+  load,
+  activate,
+  onCollectionUpdate,
+  onCollectionDelete,
+  bootstrap,
+  tableExists,
+};
