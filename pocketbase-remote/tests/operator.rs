@@ -209,6 +209,18 @@ fn startup_refuses_an_untested_pocketbase_version() {
 }
 
 #[test]
+fn startup_refuses_without_the_hook_binding_functions() {
+    refused(
+        Options::default().patch_hooks(
+            "tidemark.pb.js",
+            "$app.store().set(\"tidemark.bind.list\", onRecordsListRequest);",
+            "",
+        ),
+        "binding",
+    );
+}
+
+#[test]
 fn startup_refuses_when_an_insert_gets_no_seq() {
     refused(
         Options::default().patch_hooks(
@@ -467,6 +479,22 @@ async fn enabling_sync_on_a_live_collection_skips_no_record() {
     assert!(e.backfilled >= 40, "{e:?}");
     assert_eq!(e.owner, "owner");
     assert!(su.collections().contains(&"tasks".to_owned()));
+    // The fields and indexes it lacked were added.
+    let coll = admin_ok(&srv, reqwest::Method::GET, "/api/collections/tasks", None).await;
+    let names: Vec<&str> = coll["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for f in ["tm_seq", "tm_cid", "tm_push", "tm_clients"] {
+        assert!(names.contains(&f), "{names:?}");
+    }
+    let indexes = coll["indexes"].to_string();
+    assert!(
+        indexes.contains("(`tm_seq`)") && indexes.contains("(`owner`, `tm_seq`)"),
+        "{indexes}"
+    );
     // A poller from 0 while the writers go on.
     let ra = srv.user("a@t.io").await;
     let mut seen: BTreeMap<String, (u64, Value)> = BTreeMap::new();
