@@ -5,7 +5,7 @@
 //!   `/api/batch` of one, as pushes are accepted only there); compare the elements/s
 //!   figures.
 //! - `batch_hooks`: raw `/api/batch` of 1000 new records with and without the
-//!   tidemark hooks (a server whose `TIDEMARK_COLLECTIONS` names no collection), as
+//!   tidemark hooks (a server whose sample collections are not synced), as
 //!   plain `POST` creates and as tidemark pushes (`PUT` + `tm_push`, plus the receipt
 //!   that reads the new records' seqs).
 //! - `noop_sync`: a pull with nothing to do (one round trip).
@@ -193,7 +193,8 @@ async fn raw_batch(
 fn batch_hooks(c: &mut Criterion) {
     let rt = rt();
     let with = TestServer::start();
-    let without = TestServer::start_with_env(&[("TIDEMARK_COLLECTIONS", "no_such_collection")]);
+    let without =
+        TestServer::start_with(&pocketbase_remote::harness::Options::default().fixture_unsynced());
     let http = reqwest::Client::new();
     let mut g = c.benchmark_group("batch_hooks");
     g.sample_size(10).measurement_time(Duration::from_secs(15));

@@ -15,6 +15,59 @@ use tokio::sync::Mutex;
 use crate::auth::{now_secs, Credentials, Token};
 use crate::error::{transport, ApiError, ProtocolError};
 
+/// The protocol version of the server extension this client speaks (the head
+/// route's `protocol`). Version 1 was the extension before the handshake, whose head
+/// route sent no version. [`Builder::connect`] (and every later head read) refuses a
+/// server with another version, or none, with a [`RemoteError::Permanent`] whose
+/// message starts with [`PROTOCOL_MISMATCH`].
+pub const PROTOCOL_VERSION: u64 = 2;
+
+/// The start of the message of the [`RemoteError::Permanent`] that reports a server
+/// extension speaking another protocol version; see [`is_protocol_mismatch`].
+pub const PROTOCOL_MISMATCH: &str = "tidemark protocol mismatch: ";
+
+/// Whether `e` is the refusal of a server whose tidemark extension speaks another
+/// protocol version than this client (the message says which side to upgrade).
+pub fn is_protocol_mismatch(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::Permanent(m) if m.starts_with(PROTOCOL_MISMATCH))
+}
+
+/// The refusal for a server that reports protocol `server` (`None`: no version).
+fn protocol_mismatch(server: Option<u64>, pocketbase: &str) -> RemoteError {
+    let msg = match server {
+        None => format!(
+            "the server's tidemark extension is older than protocol 2 (its head route sends no \
+             protocol version; this client speaks {PROTOCOL_VERSION}): upgrade the server \
+             (pb_hooks and pb_migrations of pocketbase-remote)"
+        ),
+        Some(v) if v < PROTOCOL_VERSION => format!(
+            "the server's tidemark extension speaks protocol {v}, this client \
+             {PROTOCOL_VERSION}: upgrade the server (pb_hooks and pb_migrations of \
+             pocketbase-remote) on PocketBase {pocketbase}"
+        ),
+        Some(v) => format!(
+            "the server's tidemark extension speaks protocol {v}, this client \
+             {PROTOCOL_VERSION}: upgrade the client (the pocketbase-remote crate)"
+        ),
+    };
+    RemoteError::Permanent(format!("{PROTOCOL_MISMATCH}{msg}"))
+}
+
+/// What [`PocketBaseRemote::enable_sync`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnabledCollection {
+    /// The collection's name.
+    pub collection: String,
+    /// Its PocketBase id.
+    pub id: String,
+    /// The owner field it is synced with (`""`: none).
+    pub owner: String,
+    /// Records given a seq (0 when it was synced already).
+    pub backfilled: u64,
+    /// The server's head after the enable.
+    pub head: Watermark,
+}
+
 /// Builds a [`PocketBaseRemote`].
 #[derive(Debug)]
 pub struct Builder {
@@ -87,11 +140,14 @@ impl Builder {
         self
     }
 
-    /// Authenticates and reads the server's head (batch limit, collections).
+    /// Authenticates and reads the server's head (protocol version, batch limit,
+    /// collections).
     ///
     /// Fails with `RemoteError::Auth` for wrong credentials or an invalid token,
-    /// `RemoteError::Permanent` when the server lacks the tidemark extension or has
-    /// the batch API disabled, `RemoteError::Transient` when it cannot be reached.
+    /// `RemoteError::Permanent` when the server lacks the tidemark extension, speaks
+    /// another protocol version ([`is_protocol_mismatch`]; the message says which side
+    /// to upgrade) or has the batch API disabled, `RemoteError::Transient` when it
+    /// cannot be reached.
     pub async fn connect(self) -> Result<PocketBaseRemote, RemoteError> {
         let credentials = self
             .credentials
@@ -160,6 +216,11 @@ pub(crate) fn check_collection_name(name: &str) -> Result<(), RemoteError> {
 /// The server's sync position as reported by `GET /api/tidemark/head`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
+    /// The extension's protocol version (always [`PROTOCOL_VERSION`]: any other is
+    /// refused).
+    pub protocol: u64,
+    /// The server's PocketBase version, e.g. `0.40.6`.
+    pub pocketbase: String,
     /// Highest seq committed.
     pub head: Watermark,
     /// Retention horizon: pulls from `0 < since < horizon` are refused as expired.
@@ -267,6 +328,23 @@ impl PocketBaseRemote {
         }
         let v = expect_ok(&r, "head")?;
         let ctx = "head";
+        let pocketbase = v
+            .get("pocketbase")
+            .and_then(Value::as_str)
+            .unwrap_or("(unknown)")
+            .chars()
+            .take(64)
+            .collect::<String>();
+        let protocol = match v.get("protocol") {
+            None | Some(Value::Null) => return Err(protocol_mismatch(None, &pocketbase)),
+            Some(p) => p.as_u64().ok_or_else(|| ProtocolError::Field {
+                context: ctx.into(),
+                field: "protocol".into(),
+            })?,
+        };
+        if protocol != PROTOCOL_VERSION {
+            return Err(protocol_mismatch(Some(protocol), &pocketbase));
+        }
         let num = |k: &str| {
             v.get(k)
                 .and_then(Value::as_u64)
@@ -276,6 +354,8 @@ impl PocketBaseRemote {
                 })
         };
         let head = Head {
+            protocol,
+            pocketbase,
             head: Watermark(num("head")?),
             horizon: Watermark(num("horizon")?),
             batch_max: usize::try_from(num("batchMax")?).unwrap_or(usize::MAX),
@@ -324,6 +404,79 @@ impl PocketBaseRemote {
                 field: "horizon".into(),
             })?;
         Ok(Watermark(h))
+    }
+
+    /// Makes `collection` synced (superusers only): adds the fields and indexes it
+    /// needs, registers it with owner field `owner_field` (`None`: records have no
+    /// owner, tombstones are listed to every signed-in user), creates its triggers and
+    /// gives every existing record a seq, in one transaction on the server.
+    /// Idempotent; with another owner field it changes that setting (later
+    /// tombstones follow it). The remote's collection list is read again after it.
+    pub async fn enable_sync(
+        &self,
+        collection: &str,
+        owner_field: Option<&str>,
+    ) -> Result<EnabledCollection, RemoteError> {
+        check_collection_name(collection)?;
+        let body = serde_json::json!({ "owner": owner_field.unwrap_or("") });
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/api/tidemark/collections/{collection}/enable"),
+                Some(&body),
+            )
+            .await?;
+        let v = expect_ok(&r, "enable")?;
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ProtocolError::Field {
+                    context: "enable".into(),
+                    field: k.into(),
+                })
+        };
+        let n = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| ProtocolError::Field {
+                    context: "enable".into(),
+                    field: k.into(),
+                })
+        };
+        let out = EnabledCollection {
+            collection: s("collection")?,
+            id: s("id")?,
+            owner: s("owner")?,
+            backfilled: n("backfilled")?,
+            head: Watermark(n("head")?),
+        };
+        self.head().await?;
+        Ok(out)
+    }
+
+    /// Stops syncing `collection` (superusers only): drops tidemark's triggers and
+    /// unregisters it; its fields, their values and its tombstones stay. Returns
+    /// whether it was synced. The remote's collection list is read again after it.
+    pub async fn disable_sync(&self, collection: &str) -> Result<bool, RemoteError> {
+        check_collection_name(collection)?;
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/api/tidemark/collections/{collection}/disable"),
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        let v = expect_ok(&r, "disable")?;
+        let was =
+            v.get("wasSynced")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| ProtocolError::Field {
+                    context: "disable".into(),
+                    field: "wasSynced".into(),
+                })?;
+        self.head().await?;
+        Ok(was)
     }
 
     /// A valid token: logs in, or refreshes one close to expiry. `force` discards the

@@ -4,6 +4,11 @@
 //! The binary is `$TIDEMARK_POCKETBASE`, or `<repo>/.venv/bin/pocketbase` as installed
 //! by `scripts/install-pocketbase.sh`. If the server cannot be started, the harness
 //! panics with a message saying why: tests never skip silently.
+//!
+//! Each server gets its own migrations folder: a copy of the extension's
+//! `server/pb_migrations` and (unless [`Options::no_fixture`]) of the sample schema in
+//! `server/examples/fixture/pb_migrations` (`songs` and `friends`, synced with owner
+//! field `owner`). PocketBase takes one `--migrationsDir`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,6 +28,68 @@ pub const ADMIN_PASSWORD: &str = "admin-password-123";
 /// Password of users made by [`TestServer::create_user`].
 pub const USER_PASSWORD: &str = "user-password-123";
 
+/// How to start a [`TestServer`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Environment variables of the server process.
+    pub env: Vec<(String, String)>,
+    /// Leave out the sample schema (`songs`, `friends`): only the extension's migrations.
+    pub no_fixture: bool,
+    /// The sample schema's collections, but not synced (its last migration left out):
+    /// a server whose hooks touch none of them.
+    pub fixture_unsynced: bool,
+    /// Text replacements in a copy of `pb_hooks`: `(file under pb_hooks, from, to)`;
+    /// each `from` must occur in the file. For tests of refusals (an older or newer
+    /// extension, a failing self-check).
+    pub hooks_patch: Vec<(String, String, String)>,
+    /// Extra files in a copy of `pb_hooks`: `(file name, content)` (e.g. a test-only
+    /// route).
+    pub extra_hooks: Vec<(String, String)>,
+    /// Extra files in the server's migrations folder: `(file name, content)`.
+    pub extra_migrations: Vec<(String, String)>,
+}
+
+impl Options {
+    /// Adds an environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// See [`Options::no_fixture`].
+    pub fn no_fixture(mut self) -> Self {
+        self.no_fixture = true;
+        self
+    }
+
+    /// See [`Options::fixture_unsynced`].
+    pub fn fixture_unsynced(mut self) -> Self {
+        self.fixture_unsynced = true;
+        self
+    }
+
+    /// Adds the file `name` with `content` to the server's copy of `pb_hooks`.
+    pub fn add_hook(mut self, name: &str, content: &str) -> Self {
+        self.extra_hooks.push((name.into(), content.into()));
+        self
+    }
+
+    /// Adds the migration file `name` with `content` to the server's migrations folder.
+    pub fn add_migration(mut self, name: &str, content: &str) -> Self {
+        self.extra_migrations.push((name.into(), content.into()));
+        self
+    }
+
+    /// Replaces `from` by `to` in `file` (under `pb_hooks`) of the server's hooks copy.
+    pub fn patch_hooks(mut self, file: &str, from: &str, to: &str) -> Self {
+        self.hooks_patch.push((file.into(), from.into(), to.into()));
+        self
+    }
+}
+
+/// The sample schema's migration that makes `songs` and `friends` synced.
+const FIXTURE_SYNC: &str = "1764000005_tidemark_fixture_sync.js";
+
 /// A running PocketBase in a temporary directory; killed on drop.
 pub struct TestServer {
     child: Child,
@@ -31,6 +98,7 @@ pub struct TestServer {
     port: u16,
     bin: PathBuf,
     env: Vec<(String, String)>,
+    hooks: PathBuf,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -57,9 +125,72 @@ pub fn binary() -> PathBuf {
     }
 }
 
-/// This crate's `server/` folder (`pb_hooks`, `pb_migrations`).
+/// This crate's `server/` folder (`pb_hooks`, `pb_migrations`, `examples/`).
 pub fn server_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("server")
+}
+
+/// The sample schema's migrations (`songs`, `friends`), used by tests and the demo.
+pub fn fixture_migrations_dir() -> PathBuf {
+    server_dir().join("examples/fixture/pb_migrations")
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("mkdir {}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("read {}: {e}", from.display()))?;
+    for e in entries {
+        let e = e.map_err(|e| e.to_string())?;
+        let name = e.file_name();
+        if skip.iter().any(|s| name == std::ffi::OsStr::new(s)) {
+            continue;
+        }
+        let path = e.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name), skip)?;
+        } else {
+            std::fs::copy(&path, to.join(&name))
+                .map_err(|e| format!("copy {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Lays out `dir/pb_migrations` (and `dir/pb_hooks` if patched); returns the hooks
+/// folder to use.
+fn prepare(dir: &Path, opts: &Options) -> Result<PathBuf, String> {
+    let server = server_dir();
+    let migrations = dir.join("pb_migrations");
+    copy_dir(&server.join("pb_migrations"), &migrations, &[])?;
+    if !opts.no_fixture {
+        let skip: &[&str] = if opts.fixture_unsynced {
+            &[FIXTURE_SYNC]
+        } else {
+            &[]
+        };
+        copy_dir(&fixture_migrations_dir(), &migrations, skip)?;
+    }
+    for (name, content) in &opts.extra_migrations {
+        std::fs::write(migrations.join(name), content).map_err(|e| format!("write {name}: {e}"))?;
+    }
+    if opts.hooks_patch.is_empty() && opts.extra_hooks.is_empty() {
+        return Ok(server.join("pb_hooks"));
+    }
+    let hooks = dir.join("pb_hooks");
+    copy_dir(&server.join("pb_hooks"), &hooks, &[])?;
+    for (name, content) in &opts.extra_hooks {
+        std::fs::write(hooks.join(name), content).map_err(|e| format!("write {name}: {e}"))?;
+    }
+    for (file, from, to) in &opts.hooks_patch {
+        let path = hooks.join(file);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        if !text.contains(from.as_str()) {
+            return Err(format!("hooks patch: {file} does not contain {from:?}"));
+        }
+        std::fs::write(&path, text.replacen(from.as_str(), to, 1))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(hooks)
 }
 
 fn free_port() -> u16 {
@@ -89,7 +220,13 @@ fn healthy(port: u16) -> bool {
 
 /// `pocketbase serve` on `127.0.0.1:port` with data in `dir/pb_data`, output appended
 /// to `dir/server.log`.
-fn spawn_serve(bin: &Path, dir: &Path, port: u16, env: &[(&str, &str)]) -> Result<Child, String> {
+fn spawn_serve(
+    bin: &Path,
+    dir: &Path,
+    hooks: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -102,23 +239,22 @@ fn spawn_serve(bin: &Path, dir: &Path, port: u16, env: &[(&str, &str)]) -> Resul
         .arg(format!("127.0.0.1:{port}"))
         .arg("--hooksWatch=false")
         // Collection changes made by tests through the API must not write
-        // migration files into the repository's pb_migrations.
+        // migration files.
         .arg("--automigrate=false");
-    common_args(&mut cmd, dir, env);
+    common_args(&mut cmd, dir, hooks, env);
     cmd.stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
         .stdin(Stdio::null());
     cmd.spawn().map_err(|e| format!("spawn: {e}"))
 }
 
-fn common_args(cmd: &mut Command, dir: &Path, env: &[(&str, &str)]) {
-    let server = server_dir();
+fn common_args(cmd: &mut Command, dir: &Path, hooks: &Path, env: &[(&str, &str)]) {
     cmd.arg("--dir")
         .arg(dir.join("pb_data"))
         .arg("--hooksDir")
-        .arg(server.join("pb_hooks"))
+        .arg(hooks)
         .arg("--migrationsDir")
-        .arg(server.join("pb_migrations"));
+        .arg(dir.join("pb_migrations"));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -131,8 +267,18 @@ impl TestServer {
     }
 
     /// Starts a server with extra environment variables (e.g.
-    /// `TIDEMARK_TOMBSTONE_RETENTION`, `TIDEMARK_COLLECTIONS`).
+    /// `TIDEMARK_TOMBSTONE_RETENTION`).
     pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let mut o = Options::default();
+        for (k, v) in env {
+            o = o.env(k, v);
+        }
+        Self::start_with(&o)
+    }
+
+    /// Starts a server as `opts` say; panics (with the server's output) if it does
+    /// not come up.
+    pub fn start_with(opts: &Options) -> Self {
         let bin = binary();
         if !bin.exists() {
             panic!(
@@ -143,7 +289,7 @@ impl TestServer {
         }
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Self::try_start(&bin, env) {
+            match Self::try_start_with(opts) {
                 Ok(s) => return s,
                 Err(e) => last_err = e,
             }
@@ -151,11 +297,27 @@ impl TestServer {
         panic!("could not start PocketBase ({}): {last_err}", bin.display());
     }
 
-    fn try_start(bin: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+    /// Starts a server as `opts` say, once; `Err` with what PocketBase printed if it
+    /// refuses to start (e.g. a failed self-check) or does not answer.
+    pub fn try_start_with(opts: &Options) -> Result<Self, String> {
+        let bin = binary();
+        if !bin.exists() {
+            panic!(
+                "PocketBase binary not found at {}. Run scripts/install-pocketbase.sh \
+                 or set TIDEMARK_POCKETBASE.",
+                bin.display()
+            );
+        }
+        let env: Vec<(&str, &str)> = opts
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let mut up = Command::new(bin);
+        let hooks = prepare(dir.path(), opts)?;
+        let mut up = Command::new(&bin);
         up.args(["superuser", "upsert", ADMIN_EMAIL, ADMIN_PASSWORD]);
-        common_args(&mut up, dir.path(), env);
+        common_args(&mut up, dir.path(), &hooks, &env);
         let out = up.output().map_err(|e| format!("superuser upsert: {e}"))?;
         if !out.status.success() {
             return Err(format!(
@@ -165,17 +327,15 @@ impl TestServer {
             ));
         }
         let port = free_port();
-        let child = spawn_serve(bin, dir.path(), port, env)?;
+        let child = spawn_serve(&bin, dir.path(), &hooks, port, &env)?;
         let mut me = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
             dir,
             port,
             bin: bin.to_path_buf(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: opts.env.clone(),
+            hooks,
         };
         me.wait_healthy()?;
         Ok(me)
@@ -211,7 +371,7 @@ impl TestServer {
             .collect();
         let mut last = String::new();
         for _ in 0..20 {
-            match spawn_serve(&self.bin, self.dir.path(), self.port, &env) {
+            match spawn_serve(&self.bin, self.dir.path(), &self.hooks, self.port, &env) {
                 Ok(child) => {
                     self.child = child;
                     match self.wait_healthy() {
@@ -227,8 +387,7 @@ impl TestServer {
         panic!("PocketBase did not come back on port {}: {last}", self.port);
     }
 
-    /// Like [`TestServer::resume`], with another environment from now on (e.g. a
-    /// changed `TIDEMARK_COLLECTIONS`, as after an upgrade).
+    /// Like [`TestServer::resume`], with another environment from now on.
     pub fn resume_with_env(&mut self, env: &[(&str, &str)]) {
         self.env = env
             .iter()
@@ -246,6 +405,53 @@ impl TestServer {
     /// its CPU time from `/proc` in a benchmark.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The server's data directory (`pb_data`), e.g. to open its database.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("pb_data")
+    }
+
+    /// The server's own migrations folder (a copy; tests may change it while the
+    /// server is stopped).
+    pub fn migrations_dir(&self) -> PathBuf {
+        self.dir.path().join("pb_migrations")
+    }
+
+    /// Runs the PocketBase command `args` (e.g. `["migrate", "down", "1"]`) on this
+    /// server's data, hooks and migrations (stop the server first), with `input` on
+    /// its stdin (e.g. `"y\n"` to confirm); returns whether it succeeded and its
+    /// output.
+    pub fn command(&self, args: &[&str], input: &str) -> (bool, String) {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args);
+        common_args(&mut cmd, self.dir.path(), &self.hooks, &env);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut run = || -> std::io::Result<std::process::Output> {
+            let mut child = cmd.spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(input.as_bytes())?;
+            }
+            child.wait_with_output()
+        };
+        match run() {
+            Ok(o) => (
+                o.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("{}: {e}", self.bin.display())),
+        }
     }
 
     /// The server's stdout/stderr so far.

@@ -4,6 +4,9 @@
 //! extension shipped in this crate's `server/` folder (`pb_hooks`, `pb_migrations`).
 //! The protocol is described in the crate's README; in short:
 //!
+//! - **handshake**: the head route reports the extension's protocol version;
+//!   [`Builder::connect`] refuses any other than [`PROTOCOL_VERSION`] (see
+//!   [`is_protocol_mismatch`]);
 //! - **pull**: `GET /api/tidemark/head` (one round trip when nothing changed), then
 //!   PocketBase's own list API per synced collection and for `tm_tombstones`, filtered
 //!   by `tm_seq` and sorted by it, so each collection's own list rule decides what the
@@ -41,7 +44,10 @@ mod push;
 mod realtime;
 
 pub use auth::Credentials;
-pub use client::{Builder, Head, PocketBaseRemote};
+pub use client::{
+    is_protocol_mismatch, Builder, EnabledCollection, Head, PocketBaseRemote, PROTOCOL_MISMATCH,
+    PROTOCOL_VERSION,
+};
 pub use error::ProtocolError;
 pub use realtime::Hints;
 

@@ -123,8 +123,11 @@ async fn lost_duplicated_and_crashed_pushes_converge_without_duplicates() {
     remote.on_push(Fault::LoseResponse);
     remote.on_push(Fault::Duplicate);
     remote.on_push(Fault::CrashAfter);
-    // The crash ends this sync; the "restarted" client syncs again.
-    assert!(d1.sync().await.is_err());
+    // The crash (a permanent error after the server applied the chunk) may end this
+    // sync, or the engine re-sends the chunk in smaller pieces (it bisects a refused
+    // push) and the server answers them as already applied; either way the
+    // "restarted" client syncs again and nothing is duplicated.
+    let _ = d1.sync().await;
     d1.sync().await.unwrap();
     assert_eq!(d1.local().pending_count().await.unwrap(), 0);
 

@@ -73,8 +73,7 @@ async fn fake(handler: Handler) -> String {
 
 const RESET_OVER: usize = 1 << 20;
 
-const HEAD: &str =
-    r#"{"head":10,"horizon":0,"collections":["songs"],"batchMax":50,"superuser":false}"#;
+const HEAD: &str = r#"{"protocol":2,"pocketbase":"0.40.6","head":10,"horizon":0,"collections":["songs"],"batchMax":50,"superuser":false}"#;
 
 fn base(m: &str, p: &str) -> Option<(u16, String)> {
     match (m, p) {

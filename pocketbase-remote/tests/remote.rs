@@ -1003,8 +1003,9 @@ async fn a_poller_misses_nothing_while_records_are_updated_and_deleted() {
     assert_eq!(applied(&ra.push(vec![first]).await.unwrap()[0]), v);
 }
 
-/// The harness runs with `--automigrate=false`: tests that change collections through
-/// the API must not write migration files into the shipped folder.
+/// The harness runs with `--automigrate=false` and a migrations folder of its own:
+/// tests that change collections through the API write no migration files into the
+/// shipped folders (see also tests/operator.rs, the_shipped_migrations_hold_no_sample_schema).
 #[test]
 fn shipped_migrations_folder_holds_only_tidemark_files() {
     let dir = pocketbase_remote::harness::server_dir().join("pb_migrations");
@@ -1017,9 +1018,8 @@ fn shipped_migrations_folder_holds_only_tidemark_files() {
         names,
         [
             "1764000000_tidemark_init.js",
-            "1764000001_tidemark_fixture.js",
             "1764000002_tidemark_security.js",
-            "1764000003_tidemark_fixture_owner_guard.js",
+            "1764000004_tidemark_registry.js",
         ]
     );
 }
@@ -1493,14 +1493,13 @@ async fn receipts_name_the_seq_a_change_produced() {
     assert_eq!(got["songs"][id2.as_str()], json!(dv), "{got}");
 }
 
-/// A synced collection created while PocketBase runs gets the triggers behind fast
-/// push creates with it, also when deleted and created again.
+/// A collection created while PocketBase runs and then enabled gets the triggers
+/// behind fast push creates; it stays synced when renamed (the registry follows its
+/// id, the triggers its name); deleted, it is unregistered, and one created again
+/// under the same name is synced only once enabled.
 #[tokio::test]
-async fn a_synced_collection_created_at_runtime_takes_fast_pushes() {
-    let srv = TestServer::start_with_env(&[(
-        "TIDEMARK_COLLECTIONS",
-        "songs:owner,friends:owner,notes:,memos:",
-    )]);
+async fn a_collection_enabled_at_runtime_takes_fast_pushes() {
+    let srv = TestServer::start();
     let admin = srv.superuser().await;
     let token = admin.token().await.unwrap();
     let http = reqwest::Client::new();
@@ -1511,19 +1510,19 @@ async fn a_synced_collection_created_at_runtime_takes_fast_pushes() {
             .header("Authorization", &token)
             .json(&json!({
                 "name": "notes", "type": "base",
-                "fields": [
-                    {"name": "text", "type": "text"},
-                    {"name": "tm_seq", "type": "number", "onlyInt": true},
-                    {"name": "tm_cid", "type": "text"},
-                    {"name": "tm_push", "type": "text"},
-                    {"name": "tm_clients", "type": "json", "hidden": true},
-                ],
-                "indexes": ["CREATE INDEX idx_notes_tm_seq ON notes (tm_seq)"],
+                "fields": [{"name": "text", "type": "text"}],
             }))
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        assert!(!admin
+            .head()
+            .await
+            .unwrap()
+            .collections
+            .contains(&"notes".to_owned()));
+        admin.enable_sync("notes", None).await.unwrap();
         let head = admin.head().await.unwrap().head.0;
         let id = new_id();
         let out = admin
@@ -1538,8 +1537,8 @@ async fn a_synced_collection_created_at_runtime_takes_fast_pushes() {
         assert_eq!(applied(&out[0]), head + 1, "round {round}");
         let st = admin.fetch("notes", &id).await.unwrap().unwrap();
         assert_eq!(st.version.0, head + 1);
-        // Renamed to another synced name: the old name's triggers go, so an insert
-        // still takes exactly one seq.
+        // Renamed: still synced, the old name's triggers gone, so an insert still
+        // takes exactly one seq.
         let r = http
             .patch(format!("{}/api/collections/notes", srv.url()))
             .header("Authorization", &token)
@@ -1548,6 +1547,12 @@ async fn a_synced_collection_created_at_runtime_takes_fast_pushes() {
             .await
             .unwrap();
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        assert!(admin
+            .head()
+            .await
+            .unwrap()
+            .collections
+            .contains(&"memos".to_owned()));
         let out = admin
             .push(vec![x.upsert(
                 "memos",
@@ -1565,36 +1570,13 @@ async fn a_synced_collection_created_at_runtime_takes_fast_pushes() {
             .await
             .unwrap();
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        assert!(!admin
+            .head()
+            .await
+            .unwrap()
+            .collections
+            .contains(&"memos".to_owned()));
     }
-}
-
-/// A collection that becomes synced after it was created (a changed
-/// `TIDEMARK_COLLECTIONS`, or a database from before the triggers) gets the triggers
-/// behind fast push creates when PocketBase starts.
-#[tokio::test]
-async fn a_collection_synced_later_gets_its_triggers_at_start() {
-    let mut srv = TestServer::start_with_env(&[("TIDEMARK_COLLECTIONS", "songs:owner")]);
-    let (a, _, _, _) = two_users(&srv).await;
-    srv.stop();
-    srv.resume_with_env(&[("TIDEMARK_COLLECTIONS", "songs:owner,friends:owner")]);
-    let ra = srv.user("a@t.io").await;
-    let mut x = Client::new();
-    let head = ra.head().await.unwrap().head.0;
-    let id = new_id();
-    let out = ra
-        .push(vec![x.upsert(
-            "friends",
-            &id,
-            None,
-            fields(json!({"name": "f", "owner": a.as_str()})),
-        )])
-        .await
-        .unwrap();
-    assert_eq!(applied(&out[0]), head + 1);
-    assert_eq!(
-        ra.fetch("friends", &id).await.unwrap().unwrap().version.0,
-        head + 1
-    );
 }
 
 /// The idempotency memory survives alternating writers: the latest writer's entry

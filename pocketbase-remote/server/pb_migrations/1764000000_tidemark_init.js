@@ -1,6 +1,8 @@
 /// <reference path="../pb_data/types.d.ts" />
 // tidemark sync infrastructure: the global seq counter (_tm_state), the tombstones
-// collection and the batch API settings.
+// collection and the batch API settings: enabled, with at least 1000 requests and
+// 30 s per batch (limits already higher stay). What it changed is kept in
+// _tm_settings_prev, and the down migration restores exactly that.
 migrate(
   (app) => {
     app
@@ -44,12 +46,37 @@ migrate(
     app.save(tombstones);
 
     const settings = app.settings();
-    settings.batch.enabled = true;
-    settings.batch.maxRequests = 1000;
-    settings.batch.timeout = 30;
-    app.save(settings);
+    const b = settings.batch;
+    const prev = {};
+    if (!b.enabled) prev.enabled = b.enabled;
+    if (b.maxRequests < 1000) prev.maxRequests = b.maxRequests;
+    if (b.timeout < 30) prev.timeout = b.timeout;
+    app.db().newQuery("CREATE TABLE IF NOT EXISTS _tm_settings_prev (id INTEGER PRIMARY KEY CHECK (id = 1), batch TEXT NOT NULL)").execute();
+    app.db().newQuery("INSERT OR REPLACE INTO _tm_settings_prev (id, batch) VALUES (1, {:b})").bind({ b: JSON.stringify(prev) }).execute();
+    if (Object.keys(prev).length > 0) {
+      b.enabled = true;
+      b.maxRequests = Math.max(b.maxRequests, 1000);
+      b.timeout = Math.max(b.timeout, 30);
+      app.save(settings);
+    }
   },
   (app) => {
+    // The batch settings this migration changed, as they were (a database migrated by
+    // a version that kept no record keeps its settings).
+    let prev = null;
+    try {
+      const m = new DynamicModel({ batch: "" });
+      app.db().newQuery("SELECT batch FROM _tm_settings_prev WHERE id = 1").one(m);
+      prev = JSON.parse(m.batch);
+    } catch (_) {
+      prev = null;
+    }
+    if (prev && Object.keys(prev).length > 0) {
+      const settings = app.settings();
+      for (const k of Object.keys(prev)) settings.batch[k] = prev[k];
+      app.save(settings);
+    }
+    app.db().newQuery("DROP TABLE IF EXISTS _tm_settings_prev").execute();
     app.delete(app.findCollectionByNameOrId("tm_tombstones"));
     app.db().newQuery("DROP TABLE IF EXISTS _tm_state").execute();
   }

@@ -6,13 +6,17 @@ const config = require(`${__hooks}/tidemark/config.js`);
 const memory = require(`${__hooks}/tidemark/memory.js`);
 const store = require(`${__hooks}/tidemark/store.js`);
 
+// protocol: the extension's protocol version (config.PROTOCOL; the client refuses
+// any other), pocketbase: the server's PocketBase version.
 function head(e) {
   const s = store.state(e.app);
   const batch = e.app.settings().batch;
   return {
+    protocol: config.PROTOCOL,
+    pocketbase: config.pocketbaseVersion(e.app),
     head: s.seq,
     horizon: s.horizon,
-    collections: config.collectionNames(),
+    collections: config.collectionNames(e.app),
     batchMax: batch.enabled ? batch.maxRequests : 0,
     superuser: e.hasSuperuserAuth(),
   };
@@ -24,12 +28,12 @@ function badBody(message) {
 
 // The receipt's body {"<collection>": [[id, change id], ...]}, checked: synced
 // collections only, well-formed ids and change ids, at most LIMITS.receiptPairs pairs.
-function receiptBody(body) {
+function receiptBody(app, body) {
   if (!body || typeof body !== "object" || Array.isArray(body)) throw badBody("expected {\"<collection>\": [[id, change id], ...]}");
   let total = 0;
   const out = {};
   for (const name of Object.keys(body)) {
-    if (!config.isSynced(name)) throw badBody("not a synced collection: " + String(name).slice(0, 64));
+    if (!config.isSynced(app, name)) throw badBody("not a synced collection: " + String(name).slice(0, 64));
     const asked = body[name];
     if (!Array.isArray(asked)) throw badBody("expected an array of [id, change id] for " + name);
     total += asked.length;
@@ -52,8 +56,8 @@ function receiptBody(body) {
 // they own (for collections with an owner field): the seq of a change the caller
 // made, nothing about anybody else's.
 function receipt(e) {
-  const body = receiptBody(JSON.parse(JSON.stringify(e.requestInfo().body || {})));
   const app = e.app;
+  const body = receiptBody(app, JSON.parse(JSON.stringify(e.requestInfo().body || {})));
   const su = e.hasSuperuserAuth();
   const uid = su ? "" : e.auth.id;
   let own = null;
@@ -63,7 +67,7 @@ function receipt(e) {
     own = memory.ownClients(app, memory.principal(e.auth), Object.keys(clients));
   }
   const out = {};
-  for (const c of config.CONFIG) {
+  for (const c of config.registry(app).list) {
     let asked = body[c.name];
     if (!asked) continue;
     if (own) asked = asked.filter((a) => own[ids.parseCid(a[1]).client]);
@@ -182,6 +186,7 @@ const RANGE_FILTER = /^\(tm_seq>\d{1,20} && tm_seq<=\d{1,20}\)( && moved=false)?
 // answer the empty page directly; everything else goes through unchanged.
 function onList(e) {
   if (e.records.length > 0) return e.next();
+  if (e.collection.name !== "tm_tombstones" && !config.syncedById(e.app, e.collection.id)) return e.next();
   const f = e.requestInfo().query["filter"] || "";
   if (!RANGE_FILTER.test(f)) return e.next();
   return e.json(200, e.result);
@@ -221,4 +226,20 @@ function compactRoute(e) {
   return compact(e.app, olderThan);
 }
 
-module.exports = { head, receipt, onList, compact, compactRoute };
+// POST /api/tidemark/collections/{name}/enable {"owner": "<field>" | ""} and
+// .../disable (superusers only): see registry.js.
+function enableRoute(e) {
+  const name = e.request.pathValue("name");
+  const body = e.requestInfo().body || {};
+  const owner = body.owner === undefined || body.owner === null ? "" : body.owner;
+  if (typeof owner !== "string" || owner.length > 255 || !/^[A-Za-z0-9_]*$/.test(owner)) {
+    throw badBody("owner must be a field name (or \"\" for none)");
+  }
+  return require(`${__hooks}/tidemark/registry.js`).enable(e.app, name, owner);
+}
+
+function disableRoute(e) {
+  return require(`${__hooks}/tidemark/registry.js`).disable(e.app, e.request.pathValue("name"));
+}
+
+module.exports = { head, receipt, onList, compact, compactRoute, enableRoute, disableRoute };

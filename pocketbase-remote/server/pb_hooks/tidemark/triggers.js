@@ -8,12 +8,11 @@
 // record, which never sees a trigger's seq: the client reads the seqs of its pushes
 // with one receipt per batch (see routes.js).
 //
-// The triggers are created when PocketBase starts and when a synced collection is
-// created or renamed (tidemark.pb.js) — in committed state, or in the same
-// transaction as the collection itself; never from a write hook, whose batch could
-// roll back. PocketBase changes tables only by ALTER TABLE, which keeps triggers.
+// The triggers are (re)created when PocketBase starts, when a collection is enabled
+// (or its owner field changed) and when a synced collection is changed or renamed
+// (registry.js) — each time in one transaction with what changed; never from a
+// write hook, whose batch could roll back. They are named PREFIX + kind + table.
 
-const config = require(`${__hooks}/tidemark/config.js`);
 const memory = require(`${__hooks}/tidemark/memory.js`);
 
 // The message of the insert trigger's refusal of a push create of a tombstoned id
@@ -25,46 +24,66 @@ const FOREIGN = "tidemark: id of another owner";
 const STALE = "tidemark: stale base";
 // tm_push of a plain create, set by the create hook for the insert trigger.
 const PLAIN = "p";
+// Every trigger (and nothing else) we create starts with this. Triggers of others,
+// whatever their name (tm_* included), are left alone.
+const PREFIX = "_tidemark_";
 const TM_FIELDS = ["tm_seq", "tm_cid", "tm_push", "tm_clients"];
 
-function ensureTriggers(app, coll) {
-  for (const f of TM_FIELDS) {
-    if (!coll.fields.getByName(f)) {
-      console.log(`tidemark: ${coll.name} lacks the field ${f}; it is not synced`);
-      return;
-    }
-  }
-  const name = coll.name;
-  const onInsert = "tm_insert_v6_" + name;
-  const onUpdate = "tm_update_v1_" + name;
-  const onDelete = "tm_delete_v3_" + name;
-  // Others of ours on this table (another version's, or the old name's after a
-  // rename) would take a second seq per write.
-  const stale = arrayOf(new DynamicModel({ name: "" }));
+// The names of our triggers on table `name`.
+function names(name) {
+  return { insert: PREFIX + "insert_" + name, update: PREFIX + "update_" + name, delete: PREFIX + "delete_" + name };
+}
+
+// Drops our triggers on table `name`: ours (PREFIX), and those of earlier versions of
+// this extension (tm_insert_v<n>_<table> etc.: recognised by their name and by their
+// body, which counts in _tm_state), so a write never takes two seqs.
+function dropTriggers(app, name) {
+  const found = arrayOf(new DynamicModel({ name: "" }));
   app
     .db()
     .newQuery(
-      "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} " +
-        "AND substr(name, 1, 3) = 'tm_' AND name NOT IN ({:n}, {:u}, {:d})"
+      "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = {:t} AND " +
+        "(substr(name, 1, " + PREFIX.length + ") = {:p} OR ((name GLOB 'tm_insert_v[0-9]*' OR " +
+        "name GLOB 'tm_update_v[0-9]*' OR name GLOB 'tm_delete_v[0-9]*') AND instr(sql, '_tm_state') > 0))"
     )
-    .bind({ t: name, n: onInsert, u: onUpdate, d: onDelete })
-    .all(stale);
+    .bind({ t: name, p: PREFIX })
+    .all(found);
+  for (const t of found) app.db().newQuery("DROP TRIGGER IF EXISTS [[" + t.name + "]]").execute();
+  return found.length;
+}
+
+// (Re)creates the triggers of collection coll with owner field `of` ("" for none):
+// drops ours first (another version's, another owner field's, the old name's after a
+// rename), so run it in a transaction. Returns false (creating nothing) if the
+// collection lacks one of the fields.
+function ensureTriggers(app, coll, of) {
+  for (const f of TM_FIELDS) {
+    if (!coll.fields.getByName(f)) {
+      console.log(`tidemark: ${coll.name} lacks the field ${f}; it is not synced`);
+      return false;
+    }
+  }
+  const name = coll.name;
+  const n = names(name);
+  const onInsert = n.insert;
+  const onUpdate = n.update;
+  const onDelete = n.delete;
   const run = (sql) => app.db().newQuery(sql).execute();
-  for (const t of stale) run("DROP TRIGGER IF EXISTS [[" + t.name + "]]");
+  dropTriggers(app, name);
   const lit = "'" + name.replace(/'/g, "''") + "'";
-  const of = config.ownerField(name);
   const hasOwner = of && coll.fields.getByName(of);
   const newOwner = hasOwner ? "COALESCE(NEW.[[" + of + "]], '')" : "''";
   const oldOwner = hasOwner ? "COALESCE(OLD.[[" + of + "]], '')" : "''";
   const isPush = "substr(NEW.[[tm_push]], 1, 2) = '0:'";
   // Creates (tm_push set: "p" for a plain create, "0:<change id>" for a push of a
-  // new record): 2 = another owner's tombstone holds the id (refused, whoever
+  // new record; or tm_seq 0: a create no hook of ours saw, e.g. one racing an
+  // enable, see registry.js; the slow way sets both to others): 2 = another owner's tombstone holds the id (refused, whoever
   // creates); 1 = a tombstone the new owner may build on (a plain create does; a
   // push goes the slow way, which checks its base); none: the next seq. The
   // tombstone lookup is one (coll, rid) index search.
   run(
-    "CREATE TRIGGER IF NOT EXISTS [[" + onInsert + "]] AFTER INSERT ON {{" + name + "}} " +
-      "WHEN NEW.[[tm_push]] <> '' BEGIN " +
+    "CREATE TRIGGER [[" + onInsert + "]] AFTER INSERT ON {{" + name + "}} " +
+      "WHEN NEW.[[tm_push]] <> '' OR NEW.[[tm_seq]] = 0 BEGIN " +
       "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
       "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE (SELECT MAX(CASE WHEN owner <> '' AND owner <> " + newOwner +
       " THEN 2 ELSE 1 END) FROM tm_tombstones WHERE coll = " + lit + " AND rid = NEW.[[id]] AND moved = FALSE) " +
@@ -79,14 +98,17 @@ function ensureTriggers(app, coll) {
   // every column, id included, while the insert trigger's own UPDATE above does not,
   // so it neither fires this one nor compiles it into every insert. Refuses the write
   // unless the stored tm_seq still is the base handed over in tm_push — atomic with
-  // the write.
+  // the write. An update no hook of ours saw (tm_push "", tm_seq unchanged: one
+  // racing an enable) is a plain one on the stored version. The slow way sets
+  // tm_seq itself (always above the stored one) and tm_push "": left alone.
   run(
-    "CREATE TRIGGER IF NOT EXISTS [[" + onUpdate + "]] AFTER UPDATE OF [[id]] ON {{" + name + "}} " +
-      "WHEN NEW.[[tm_push]] <> '' BEGIN " +
+    "CREATE TRIGGER [[" + onUpdate + "]] AFTER UPDATE OF [[id]] ON {{" + name + "}} " +
+      "WHEN NEW.[[tm_push]] <> '' OR NEW.[[tm_seq]] = OLD.[[tm_seq]] BEGIN " +
       "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
-      "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE WHEN " +
+      "UPDATE {{" + name + "}} SET [[tm_seq]] = CASE WHEN NEW.[[tm_push]] = '' OR " +
       "CAST(substr(NEW.[[tm_push]], 1, instr(NEW.[[tm_push]], ':') - 1) AS INTEGER) = OLD.[[tm_seq]] " +
       "THEN (SELECT seq FROM _tm_state WHERE id = 1) ELSE RAISE(ABORT, '" + STALE + "') END, " +
+      "[[tm_cid]] = substr(NEW.[[tm_push]], instr(NEW.[[tm_push]], ':') + 1), " +
       "[[tm_push]] = '' WHERE rowid = NEW.rowid; END"
   );
   // Deletes: every delete (tidemark's, plain ones, cascades) leaves a tombstone with
@@ -98,7 +120,7 @@ function ensureTriggers(app, coll) {
   const cid = "substr(OLD.[[tm_push]], instr(OLD.[[tm_push]], ':') + 1)";
   const seq = "(SELECT seq FROM _tm_state WHERE id = 1)";
   run(
-    "CREATE TRIGGER IF NOT EXISTS [[" + onDelete + "]] AFTER DELETE ON {{" + name + "}} BEGIN " +
+    "CREATE TRIGGER [[" + onDelete + "]] AFTER DELETE ON {{" + name + "}} BEGIN " +
       "UPDATE _tm_state SET seq = seq + 1 WHERE id = 1; " +
       "INSERT INTO tm_tombstones (id, coll, rid, owner, tm_seq, tm_cid, moved, at, tm_clients) VALUES " +
       "(substr(lower(hex(randomblob(8))), 1, 15), " + lit + ", OLD.[[id]], " + oldOwner + ", " + seq + ", " +
@@ -109,19 +131,7 @@ function ensureTriggers(app, coll) {
       memory.DEL_PATH + ", json_array(" + cid + ", " + seq + "))) " +
       memory.TOMBSTONE_UPSERT + "; END"
   );
+  return true;
 }
 
-// The triggers of every synced collection that exists.
-function ensureAllTriggers(app) {
-  for (const c of config.CONFIG) {
-    let coll;
-    try {
-      coll = app.findCollectionByNameOrId(c.name);
-    } catch (_) {
-      continue;
-    }
-    ensureTriggers(app, coll);
-  }
-}
-
-module.exports = { ensureTriggers, ensureAllTriggers, TOMBSTONED, FOREIGN, STALE, PLAIN };
+module.exports = { ensureTriggers, dropTriggers, names, TM_FIELDS, PREFIX, TOMBSTONED, FOREIGN, STALE, PLAIN };

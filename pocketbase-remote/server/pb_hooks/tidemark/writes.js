@@ -50,7 +50,23 @@ function batchOnly() {
 
 // ---- creates ------------------------------------------------------------------
 
+// The registry entry {id, name, owner} of the record's collection if it is synced
+// (the hooks stay bound to a collection whose sync was disabled since), else null.
+function synced(e) {
+  return config.syncedById(e.app, e.record.collection().id);
+}
+
+// A push to a collection whose sync was disabled (while these hooks were bound).
+function notSynced(e) {
+  return apiError(400, "tidemark: collection " + e.record.collection().name + " is not synced", "tm_push", "tm_not_synced");
+}
+
 function onCreate(e) {
+  const entry = synced(e);
+  if (!entry) {
+    if (e.record.getString("tm_push")) throw notSynced(e);
+    return e.next();
+  }
   const rec = e.record;
   const raw = rec.getString("tm_push");
   if (!raw) {
@@ -80,8 +96,8 @@ function onCreate(e) {
       if (s.indexOf(triggers.TOMBSTONED) < 0) throw err;
     }
   }
-  const name = rec.collection().name;
-  const of = config.ownerField(name);
+  const name = entry.name;
+  const of = entry.owner;
   const owner = of ? rec.getString(of) : "";
   rec.set("tm_push", "");
   store.inTx(e, (tx) => {
@@ -111,6 +127,11 @@ function onCreate(e) {
 // change (which writes a moved tombstone) and every other case go the slow way, in
 // JS, in a transaction.
 function onUpdate(e) {
+  const entry = synced(e);
+  if (!entry) {
+    if (e.record.getString("tm_push")) throw notSynced(e);
+    return e.next();
+  }
   // (A stored PLAIN mark would only be left by a missing trigger: not a push.)
   const raw = e.record.getString("tm_push");
   let push = null;
@@ -118,8 +139,9 @@ function onUpdate(e) {
     push = ids.parsePush(raw);
     if (!e.app.isTransactional()) throw batchOnly();
   }
-  const name = e.record.collection().name;
-  if (updateByTrigger(e, name, push, raw)) return;
+  const name = entry.name;
+  const of = entry.owner;
+  if (updateByTrigger(e, of, push, raw)) return;
   e.record.set("tm_push", "");
   store.inTx(e, (tx) => {
     let clientsRaw;
@@ -160,7 +182,6 @@ function onUpdate(e) {
       clientsRaw = clients;
     }
     if (!seq) seq = store.nextSeq(tx);
-    const of = config.ownerField(name);
     if (of) {
       const oldOwner = e.record.original().getString(of);
       if (oldOwner && oldOwner !== e.record.getString(of)) {
@@ -185,11 +206,10 @@ function onUpdate(e) {
 
 // The fast path of onUpdate (raw: the tm_push it was sent, push: raw parsed); false
 // (nothing written, the record as it was) when the update must go the slow way.
-function updateByTrigger(e, name, push, raw) {
+function updateByTrigger(e, of, push, raw) {
   const o = e.record.original();
   const base = o.getInt("tm_seq");
   if (push && push.base !== base) return false;
-  const of = config.ownerField(name);
   const owner = of ? o.getString(of) : "";
   if (owner && owner !== e.record.getString(of)) return false;
   const prevCid = o.getString("tm_cid");
@@ -223,9 +243,11 @@ function updateByTrigger(e, name, push, raw) {
 function onDeleteRequest(e) {
   const q = e.requestInfo().query["tm"];
   if (!q) return e.next();
+  const entry = synced(e);
+  if (!entry) throw notSynced(e);
   const push = ids.parsePush(q);
   if (!e.app.isTransactional()) throw batchOnly();
-  const name = e.record.collection().name;
+  const name = entry.name;
   let answer = null;
   // (In the batch's transaction: see the check above.)
   ((tx) => {
