@@ -76,10 +76,11 @@ TRIGGER = """onBootstrap((e) => {
 
 # tidemark.pb.js reduced to the triggers (created with the collections, when `serve`
 # runs the migrations) and the receipt route.
-TRIGGERS_ONLY = """onCollectionCreateExecute((e) => {
+TRIGGERS_ONLY = """onBootstrap((e) => {
   e.next();
-  require(`${__hooks}/tidemark/triggers.js`).ensureTriggers(e.app, e.collection);
-}, "songs", "friends");
+  const r = require(`${__hooks}/tidemark/registry.js`);
+  if (r.tableExists(e.app, r.TABLE)) r.activate(e.app); else r.publish(e.app);
+});
 routerAdd("POST", "/api/tidemark/receipt", (e) => {
   return e.json(200, require(`${__hooks}/tidemark/routes.js`).receipt(e));
 }, $apis.requireAuth());
@@ -107,8 +108,6 @@ def start(work, name):
         shutil.copytree(name.split("=", 1)[1], hooks)
     elif name in ("none", "tidemark", "triggers"):
         shutil.copytree(os.path.join(SERVER, "pb_hooks"), hooks)
-        if name == "none":
-            env["TIDEMARK_COLLECTIONS"] = "no_such_collection"
         if name == "triggers":
             with open(os.path.join(hooks, "tidemark.pb.js"), "w") as f:
                 f.write(TRIGGERS_ONLY)
@@ -117,7 +116,17 @@ def start(work, name):
         with open(os.path.join(hooks, "x.pb.js"), "w") as f:
             f.write({"empty": EMPTY, "one_query": ONE_QUERY, "trigger": TRIGGER}[name])
     data = os.path.join(work, name.split("=")[0], "pb_data")
-    migr = os.path.join(SERVER, "pb_migrations")
+    # The shipped migrations plus the songs/friends fixture; the hook-less variant
+    # leaves the fixture unsynced (no triggers, no hooks bound).
+    migr = os.path.join(work, name.split("=")[0], "pb_migrations")
+    if not os.path.isdir(migr):
+        os.makedirs(migr)
+        fixture = os.path.join(SERVER, "examples", "fixture", "pb_migrations")
+        for d in (os.path.join(SERVER, "pb_migrations"), fixture):
+            for f in sorted(os.listdir(d)):
+                if name == "none" and f == "1764000005_tidemark_fixture_sync.js":
+                    continue
+                shutil.copy(os.path.join(d, f), migr)
     subprocess.run([PB, "superuser", "upsert", "a@t.io", "password123", "--dir", data,
                     "--migrationsDir", migr], check=True, capture_output=True)
     s = socket.socket()
