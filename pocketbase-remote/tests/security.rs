@@ -792,3 +792,44 @@ async fn a_record_refused_as_a_whole_request_is_rejected_and_the_rest_applied() 
     applied(&out[3]);
     assert_eq!(everything(pull_all(&t.ra, 0, 100).await).len(), 3);
 }
+
+/// The operator bounds how many requests one user's batch may carry (one batch holds
+/// PocketBase's single writer; other users' writes wait): the head route tells users
+/// the bound, the client chunks to it, and a larger batch from anyone else is
+/// refused whole. Superusers keep the server's own limit.
+#[tokio::test]
+async fn a_users_batch_is_bounded_by_the_operator() {
+    let srv = TestServer::start_with_env(&[("TIDEMARK_USER_BATCH_MAX", "5")]);
+    let a = srv.create_user("a@t.io").await;
+    let ra = srv.user("a@t.io").await;
+    assert_eq!(ra.head().await.unwrap().batch_max, 5, "users are told the bound");
+    assert_eq!(ra.max_push_batch(), 5);
+    let admin = srv.superuser().await;
+    assert_eq!(admin.head().await.unwrap().batch_max, 1000, "superusers are not bound");
+
+    // Six creates in one raw batch: refused whole, as PocketBase refuses a batch over
+    // its own limit; nothing is written.
+    let token = ra.token().await.unwrap();
+    let reqs: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({"method": "POST", "url": "/api/collections/songs/records",
+                   "body": song("x", i, &a)})
+        })
+        .collect();
+    let (status, body) = batch(&srv, Some(&token), json!(reqs)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["data"]["requests"]["code"], "validation_length_too_long", "{body}");
+    assert_eq!(body["data"]["requests"]["params"]["max"], 5);
+    assert!(everything(pull_all(&ra, 0, 100).await).is_empty(), "nothing written");
+
+    // The client's push of 12 changes goes through in chunks of 5.
+    let mut c = Client::new();
+    let changes: Vec<_> = (0..12)
+        .map(|i| c.upsert("songs", &new_id(), None, song("s", i, &a)))
+        .collect();
+    let outcomes = ra.push(changes).await.unwrap();
+    assert_eq!(outcomes.len(), 12);
+    for o in &outcomes {
+        applied(o);
+    }
+}

@@ -87,6 +87,16 @@ function retentionSeconds() {
   return v >= 0 ? v : 30 * 24 * 3600;
 }
 
+// The most sub-requests a non-superuser's /api/batch may carry
+// (TIDEMARK_USER_BATCH_MAX, default 200). One batch is one transaction on
+// PocketBase's single writer: a 1,000-request, 10 MB batch held it 1.2-1.8 s, and
+// every other user's write waited. The head route tells users this limit, so the
+// client chunks its pushes to it.
+function userBatchMax() {
+  const v = parseInt($os.getenv("TIDEMARK_USER_BATCH_MAX") || "", 10);
+  return v >= 1 ? v : 200;
+}
+
 // Bounds of what clients send to our routes.
 const LIMITS = {
   // [id, change id] pairs in one receipt request (the client asks for at most one
@@ -109,5 +119,6 @@ module.exports = {
   isSynced,
   ownerField,
   retentionSeconds,
+  userBatchMax,
   LIMITS,
 };

@@ -17,7 +17,11 @@ function head(e) {
     head: s.seq,
     horizon: s.horizon,
     collections: config.collectionNames(e.app),
-    batchMax: batch.enabled ? batch.maxRequests : 0,
+    batchMax: !batch.enabled
+      ? 0
+      : e.hasSuperuserAuth()
+        ? batch.maxRequests
+        : Math.min(batch.maxRequests, config.userBatchMax()),
     superuser: e.hasSuperuserAuth(),
   };
 }

@@ -336,6 +336,18 @@ function onBatch(e) {
   const clients = [];
   const reqs = e.batch;
   const n = reqs.length;
+  const max = config.userBatchMax();
+  if (n > max) {
+    // The operator's bound on one user's hold of the single writer, answered as
+    // PocketBase answers a batch over its own maxRequests (the whole batch, so the
+    // client splits it; it also chunks to the head route's batchMax).
+    const msg = "tidemark: a user's batch may carry at most " + max + " requests (TIDEMARK_USER_BATCH_MAX)";
+    return e.json(400, {
+      data: { requests: { code: "validation_length_too_long", message: msg, params: { max: max } } },
+      message: msg,
+      status: 400,
+    });
+  }
   for (let i = 0; i < n; i++) {
     let tag;
     try {
