@@ -802,10 +802,18 @@ async fn a_users_batch_is_bounded_by_the_operator() {
     let srv = TestServer::start_with_env(&[("TIDEMARK_USER_BATCH_MAX", "5")]);
     let a = srv.create_user("a@t.io").await;
     let ra = srv.user("a@t.io").await;
-    assert_eq!(ra.head().await.unwrap().batch_max, 5, "users are told the bound");
+    assert_eq!(
+        ra.head().await.unwrap().batch_max,
+        5,
+        "users are told the bound"
+    );
     assert_eq!(ra.max_push_batch(), 5);
     let admin = srv.superuser().await;
-    assert_eq!(admin.head().await.unwrap().batch_max, 1000, "superusers are not bound");
+    assert_eq!(
+        admin.head().await.unwrap().batch_max,
+        1000,
+        "superusers are not bound"
+    );
 
     // Six creates in one raw batch: refused whole, as PocketBase refuses a batch over
     // its own limit; nothing is written.
@@ -818,9 +826,15 @@ async fn a_users_batch_is_bounded_by_the_operator() {
         .collect();
     let (status, body) = batch(&srv, Some(&token), json!(reqs)).await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["data"]["requests"]["code"], "validation_length_too_long", "{body}");
+    assert_eq!(
+        body["data"]["requests"]["code"], "validation_length_too_long",
+        "{body}"
+    );
     assert_eq!(body["data"]["requests"]["params"]["max"], 5);
-    assert!(everything(pull_all(&ra, 0, 100).await).is_empty(), "nothing written");
+    assert!(
+        everything(pull_all(&ra, 0, 100).await).is_empty(),
+        "nothing written"
+    );
 
     // The client's push of 12 changes goes through in chunks of 5.
     let mut c = Client::new();
