@@ -192,9 +192,11 @@ async fn raw_batch(
 
 fn batch_hooks(c: &mut Criterion) {
     let rt = rt();
-    let with = TestServer::start();
-    let without =
-        TestServer::start_with(&pocketbase_remote::harness::Options::default().fixture_unsynced());
+    // Users' batches of 500 as before the operator's bound (TIDEMARK_USER_BATCH_MAX).
+    let unbounded =
+        || pocketbase_remote::harness::Options::default().env("TIDEMARK_USER_BATCH_MAX", "1000");
+    let with = TestServer::start_with(&unbounded());
+    let without = TestServer::start_with(&unbounded().fixture_unsynced());
     let http = reqwest::Client::new();
     let mut g = c.benchmark_group("batch_hooks");
     g.sample_size(10).measurement_time(Duration::from_secs(15));
