@@ -358,7 +358,7 @@ struct Client<R: RemoteStore + Clone> {
     /// The same store when it is a `MemoryStore` (backups and copies are taken of it).
     memory: Option<Arc<MemoryStore>>,
     /// The last backup: the copy, the write log and the local-only records then.
-    backup: Option<(Arc<MemoryStore>, Vec<Write>, BTreeMap<RecordId, Fields>)>,
+    backup: Option<Backup>,
     /// What the client's local-only collection must hold.
     local_only: BTreeMap<RecordId, Fields>,
     /// Whether the client's store holds `OTHER` yet.
@@ -376,6 +376,9 @@ struct Client<R: RemoteStore + Clone> {
 }
 
 type Made = (Arc<dyn LocalStore>, Option<Arc<MemoryStore>>);
+
+/// A client's backup: the store's copy, its write log and its local-only records then.
+type Backup = (Arc<MemoryStore>, Vec<Write>, BTreeMap<RecordId, Fields>);
 
 fn make_store(kind: StoreKind) -> Result<Made, TestCaseError> {
     let schema = || {
