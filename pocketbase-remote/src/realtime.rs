@@ -7,53 +7,12 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::client::PocketBaseRemote;
 use crate::TOMBSTONES;
 
-/// "Changes may be available" hints from PocketBase's realtime API.
-///
-/// A hint means: pull soon. Hints are coalesced (many events → one pending hint), one
-/// is also sent after every (re)connect because events missed while disconnected are
-/// not replayed. Correctness never depends on hints: a client that never receives one
-/// still converges by pulling. Dropping `Hints` stops the background task. Also a
-/// `futures::Stream` of `()`.
-#[derive(Debug)]
-pub struct Hints {
-    rx: mpsc::Receiver<()>,
-    task: JoinHandle<()>,
-}
-
-impl Hints {
-    /// Waits for the next hint. Never returns `None` while the value is alive.
-    pub async fn next(&mut self) -> Option<()> {
-        self.rx.recv().await
-    }
-
-    /// A pending hint, without waiting.
-    pub fn try_next(&mut self) -> Option<()> {
-        self.rx.try_recv().ok()
-    }
-}
-
-impl futures_util::Stream for Hints {
-    type Item = ();
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<()>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Hints {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use sync_traits::Hints;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -82,7 +41,7 @@ impl PocketBaseRemote {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         });
-        Hints { rx, task }
+        Hints::new(rx, task)
     }
 
     async fn run_sse(&self, tx: &mpsc::Sender<()>, backoff: &mut Duration) -> Result<(), String> {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 use tracing::{debug, warn};
 
@@ -13,49 +12,7 @@ use crate::client::PostgresRemote;
 /// The channel the synced tables' triggers notify (empty payload) at commit.
 pub const CHANNEL: &str = "tidemark";
 
-/// "Changes may be available" hints from PostgreSQL's LISTEN/NOTIFY.
-///
-/// A hint means: pull soon. Hints are coalesced (many notifications → one pending
-/// hint) and carry nothing (the triggers notify with an empty payload, so no row
-/// data or owner crosses this route); one is also sent after every (re)connect,
-/// since notifications missed while disconnected are not replayed. Correctness
-/// never depends on hints: a client that never gets one still converges by pulling.
-/// Dropping `Hints` closes the listening connection. Also a
-/// `futures_core::Stream<Item = ()>`.
-#[derive(Debug)]
-pub struct Hints {
-    rx: mpsc::Receiver<()>,
-    task: JoinHandle<()>,
-}
-
-impl Hints {
-    /// Waits for the next hint. Never returns `None` while the value is alive.
-    pub async fn next(&mut self) -> Option<()> {
-        self.rx.recv().await
-    }
-
-    /// A pending hint, without waiting.
-    pub fn try_next(&mut self) -> Option<()> {
-        self.rx.try_recv().ok()
-    }
-}
-
-impl futures_core::Stream for Hints {
-    type Item = ();
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<()>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Hints {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use sync_traits::Hints;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -81,7 +38,7 @@ impl PostgresRemote {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         });
-        Hints { rx, task }
+        Hints::new(rx, task)
     }
 
     async fn listen(

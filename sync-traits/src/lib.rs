@@ -39,6 +39,7 @@
 mod conflict;
 mod engine;
 mod error;
+mod hints;
 mod id;
 mod record;
 mod remote;
@@ -49,6 +50,7 @@ pub mod testkit;
 pub use conflict::{ClientWins, ConflictPolicy, FieldMerge, Resolution, ServerWins};
 pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
 pub use error::{FieldsError, InvalidId, RemoteError, StoreError, SyncError};
+pub use hints::Hints;
 pub use id::{new_id, ChangeId, RecordId, ID_LEN};
 pub use record::{
     changed_fields, Ack, ApplyReport, Conflict, Fields, LoggedConflict, Mistyped, Op, Page,
