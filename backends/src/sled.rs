@@ -83,10 +83,7 @@ use sync_traits::{
     Watermark,
 };
 
-use crate::schema::{
-    canonical_fields, canonical_remote_fields, check_collection_name, check_value,
-    CollectionSchema, Schema,
-};
+use crate::schema::{canonical_remote_fields, check_collection_name, CollectionSchema, Schema};
 use tx::Tx;
 
 const FORMAT: &[u8] = b"tidemark-sled/2";
@@ -335,47 +332,6 @@ impl From<Shared> for SledStore {
             shared: Arc::new(shared),
         }
     }
-}
-
-/// A put's fields made canonical. A value that does not fit its declared kind is
-/// refused ([`StoreError::Schema`], or [`StoreError::InvalidId`] for a bad
-/// relation) unless the stored record already holds exactly that value (a value
-/// the server sent that way, which the app left unchanged).
-fn canonical_put_fields(
-    c: &CollectionSchema,
-    id: &RecordId,
-    fields: &Fields,
-    old: Option<&Fields>,
-) -> Result<Fields, StoreError> {
-    // Nearly every put fits its schema: check it whole first.
-    let first_error = match canonical_fields(c, id, fields) {
-        Ok(f) => return Ok(f),
-        Err(e) => e,
-    };
-    if old.is_none() {
-        return Err(first_error);
-    }
-    let mut out = Fields::new();
-    for (k, v) in fields {
-        if k == "id" {
-            continue;
-        }
-        let v = match c.kind_of(k) {
-            Some(kind) => match check_value(&c.name, id, k, kind, v) {
-                Ok(v) => v,
-                Err(e) => {
-                    if old.and_then(|o| o.get(k)) == Some(v) {
-                        v.clone()
-                    } else {
-                        return Err(e);
-                    }
-                }
-            },
-            None => v.clone(),
-        };
-        out.insert(k.clone(), v);
-    }
-    Ok(out)
 }
 
 impl Shared {
@@ -678,8 +634,9 @@ impl LocalStore for SledStore {
             let _g = s.lock();
             s.write(|tx| {
                 let old = tx.read(i, &record.id)?;
-                let fields = canonical_put_fields(c, &record.id, &record.fields, old.as_ref())
-                    .or_else(abort)?;
+                let fields =
+                    crate::rules::canonical_write(c, &record.id, &record.fields, old.as_ref())
+                        .or_else(abort)?;
                 let changed = changed_fields(old.as_ref(), Some(&fields));
                 tx.t[i].insert(record.id.as_str(), to_json(&fields).or_else(abort)?)?;
                 tx.record_write(&record.collection, &record.id, changed)

@@ -17,7 +17,8 @@ use super::sql::{
     OUTBOX_PAGE, OUTBOX_SET_BASE, QUARANTINE_INSERT, SET_META, VERSION_GET, VERSION_RAISE, WRITERS,
 };
 use super::table::Table;
-use crate::schema::{canonical_fields, check_collection_name, check_value, CollectionSchema};
+use crate::rules::canonical_write;
+use crate::schema::check_collection_name;
 
 /// The open store: its connection, the writer id of this open, and its tables.
 #[derive(Debug)]
@@ -80,46 +81,6 @@ impl Writers {
 
 fn parse_changed(s: &str) -> Result<BTreeSet<String>, StoreError> {
     from_json("outbox changed-fields list", s)
-}
-
-/// The fields of an app's write, checked against the schema and made canonical.
-/// A value of another type than its declared kind is refused — unless the record
-/// already holds exactly that value (a pulled value kept as the server sent it,
-/// which the app's write leaves as it is): then it is kept as it is.
-fn canonical_write(
-    c: &CollectionSchema,
-    id: &RecordId,
-    fields: &Fields,
-    old: Option<&Fields>,
-) -> Result<Fields, StoreError> {
-    let err = match canonical_fields(c, id, fields) {
-        Ok(f) => return Ok(f),
-        Err(e) => e,
-    };
-    if old.is_none() {
-        return Err(err);
-    }
-    let mut out = Fields::new();
-    for (k, v) in fields {
-        if k == "id" {
-            continue;
-        }
-        let v = match c.kind_of(k) {
-            Some(kind) => match check_value(&c.name, id, k, kind, v) {
-                Ok(v) => v,
-                Err(e) => {
-                    if old.and_then(|o| o.get(k)) == Some(v) {
-                        v.clone()
-                    } else {
-                        return Err(e);
-                    }
-                }
-            },
-            None => v.clone(),
-        };
-        out.insert(k.clone(), v);
-    }
-    Ok(out)
 }
 
 impl Core {
