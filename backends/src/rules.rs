@@ -8,7 +8,11 @@
 //! put are accepted ([`canonical_write`]). The backends keep only their storage
 //! fast paths (SQLite's prepared per-page statements, sled's encoded values).
 
-use sync_traits::{Fields, RecordId, StoreError};
+use std::collections::BTreeSet;
+
+use sync_traits::{
+    Ack, ChangeId, Conflict, Fields, Op, PendingChange, RecordId, Rejection, StoreError,
+};
 
 use crate::schema::{canonical_fields, check_value, CollectionSchema};
 
@@ -57,4 +61,197 @@ pub(crate) fn canonical_write(
         out.insert(k.clone(), v);
     }
     Ok(out)
+}
+
+/// The storage primitives of one store transaction that [`settle`] builds on.
+///
+/// Every method acts inside the caller's transaction: an error aborts the whole
+/// call, so a primitive may fail half-way without care. `Seq` names an outbox
+/// entry (its position).
+pub(crate) trait Txn {
+    /// An outbox entry's handle (its position in the outbox).
+    type Seq;
+    /// The transaction's error.
+    type Error;
+
+    /// The record's outbox entry, if it has one.
+    fn entry_seq(&self, c: &str, id: &RecordId) -> Result<Option<Self::Seq>, Self::Error>;
+    /// The record's outbox entry if it carries `change_id` (it is that write, not
+    /// one that superseded it).
+    fn matching(
+        &self,
+        c: &str,
+        id: &RecordId,
+        change_id: &ChangeId,
+    ) -> Result<Option<Self::Seq>, Self::Error>;
+    /// Removes the record's outbox entry `seq`.
+    fn remove_entry(&self, c: &str, id: &RecordId, seq: Self::Seq) -> Result<(), Self::Error>;
+    /// Sets the base version of the record's outbox entry `seq`.
+    fn set_base(
+        &self,
+        c: &str,
+        id: &RecordId,
+        seq: Self::Seq,
+        base: u64,
+    ) -> Result<(), Self::Error>;
+    /// Writes the record's local state (`None`: absent) as it comes from the server
+    /// or a merge (values of another type than declared are kept as they are).
+    fn set_record(
+        &self,
+        c: &str,
+        id: &RecordId,
+        fields: Option<&Fields>,
+    ) -> Result<(), Self::Error>;
+    /// Raises the record's known server version to `v` (never lowers it).
+    fn raise_version(&self, c: &str, id: &RecordId, v: u64) -> Result<(), Self::Error>;
+    /// Adds a refused change to the quarantine.
+    fn quarantine(&self, change: &PendingChange, rejection: &Rejection) -> Result<(), Self::Error>;
+    /// Appends a conflict to the conflict log.
+    fn log_conflict(&self, conflict: &Conflict) -> Result<(), Self::Error>;
+}
+
+/// Settles one [`Ack`] in `txn`: the contract's rules, once for every backend.
+///
+/// Guarantees, where "the entry" is the record's outbox entry and it "matches"
+/// when it still carries the acked change id:
+/// - `Applied`: a matching entry is removed; an entry superseded by a newer local
+///   write stays and is rebased on `version`; the known version is raised to
+///   `version` either way.
+/// - `Rebase`: only a matching entry is touched: the record is set to `op` (if
+///   any) and the entry rebased on `base`.
+/// - `TakeServer`: only a matching entry is removed, and the record set to the
+///   server's state with its version raised.
+/// - `Quarantine`: a matching entry is removed and the record set to the server's
+///   state (or removed when there is none); the change is quarantined whether or
+///   not the entry matched.
+/// - `Conflict`: the conflict is logged.
+pub(crate) fn settle<T: Txn>(txn: &T, ack: &Ack) -> Result<(), T::Error> {
+    match ack {
+        Ack::Applied {
+            collection,
+            id,
+            change_id,
+            version,
+        } => {
+            match txn.matching(collection, id, change_id)? {
+                Some(seq) => txn.remove_entry(collection, id, seq)?,
+                None => {
+                    if let Some(seq) = txn.entry_seq(collection, id)? {
+                        txn.set_base(collection, id, seq, version.0)?;
+                    }
+                }
+            }
+            txn.raise_version(collection, id, version.0)
+        }
+        Ack::Rebase {
+            collection,
+            id,
+            change_id,
+            base,
+            op,
+        } => {
+            let Some(seq) = txn.matching(collection, id, change_id)? else {
+                return Ok(());
+            };
+            match op {
+                Some(Op::Upsert(f)) => txn.set_record(collection, id, Some(f))?,
+                Some(Op::Delete) => txn.set_record(collection, id, None)?,
+                None => {}
+            }
+            txn.set_base(collection, id, seq, base.0)
+        }
+        Ack::TakeServer {
+            collection,
+            id,
+            change_id,
+            state,
+        } => {
+            let Some(seq) = txn.matching(collection, id, change_id)? else {
+                return Ok(());
+            };
+            txn.remove_entry(collection, id, seq)?;
+            txn.set_record(collection, id, state.fields.as_ref())?;
+            txn.raise_version(collection, id, state.version.0)
+        }
+        Ack::Quarantine {
+            change,
+            rejection,
+            server,
+        } => {
+            let (c, id) = (&change.collection, &change.id);
+            if let Some(seq) = txn.matching(c, id, &change.change_id)? {
+                txn.remove_entry(c, id, seq)?;
+                match server {
+                    Some(s) => {
+                        txn.set_record(c, id, s.fields.as_ref())?;
+                        txn.raise_version(c, id, s.version.0)?;
+                    }
+                    None => txn.set_record(c, id, None)?,
+                }
+            }
+            txn.quarantine(change, rejection)
+        }
+        Ack::Conflict(conflict) => txn.log_conflict(conflict),
+    }
+}
+
+/// The storage primitives of one store transaction that [`record_write`] builds
+/// on: the outbox as a local write sees it.
+pub(crate) trait Outbox {
+    /// A record's outbox entry as read, to be written back coalesced.
+    type Entry;
+    /// The transaction's error.
+    type Error;
+
+    /// Whether collection `c` is declared local-only (its writes get no entry).
+    fn local_only(&self, c: &str) -> Result<bool, Self::Error>;
+    /// Takes the next change counter (under this open's writer id).
+    fn next_change(&self) -> Result<u64, Self::Error>;
+    /// The record's outbox entry, if it has one.
+    fn entry(&self, c: &str, id: &RecordId) -> Result<Option<Self::Entry>, Self::Error>;
+    /// The changed fields of an entry read by [`Outbox::entry`].
+    fn changed_mut(entry: &mut Self::Entry) -> &mut BTreeSet<String>;
+    /// Writes `entry` back at its position with its base unchanged, its change id
+    /// now counter `n` under this open's writer id, and its changed fields.
+    fn coalesce(&self, entry: Self::Entry, n: u64) -> Result<(), Self::Error>;
+    /// The record's known server version.
+    fn version(&self, c: &str, id: &RecordId) -> Result<Option<u64>, Self::Error>;
+    /// Appends a new entry for the record at the end of the outbox.
+    fn new_entry(
+        &self,
+        c: &str,
+        id: &RecordId,
+        n: u64,
+        base: Option<u64>,
+        changed: BTreeSet<String>,
+    ) -> Result<(), Self::Error>;
+}
+
+/// Records a local write of a record (its data already written) in the outbox.
+///
+/// Guarantees: nothing for a local-only collection. Otherwise a new change
+/// counter is taken, and a record with an outbox entry has the write folded into
+/// it — the newest change id, the union of the changed fields, the same position
+/// and the same base — while a record without one gets a new entry at the end,
+/// based on the record's known version, with `changed` as its changed fields.
+pub(crate) fn record_write<O: Outbox>(
+    out: &O,
+    c: &str,
+    id: &RecordId,
+    changed: BTreeSet<String>,
+) -> Result<(), O::Error> {
+    if out.local_only(c)? {
+        return Ok(());
+    }
+    let n = out.next_change()?;
+    match out.entry(c, id)? {
+        Some(mut e) => {
+            O::changed_mut(&mut e).extend(changed);
+            out.coalesce(e, n)
+        }
+        None => {
+            let base = out.version(c, id)?;
+            out.new_entry(c, id, n, base, changed)
+        }
+    }
 }
