@@ -14,7 +14,9 @@ use sync_traits::{
     Ack, ChangeId, Conflict, Fields, Op, PendingChange, RecordId, Rejection, StoreError,
 };
 
-use crate::schema::{canonical_fields, check_value, CollectionSchema};
+use crate::schema::{
+    canonical_fields, check_collection_name, check_value, schema_err, CollectionSchema, Field,
+};
 
 /// The fields of an app's write (a put, or a retried quarantined upsert where the
 /// backend treats it as one), checked against the collection's schema and made
@@ -254,4 +256,112 @@ pub(crate) fn record_write<O: Outbox>(
             out.new_entry(c, id, n, base, changed)
         }
     }
+}
+
+/// How a store holds the collection of a pulled change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holds {
+    /// Never applied: a local-only collection, or a name no collection can have.
+    Skip,
+    /// A collection the schema does not declare (a later one may): parked.
+    Park,
+    /// A declared, synced collection.
+    Held,
+}
+
+/// What `apply_remote` does with one pulled change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum What {
+    /// Not applied, counted as skipped.
+    Skip,
+    /// Not applied, counted as skipped; its newest state is kept for a schema that
+    /// declares its collection.
+    Park,
+    /// Not applied: the record has an outbox entry (the push meets it).
+    Defer,
+    /// Not applied: older than the record's known version.
+    Stale,
+    /// Applied, its version recorded as the known one.
+    Apply,
+}
+
+/// How the store holds collection `name`, given its declared schema if any.
+///
+/// Guarantees: a local-only collection and a name no collection can have are
+/// [`Holds::Skip`]; any other undeclared name is [`Holds::Park`]; a declared
+/// synced collection is [`Holds::Held`]. Reads no storage.
+pub(crate) fn holds(name: &str, declared: Option<&CollectionSchema>) -> Holds {
+    match declared {
+        Some(c) if c.local_only => Holds::Skip,
+        Some(_) => Holds::Held,
+        None if check_collection_name(name).is_err() => Holds::Skip,
+        None => Holds::Park,
+    }
+}
+
+/// The decision of `apply_remote` for one change at `version`: the contract's
+/// rule, once for every backend.
+///
+/// Guarantees, in this order: a collection not held is skipped or parked
+/// ([`holds`]); a record with an outbox entry is deferred; a change older than
+/// the record's known version is stale; anything else applies — a change *at*
+/// the known version applies again (the server's copy of what was acknowledged
+/// or taken). `known` (the record's known version) is asked only when the
+/// decision needs it, so a backend pays for no read it does not need.
+pub(crate) fn decide<E>(
+    holds: Holds,
+    has_entry: impl FnOnce() -> Result<bool, E>,
+    known: impl FnOnce() -> Result<Option<u64>, E>,
+    version: u64,
+) -> Result<What, E> {
+    Ok(match holds {
+        Holds::Skip => What::Skip,
+        Holds::Park => What::Park,
+        Holds::Held if has_entry()? => What::Defer,
+        Holds::Held if is_stale(known()?, version) => What::Stale,
+        Holds::Held => What::Apply,
+    })
+}
+
+/// Whether a pulled change at `version` is stale for a record whose known
+/// version is `known`: strictly older only. (SQLite's `VERSION_APPLY` statement
+/// writes the version exactly when this is false.)
+pub(crate) fn is_stale(known: Option<u64>, version: u64) -> bool {
+    known.is_some_and(|k| k > version)
+}
+
+/// A stored collection's schema merged with the one an open declares: the
+/// schema rule at open, once for every backend.
+///
+/// Guarantees: the result is `old` with every field of `new` it lacks appended
+/// (in `new`'s order, also returned as the added fields); a field `new` declares
+/// with another kind than `old` stores is refused ([`StoreError::Schema`]: it
+/// needs a manual migration). `local_only` is `old`'s: whether a change of it is
+/// refused or followed is the backend's (see its open).
+pub(crate) fn merge_collection(
+    old: &CollectionSchema,
+    new: &CollectionSchema,
+) -> Result<(CollectionSchema, Vec<Field>), StoreError> {
+    let mut merged = old.clone();
+    let mut added = Vec::new();
+    for f in &new.fields {
+        match old.kind_of(&f.name) {
+            Some(k) if k == f.kind => {}
+            Some(k) => {
+                return Err(schema_err(
+                    &new.name,
+                    "",
+                    &format!(
+                    "field {:?} is stored as {k:?}; changing it to {:?} needs a manual migration",
+                    f.name, f.kind
+                ),
+                ))
+            }
+            None => {
+                merged.fields.push(f.clone());
+                added.push(f.clone());
+            }
+        }
+    }
+    Ok((merged, added))
 }

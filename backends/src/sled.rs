@@ -83,6 +83,7 @@ use sync_traits::{
     Watermark,
 };
 
+use crate::rules::{Holds, What};
 use crate::schema::{canonical_remote_fields, check_collection_name, CollectionSchema, Schema};
 use tx::Tx;
 
@@ -380,14 +381,13 @@ impl Shared {
 
     /// Checks and encodes one pulled change (no sled access).
     fn prepare(&self, c: &sync_traits::RemoteChange) -> Prepared {
-        if check_collection_name(&c.collection).is_err() {
-            return Prepared::Skip;
-        }
+        let declared = self.colls.get(&c.collection);
+        let holds = crate::rules::holds(&c.collection, declared.map(|(_, s)| s));
         let k = key(&c.collection, c.id.as_str());
         let version = c.state.version.0;
-        match self.colls.get(&c.collection) {
-            Some((_, schema)) if schema.local_only => Prepared::Skip,
-            Some((tree, schema)) => {
+        match (holds, declared) {
+            (Holds::Skip, _) => Prepared::Skip,
+            (Holds::Held, Some((tree, schema))) => {
                 let (data, mistyped) = match &c.state.fields {
                     Some(f) => {
                         let (f, m) = canonical_remote_fields(schema, &c.id, f);
@@ -409,7 +409,7 @@ impl Shared {
                     mistyped,
                 }
             }
-            None => {
+            (Holds::Park, _) | (Holds::Held, None) => {
                 let mut value = version.to_be_bytes().to_vec();
                 if serde_json::to_writer(&mut value, &c.state).is_err() {
                     return Prepared::Skip;
@@ -465,15 +465,28 @@ impl Shared {
                         if resyncing {
                             tx.mark_seen(key)?;
                         }
-                        if tx.has_entry(key)? {
-                            report.deferred += 1;
-                            continue;
-                        }
-                        // At the known version: the server's copy of what was
-                        // acked, applied again; only an older one is stale.
-                        if tx.version(key)?.is_some_and(|v| v > *version) {
-                            report.stale += 1;
-                            continue;
+                        match crate::rules::decide(
+                            Holds::Held,
+                            || tx.has_entry(key),
+                            || tx.version(key),
+                            *version,
+                        )? {
+                            What::Apply => {}
+                            What::Defer => {
+                                report.deferred += 1;
+                                continue;
+                            }
+                            // At the known version: the server's copy of what was
+                            // acked, applied again; only an older one is stale.
+                            What::Stale => {
+                                report.stale += 1;
+                                continue;
+                            }
+                            // Not for a held collection; counted like one anyway.
+                            What::Skip | What::Park => {
+                                report.skipped += 1;
+                                continue;
+                            }
                         }
                         match data {
                             Some(d) => {
