@@ -11,7 +11,8 @@
 use std::collections::BTreeSet;
 
 use sync_traits::{
-    Ack, ChangeId, Conflict, Fields, Op, PendingChange, RecordId, Rejection, StoreError,
+    changed_fields, Ack, ChangeId, Conflict, Fields, Op, PendingChange, RecordId, Rejection,
+    StoreError,
 };
 
 use crate::schema::{
@@ -229,22 +230,28 @@ pub(crate) trait Outbox {
     ) -> Result<(), Self::Error>;
 }
 
-/// Records a local write of a record (its data already written) in the outbox.
+/// Records a local write of a record in the outbox: an app's put or delete, and
+/// a retried quarantined change (which is written like one). The record's data,
+/// `old` before the write and `new` after it (`None`: absent), is already
+/// written.
 ///
 /// Guarantees: nothing for a local-only collection. Otherwise a new change
 /// counter is taken, and a record with an outbox entry has the write folded into
 /// it — the newest change id, the union of the changed fields, the same position
 /// and the same base — while a record without one gets a new entry at the end,
-/// based on the record's known version, with `changed` as its changed fields.
+/// based on the record's known version. The write's changed fields are
+/// [`changed_fields`]`(old, new)`.
 pub(crate) fn record_write<O: Outbox>(
     out: &O,
     c: &str,
     id: &RecordId,
-    changed: BTreeSet<String>,
+    old: Option<&Fields>,
+    new: Option<&Fields>,
 ) -> Result<(), O::Error> {
     if out.local_only(c)? {
         return Ok(());
     }
+    let changed = changed_fields(old, new);
     let n = out.next_change()?;
     match out.entry(c, id)? {
         Some(mut e) => {

@@ -78,8 +78,8 @@ use ::sled::{Db, IVec, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sync_traits::{
-    changed_fields, Ack, ApplyReport, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op,
-    Page, PendingChange, Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version,
+    Ack, ApplyReport, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op, Page,
+    PendingChange, Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version,
     Watermark,
 };
 
@@ -650,9 +650,8 @@ impl LocalStore for SledStore {
                 let fields =
                     crate::rules::canonical_write(c, &record.id, &record.fields, old.as_ref())
                         .or_else(abort)?;
-                let changed = changed_fields(old.as_ref(), Some(&fields));
                 tx.t[i].insert(record.id.as_str(), to_json(&fields).or_else(abort)?)?;
-                tx.record_write(&record.collection, &record.id, changed)
+                tx.record_write(&record.collection, &record.id, old.as_ref(), Some(&fields))
             })
         })
         .await
@@ -668,7 +667,7 @@ impl LocalStore for SledStore {
                     return Ok(false);
                 };
                 tx.t[i].remove(id.as_str())?;
-                tx.record_write(&collection, &id, changed_fields(Some(&old), None))?;
+                tx.record_write(&collection, &id, Some(&old), None)?;
                 Ok(true)
             })
         })

@@ -123,9 +123,10 @@ impl Tx<'_> {
         &self,
         coll: &str,
         id: &RecordId,
-        changed: BTreeSet<String>,
+        old: Option<&Fields>,
+        new: Option<&Fields>,
     ) -> TxResult<()> {
-        crate::rules::record_write(self, coll, id, changed)
+        crate::rules::record_write(self, coll, id, old, new)
     }
 
     pub(super) fn set_server_state(
@@ -173,8 +174,7 @@ impl Tx<'_> {
                 None
             }
         };
-        let changed = sync_traits::changed_fields(old.as_ref(), new.as_ref());
-        self.record_write(coll, id, changed)?;
+        self.record_write(coll, id, old.as_ref(), new.as_ref())?;
         self.t[QUARANTINE].remove(&qk)?;
         Ok(true)
     }

@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sync_traits::{
-    changed_fields, Ack, ChangeId, Conflict, Fields, LoggedConflict, Op, PendingChange,
-    Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version, Watermark,
+    Ack, ChangeId, Conflict, Fields, LoggedConflict, Op, PendingChange, Quarantined, Record,
+    RecordId, Rejection, StoreError, SyncState, Version, Watermark,
 };
 
 use super::sql::{
@@ -210,9 +210,10 @@ impl Core {
         conn: &Connection,
         t: &Table,
         id: &RecordId,
-        changed: BTreeSet<String>,
+        old: Option<&Fields>,
+        new: Option<&Fields>,
     ) -> Result<(), StoreError> {
-        crate::rules::record_write(&TableWrite { conn, t }, &t.schema.name, id, changed)
+        crate::rules::record_write(&TableWrite { conn, t }, &t.schema.name, id, old, new)
     }
 
     /// An app's put, in `tx` (also a retried quarantined upsert).
@@ -224,9 +225,8 @@ impl Core {
     ) -> Result<(), StoreError> {
         let old = Self::read_row(tx, t, id)?;
         let fields = canonical_write(&t.schema, id, fields, old.as_ref())?;
-        let changed = changed_fields(old.as_ref(), Some(&fields));
         Self::write_row(tx, t, id, &fields)?;
-        Self::record_write(tx, t, id, changed)
+        Self::record_write(tx, t, id, old.as_ref(), Some(&fields))
     }
 
     // ---- the LocalStore operations ----
@@ -276,7 +276,7 @@ impl Core {
                 return Ok(false);
             };
             Self::delete_row(tx, t, id)?;
-            Self::record_write(tx, t, id, changed_fields(Some(&old), None))?;
+            Self::record_write(tx, t, id, Some(&old), None)?;
             Ok(true)
         })
     }
@@ -488,7 +488,7 @@ impl Core {
                     // there now (the refused delete is what is written again).
                     let old = Self::read_row(tx, t, &change.id)?;
                     Self::delete_row(tx, t, &change.id)?;
-                    Self::record_write(tx, t, &change.id, changed_fields(old.as_ref(), None))?;
+                    Self::record_write(tx, t, &change.id, old.as_ref(), None)?;
                 }
             }
             Ok(true)
