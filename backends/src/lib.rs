@@ -71,6 +71,8 @@
 #![cfg_attr(not(any(feature = "sqlite", feature = "sled")), allow(dead_code))]
 
 mod blocking;
+#[cfg(any(feature = "sqlite", feature = "sled"))]
+mod rules;
 pub mod schema;
 #[cfg(feature = "sled")]
 pub mod sled;

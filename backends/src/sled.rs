@@ -78,15 +78,13 @@ use ::sled::{Db, IVec, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sync_traits::{
-    changed_fields, Ack, ApplyReport, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op,
-    Page, PendingChange, Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version,
+    Ack, ApplyReport, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op, Page,
+    PendingChange, Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version,
     Watermark,
 };
 
-use crate::schema::{
-    canonical_fields, canonical_remote_fields, check_collection_name, check_value,
-    CollectionSchema, Schema,
-};
+use crate::rules::{Holds, What};
+use crate::schema::{canonical_remote_fields, check_collection_name, CollectionSchema, Schema};
 use tx::Tx;
 
 const FORMAT: &[u8] = b"tidemark-sled/2";
@@ -337,47 +335,6 @@ impl From<Shared> for SledStore {
     }
 }
 
-/// A put's fields made canonical. A value that does not fit its declared kind is
-/// refused ([`StoreError::Schema`], or [`StoreError::InvalidId`] for a bad
-/// relation) unless the stored record already holds exactly that value (a value
-/// the server sent that way, which the app left unchanged).
-fn canonical_put_fields(
-    c: &CollectionSchema,
-    id: &RecordId,
-    fields: &Fields,
-    old: Option<&Fields>,
-) -> Result<Fields, StoreError> {
-    // Nearly every put fits its schema: check it whole first.
-    let first_error = match canonical_fields(c, id, fields) {
-        Ok(f) => return Ok(f),
-        Err(e) => e,
-    };
-    if old.is_none() {
-        return Err(first_error);
-    }
-    let mut out = Fields::new();
-    for (k, v) in fields {
-        if k == "id" {
-            continue;
-        }
-        let v = match c.kind_of(k) {
-            Some(kind) => match check_value(&c.name, id, k, kind, v) {
-                Ok(v) => v,
-                Err(e) => {
-                    if old.and_then(|o| o.get(k)) == Some(v) {
-                        v.clone()
-                    } else {
-                        return Err(e);
-                    }
-                }
-            },
-            None => v.clone(),
-        };
-        out.insert(k.clone(), v);
-    }
-    Ok(out)
-}
-
 impl Shared {
     fn client(&self) -> &RecordId {
         &self.client
@@ -424,14 +381,13 @@ impl Shared {
 
     /// Checks and encodes one pulled change (no sled access).
     fn prepare(&self, c: &sync_traits::RemoteChange) -> Prepared {
-        if check_collection_name(&c.collection).is_err() {
-            return Prepared::Skip;
-        }
+        let declared = self.colls.get(&c.collection);
+        let holds = crate::rules::holds(&c.collection, declared.map(|(_, s)| s));
         let k = key(&c.collection, c.id.as_str());
         let version = c.state.version.0;
-        match self.colls.get(&c.collection) {
-            Some((_, schema)) if schema.local_only => Prepared::Skip,
-            Some((tree, schema)) => {
+        match (holds, declared) {
+            (Holds::Skip, _) => Prepared::Skip,
+            (Holds::Held, Some((tree, schema))) => {
                 let (data, mistyped) = match &c.state.fields {
                     Some(f) => {
                         let (f, m) = canonical_remote_fields(schema, &c.id, f);
@@ -453,7 +409,7 @@ impl Shared {
                     mistyped,
                 }
             }
-            None => {
+            (Holds::Park, _) | (Holds::Held, None) => {
                 let mut value = version.to_be_bytes().to_vec();
                 if serde_json::to_writer(&mut value, &c.state).is_err() {
                     return Prepared::Skip;
@@ -509,15 +465,28 @@ impl Shared {
                         if resyncing {
                             tx.mark_seen(key)?;
                         }
-                        if tx.has_entry(key)? {
-                            report.deferred += 1;
-                            continue;
-                        }
-                        // At the known version: the server's copy of what was
-                        // acked, applied again; only an older one is stale.
-                        if tx.version(key)?.is_some_and(|v| v > *version) {
-                            report.stale += 1;
-                            continue;
+                        match crate::rules::decide(
+                            Holds::Held,
+                            || tx.has_entry(key),
+                            || tx.version(key),
+                            *version,
+                        )? {
+                            What::Apply => {}
+                            What::Defer => {
+                                report.deferred += 1;
+                                continue;
+                            }
+                            // At the known version: the server's copy of what was
+                            // acked, applied again; only an older one is stale.
+                            What::Stale => {
+                                report.stale += 1;
+                                continue;
+                            }
+                            // Not for a held collection; counted like one anyway.
+                            What::Skip | What::Park => {
+                                report.skipped += 1;
+                                continue;
+                            }
                         }
                         match data {
                             Some(d) => {
@@ -678,11 +647,11 @@ impl LocalStore for SledStore {
             let _g = s.lock();
             s.write(|tx| {
                 let old = tx.read(i, &record.id)?;
-                let fields = canonical_put_fields(c, &record.id, &record.fields, old.as_ref())
-                    .or_else(abort)?;
-                let changed = changed_fields(old.as_ref(), Some(&fields));
+                let fields =
+                    crate::rules::canonical_write(c, &record.id, &record.fields, old.as_ref())
+                        .or_else(abort)?;
                 tx.t[i].insert(record.id.as_str(), to_json(&fields).or_else(abort)?)?;
-                tx.record_write(&record.collection, &record.id, changed)
+                tx.record_write(&record.collection, &record.id, old.as_ref(), Some(&fields))
             })
         })
         .await
@@ -698,7 +667,7 @@ impl LocalStore for SledStore {
                     return Ok(false);
                 };
                 tx.t[i].remove(id.as_str())?;
-                tx.record_write(&collection, &id, changed_fields(Some(&old), None))?;
+                tx.record_write(&collection, &id, Some(&old), None)?;
                 Ok(true)
             })
         })

@@ -15,7 +15,7 @@ use super::{
     corrupt, record_id_of, sled_err, to_json, tx_err, u64_of, Entry, Shared, SledOptions, Tx,
     FIXED, FORMAT, FORMAT_V1, META, OUTBOX, PARKED, WRITERS,
 };
-use crate::schema::{schema_err, CollectionSchema, Schema};
+use crate::schema::{CollectionSchema, Schema};
 
 /// Opens the sled directory at `path`, waiting (bounded) for a lock a just-closed
 /// store's flusher still holds.
@@ -165,23 +165,10 @@ fn merge_schema(
         match effective.iter_mut().find(|e| e.name == c.name) {
             None => effective.push(c.clone()),
             Some(old) => {
-                old.local_only = c.local_only;
-                for f in &c.fields {
-                    match old.kind_of(&f.name) {
-                        Some(k) if k == f.kind => {}
-                        Some(k) => {
-                            return Err(schema_err(
-                                &c.name,
-                                "",
-                                &format!(
-                                    "field {:?} is stored as {k:?}; changing it to {:?} needs a manual migration",
-                                    f.name, f.kind
-                                ),
-                            ))
-                        }
-                        None => old.fields.push(f.clone()),
-                    }
-                }
+                // sled follows the declared local_only (SQLite refuses a change).
+                let (mut merged, _) = crate::rules::merge_collection(old, c)?;
+                merged.local_only = c.local_only;
+                *old = merged;
             }
         }
     }

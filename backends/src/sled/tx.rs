@@ -3,9 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use ::sled::transaction::TransactionalTree;
+use ::sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use ::sled::IVec;
-use sync_traits::{Ack, ChangeId, Fields, Op, RecordId, RemoteState};
+use sync_traits::{
+    Ack, ChangeId, Conflict, Fields, Op, PendingChange, RecordId, Rejection, RemoteState,
+    StoreError,
+};
 
 use super::{
     abort, corrupt, fields_of, key, to_json, u64_of, Entry, Shared, StoredQuarantined, TxResult,
@@ -114,45 +117,16 @@ impl Tx<'_> {
         }))
     }
 
-    /// Records a local write of the record in the outbox: a new change id under
-    /// the current writer, coalesced into the record's entry if it has one, else a
-    /// new entry based on the record's known version. Local-only collections get
-    /// no entry.
+    /// Records a local write of the record in the outbox
+    /// ([`crate::rules::record_write`]).
     pub(super) fn record_write(
         &self,
         coll: &str,
         id: &RecordId,
-        changed: BTreeSet<String>,
+        old: Option<&Fields>,
+        new: Option<&Fields>,
     ) -> TxResult<()> {
-        let (_, c) = self.s.coll(coll).or_else(abort)?;
-        if c.local_only {
-            return Ok(());
-        }
-        let n = self.bump("counter")?;
-        let client = self.s.client().clone();
-        let k = key(coll, id.as_str());
-        match self.entry(&k)? {
-            Some((seq, mut e)) => {
-                e.client = client;
-                e.n = n;
-                e.changed.extend(changed);
-                self.put_entry(&seq, &e)
-            }
-            None => {
-                let seq = self.bump("outbox_seq")?.to_be_bytes();
-                let e = Entry {
-                    collection: coll.to_owned(),
-                    id: id.clone(),
-                    client,
-                    n,
-                    base: self.version(&k)?,
-                    changed,
-                };
-                self.put_entry(&seq, &e)?;
-                self.t[OUTBOX_IDX].insert(k.as_slice(), &seq)?;
-                Ok(())
-            }
-        }
+        crate::rules::record_write(self, coll, id, old, new)
     }
 
     pub(super) fn set_server_state(
@@ -170,92 +144,9 @@ impl Tx<'_> {
         self.raise_version(&key(coll, id.as_str()), state.version.0)
     }
 
+    /// Settles one ack ([`crate::rules::settle`]).
     pub(super) fn ack(&self, ack: &Ack) -> TxResult<()> {
-        match ack {
-            Ack::Applied {
-                collection,
-                id,
-                change_id,
-                version,
-            } => {
-                let k = key(collection, id.as_str());
-                match self.matching(&k, change_id)? {
-                    Some(seq) => self.remove_entry(&k, &seq)?,
-                    None => {
-                        if let Some((seq, mut e)) = self.entry(&k)? {
-                            e.base = Some(version.0);
-                            self.put_entry(&seq, &e)?;
-                        }
-                    }
-                }
-                self.raise_version(&k, version.0)
-            }
-            Ack::Rebase {
-                collection,
-                id,
-                change_id,
-                base,
-                op,
-            } => {
-                let k = key(collection, id.as_str());
-                let Some(seq) = self.matching(&k, change_id)? else {
-                    return Ok(());
-                };
-                match op {
-                    Some(Op::Upsert(f)) => self.write_row(collection, id, f)?,
-                    Some(Op::Delete) => {
-                        self.delete_row(collection, id)?;
-                    }
-                    None => {}
-                }
-                if let Some((_, mut e)) = self.entry(&k)? {
-                    e.base = Some(base.0);
-                    self.put_entry(&seq, &e)?;
-                }
-                Ok(())
-            }
-            Ack::TakeServer {
-                collection,
-                id,
-                change_id,
-                state,
-            } => {
-                let k = key(collection, id.as_str());
-                let Some(seq) = self.matching(&k, change_id)? else {
-                    return Ok(());
-                };
-                self.remove_entry(&k, &seq)?;
-                self.set_server_state(collection, id, state)
-            }
-            Ack::Quarantine {
-                change,
-                rejection,
-                server,
-            } => {
-                let k = key(&change.collection, change.id.as_str());
-                if let Some(seq) = self.matching(&k, &change.change_id)? {
-                    self.remove_entry(&k, &seq)?;
-                    match server {
-                        Some(s) => self.set_server_state(&change.collection, &change.id, s)?,
-                        None => {
-                            self.delete_row(&change.collection, &change.id)?;
-                        }
-                    }
-                }
-                let n = self.bump("q_seq")?;
-                let q = StoredQuarantined {
-                    change: change.clone(),
-                    rejection: rejection.clone(),
-                };
-                self.t[QUARANTINE].insert(&n.to_be_bytes(), to_json(&q).or_else(abort)?)?;
-                Ok(())
-            }
-            Ack::Conflict(conflict) => {
-                let n = self.bump("conflict_seq")?;
-                self.t[CONFLICTS].insert(&n.to_be_bytes(), to_json(conflict).or_else(abort)?)?;
-                Ok(())
-            }
-        }
+        crate::rules::settle(self, ack)
     }
 
     /// [`LocalStore::retry_quarantined`](sync_traits::LocalStore::retry_quarantined)
@@ -283,9 +174,113 @@ impl Tx<'_> {
                 None
             }
         };
-        let changed = sync_traits::changed_fields(old.as_ref(), new.as_ref());
-        self.record_write(coll, id, changed)?;
+        self.record_write(coll, id, old.as_ref(), new.as_ref())?;
         self.t[QUARANTINE].remove(&qk)?;
         Ok(true)
+    }
+}
+
+impl crate::rules::Txn for Tx<'_> {
+    type Seq = IVec;
+    type Error = ConflictableTransactionError<StoreError>;
+
+    fn entry_seq(&self, c: &str, id: &RecordId) -> TxResult<Option<IVec>> {
+        Ok(self.entry(&key(c, id.as_str()))?.map(|(seq, _)| seq))
+    }
+
+    fn matching(&self, c: &str, id: &RecordId, change_id: &ChangeId) -> TxResult<Option<IVec>> {
+        Tx::matching(self, &key(c, id.as_str()), change_id)
+    }
+
+    fn remove_entry(&self, c: &str, id: &RecordId, seq: IVec) -> TxResult<()> {
+        Tx::remove_entry(self, &key(c, id.as_str()), &seq)
+    }
+
+    fn set_base(&self, c: &str, id: &RecordId, seq: IVec, base: u64) -> TxResult<()> {
+        if let Some((_, mut e)) = self.entry(&key(c, id.as_str()))? {
+            e.base = Some(base);
+            self.put_entry(&seq, &e)?;
+        }
+        Ok(())
+    }
+
+    fn set_record(&self, c: &str, id: &RecordId, fields: Option<&Fields>) -> TxResult<()> {
+        match fields {
+            Some(f) => self.write_row(c, id, f),
+            None => self.delete_row(c, id).map(|_| ()),
+        }
+    }
+
+    fn raise_version(&self, c: &str, id: &RecordId, v: u64) -> TxResult<()> {
+        Tx::raise_version(self, &key(c, id.as_str()), v)
+    }
+
+    fn quarantine(&self, change: &PendingChange, rejection: &Rejection) -> TxResult<()> {
+        let n = self.bump("q_seq")?;
+        let q = StoredQuarantined {
+            change: change.clone(),
+            rejection: rejection.clone(),
+        };
+        self.t[QUARANTINE].insert(&n.to_be_bytes(), to_json(&q).or_else(abort)?)?;
+        Ok(())
+    }
+
+    fn log_conflict(&self, conflict: &Conflict) -> TxResult<()> {
+        let n = self.bump("conflict_seq")?;
+        self.t[CONFLICTS].insert(&n.to_be_bytes(), to_json(conflict).or_else(abort)?)?;
+        Ok(())
+    }
+}
+
+impl crate::rules::Outbox for Tx<'_> {
+    type Entry = (IVec, Entry);
+    type Error = ConflictableTransactionError<StoreError>;
+
+    fn local_only(&self, c: &str) -> TxResult<bool> {
+        Ok(self.s.coll(c).or_else(abort)?.1.local_only)
+    }
+
+    fn next_change(&self) -> TxResult<u64> {
+        self.bump("counter")
+    }
+
+    fn entry(&self, c: &str, id: &RecordId) -> TxResult<Option<(IVec, Entry)>> {
+        Tx::entry(self, &key(c, id.as_str()))
+    }
+
+    fn changed_mut(entry: &mut (IVec, Entry)) -> &mut BTreeSet<String> {
+        &mut entry.1.changed
+    }
+
+    fn coalesce(&self, (seq, mut e): (IVec, Entry), n: u64) -> TxResult<()> {
+        e.client = self.s.client().clone();
+        e.n = n;
+        self.put_entry(&seq, &e)
+    }
+
+    fn version(&self, c: &str, id: &RecordId) -> TxResult<Option<u64>> {
+        Tx::version(self, &key(c, id.as_str()))
+    }
+
+    fn new_entry(
+        &self,
+        c: &str,
+        id: &RecordId,
+        n: u64,
+        base: Option<u64>,
+        changed: BTreeSet<String>,
+    ) -> TxResult<()> {
+        let seq = self.bump("outbox_seq")?.to_be_bytes();
+        let e = Entry {
+            collection: c.to_owned(),
+            id: id.clone(),
+            client: self.s.client().clone(),
+            n,
+            base,
+            changed,
+        };
+        self.put_entry(&seq, &e)?;
+        self.t[OUTBOX_IDX].insert(key(c, id.as_str()), &seq)?;
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use super::sql::{
     sql_err, sql_version, stored_u64, to_json, OUTBOX_EXISTS, PARK, SEEN_MARK, VERSION_APPLY,
 };
 use super::table::{Cell, Rows, Table};
-use crate::schema::check_collection_name;
+use crate::rules::Holds;
 
 /// A page ready to apply ([`Core::prepared_page`], [`Core::prepare_changes`]).
 #[derive(Debug)]
@@ -99,14 +99,16 @@ impl Core {
                 }
             };
             let id = p.rows.text(c.id.as_str());
-            let what = match table {
-                None if check_collection_name(&c.collection).is_err() => What::Skip,
-                None => What::Park(match &c.state.fields {
+            let what = match (
+                crate::rules::holds(&c.collection, table.map(|t| &t.schema)),
+                table,
+            ) {
+                (Holds::Skip, _) => What::Skip,
+                (Holds::Park, _) | (Holds::Held, None) => What::Park(match &c.state.fields {
                     Some(f) => Some(p.rows.text(&to_json(f)?)),
                     None => None,
                 }),
-                Some(t) if t.schema.local_only => What::Skip,
-                Some(t) => match &c.state.fields {
+                (Holds::Held, Some(t)) => match &c.state.fields {
                     Some(f) => {
                         let m = p.mistyped.len();
                         let cells = t.prepare_row(&mut p.rows, &c.id, f, &mut p.mistyped);

@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sync_traits::{
-    changed_fields, Ack, ChangeId, Fields, LoggedConflict, Op, PendingChange, Quarantined, Record,
-    RecordId, RemoteState, StoreError, SyncState, Version, Watermark,
+    Ack, ChangeId, Conflict, Fields, LoggedConflict, Op, PendingChange, Quarantined, Record,
+    RecordId, Rejection, StoreError, SyncState, Version, Watermark,
 };
 
 use super::sql::{
@@ -17,7 +17,8 @@ use super::sql::{
     OUTBOX_PAGE, OUTBOX_SET_BASE, QUARANTINE_INSERT, SET_META, VERSION_GET, VERSION_RAISE, WRITERS,
 };
 use super::table::Table;
-use crate::schema::{canonical_fields, check_collection_name, check_value, CollectionSchema};
+use crate::rules::canonical_write;
+use crate::schema::check_collection_name;
 
 /// The open store: its connection, the writer id of this open, and its tables.
 #[derive(Debug)]
@@ -80,46 +81,6 @@ impl Writers {
 
 fn parse_changed(s: &str) -> Result<BTreeSet<String>, StoreError> {
     from_json("outbox changed-fields list", s)
-}
-
-/// The fields of an app's write, checked against the schema and made canonical.
-/// A value of another type than its declared kind is refused — unless the record
-/// already holds exactly that value (a pulled value kept as the server sent it,
-/// which the app's write leaves as it is): then it is kept as it is.
-fn canonical_write(
-    c: &CollectionSchema,
-    id: &RecordId,
-    fields: &Fields,
-    old: Option<&Fields>,
-) -> Result<Fields, StoreError> {
-    let err = match canonical_fields(c, id, fields) {
-        Ok(f) => return Ok(f),
-        Err(e) => e,
-    };
-    if old.is_none() {
-        return Err(err);
-    }
-    let mut out = Fields::new();
-    for (k, v) in fields {
-        if k == "id" {
-            continue;
-        }
-        let v = match c.kind_of(k) {
-            Some(kind) => match check_value(&c.name, id, k, kind, v) {
-                Ok(v) => v,
-                Err(e) => {
-                    if old.and_then(|o| o.get(k)) == Some(v) {
-                        v.clone()
-                    } else {
-                        return Err(e);
-                    }
-                }
-            },
-            None => v.clone(),
-        };
-        out.insert(k.clone(), v);
-    }
-    Ok(out)
 }
 
 impl Core {
@@ -243,42 +204,16 @@ impl Core {
         Ok((n == change_id.n && *writers.writer_of(n)? == change_id.client).then_some(seq))
     }
 
-    /// Records a local write of a record in the outbox: a new change counter, and
-    /// a new entry (based on the record's known version) or the record's entry
-    /// coalesced (same position, union of changed fields). Nothing for a
-    /// local-only collection.
+    /// Records a local write of a record of `t` in the outbox
+    /// ([`crate::rules::record_write`]).
     fn record_write(
         conn: &Connection,
         t: &Table,
         id: &RecordId,
-        changed: BTreeSet<String>,
+        old: Option<&Fields>,
+        new: Option<&Fields>,
     ) -> Result<(), StoreError> {
-        if t.schema.local_only {
-            return Ok(());
-        }
-        let c = t.schema.name.as_str();
-        let n: i64 = conn
-            .prepare_cached(BUMP_COUNTER)
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(sql_err)?;
-        match Self::outbox_entry(conn, c, id)? {
-            Some((seq, _, old)) => {
-                let mut set = parse_changed(&old)?;
-                set.extend(changed);
-                let js = to_json(&set)?;
-                conn.prepare_cached(OUTBOX_COALESCE)
-                    .and_then(|mut s| s.execute(params![seq, n, js]))
-                    .map_err(sql_err)?;
-            }
-            None => {
-                let base = Self::version(conn, c, id)?;
-                let js = to_json(&changed)?;
-                conn.prepare_cached(OUTBOX_INSERT)
-                    .and_then(|mut s| s.execute(params![c, id.as_str(), n, base, js]))
-                    .map_err(sql_err)?;
-            }
-        }
-        Ok(())
+        crate::rules::record_write(&TableWrite { conn, t }, &t.schema.name, id, old, new)
     }
 
     /// An app's put, in `tx` (also a retried quarantined upsert).
@@ -290,26 +225,8 @@ impl Core {
     ) -> Result<(), StoreError> {
         let old = Self::read_row(tx, t, id)?;
         let fields = canonical_write(&t.schema, id, fields, old.as_ref())?;
-        let changed = changed_fields(old.as_ref(), Some(&fields));
         Self::write_row(tx, t, id, &fields)?;
-        Self::record_write(tx, t, id, changed)
-    }
-
-    fn set_server_state(
-        &self,
-        conn: &Connection,
-        c: &str,
-        id: &RecordId,
-        state: &RemoteState,
-    ) -> Result<(), StoreError> {
-        let t = self.table(c)?;
-        match &state.fields {
-            Some(f) => Self::write_row(conn, t, id, f)?,
-            None => {
-                Self::delete_row(conn, t, id)?;
-            }
-        }
-        Self::raise_version(conn, c, id, state.version.0)
+        Self::record_write(tx, t, id, old.as_ref(), Some(&fields))
     }
 
     // ---- the LocalStore operations ----
@@ -359,7 +276,7 @@ impl Core {
                 return Ok(false);
             };
             Self::delete_row(tx, t, id)?;
-            Self::record_write(tx, t, id, changed_fields(Some(&old), None))?;
+            Self::record_write(tx, t, id, Some(&old), None)?;
             Ok(true)
         })
     }
@@ -448,113 +365,16 @@ impl Core {
 
     pub(super) fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
         self.write(|tx| {
-            let writers = Writers::load(tx)?;
-            for ack in acks {
-                self.ack_one(tx, &writers, ack)?;
+            let txn = SqlTxn {
+                core: self,
+                tx,
+                writers: Writers::load(tx)?,
+            };
+            for ack in &acks {
+                crate::rules::settle(&txn, ack)?;
             }
             Ok(())
         })
-    }
-
-    fn ack_one(&self, tx: &Transaction<'_>, writers: &Writers, ack: Ack) -> Result<(), StoreError> {
-        match ack {
-            Ack::Applied {
-                collection,
-                id,
-                change_id,
-                version,
-            } => {
-                match Self::matching(tx, writers, &collection, &id, &change_id)? {
-                    Some(seq) => {
-                        tx.prepare_cached(OUTBOX_DELETE)
-                            .and_then(|mut s| s.execute([seq]))
-                            .map_err(sql_err)?;
-                    }
-                    None => {
-                        if let Some((seq, _, _)) = Self::outbox_entry(tx, &collection, &id)? {
-                            tx.prepare_cached(OUTBOX_SET_BASE)
-                                .and_then(|mut s| s.execute(params![seq, sql_version(version.0)]))
-                                .map_err(sql_err)?;
-                        }
-                    }
-                }
-                Self::raise_version(tx, &collection, &id, version.0)
-            }
-            Ack::Rebase {
-                collection,
-                id,
-                change_id,
-                base,
-                op,
-            } => {
-                let Some(seq) = Self::matching(tx, writers, &collection, &id, &change_id)? else {
-                    return Ok(());
-                };
-                if let Some(op) = &op {
-                    let t = self.table(&collection)?;
-                    match op {
-                        Op::Upsert(f) => Self::write_row(tx, t, &id, f)?,
-                        Op::Delete => {
-                            Self::delete_row(tx, t, &id)?;
-                        }
-                    }
-                }
-                tx.prepare_cached(OUTBOX_SET_BASE)
-                    .and_then(|mut s| s.execute(params![seq, sql_version(base.0)]))
-                    .map_err(sql_err)?;
-                Ok(())
-            }
-            Ack::TakeServer {
-                collection,
-                id,
-                change_id,
-                state,
-            } => {
-                let Some(seq) = Self::matching(tx, writers, &collection, &id, &change_id)? else {
-                    return Ok(());
-                };
-                tx.prepare_cached(OUTBOX_DELETE)
-                    .and_then(|mut s| s.execute([seq]))
-                    .map_err(sql_err)?;
-                self.set_server_state(tx, &collection, &id, &state)
-            }
-            Ack::Quarantine {
-                change,
-                rejection,
-                server,
-            } => {
-                if let Some(seq) = Self::matching(
-                    tx,
-                    writers,
-                    &change.collection,
-                    &change.id,
-                    &change.change_id,
-                )? {
-                    tx.prepare_cached(OUTBOX_DELETE)
-                        .and_then(|mut s| s.execute([seq]))
-                        .map_err(sql_err)?;
-                    match &server {
-                        Some(s) => self.set_server_state(tx, &change.collection, &change.id, s)?,
-                        None => {
-                            let t = self.table(&change.collection)?;
-                            Self::delete_row(tx, t, &change.id)?;
-                        }
-                    }
-                }
-                let (cj, rj) = (to_json(&change)?, to_json(&rejection)?);
-                tx.prepare_cached(QUARANTINE_INSERT)
-                    .and_then(|mut s| s.execute(params![cj, rj]))
-                    .map_err(sql_err)?;
-                Ok(())
-            }
-            Ack::Conflict(conflict) => {
-                let js = to_json(&conflict)?;
-                tx.prepare_cached(CONFLICT_INSERT)
-                    .and_then(|mut s| s.execute([js]))
-                    .map_err(sql_err)?;
-                Ok(())
-            }
-        }
     }
 
     pub(super) fn begin_resync(&self) -> Result<(), StoreError> {
@@ -668,7 +488,7 @@ impl Core {
                     // there now (the refused delete is what is written again).
                     let old = Self::read_row(tx, t, &change.id)?;
                     Self::delete_row(tx, t, &change.id)?;
-                    Self::record_write(tx, t, &change.id, changed_fields(old.as_ref(), None))?;
+                    Self::record_write(tx, t, &change.id, old.as_ref(), None)?;
                 }
             }
             Ok(true)
@@ -712,5 +532,164 @@ impl Core {
             }
             Ok(removed)
         })
+    }
+}
+
+/// A write transaction of the store, as the shared rules see it
+/// ([`crate::rules::Txn`]).
+struct SqlTxn<'a> {
+    core: &'a Core,
+    tx: &'a Transaction<'a>,
+    writers: Writers,
+}
+
+impl crate::rules::Txn for SqlTxn<'_> {
+    type Seq = i64;
+    type Error = StoreError;
+
+    fn entry_seq(&self, c: &str, id: &RecordId) -> Result<Option<i64>, StoreError> {
+        Ok(Core::outbox_entry(self.tx, c, id)?.map(|(seq, _, _)| seq))
+    }
+
+    fn matching(
+        &self,
+        c: &str,
+        id: &RecordId,
+        change_id: &ChangeId,
+    ) -> Result<Option<i64>, StoreError> {
+        Core::matching(self.tx, &self.writers, c, id, change_id)
+    }
+
+    fn remove_entry(&self, _: &str, _: &RecordId, seq: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(OUTBOX_DELETE)
+            .and_then(|mut s| s.execute([seq]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    fn set_base(&self, _: &str, _: &RecordId, seq: i64, base: u64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(OUTBOX_SET_BASE)
+            .and_then(|mut s| s.execute(params![seq, sql_version(base)]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    fn set_record(
+        &self,
+        c: &str,
+        id: &RecordId,
+        fields: Option<&Fields>,
+    ) -> Result<(), StoreError> {
+        let t = self.core.table(c)?;
+        match fields {
+            Some(f) => Core::write_row(self.tx, t, id, f),
+            None => Core::delete_row(self.tx, t, id).map(|_| ()),
+        }
+    }
+
+    fn raise_version(&self, c: &str, id: &RecordId, v: u64) -> Result<(), StoreError> {
+        Core::raise_version(self.tx, c, id, v)
+    }
+
+    fn quarantine(&self, change: &PendingChange, rejection: &Rejection) -> Result<(), StoreError> {
+        let (cj, rj) = (to_json(change)?, to_json(rejection)?);
+        self.tx
+            .prepare_cached(QUARANTINE_INSERT)
+            .and_then(|mut s| s.execute(params![cj, rj]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    fn log_conflict(&self, conflict: &Conflict) -> Result<(), StoreError> {
+        let js = to_json(conflict)?;
+        self.tx
+            .prepare_cached(CONFLICT_INSERT)
+            .and_then(|mut s| s.execute([js]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+}
+
+/// A local write to one table, as the shared outbox rule sees it
+/// ([`crate::rules::Outbox`]); the collection it is asked about is `t`'s.
+struct TableWrite<'a> {
+    conn: &'a Connection,
+    t: &'a Table,
+}
+
+/// An outbox entry read for coalescing: its seq and changed fields.
+struct SqlEntry {
+    seq: i64,
+    changed: BTreeSet<String>,
+}
+
+impl crate::rules::Outbox for TableWrite<'_> {
+    type Entry = SqlEntry;
+    type Error = StoreError;
+
+    fn local_only(&self, _: &str) -> Result<bool, StoreError> {
+        Ok(self.t.schema.local_only)
+    }
+
+    fn next_change(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(BUMP_COUNTER)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sql_err)?;
+        Ok(stored_u64(n))
+    }
+
+    fn entry(&self, c: &str, id: &RecordId) -> Result<Option<SqlEntry>, StoreError> {
+        match Core::outbox_entry(self.conn, c, id)? {
+            Some((seq, _, changed)) => Ok(Some(SqlEntry {
+                seq,
+                changed: parse_changed(&changed)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    fn changed_mut(entry: &mut SqlEntry) -> &mut BTreeSet<String> {
+        &mut entry.changed
+    }
+
+    fn coalesce(&self, e: SqlEntry, n: u64) -> Result<(), StoreError> {
+        let js = to_json(&e.changed)?;
+        self.conn
+            .prepare_cached(OUTBOX_COALESCE)
+            .and_then(|mut s| s.execute(params![e.seq, sql_version(n), js]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    fn version(&self, c: &str, id: &RecordId) -> Result<Option<u64>, StoreError> {
+        Ok(Core::version(self.conn, c, id)?.map(stored_u64))
+    }
+
+    fn new_entry(
+        &self,
+        c: &str,
+        id: &RecordId,
+        n: u64,
+        base: Option<u64>,
+        changed: BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        let js = to_json(&changed)?;
+        self.conn
+            .prepare_cached(OUTBOX_INSERT)
+            .and_then(|mut s| {
+                s.execute(params![
+                    c,
+                    id.as_str(),
+                    sql_version(n),
+                    base.map(sql_version),
+                    js
+                ])
+            })
+            .map_err(sql_err)?;
+        Ok(())
     }
 }

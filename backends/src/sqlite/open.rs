@@ -228,27 +228,7 @@ fn migrate_collection(
             &format!("the collection is stored as {was}; making it {now} needs a manual migration"),
         ));
     }
-    let mut merged = old.clone();
-    let mut added = Vec::new();
-    for f in &c.fields {
-        match old.kind_of(&f.name) {
-            Some(k) if k == f.kind => {}
-            Some(k) => {
-                return Err(schema_err(
-                    &c.name,
-                    "",
-                    &format!(
-                    "field {:?} is stored as {k:?}; changing it to {:?} needs a manual migration",
-                    f.name, f.kind
-                ),
-                ))
-            }
-            None => {
-                merged.fields.push(f.clone());
-                added.push(f.clone());
-            }
-        }
-    }
+    let (merged, added) = crate::rules::merge_collection(&old, c)?;
     if !added.is_empty() {
         for f in &added {
             tx.execute_batch(&format!(
