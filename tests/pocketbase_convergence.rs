@@ -127,7 +127,13 @@ impl Server for Pb {
         &self,
         changes: &[(&'static str, RecordId, ChangeId, bool)],
     ) -> HashSet<ChangeId> {
-        // One change per request: the receipt answers one seq per record.
+        // One change per request: the receipt answers one seq per record. It names
+        // exactly the change a writer applied last to a record (PocketBase keeps only
+        // that one), so an earlier change of the same writer to the same record is
+        // known applied when a later one is: the later one was made on top of it, by
+        // the same store. (The exact rule itself is checked against the in-memory
+        // server, which remembers every change, and by `tests/e2e_edges.rs`.)
+        let mut confirmed: BTreeMap<(&str, RecordId, RecordId), u64> = BTreeMap::new();
         let mut out = HashSet::new();
         for (coll, id, cid, delete) in changes {
             if *delete && self.noop_deletes.lock().unwrap().contains(cid) {
@@ -139,6 +145,18 @@ impl Server for Pb {
             let (status, body) = self.send(self.http.post(url).json(&ask)).await;
             assert_eq!(status, 200, "receipt: {body}");
             if body[*coll][id.as_str()].as_u64().is_some() {
+                out.insert(cid.clone());
+                let newest = confirmed
+                    .entry((*coll, id.clone(), cid.client.clone()))
+                    .or_insert(0);
+                *newest = (*newest).max(cid.n);
+            }
+        }
+        for (coll, id, cid, _) in changes {
+            if confirmed
+                .get(&(*coll, id.clone(), cid.client.clone()))
+                .is_some_and(|n| cid.n <= *n)
+            {
                 out.insert(cid.clone());
             }
         }
@@ -287,6 +305,13 @@ fn pocketbase_regressions() {
         (vec![0, 0, 0], vec![
             Create(0, 2, 0), Transient(0), Sync(2), Delete(2, 2), Sync(2), LoseResponse(1),
             Create(1, 2, 0), Delete(1, 2),
+        ]),
+        // A write removing a field, then a later write of the same client on top of
+        // the server's copy (PocketBase gave the removed field its zero value): the
+        // earlier change is applied though only the later one is remembered.
+        (vec![0, 1, 0], vec![
+            Create(1, 3, 0), Create(0, 0, 0), CrashAfterPush(0, 0), RemoveField(1, 3, 0),
+            WriteDuringPull(1, 0, 0, 0), Update(1, 3, 1, 0),
         ]),
         // Deleted, created again and deleted again by the admin after a client's
         // write: the second tombstone must keep the first one's memory.
