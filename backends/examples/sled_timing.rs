@@ -1,11 +1,10 @@
 //! Timing of the sled store's page apply, the same work as the `stores` bench's
 //! `apply_10k_page/sled_store` (a fresh store, one 10k-record page, flushed), for
 //! builds where that bench cannot run (it needs both features), and of single
-//! puts (flushed or not) and gets. Ignored in a normal run; run it in release:
+//! puts (flushed or not) and gets. A paired example; run it in release:
 //!
-//! cargo test --release -p tidemark-backends --no-default-features --features sled \
-//!   --test sled_apply_timing -- --ignored --nocapture
-#![cfg(feature = "sled")]
+//! cargo run --release -p tidemark-backends --no-default-features --features sled \
+//!   --example sled_timing
 
 use std::time::{Duration, Instant};
 
@@ -38,8 +37,6 @@ fn page(n: usize) -> Page {
     }
 }
 
-#[test]
-#[ignore = "a timing run, not a check: run it in release with --ignored --nocapture"]
 fn sled_apply_10k_page_timing() {
     let runs: usize = std::env::var("TIMING_RUNS")
         .ok()
@@ -83,8 +80,6 @@ fn sled_apply_10k_page_timing() {
     }
 }
 
-#[test]
-#[ignore = "a timing run, not a check: run it in release with --ignored --nocapture"]
 fn sled_put_and_get_timing() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,4 +120,9 @@ fn sled_put_and_get_timing() {
             us(get, n)
         );
     }
+}
+
+fn main() {
+    sled_apply_10k_page_timing();
+    sled_put_and_get_timing();
 }

@@ -1,14 +1,13 @@
-//! Timings, not tests (ignored; run them in release):
+//! Timings, not tests (a paired example; run it in release):
 //!
 //! ```sh
-//! cargo test --release -p tidemark-backends --test sqlite_timing -- --ignored --nocapture
+//! cargo run --release -p tidemark-backends --example sqlite_timing
 //! ```
 //!
 //! The latency of one local `put` (outbox included) on a current-thread and on a
 //! multi-thread runtime, and of `apply_remote` for 10k and 50k new records, each
 //! as the median of several rounds. They use only calls every version of the
 //! store has, so the same file measures an older one.
-#![cfg(feature = "sqlite")]
 
 use std::time::Instant;
 
@@ -43,8 +42,6 @@ fn runtimes() -> Vec<(&'static str, tokio::runtime::Runtime)> {
     ]
 }
 
-#[test]
-#[ignore = "a timing, run by hand in release"]
 fn put_latency() {
     for (name, rt) in runtimes() {
         let mut rounds = Vec::new();
@@ -71,8 +68,6 @@ fn put_latency() {
     }
 }
 
-#[test]
-#[ignore = "a timing, run by hand in release"]
 fn apply_latency() {
     for n in [10_000u64, 50_000] {
         let page = Page {
@@ -104,4 +99,9 @@ fn apply_latency() {
             println!("apply {n} on {name}: median {:.1} ms", median(rounds));
         }
     }
+}
+
+fn main() {
+    put_latency();
+    apply_latency();
 }
