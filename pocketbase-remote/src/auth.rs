@@ -65,6 +65,8 @@ pub(crate) struct Token {
     pub exp: Option<u64>,
     /// Auth collection id, used for auth-refresh.
     pub collection_id: Option<String>,
+    /// The authenticated record's id (the payload's `id`).
+    pub record_id: Option<String>,
     /// When we got it, unix seconds.
     pub obtained: u64,
 }
@@ -102,10 +104,16 @@ impl Token {
             .and_then(|p| p.get("collectionId"))
             .and_then(|v| v.as_str())
             .map(str::to_owned);
+        let record_id = payload
+            .as_ref()
+            .and_then(|p| p.get("id"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         Self {
             value,
             exp,
             collection_id,
+            record_id,
             obtained: now_secs(),
         }
     }
@@ -136,6 +144,7 @@ mod tests {
         let mut t = Token::new(jwt(r#"{"exp":10000,"collectionId":"pbc_1","id":"x"}"#));
         assert_eq!(t.exp, Some(10000));
         assert_eq!(t.collection_id.as_deref(), Some("pbc_1"));
+        assert_eq!(t.record_id.as_deref(), Some("x"));
         t.obtained = 0;
         assert!(t.needs_refresh(9800));
         assert!(!t.needs_refresh(9600));

@@ -53,6 +53,12 @@ fn protocol_mismatch(server: Option<u64>, pocketbase: &str) -> RemoteError {
     RemoteError::Permanent(format!("{PROTOCOL_MISMATCH}{msg}"))
 }
 
+/// The default time limit of one HTTP request ([`Builder::timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default time limit of opening a connection ([`Builder::connect_timeout`]).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What [`PocketBaseRemote::enable_sync`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnabledCollection {
@@ -116,9 +122,19 @@ impl Builder {
         self
     }
 
-    /// Timeout of each HTTP request (default 60 s). Not applied to the realtime stream.
+    /// Time limit of each HTTP request, from sending it to the end of its response
+    /// body (default [`DEFAULT_REQUEST_TIMEOUT`], 30 s). A request over it fails with
+    /// `RemoteError::Transient`. Not applied to the realtime stream.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    /// Time limit of opening a connection (default [`DEFAULT_CONNECT_TIMEOUT`], 5 s),
+    /// the realtime stream's included. A connection not made in time fails with
+    /// `RemoteError::Transient`.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
         self
     }
 
@@ -175,6 +191,7 @@ impl Builder {
                 http,
                 sse,
                 credentials,
+                user_id: std::sync::RwLock::new(token.as_ref().and_then(|t| t.record_id.clone())),
                 token: Mutex::new(token),
                 max_response_bytes: self.max_response_bytes,
                 batch_max: AtomicUsize::new(1),
@@ -257,6 +274,7 @@ pub(crate) struct Inner {
     pub sse: reqwest::Client,
     pub credentials: Credentials,
     pub token: Mutex<Option<Token>>,
+    pub user_id: std::sync::RwLock<Option<String>>,
     pub max_response_bytes: usize,
     pub batch_max: AtomicUsize,
     pub collections: std::sync::RwLock<Vec<String>>,
@@ -285,8 +303,8 @@ impl PocketBaseRemote {
         Builder {
             url: url.into(),
             credentials: None,
-            timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(10),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_response_bytes: 64 << 20,
             collections: None,
         }
@@ -301,6 +319,36 @@ impl PocketBaseRemote {
     /// authentication; for tests and benchmarks.
     pub fn requests_sent(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// The id of the signed-in record — the user (for [`Builder::user`]) or the
+    /// superuser — as the server's auth response names it (`record.id`); for
+    /// [`Builder::token`], the `id` of the token's payload. Set by a successful
+    /// [`Builder::connect`]: `None` only for a token whose payload names no id. Put it
+    /// in the owner field of the records you create
+    /// (`"owner": remote.user_id()`).
+    pub fn user_id(&self) -> Option<String> {
+        self.inner
+            .user_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_user_id(&self, r: &Resp) {
+        let id = r.json("auth").ok().and_then(|v| {
+            v.get("record")
+                .and_then(|rec| rec.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        if let Some(id) = id {
+            *self
+                .inner
+                .user_id
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Some(id);
+        }
     }
 
     /// The current auth token (authenticating first if needed).
@@ -502,6 +550,7 @@ impl PocketBaseRemote {
                 match self.send(req, "auth-refresh").await {
                     Ok(r) if r.status.is_success() => {
                         let tok = token_of(&r, "auth-refresh")?;
+                        self.set_user_id(&r);
                         *guard = Some(Token::new(tok.clone()));
                         return Ok(tok);
                     }
@@ -542,6 +591,7 @@ impl PocketBaseRemote {
             )));
         }
         let tok = token_of(&r, "auth-with-password")?;
+        self.set_user_id(&r);
         *guard = Some(Token::new(tok.clone()));
         Ok(tok)
     }

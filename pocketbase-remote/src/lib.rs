@@ -39,14 +39,16 @@ mod client;
 mod error;
 #[cfg(feature = "test-harness")]
 pub mod harness;
+mod import;
 mod pull;
 mod push;
 mod realtime;
+pub mod server;
 
 pub use auth::Credentials;
 pub use client::{
-    is_protocol_mismatch, Builder, EnabledCollection, Head, PocketBaseRemote, PROTOCOL_MISMATCH,
-    PROTOCOL_VERSION,
+    is_protocol_mismatch, Builder, EnabledCollection, Head, PocketBaseRemote,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, PROTOCOL_MISMATCH, PROTOCOL_VERSION,
 };
 pub use error::ProtocolError;
 pub use realtime::Hints;
