@@ -2,7 +2,7 @@
 # Sets everything up and runs the main job: installs the pinned PocketBase into
 # .venv, builds tidemark, starts a local PocketBase with the tidemark hooks and
 # migrations, and syncs two offline clients (an SQLite file and a sled database)
-# through it. Extra arguments go to `tidemark demo` (try --offline, --db FILE).
+# through it. Extra arguments go to `tidemark demo` (try --db FILE, --force).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

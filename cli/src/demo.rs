@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use pocketbase_remote::server::{free_port, write_extension, Launcher, POCKETBASE_VERSION};
+use pocketbase_remote::PocketBaseRemote;
 use serde_json::json;
-use sync_traits::testkit::{FakeRemote, MemoryStore};
 use sync_traits::{new_id, FieldMerge, Fields, LocalStore, Record, RemoteStore, SyncEngine};
 use tidemark_backends::SledStore;
 
@@ -132,42 +133,62 @@ impl<L: LocalStore, R: RemoteStore + 'static> Syncable for SyncEngine<L, R> {
     }
 }
 
-/// Two in-memory clients through the in-memory fake server.
-pub async fn offline() -> Result<()> {
-    let server = FakeRemote::new();
-    let n = scenario(
-        MemoryStore::new(),
-        MemoryStore::new(),
-        server.clone(),
-        server.clone(),
-        "",
-    )
-    .await?;
-    println!(
-        "done: {n} records on each client, identical to the fake server ({} records)",
-        server.snapshot().len()
-    );
-    Ok(())
-}
+/// The demo's schema: `songs` and `friends`, owned by users, as PocketBase's admin UI
+/// exports it.
+pub const DEMO_SCHEMA: &str = include_str!("../../examples/pb_schema.json");
 
-/// A real local PocketBase, an SQLite laptop and a sled phone.
-pub async fn pocketbase(db: &Path) -> Result<()> {
-    let server = pocketbase_remote::harness::TestServer::start();
+/// A throwaway local PocketBase (temporary data), an SQLite laptop and a sled phone.
+/// Refuses to replace an existing `db` (or its `.sled` folder) unless `force`.
+pub async fn pocketbase(db: &Path, force: bool) -> Result<()> {
+    let phone_dir = db.with_extension("sled");
+    for p in [db, phone_dir.as_path()] {
+        if p.exists() && !force {
+            bail!(
+                "{} exists; the demo starts from empty stores: pass --force to replace it, or --db another path",
+                p.display()
+            );
+        }
+    }
+    let tmp = tempfile::tempdir().context("temporary folder")?;
+    let bin = crate::dev::locate_pocketbase(Path::new(".tidemark")).await?;
+    let ext = write_extension(tmp.path())?;
+    let launcher = Launcher::new(bin, tmp.path().join("pb_data"), &ext)
+        .log_to(tmp.path().join("pocketbase.log"));
+    let password = format!("{}{}", new_id(), new_id());
+    let l = launcher.clone();
+    let pw = password.clone();
+    let mut server = tokio::task::spawn_blocking(move || -> Result<_> {
+        l.upsert_superuser("admin@example.com", &pw)?;
+        Ok(l.start(free_port()?, std::time::Duration::from_secs(30))?)
+    })
+    .await??;
+    let url = server.url();
     println!(
-        "PocketBase 0.40.6 with the tidemark hooks at {}",
-        server.url()
+        "PocketBase {POCKETBASE_VERSION} with the tidemark extension at {url} (temporary data)"
     );
-    let user = server.create_user("alice@example.com").await;
-    let r1 = server.user("alice@example.com").await;
-    let r2 = server.user("alice@example.com").await;
-    if db.exists() {
-        std::fs::remove_file(db).with_context(|| format!("removing old {}", db.display()))?;
+    let admin = PocketBaseRemote::builder(&url)
+        .superuser("admin@example.com", &password)
+        .connect()
+        .await?;
+    let schema = serde_json::from_str::<Vec<serde_json::Value>>(DEMO_SCHEMA)?;
+    crate::dev::import_and_enable(&admin, &schema, None).await?;
+    let user_password = format!("{}{}", new_id(), new_id());
+    crate::dev::ensure_user(&admin, "alice@example.com", &user_password).await?;
+    let user = || {
+        PocketBaseRemote::builder(&url)
+            .user("users", "alice@example.com", &user_password)
+            .connect()
+    };
+    let (r1, r2) = (user().await?, user().await?);
+    let owner = r1.user_id().context("the server named no user id")?;
+    for p in [db, phone_dir.as_path()] {
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).with_context(|| format!("removing old {}", p.display()))?;
+        } else if p.exists() {
+            std::fs::remove_file(p).with_context(|| format!("removing old {}", p.display()))?;
+        }
     }
     let laptop = open_sqlite(db)?;
-    let phone_dir = db.with_extension("sled");
-    if phone_dir.exists() {
-        std::fs::remove_dir_all(&phone_dir).ok();
-    }
     let phone = SledStore::open(&phone_dir, tidemark_backends::Schema::sample())
         .context("opening the sled store")?;
     println!(
@@ -175,11 +196,12 @@ pub async fn pocketbase(db: &Path) -> Result<()> {
         db.display(),
         phone_dir.display()
     );
-    let n = scenario(laptop, phone, r1, r2, user.as_str()).await?;
+    let n = scenario(laptop, phone, r1, r2, &owner).await?;
     println!("done: {n} records on each client; query them with plain SQL:");
     println!(
         "   sqlite3 {} 'SELECT id, title, \"order\" FROM songs'",
         db.display()
     );
+    let _ = server.stop(std::time::Duration::from_secs(10));
     Ok(())
 }

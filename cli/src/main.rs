@@ -1,7 +1,9 @@
-//! `tidemark`: run the demo, start a local PocketBase with the tidemark extension,
-//! sync a local SQLite store with a PocketBase server, show a store's status.
+//! `tidemark`: run the demo, run a local PocketBase with the tidemark extension for
+//! development, sync a local SQLite store with a PocketBase server, show a store's
+//! status.
 
 mod demo;
+mod dev;
 
 use std::path::PathBuf;
 
@@ -24,18 +26,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local PocketBase with the tidemark hooks, sync two offline clients
-    /// (an SQLite file and a sled database) through it, and print what happened.
+    /// Start a throwaway local PocketBase with the tidemark extension, sync two
+    /// offline clients (an SQLite file and a sled database) through it, and print
+    /// what happened.
     Demo {
-        /// Use the in-memory fake server and in-memory stores instead (no PocketBase).
-        #[arg(long)]
-        offline: bool,
-        /// Where the demo's SQLite file goes.
+        /// Where the demo's SQLite file goes (its sled database goes beside it, with
+        /// the extension `.sled`).
         #[arg(long, default_value = ".tidemark/demo.sqlite")]
         db: PathBuf,
+        /// Replace the SQLite file and sled database if they exist.
+        #[arg(long)]
+        force: bool,
     },
-    /// Run a local PocketBase with the tidemark hooks and migrations until Ctrl-C.
-    Serve,
+    /// Run a local PocketBase with the tidemark extension for development until
+    /// Ctrl-C: pinned version (installed if needed), data kept in `.tidemark/`, a
+    /// superuser, `--import pb_schema.json` to import collections and sync them.
+    #[command(alias = "serve")]
+    Dev(dev::DevArgs),
     /// Sync a local SQLite store (the demo's `songs`/`friends` schema) with a server.
     Sync {
         /// PocketBase URL.
@@ -71,9 +78,8 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { offline: true, .. } => demo::offline().await,
-        Command::Demo { offline: false, db } => demo::pocketbase(&db).await,
-        Command::Serve => serve().await,
+        Command::Demo { db, force } => demo::pocketbase(&db, force).await,
+        Command::Dev(args) => dev::run(args).await,
         Command::Sync {
             url,
             collection,
@@ -83,20 +89,6 @@ async fn main() -> Result<()> {
         } => sync(&url, &collection, &email, &password, &db).await,
         Command::Status { db } => status(&db).await,
     }
-}
-
-async fn serve() -> Result<()> {
-    let server = pocketbase_remote::harness::TestServer::start();
-    println!("PocketBase with the tidemark extension at {}", server.url());
-    println!(
-        "superuser: {} / {}   admin UI: {}/_/",
-        pocketbase_remote::harness::ADMIN_EMAIL,
-        pocketbase_remote::harness::ADMIN_PASSWORD,
-        server.url()
-    );
-    println!("Ctrl-C to stop (the data directory is temporary).");
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }
 
 fn open_sqlite(db: &std::path::Path) -> Result<SqliteStore> {

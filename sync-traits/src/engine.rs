@@ -65,6 +65,11 @@ pub struct SyncConfig {
     /// How many times one `sync()` restarts a full resync when the horizon moves
     /// past it while it runs.
     pub max_resyncs: usize,
+    /// The longest one `sync()` may run (default 2 minutes; `None`: no limit). A
+    /// sync over it stops where it is and fails with a transient
+    /// `RemoteError::Transient`; what it settled in the store stays settled, the rest
+    /// goes out on the next sync.
+    pub time_limit: Option<Duration>,
 }
 
 impl Default for SyncConfig {
@@ -75,6 +80,7 @@ impl Default for SyncConfig {
             retry: RetryPolicy::default(),
             max_conflict_rounds: 3,
             max_resyncs: 3,
+            time_limit: Some(Duration::from_secs(120)),
         }
     }
 }
@@ -230,10 +236,23 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         &self.remote
     }
 
-    /// Runs one sync: push, then pull until caught up.
+    /// Runs one sync: push, then pull until caught up, within
+    /// [`SyncConfig::time_limit`].
     pub async fn sync(&self) -> Result<SyncReport, SyncError> {
         let _guard = self.running.lock().await;
-        self.sync_locked().instrument(info_span!("sync")).await
+        let run = self.sync_locked().instrument(info_span!("sync"));
+        let Some(limit) = self.config.time_limit else {
+            return run.await;
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(?limit, "sync stopped at its time limit");
+                Err(SyncError::Remote(RemoteError::Transient(format!(
+                    "sync did not finish within its time limit of {limit:?}"
+                ))))
+            }
+        }
     }
 
     async fn sync_locked(&self) -> Result<SyncReport, SyncError> {
