@@ -1,0 +1,158 @@
+//! `tidemark dev` as a user runs it: the built binary against real PocketBase, in a
+//! fresh working folder.
+
+mod support;
+
+use pocketbase_remote::PocketBaseRemote;
+use serde_json::json;
+use support::{repo_root, DevProcess};
+use sync_traits::testkit::MemoryStore;
+use sync_traits::{new_id, LocalStore, Record, SyncEngine};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_start_creates_credentials_restart_reuses_them_and_keeps_the_data() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let schema = repo_root().join("examples/pb_schema.json");
+    let schema = schema.to_str().expect("utf-8 path");
+    let args = [
+        "--import",
+        schema,
+        "--user",
+        "user@example.com",
+        "--user-password",
+        "user-password-1",
+    ];
+
+    // First start: a superuser is generated, printed with its password, stored 0600.
+    let mut dev = DevProcess::start(work.path(), &args);
+    let out = dev.output();
+    let stored: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join(".tidemark/admin.json")).expect("admin.json"),
+    )
+    .expect("admin.json is JSON");
+    let (email, password) = (
+        stored["email"].as_str().expect("email").to_owned(),
+        stored["password"].as_str().expect("password").to_owned(),
+    );
+    assert!(password.len() >= 8, "{password:?}");
+    assert!(
+        out.contains(&format!("superuser: {email} / {password}")),
+        "first start prints the credentials: {out}"
+    );
+    assert!(
+        out.contains(&format!("admin UI: {}/_/", dev.url())),
+        "{out}"
+    );
+    assert!(out.contains("synced: songs (owner field owner)"), "{out}");
+    assert!(out.contains("synced: friends (owner field owner)"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(work.path().join(".tidemark/admin.json"))
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "admin.json mode {mode:o}");
+    }
+
+    // --import enabled sync: the collections are in the head, a user's record syncs.
+    let admin = PocketBaseRemote::builder(dev.url())
+        .superuser(&email, &password)
+        .connect()
+        .await
+        .expect("superuser sign-in with the printed credentials");
+    let mut synced = admin.head().await.expect("head").collections;
+    synced.sort();
+    assert_eq!(synced, ["friends", "songs"]);
+    let user = PocketBaseRemote::builder(dev.url())
+        .user("users", "user@example.com", "user-password-1")
+        .connect()
+        .await
+        .expect("the --user account signs in");
+    let owner = user.user_id().expect("user id");
+    let engine = SyncEngine::new(MemoryStore::new(), user);
+    let id = new_id();
+    let fields = json!({"title": "So What", "order": 1, "owner": owner});
+    engine
+        .local()
+        .put(Record::new(
+            "songs",
+            id.clone(),
+            fields.as_object().cloned().unwrap_or_default(),
+        ))
+        .await
+        .expect("put");
+    let report = engine.sync().await.expect("sync");
+    assert_eq!((report.pushed, report.rejected), (1, 0), "{report:?}");
+
+    // Stops cleanly on SIGTERM.
+    let (status, out) = dev.terminate();
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("PocketBase stopped"), "{out}");
+
+    // Restart (importing again): same credentials, not printed; the data is there.
+    let mut dev = DevProcess::start(work.path(), &args);
+    let out = dev.output();
+    assert!(
+        !out.contains(&password),
+        "a restart does not print the password: {out}"
+    );
+    assert!(
+        out.contains(&format!("superuser: {email}   (password in")),
+        "{out}"
+    );
+    PocketBaseRemote::builder(dev.url())
+        .superuser(&email, &password)
+        .connect()
+        .await
+        .expect("the stored credentials still sign in");
+    let user = PocketBaseRemote::builder(dev.url())
+        .user("users", "user@example.com", "user-password-1")
+        .connect()
+        .await
+        .expect("user sign-in after restart");
+    let fresh = SyncEngine::new(MemoryStore::new(), user);
+    let report = fresh.sync().await.expect("sync after restart");
+    assert_eq!(report.pulled, 1, "{report:?}");
+    let got = fresh
+        .local()
+        .get("songs", &id)
+        .await
+        .expect("get")
+        .expect("the song survived the restart");
+    assert_eq!(got.fields["title"], "So What");
+    let (status, out) = dev.terminate();
+    assert!(status.success(), "{status}: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_credentials_from_flags_and_a_busy_port_is_refused() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut dev = DevProcess::start(
+        work.path(),
+        &[
+            "--admin-email",
+            "boss@example.com",
+            "--admin-password",
+            "boss-password-1",
+        ],
+    );
+    let out = dev.output();
+    assert!(
+        out.contains("superuser: boss@example.com / boss-password-1"),
+        "{out}"
+    );
+    PocketBaseRemote::builder(dev.url())
+        .superuser("boss@example.com", "boss-password-1")
+        .connect()
+        .await
+        .expect("the given credentials sign in");
+    // A second `dev` on the same port fails with a message instead of a half start.
+    let other = tempfile::tempdir().expect("tempdir");
+    let second = support::run_dev_to_end(other.path(), dev.port());
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("is in use"), "{err}");
+    let (status, _) = dev.terminate();
+    assert!(status.success());
+}
