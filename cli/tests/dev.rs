@@ -156,3 +156,104 @@ async fn admin_credentials_from_flags_and_a_busy_port_is_refused() {
     let (status, _) = dev.terminate();
     assert!(status.success());
 }
+
+/// A collection with every PocketBase field type, owned by users.
+fn every_type_collection() -> serde_json::Value {
+    json!({
+        "name": "things",
+        "type": "base",
+        "listRule": "@request.auth.id != '' && author = @request.auth.id",
+        "viewRule": "@request.auth.id != '' && author = @request.auth.id",
+        "createRule": "@request.auth.id != '' && @request.body.author = @request.auth.id",
+        "updateRule": "@request.auth.id != '' && author = @request.auth.id",
+        "deleteRule": "@request.auth.id != '' && author = @request.auth.id",
+        "fields": [
+            {"name": "title", "type": "text"},
+            {"name": "body", "type": "editor"},
+            {"name": "mail", "type": "email"},
+            {"name": "site", "type": "url"},
+            {"name": "count", "type": "number", "onlyInt": true},
+            {"name": "done", "type": "bool"},
+            {"name": "due", "type": "date"},
+            {"name": "made", "type": "autodate", "onCreate": true, "onUpdate": false},
+            {"name": "kind", "type": "select", "values": ["a", "b"], "maxSelect": 1},
+            {"name": "tags", "type": "select", "values": ["x", "y", "z"], "maxSelect": 3},
+            {"name": "author", "type": "relation", "collectionId": "_pb_users_auth_", "maxSelect": 1},
+            {"name": "readers", "type": "relation", "collectionId": "_pb_users_auth_", "maxSelect": 5},
+            {"name": "meta", "type": "json"},
+            {"name": "photo", "type": "file", "maxSelect": 1, "maxSize": 1000000},
+            {"name": "photos", "type": "file", "maxSelect": 4, "maxSize": 1000000},
+            {"name": "place", "type": "geoPoint"},
+            {"name": "secret", "type": "password"},
+        ],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imports_a_whole_admin_ui_export_with_every_field_type() {
+    // An export as the admin UI writes it: every collection of a server, system ones
+    // included, one of them with every field type.
+    let source = tempfile::tempdir().expect("tempdir");
+    let mut dev = DevProcess::start(
+        source.path(),
+        &[
+            "--admin-email",
+            "a@example.com",
+            "--admin-password",
+            "password-123",
+        ],
+    );
+    let admin = PocketBaseRemote::builder(dev.url())
+        .superuser("a@example.com", "password-123")
+        .connect()
+        .await
+        .expect("superuser");
+    admin
+        .import_collections(&[every_type_collection()])
+        .await
+        .expect("create the collection");
+    let export = admin.export_collections().await.expect("export");
+    assert!(export.iter().any(|c| c["name"] == "_superusers"));
+    assert!(dev.terminate().0.success());
+    let file = source.path().join("pb_schema.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&export).expect("json")).expect("write");
+
+    // A fresh project imports it and syncs the app's collection.
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut dev = DevProcess::start(
+        work.path(),
+        &[
+            "--import",
+            file.to_str().expect("utf-8"),
+            "--user",
+            "u@example.com",
+            "--user-password",
+            "user-password-1",
+        ],
+    );
+    let out = dev.output();
+    assert!(out.contains("synced: things (owner field author)"), "{out}");
+    assert!(!out.contains("synced: users"), "{out}");
+    let user = PocketBaseRemote::builder(dev.url())
+        .user("users", "u@example.com", "user-password-1")
+        .connect()
+        .await
+        .expect("user");
+    assert_eq!(user.collections(), ["things"]);
+    let me = user.user_id().expect("user id");
+    let engine = SyncEngine::new(MemoryStore::new(), user);
+    let fields = json!({"title": "t", "count": 3, "done": true, "kind": "a", "tags": ["x", "z"],
+        "author": me, "meta": {"k": [1, 2]}, "place": {"lon": 1.5, "lat": 2.5}});
+    engine
+        .local()
+        .put(Record::new(
+            "things",
+            new_id(),
+            fields.as_object().cloned().unwrap_or_default(),
+        ))
+        .await
+        .expect("put");
+    let report = engine.sync().await.expect("sync");
+    assert_eq!((report.pushed, report.rejected), (1, 0), "{report:?}");
+    assert!(dev.terminate().0.success());
+}
