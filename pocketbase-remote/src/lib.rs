@@ -23,6 +23,12 @@
 //! - **realtime**: [`PocketBaseRemote::subscribe`] turns PocketBase's SSE events into
 //!   "changes available" hints; correctness never depends on them.
 //!
+//! [`PocketBaseRemote::user_id`] is the signed-in user's id (for owner fields);
+//! [`PocketBaseRemote::import_collections`] imports collections in PocketBase's export
+//! format; the [`server`] module runs the stock PocketBase binary with this extension
+//! (embedded in the crate), as `tidemark dev` does. Each request has a time limit
+//! ([`DEFAULT_REQUEST_TIMEOUT`], [`DEFAULT_CONNECT_TIMEOUT`]; see [`Builder::timeout`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), sync_traits::RemoteError> {
 //! use pocketbase_remote::PocketBaseRemote;
