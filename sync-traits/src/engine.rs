@@ -68,7 +68,10 @@ pub struct SyncConfig {
     /// The longest one `sync()` may run (default 2 minutes; `None`: no limit). A
     /// sync over it stops where it is and fails with a transient
     /// `RemoteError::Transient`; what it settled in the store stays settled, the rest
-    /// goes out on the next sync.
+    /// goes out on the next sync, and a pull goes on from the pages it applied. A
+    /// full resync (the first sync included) stopped by the limit starts again from
+    /// zero on the next sync: one that needs longer (millions of records) needs a
+    /// larger limit.
     pub time_limit: Option<Duration>,
 }
 
