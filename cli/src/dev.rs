@@ -296,7 +296,8 @@ pub async fn ensure_user(admin: &PocketBaseRemote, email: &str, password: &str) 
         .context("the created user has no id")
 }
 
-/// Waits for Ctrl-C, SIGTERM or the server's own exit.
+/// Waits for Ctrl-C, SIGTERM or the server's own exit (an error unless it exited
+/// with success).
 async fn wait_for_stop(pb: &mut PocketBase) -> Result<&'static str> {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -310,8 +311,14 @@ async fn wait_for_stop(pb: &mut PocketBase) -> Result<&'static str> {
             r = tokio::signal::ctrl_c() => { r?; return Ok("Ctrl-C"); }
             _ = term_recv => return Ok("SIGTERM"),
             _ = tick.tick() => {
-                if let Some(status) = pb.try_exited() {
-                    bail!("PocketBase exited on its own ({status}): {}", pb.log_tail());
+                // A terminal's Ctrl-C reaches PocketBase too (same process
+                // group); it may stop before this process sees the signal.
+                match pb.try_exited() {
+                    Some(status) if status.success() => return Ok("PocketBase exited"),
+                    Some(status) => {
+                        bail!("PocketBase exited on its own ({status}): {}", pb.log_tail())
+                    }
+                    None => {}
                 }
             }
         }

@@ -88,7 +88,10 @@ async fn first_start_creates_credentials_restart_reuses_them_and_keeps_the_data(
     // Stops cleanly on SIGTERM.
     let (status, out) = dev.terminate();
     assert!(status.success(), "{status}: {out}");
-    assert!(out.contains("PocketBase stopped"), "{out}");
+    assert!(
+        out.contains("SIGTERM: PocketBase stopped (exit status: 0)"),
+        "{out}"
+    );
 
     // Restart (importing again): same credentials, not printed; the data is there.
     let mut dev = DevProcess::start(work.path(), &args);
@@ -153,8 +156,13 @@ async fn admin_credentials_from_flags_and_a_busy_port_is_refused() {
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("is in use"), "{err}");
-    let (status, _) = dev.terminate();
-    assert!(status.success());
+    // Ctrl-C stops it cleanly too, PocketBase included.
+    let (status, out) = dev.interrupt();
+    assert!(status.success(), "{status}: {out}");
+    assert!(
+        out.contains("Ctrl-C: PocketBase stopped (exit status: 0)"),
+        "{out}"
+    );
 }
 
 /// A collection with every PocketBase field type, owned by users.

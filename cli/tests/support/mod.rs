@@ -120,11 +120,21 @@ impl DevProcess {
 
     /// Sends SIGTERM and waits for the exit; returns the status and all output.
     pub fn terminate(&mut self) -> (ExitStatus, String) {
+        self.signal(rustix::process::Signal::TERM)
+    }
+
+    /// Sends SIGINT (what Ctrl-C sends) and waits for the exit; returns the status
+    /// and all output.
+    pub fn interrupt(&mut self) -> (ExitStatus, String) {
+        self.signal(rustix::process::Signal::INT)
+    }
+
+    fn signal(&mut self, signal: rustix::process::Signal) -> (ExitStatus, String) {
         let pid = i32::try_from(self.child.id())
             .ok()
             .and_then(rustix::process::Pid::from_raw)
             .expect("pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        rustix::process::kill_process(pid, signal).expect("kill");
         let status = self.child.wait().expect("wait");
         // The reader threads end with the pipes.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
