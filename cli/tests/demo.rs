@@ -1,0 +1,42 @@
+//! `tidemark demo` as built: the two-client story through a throwaway PocketBase,
+//! and its refusal to replace existing stores without `--force`.
+
+mod support;
+
+use std::process::Stdio;
+
+#[test]
+fn demo_converges_and_replaces_its_stores_only_with_force() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        support::tidemark(work.path())
+            .arg("demo")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tidemark demo")
+    };
+    let first = run(&[]);
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(out.contains("done: 4 records on each client"), "{out}");
+    assert!(out.contains("merged field by field"), "{out}");
+    let db = work.path().join(".tidemark/demo.sqlite");
+    assert!(db.exists());
+    let before = std::fs::metadata(&db).expect("metadata").len();
+
+    let second = run(&[]);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("pass --force"), "{err}");
+    assert_eq!(std::fs::metadata(&db).expect("still there").len(), before);
+
+    let forced = run(&["--force"]);
+    let out = String::from_utf8_lossy(&forced.stdout);
+    assert!(forced.status.success(), "{out}");
+    assert!(out.contains("done: 4 records on each client"), "{out}");
+}
