@@ -325,11 +325,33 @@ async fn wait_for_stop(pb: &mut PocketBase) -> Result<&'static str> {
     }
 }
 
+/// Holds `dir/dev.lock` locked (exclusive, released when the file closes, also by a
+/// crash): one `tidemark dev` per folder, so two servers never share a data folder.
+fn lock_project(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("dev.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    #[cfg(unix)]
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!(
+            "another `tidemark dev` is already running with {} (it holds {})",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Runs `tidemark dev` until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
+    let _lock = lock_project(&dir)?;
     let bin = locate_pocketbase(&dir).await?;
     let ext = write_extension(&dir)?;
     let log = dir.join("pocketbase.log");

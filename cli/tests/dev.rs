@@ -129,7 +129,7 @@ async fn first_start_creates_credentials_restart_reuses_them_and_keeps_the_data(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn admin_credentials_from_flags_and_a_busy_port_is_refused() {
+async fn admin_credentials_from_flags_a_busy_port_and_a_busy_folder_are_refused() {
     let work = tempfile::tempdir().expect("tempdir");
     let mut dev = DevProcess::start(
         work.path(),
@@ -156,6 +156,13 @@ async fn admin_credentials_from_flags_and_a_busy_port_is_refused() {
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("is in use"), "{err}");
+    // A second `dev` with the same folder (on a free port) is refused: two servers
+    // never share a data folder.
+    let port = pocketbase_remote::server::free_port().expect("port");
+    let same = support::run_dev_to_end(work.path(), port);
+    assert!(!same.status.success());
+    let err = String::from_utf8_lossy(&same.stderr);
+    assert!(err.contains("already running"), "{err}");
     // Ctrl-C stops it cleanly too, PocketBase included.
     let (status, out) = dev.interrupt();
     assert!(status.success(), "{status}: {out}");
