@@ -228,3 +228,24 @@ async fn whole_sync_time_limit_stops_a_sync_whose_requests_would_wait_longer() {
     // The unpushed change waits for the next sync.
     assert_eq!(engine.local().pending_count().await.expect("count"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_keeps_the_same_time_limit() {
+    let server = TestServer::start();
+    let (proxy, engine, _) = frozen_setup(&server, Duration::from_secs(600)).await;
+    let engine = engine.with_config(SyncConfig {
+        time_limit: Some(Duration::from_millis(500)),
+        ..SyncConfig::default()
+    });
+    proxy.freeze();
+    let e = engine
+        .reconcile()
+        .await
+        .expect_err("a frozen server cannot complete a reconcile");
+    match e.cause() {
+        SyncError::Remote(RemoteError::Transient(m)) => {
+            assert!(m.contains("time limit"), "{m}")
+        }
+        other => panic!("expected the time limit's transient error, got {other:?}"),
+    }
+}

@@ -243,7 +243,15 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// [`SyncConfig::time_limit`].
     pub async fn sync(&self) -> Result<SyncReport, SyncError> {
         let _guard = self.running.lock().await;
-        let run = self.sync_locked().instrument(info_span!("sync"));
+        self.within_time_limit(self.sync_locked().instrument(info_span!("sync")))
+            .await
+    }
+
+    /// Runs `run`, stopped at [`SyncConfig::time_limit`] with a transient error.
+    async fn within_time_limit<T>(
+        &self,
+        run: impl Future<Output = Result<T, SyncError>>,
+    ) -> Result<T, SyncError> {
         let Some(limit) = self.config.time_limit else {
             return run.await;
         };
@@ -319,9 +327,10 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// unpushed creates would count too, and when the remote cannot count. A write
     /// landing on the server between the pull and the count can hide a stale record
     /// until the next reconcile, or start a resync that was not needed.
+    /// Runs within [`SyncConfig::time_limit`], like [`SyncEngine::sync`].
     pub async fn reconcile(&self) -> Result<SyncReport, SyncError> {
         let _guard = self.running.lock().await;
-        async {
+        let run = async {
             let mut report = self.sync_locked().await?;
             let synced = self
                 .retry("collections", || self.remote.collections())
@@ -362,8 +371,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             }
             Ok(report)
         }
-        .instrument(info_span!("reconcile"))
-        .await
+        .instrument(info_span!("reconcile"));
+        self.within_time_limit(run).await
     }
 
     /// Keeps the store in sync until `stop` completes: syncs at once, then whenever
