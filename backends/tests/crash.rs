@@ -325,7 +325,7 @@ const FIRST_KILLS: usize = 10;
 /// number `i` has `(i + g) % 5 != 0`, with `order = g`, in pages.
 fn generation(g: u64) -> Vec<Page> {
     let ids: Vec<u64> = (0..FIRST_PAGES * FIRST_PAGE)
-        .filter(|i| (i + g) % 5 != 0)
+        .filter(|i| !(i + g).is_multiple_of(5))
         .collect();
     let chunks: Vec<&[u64]> = ids.chunks(FIRST_PAGE as usize).collect();
     let last = chunks.len() - 1;
