@@ -3,7 +3,8 @@
 //! list API, with the peak memory the sync added and the CPU time each phase cost
 //! this process and the server. Each of `ROUNDS` rounds (default 3) runs the
 //! download, `RemoteStore::pull` alone and a full sync back to back; medians are
-//! printed at the end, with the store's applies of the same pages timed alone.
+//! printed at the end, with the stores' applies of the same pages (SQLite and
+//! sled, joined into the engine's resync batches) timed alone, wall and CPU.
 //!
 //! `bash scripts/install-pocketbase.sh && ROUNDS=5 cargo run --release --example initial_sync [N]`
 
@@ -16,7 +17,33 @@ use serde_json::json;
 use sync_traits::{
     new_id, ChangeId, LocalStore, Op, PushChange, RemoteStore, SyncConfig, SyncEngine,
 };
-use tidemark_backends::{Schema, SqliteStore};
+use tidemark_backends::{Schema, SledStore, SqliteStore};
+
+/// `pages` joined into batches of `batch` changes, as `SyncEngine` applies a
+/// resync's pages.
+fn join_pages(pages: Vec<sync_traits::Page>, batch: usize) -> Vec<sync_traits::Page> {
+    let mut out: Vec<sync_traits::Page> = Vec::new();
+    for p in pages {
+        match out.last_mut() {
+            Some(last) if last.changes.len() < batch => {
+                last.changes.extend(p.changes);
+                last.watermark = p.watermark;
+                last.more = p.more;
+            }
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// A first sync's calls to the store: begin resync, every batch, finish.
+async fn apply_all(store: &dyn LocalStore, batches: &[sync_traits::Page]) {
+    store.begin_resync().await.expect("begin");
+    for p in batches {
+        store.apply_remote(p).await.expect("apply");
+    }
+    store.finish_resync(None).await.expect("finish");
+}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -178,22 +205,31 @@ async fn main() {
         syncs.push(sync_time);
     }
 
-    // 4. The store alone: the same pages, pulled beforehand, applied to a fresh file
-    //    the way the first sync does (begin resync, pages, finish).
+    // 4. The stores alone: the same pages, pulled beforehand, applied to a fresh
+    //    file the way the first sync does (begin resync, the pages joined into the
+    //    engine's resync batches, finish), with the CPU time it cost.
     let mut pages = Vec::new();
     pull_all(&srv.user("bench@t.io").await, |p| pages.push(p)).await;
+    let batches = join_pages(pages, SyncConfig::default().resync_batch);
+    let (mut sled_applies, mut apply_cpu, mut sled_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
             SqliteStore::open(dir.path().join("app.sqlite"), Schema::sample()).expect("store");
-        let t = Instant::now();
-        store.begin_resync().await.expect("begin");
-        for p in &pages {
-            store.apply_remote(p).await.expect("apply");
-        }
-        store.finish_resync(None).await.expect("finish");
+        let (t, c) = (Instant::now(), cpu_secs("self"));
+        apply_all(&store, &batches).await;
         applies.push(t.elapsed());
+        apply_cpu.push(cpu_secs("self") - c);
+        let store = SledStore::open(dir.path().join("app.sled"), Schema::sample()).expect("store");
+        let (t, c) = (Instant::now(), cpu_secs("self"));
+        apply_all(&store, &batches).await;
+        store.flush().expect("flush");
+        sled_applies.push(t.elapsed());
+        sled_cpu.push(cpu_secs("self") - c);
     }
+    apply_cpu.sort_by(f64::total_cmp);
+    sled_cpu.sort_by(f64::total_cmp);
+    let (apply_cpu, sled_cpu) = (apply_cpu[apply_cpu.len() / 2], sled_cpu[sled_cpu.len() / 2]);
 
     let med = |v: &mut Vec<Duration>| {
         v.sort();
@@ -216,9 +252,16 @@ async fn main() {
         rate(pull_only),
         pull_only.as_secs_f64() / download.as_secs_f64()
     );
+    let sled_apply = med(&mut sled_applies);
     println!(
-        "SQLite apply of those pages:  {apply:.2?}  ({:.0}/s)",
-        rate(apply)
+        "SQLite apply of those pages:  {apply:.2?}  ({:.0}/s, CPU {apply_cpu:.2} s: {:.0}/CPU-s)",
+        rate(apply),
+        n as f64 / apply_cpu
+    );
+    println!(
+        "sled apply of those pages:    {sled_apply:.2?}  ({:.0}/s, CPU {sled_cpu:.2} s: {:.0}/CPU-s)",
+        rate(sled_apply),
+        n as f64 / sled_cpu
     );
     println!(
         "tidemark initial sync→SQLite: {sync_time:.2?}  ({:.0}/s)  {:.2}x",

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 use sync_traits::testkit::{FakeRemote, MemoryStore};
 use sync_traits::{
-    new_id, ClientWins, FieldMerge, Fields, LocalStore, Record, ServerWins, SyncEngine, SyncEvent,
+    new_id, ClientWins, FieldMerge, Fields, LocalStore, Record, ServerWins, SyncConfig, SyncEngine,
+    SyncEvent,
 };
 
 fn f(v: serde_json::Value) -> Fields {
@@ -292,13 +293,64 @@ async fn ten_thousand_records_page_correctly() {
     assert_eq!(r.pushed, 10_000);
     let (b, eb) = client(&server);
     let mut events = eb.subscribe();
+    let (pulls_before, _) = server.round_trips();
     let r = eb.sync().await.unwrap();
     assert_eq!(r.pulled, 10_000);
     assert_eq!(b.all_records(), server.snapshot());
-    let pages = std::iter::from_fn(|| events.try_recv().ok())
-        .filter(|e| matches!(e, SyncEvent::PullProgress { .. }))
-        .count();
-    assert_eq!(pages, 10, "page size 1000");
+    let (pulls_after, _) = server.round_trips();
+    // A first sync: ten pages of 1000 (and the head read), applied as one resync
+    // batch of `SyncConfig::resync_batch` (10,000) changes.
+    assert_eq!(pulls_after - pulls_before, 10, "page size 1000");
+    let progress: Vec<usize> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|e| match e {
+            SyncEvent::PullProgress { pulled, .. } => Some(pulled),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress, vec![10_000], "one resync batch");
+}
+
+/// A resync joins pages into batches of `resync_batch` changes (the last one
+/// shorter); an incremental pull applies page by page.
+#[tokio::test]
+async fn a_resync_applies_pages_in_batches_and_an_incremental_pull_page_by_page() {
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    for i in 0..2_500 {
+        a.put(Record::new("songs", new_id(), f(json!({"order": i}))))
+            .await
+            .unwrap();
+    }
+    ea.sync().await.unwrap();
+    let b = Arc::new(MemoryStore::new());
+    let eb = SyncEngine::new(b.clone(), server.clone()).with_config(SyncConfig {
+        page_size: 100,
+        resync_batch: 1_000,
+        ..Default::default()
+    });
+    let progress = |events: &mut tokio::sync::broadcast::Receiver<SyncEvent>| {
+        std::iter::from_fn(|| events.try_recv().ok())
+            .filter_map(|e| match e {
+                SyncEvent::PullProgress { pulled, .. } => Some(pulled),
+                _ => None,
+            })
+            .collect::<Vec<usize>>()
+    };
+    let mut events = eb.subscribe();
+    let r = eb.sync().await.unwrap();
+    assert_eq!(r.pulled, 2_500);
+    assert_eq!(progress(&mut events), vec![1_000, 2_000, 2_500]);
+    assert_eq!(b.all_records(), server.snapshot());
+    for i in 0..250 {
+        a.put(Record::new("songs", new_id(), f(json!({"order": i}))))
+            .await
+            .unwrap();
+    }
+    ea.sync().await.unwrap();
+    let r = eb.sync().await.unwrap();
+    assert_eq!(r.pulled, 250);
+    assert_eq!(progress(&mut events), vec![100, 200, 250], "page by page");
+    assert_eq!(b.all_records(), server.snapshot());
 }
 
 /// A remote that deletes and compacts on the server right after the first pull

@@ -1,5 +1,8 @@
 //! Store benchmarks: applying a 10k-record page vs a raw bulk insert of the same
-//! rows, local put-with-outbox vs a raw single-row insert, opening a 100k store.
+//! rows (the incremental case), a first sync of 50k records into a fresh store
+//! through the engine (the first-sync path: resync mode, many pages, the engine's
+//! batching) vs a raw bulk insert of the same rows, local put-with-outbox vs a raw
+//! single-row insert, opening a 100k store.
 //!
 //! cargo bench -p tidemark-backends --bench stores -- --warm-up-time 1 --measurement-time 3
 
@@ -8,8 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 use sync_traits::{
-    new_id, Fields, LocalStore, Page, Record, RecordId, RemoteChange, RemoteState, Version,
-    Watermark,
+    new_id, Fields, LocalStore, Page, Record, RecordId, RemoteChange, RemoteState, SyncConfig,
+    Version, Watermark,
 };
 use tidemark_backends::{Schema, SledStore, SqliteStore};
 
@@ -110,6 +113,96 @@ fn bench_apply(c: &mut Criterion) {
                 t.apply_batch(batch).unwrap();
                 db.flush().unwrap();
             },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+/// The first-sync path as `SyncEngine::sync` runs it, from an in-memory server so
+/// the figure is the engine and the store alone: a fresh store, a resync of
+/// `FIRST` records in pages of 1000, applied in the engine's resync batches.
+fn bench_first_sync(c: &mut Criterion) {
+    const FIRST: usize = 50_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let server = sync_traits::testkit::FakeRemote::new();
+    let data = rows(FIRST);
+    for (id, f) in &data {
+        server.server_write("songs", id, Some(f.clone()));
+    }
+    fn first_sync<S: LocalStore>(
+        rt: &tokio::runtime::Runtime,
+        server: &sync_traits::testkit::FakeRemote,
+        store: S,
+        resync_batch: usize,
+    ) {
+        let engine = sync_traits::SyncEngine::new(store, server.clone()).with_config(
+            sync_traits::SyncConfig {
+                resync_batch,
+                ..Default::default()
+            },
+        );
+        let report = rt.block_on(engine.sync()).unwrap();
+        assert_eq!(report.applied, FIRST);
+    }
+    let mut g = c.benchmark_group("first_sync_50k");
+    g.throughput(Throughput::Elements(FIRST as u64));
+    g.sample_size(10);
+    g.bench_function("sqlite_store", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
+                (d, s)
+            },
+            |(_d, s)| first_sync(&rt, &server, s, SyncConfig::default().resync_batch),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("sqlite_store_page_by_page", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
+                (d, s)
+            },
+            |(_d, s)| first_sync(&rt, &server, s, 1),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("sqlite_raw_insert", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let c = raw_sqlite(&d.path().join("raw.db"));
+                (d, c)
+            },
+            |(_d, mut c)| raw_sqlite_insert(&mut c, &data),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("sled_store", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let s = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
+                (d, s)
+            },
+            |(_d, s)| first_sync(&rt, &server, s, SyncConfig::default().resync_batch),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("sled_store_page_by_page", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let s = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
+                (d, s)
+            },
+            |(_d, s)| first_sync(&rt, &server, s, 1),
             BatchSize::PerIteration,
         )
     });
@@ -267,5 +360,11 @@ fn bench_open(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_apply, bench_put, bench_open);
+criterion_group!(
+    benches,
+    bench_apply,
+    bench_first_sync,
+    bench_put,
+    bench_open
+);
 criterion_main!(benches);

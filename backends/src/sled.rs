@@ -432,7 +432,9 @@ impl Shared {
     ) -> Result<ApplyReport, StoreError> {
         let _g = self.lock();
         let (mut report, applied) = self.write(|tx| {
-            let resyncing = tx.meta("resyncing")? != 0;
+            // 2: a resync begun on empty trees, where nothing needs marking seen
+            // (finish_resync removes nothing).
+            let resyncing = tx.meta("resyncing")? == 1;
             let mut report = ApplyReport::default();
             let mut applied = Vec::new();
             for (n, p) in prepared.iter().enumerate() {
@@ -562,8 +564,17 @@ impl Shared {
 
     fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
         let _g = self.lock();
-        if self.meta_u64("resyncing")? == 0 {
-            return Ok(0);
+        match self.meta_u64("resyncing")? {
+            0 => return Ok(0),
+            // Begun on empty trees: every record is one this resync applied or one
+            // with an outbox entry, so none is to be removed, and none was marked.
+            2 => {
+                return self.write(|tx| {
+                    tx.set_meta("resyncing", 0)?;
+                    Ok(0)
+                })
+            }
+            _ => {}
         }
         // Under the lock nothing changes between this scan and the transaction.
         let mut gone: Vec<(usize, IVec, Vec<u8>)> = Vec::new();
@@ -739,9 +750,16 @@ impl LocalStore for SledStore {
             let _g = s.lock();
             let seen = s.keys_of(SEEN)?;
             let parked = s.keys_of(PARKED)?;
+            // 2 when no synced tree holds a record (a first sync): see finish_resync.
+            let mut empty = true;
+            for (i, c) in s.colls.values() {
+                if !c.local_only {
+                    empty &= s.trees[*i].is_empty();
+                }
+            }
             s.write(|tx| {
                 tx.set_meta("watermark", 0)?;
-                tx.set_meta("resyncing", 1)?;
+                tx.set_meta("resyncing", if empty { 2 } else { 1 })?;
                 for k in &seen {
                     tx.t[SEEN].remove(k)?;
                 }

@@ -14,6 +14,14 @@
 //! never half applied, and the watermark moves with its data); among the friends,
 //! the outbox holds exactly the newest round's writes or nothing (an ack is never
 //! half applied); the watermark is at least the last one the child reported.
+//!
+//! A second workload kills a *first sync* (a resync begun on an empty store, the
+//! case a store may take a shorter path for): each child starts on a new empty
+//! store and runs `begin_resync`, `FIRST_PAGES` pages, `finish_resync`. After the
+//! kill, a store that finished holds exactly what the server held; one killed
+//! midway still says it is resyncing, and the resync the engine starts again (a
+//! server state that no longer has a fifth of those records) leaves exactly the
+//! new state: nothing of the interrupted one survives.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -306,6 +314,198 @@ fn kill_loop(kind: &str, test: &str) {
     eprintln!(
         "{kind}: {kills} kills, {mid_ack} with local writes pending, last watermark {reported}"
     );
+}
+
+/// Records of the first-sync workload: `FIRST_PAGES` pages of `FIRST_PAGE`.
+const FIRST_PAGES: u64 = 8;
+const FIRST_PAGE: u64 = 2500;
+const FIRST_KILLS: usize = 10;
+
+/// The server's state in generation `g` as a resync delivers it: the songs whose
+/// number `i` has `(i + g) % 5 != 0`, with `order = g`, in pages.
+fn generation(g: u64) -> Vec<Page> {
+    let ids: Vec<u64> = (0..FIRST_PAGES * FIRST_PAGE)
+        .filter(|i| !(i + g).is_multiple_of(5))
+        .collect();
+    let chunks: Vec<&[u64]> = ids.chunks(FIRST_PAGE as usize).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(k, chunk)| Page {
+            changes: chunk
+                .iter()
+                .map(|&i| RemoteChange {
+                    collection: "songs".into(),
+                    id: id('s', i),
+                    state: RemoteState {
+                        version: Version(g * 1_000_000 + i + 1),
+                        fields: json!({"title": format!("song {i}"), "artist": "x", "order": g})
+                            .as_object()
+                            .cloned(),
+                        change_id: None,
+                    },
+                })
+                .collect(),
+            watermark: Watermark(g * 1_000_000 + chunk.last().copied().unwrap_or(0) + 1),
+            more: k != last,
+        })
+        .collect()
+}
+
+/// A resync of generation `g`, as the engine makes it; `mark` prints progress.
+async fn resync(s: &dyn LocalStore, g: u64, mut mark: impl FnMut(&str)) {
+    s.begin_resync().await.unwrap();
+    mark("BEGUN");
+    for page in generation(g) {
+        s.apply_remote(&page).await.unwrap();
+        mark("PAGE");
+    }
+    s.finish_resync(None).await.unwrap();
+    mark("FINISHED");
+}
+
+/// Whether `s` holds exactly generation `g` and is not resyncing.
+async fn holds_generation(kind: &str, s: &dyn LocalStore, g: u64) {
+    let st = s.sync_state().await.unwrap();
+    assert!(!st.resyncing, "{kind}: still resyncing after finish");
+    let want: Vec<_> = generation(g)
+        .into_iter()
+        .flat_map(|p| p.changes.into_iter().map(|c| c.id))
+        .collect();
+    let mut songs = s.list("songs").await.unwrap();
+    songs.sort_by(|a, b| a.id.cmp(&b.id));
+    let got: Vec<_> = songs.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{kind}: generation {g} not held exactly"
+    );
+    assert_eq!(got, want, "{kind}: generation {g} not held exactly");
+    assert!(
+        songs.iter().all(|r| r.fields["order"] == json!(g)),
+        "{kind}: a record of an earlier generation survived"
+    );
+}
+
+/// The first-sync workload (see the module docs): the child side when started by
+/// the parent, else the parent's kill loop.
+fn first_sync_kill_loop(kind: &str, test: &str) {
+    if let (Ok(child_kind), Ok(path)) = (
+        std::env::var("TIDEMARK_CRASH_KIND"),
+        std::env::var("TIDEMARK_CRASH_PATH"),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = open(&child_kind, std::path::Path::new(&path));
+        let mut out = std::io::stdout();
+        rt.block_on(resync(&*s, 1, |m| {
+            writeln!(out, "\n{MARK}{m}").unwrap();
+            out.flush().unwrap();
+        }));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let seed = std::env::var("TIDEMARK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{kind}: kill times from seed {seed} (TIDEMARK_CRASH_SEED={seed} repeats them)");
+    let mut rng = Rng(seed | 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut midway, mut finished) = (0, 0);
+    for kill in 0..FIRST_KILLS {
+        let path = dir.path().join(format!("store-{kill}"));
+        let mut c = Command::new(&exe)
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("TIDEMARK_CRASH_KIND", kind)
+            .env("TIDEMARK_CRASH_PATH", &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed after the child's `k`-th progress mark (0: before any) and a few
+        // more milliseconds, so most kills land inside the first sync whatever the
+        // machine's speed; `k` past the last mark lets it finish first.
+        let k = (rng.next() % 10) as usize;
+        let stdout = c.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(at) = line.find(MARK) {
+                    let _ = tx.send(line[at + MARK.len()..].trim().to_owned());
+                }
+            }
+        });
+        let mut marks = Vec::new();
+        while marks.len() < k {
+            // Bounded: a child that stops printing (or exits) ends the wait.
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(m) => marks.push(m),
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.next() % 30));
+        c.kill().unwrap(); // SIGKILL (or nothing, if it already finished)
+        c.wait().unwrap();
+        reader.join().unwrap();
+        marks.extend(rx.try_iter());
+        let s = open(kind, &path);
+        let st = rt.block_on(s.sync_state()).unwrap();
+        let saw_finish = marks.iter().any(|m| m == "FINISHED");
+        if st.resyncing {
+            assert!(
+                !saw_finish,
+                "{kind}: finished, yet the store says resyncing"
+            );
+            midway += 1;
+            // The engine starts the resync again; the server has moved on.
+            rt.block_on(resync(&*s, 2, |_| {}));
+            rt.block_on(holds_generation(kind, &*s, 2));
+        } else if marks.iter().any(|m| m == "BEGUN") {
+            assert!(
+                saw_finish || st.watermark.0 > 0,
+                "{kind}: a begun resync vanished"
+            );
+            finished += 1;
+            rt.block_on(holds_generation(kind, &*s, 1));
+        } else {
+            assert!(rt.block_on(s.list("songs")).unwrap().is_empty());
+        }
+        eprintln!(
+            "{kind}: kill {kill}: {} marks, resyncing {}",
+            marks.len(),
+            st.resyncing
+        );
+    }
+    assert!(
+        midway > 0,
+        "{kind}: no kill of {FIRST_KILLS} landed inside the first sync (seed {seed})"
+    );
+    eprintln!("{kind}: {FIRST_KILLS} kills: {midway} inside the first sync, {finished} after it");
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_first_sync_survives_sigkill() {
+    first_sync_kill_loop("sqlite", "sqlite_first_sync_survives_sigkill");
+}
+
+#[cfg(feature = "sled")]
+#[test]
+fn sled_first_sync_survives_sigkill() {
+    first_sync_kill_loop("sled", "sled_first_sync_survives_sigkill");
 }
 
 #[cfg(feature = "sqlite")]

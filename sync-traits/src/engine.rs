@@ -57,6 +57,14 @@ pub struct SyncConfig {
     pub push_batch: usize,
     /// Changes per pulled page.
     pub page_size: usize,
+    /// Changes per local transaction during a full resync (a first sync is one):
+    /// pulled pages are joined into one `apply_remote` call of up to this many
+    /// changes, and up to that many are downloaded ahead while one applies. A
+    /// resync that stops midway starts again from zero, so this keeps no less
+    /// progress than applying page by page; it bounds the changes held in memory
+    /// to about twice this. Fewer, larger transactions write each b-tree page of
+    /// the store once per batch rather than once per page. `0` or `1`: page by page.
+    pub resync_batch: usize,
     /// Retry policy for transient remote errors.
     pub retry: RetryPolicy,
     /// How many times one `sync()` re-pushes changes that met a conflict and were
@@ -80,6 +88,7 @@ impl Default for SyncConfig {
         Self {
             push_batch: 500,
             page_size: 1000,
+            resync_batch: 10_000,
             retry: RetryPolicy::default(),
             max_conflict_rounds: 3,
             max_resyncs: 3,
@@ -827,7 +836,14 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 }
             }
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SyncError>>(1);
+        // During a resync pages are joined into batches of `resync_batch` changes,
+        // and as many are downloaded ahead while a batch applies.
+        let batch = match mode {
+            PullMode::Resync => self.config.resync_batch.max(1),
+            _ => 1,
+        };
+        let ahead = batch.div_ceil(limit).clamp(1, 64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SyncError>>(ahead);
         let (remote, policy, events) = (
             self.remote.clone(),
             self.config.retry.clone(),
@@ -853,10 +869,19 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             .instrument(tracing::Span::current()),
         )));
         loop {
-            let page = match rx.recv().await {
+            let mut page = match rx.recv().await {
                 Some(page) => page?,
                 None => return Err(puller.stopped().await),
             };
+            while page.more && page.changes.len() < batch {
+                let next = match rx.recv().await {
+                    Some(next) => next?,
+                    None => return Err(puller.stopped().await),
+                };
+                page.changes.extend(next.changes);
+                page.watermark = next.watermark;
+                page.more = next.more;
+            }
             if !self.apply_page(&page, report).await? {
                 return Ok(());
             }

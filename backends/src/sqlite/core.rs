@@ -380,7 +380,23 @@ impl Core {
     pub(super) fn begin_resync(&self) -> Result<(), StoreError> {
         self.write(|tx| {
             Self::set_meta(tx, "watermark", 0)?;
-            Self::set_meta(tx, "resyncing", 1)?;
+            // `resyncing` is 2 when no synced table holds a record as the resync
+            // begins (a first sync): then no record can be missing from it, and
+            // finish_resync has nothing to look for.
+            let mut empty = true;
+            for (name, table) in self.tables.iter() {
+                if !table.schema.local_only {
+                    let any: bool = tx
+                        .query_row(
+                            &format!("SELECT EXISTS (SELECT 1 FROM {})", q(name)),
+                            [],
+                            |r| r.get(0),
+                        )
+                        .map_err(sql_err)?;
+                    empty &= !any;
+                }
+            }
+            Self::set_meta(tx, "resyncing", if empty { 2 } else { 1 })?;
             // A new epoch: every version row's mark is now from an earlier one.
             let epoch = Self::meta_i64(tx, "epoch")?;
             Self::set_meta(tx, "epoch", epoch.saturating_add(1))?;
@@ -396,13 +412,19 @@ impl Core {
         synced: Option<BTreeSet<String>>,
     ) -> Result<usize, StoreError> {
         self.write(|tx| {
-            if Self::meta_i64(tx, "resyncing")? == 0 {
+            let resyncing = Self::meta_i64(tx, "resyncing")?;
+            if resyncing == 0 {
                 return Ok(0);
             }
             let epoch = Self::meta_i64(tx, "epoch")?;
             let mut removed = 0;
             for (name, table) in self.tables.iter() {
-                if table.schema.local_only || synced.as_ref().is_some_and(|s| !s.contains(name)) {
+                // Begun on empty tables (2): every record is one this resync applied
+                // or one with an outbox entry, so none is to be removed.
+                if resyncing == 2
+                    || table.schema.local_only
+                    || synced.as_ref().is_some_and(|s| !s.contains(name))
+                {
                     continue;
                 }
                 let t = q(name);

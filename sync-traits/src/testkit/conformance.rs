@@ -105,6 +105,8 @@ where
     made_here_knows_its_own_change_ids(&make().await).await;
     finish_resync_removes_only_in_synced_collections(&make().await).await;
     a_value_of_another_type_is_kept_as_sent(&make().await).await;
+    a_first_sync_begun_again_removes_what_it_no_longer_delivers(&make().await).await;
+    a_first_sync_keeps_what_is_written_meanwhile(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -749,6 +751,60 @@ pub async fn resync_keeps_outbox_and_removes_unseen(s: &dyn LocalStore) {
     let st = s.sync_state().await.unwrap();
     assert!(!st.resyncing);
     assert_eq!(st.watermark, Watermark(10));
+}
+
+/// A first sync (a resync begun on an empty store) that is begun again after
+/// applying part of what it pulled is an ordinary resync: what the second pass
+/// does not deliver is removed. (A store may skip looking for unseen records
+/// when a resync begins on an empty store, and must decide that anew at every
+/// `begin_resync`.)
+pub async fn a_first_sync_begun_again_removes_what_it_no_longer_delivers(s: &dyn LocalStore) {
+    let (kept, gone) = (new_id(), new_id());
+    s.begin_resync().await.unwrap();
+    s.apply_remote(&page(
+        vec![
+            remote(SONGS, &kept, 1, Some(song("k", 1))),
+            remote(SONGS, &gone, 2, Some(song("g", 2))),
+        ],
+        2,
+    ))
+    .await
+    .unwrap();
+    // Interrupted; the next sync starts the resync again, and `gone` was deleted
+    // and compacted on the server meanwhile.
+    s.begin_resync().await.unwrap();
+    s.apply_remote(&page(vec![remote(SONGS, &kept, 1, Some(song("k", 1)))], 5))
+        .await
+        .unwrap();
+    assert_eq!(s.finish_resync(None).await.unwrap(), 1);
+    assert!(s.get(SONGS, &gone).await.unwrap().is_none());
+    assert!(s.get(SONGS, &kept).await.unwrap().is_some());
+    assert!(!s.sync_state().await.unwrap().resyncing);
+    // A later resync of a store with records looks for unseen ones again.
+    s.begin_resync().await.unwrap();
+    assert_eq!(s.finish_resync(None).await.unwrap(), 1, "nothing delivered");
+    assert!(s.get(SONGS, &kept).await.unwrap().is_none());
+}
+
+/// A first sync keeps a record the app writes while it runs, and everything it
+/// delivered.
+pub async fn a_first_sync_keeps_what_is_written_meanwhile(s: &dyn LocalStore) {
+    let (pulled, mine) = (new_id(), new_id());
+    s.begin_resync().await.unwrap();
+    s.apply_remote(&page(
+        vec![remote(SONGS, &pulled, 1, Some(song("p", 1)))],
+        1,
+    ))
+    .await
+    .unwrap();
+    s.put(Record::new(SONGS, mine.clone(), song("mine", 2)))
+        .await
+        .unwrap();
+    assert_eq!(s.finish_resync(None).await.unwrap(), 0);
+    assert!(s.get(SONGS, &pulled).await.unwrap().is_some());
+    assert!(s.get(SONGS, &mine).await.unwrap().is_some());
+    assert_eq!(s.pending_count().await.unwrap(), 1);
+    assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(1));
 }
 
 /// A record created and deleted before any push leaves a base-less delete.
