@@ -49,7 +49,7 @@
 //! let schema = Schema::new().collection(CollectionSchema::new("songs").text("title").number("order"));
 //! let store = SqliteStore::open("app.sqlite", schema)?; // a real table `songs` you can query
 //! let remote = PocketBaseRemote::builder("http://127.0.0.1:8090")
-//!     .user("users", "me@example.com", "secret")
+//!     .user("users", "me@example.com", "my-password") // PocketBase: 8 characters or more
 //!     .connect()
 //!     .await?;
 //! let engine = SyncEngine::new(store, remote).with_policy(ServerWins);
