@@ -298,8 +298,8 @@ async fn ten_thousand_records_page_correctly() {
     assert_eq!(r.pulled, 10_000);
     assert_eq!(b.all_records(), server.snapshot());
     let (pulls_after, _) = server.round_trips();
-    // A first sync: ten pages of 1000 (and the head read), applied as one resync
-    // batch of `SyncConfig::resync_batch` (10,000) changes.
+    // A first sync: ten pages of 1000, applied as one resync batch (up to
+    // `SyncConfig::resync_batch`, 25,000, changes).
     assert_eq!(pulls_after - pulls_before, 10, "page size 1000");
     let progress: Vec<usize> = std::iter::from_fn(|| events.try_recv().ok())
         .filter_map(|e| match e {
@@ -518,4 +518,36 @@ async fn reconcile_after_a_rejection_finds_nothing_stale() {
     assert_eq!((r.rejected, r.remaining), (1, 0));
     assert!(!r.resynced, "the counts agree once the outbox has landed");
     assert_eq!(a.all_records(), server.snapshot());
+}
+
+/// A sync that keeps making progress is not stopped by the stall limit, however
+/// long it runs: twelve pulls, each answered after a third of the limit (four
+/// times the limit in all).
+#[tokio::test]
+async fn a_sync_making_progress_outlasts_its_stall_limit() {
+    use std::time::Duration;
+    use sync_traits::testkit::{Fault, Faulty};
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    for i in 0..1_200 {
+        a.put(Record::new("songs", new_id(), f(json!({"order": i}))))
+            .await
+            .unwrap();
+    }
+    ea.sync().await.unwrap();
+    let limit = Duration::from_millis(300);
+    let slow = Faulty::new(server.clone());
+    for _ in 0..12 {
+        slow.on_pull(Fault::Delay(limit / 3));
+    }
+    let b = Arc::new(MemoryStore::new());
+    let eb = SyncEngine::new(b.clone(), slow.clone()).with_config(SyncConfig {
+        page_size: 100,
+        stall_limit: Some(limit),
+        ..Default::default()
+    });
+    let r = eb.sync().await.expect("progress every third of the limit");
+    assert_eq!(r.pulled, 1_200);
+    assert_eq!(slow.queued().0, 0, "every delayed pull was made");
+    assert_eq!(b.all_records(), server.snapshot());
 }

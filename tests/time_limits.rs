@@ -186,6 +186,7 @@ async fn request_time_limit_fails_a_sync_against_a_frozen_server() {
     let (proxy, engine, owner) = frozen_setup(&server, Duration::from_millis(300)).await;
     let engine = engine.with_config(SyncConfig {
         retry: RetryPolicy::immediate(1),
+        stall_limit: None,
         time_limit: None,
         ..SyncConfig::default()
     });
@@ -209,6 +210,7 @@ async fn whole_sync_time_limit_stops_a_sync_whose_requests_would_wait_longer() {
     // Each request would wait ten minutes; the sync's own limit ends it first.
     let (proxy, engine, owner) = frozen_setup(&server, Duration::from_secs(600)).await;
     let engine = engine.with_config(SyncConfig {
+        stall_limit: None,
         time_limit: Some(Duration::from_millis(500)),
         ..SyncConfig::default()
     });
@@ -234,6 +236,7 @@ async fn reconcile_keeps_the_same_time_limit() {
     let server = TestServer::start();
     let (proxy, engine, _) = frozen_setup(&server, Duration::from_secs(600)).await;
     let engine = engine.with_config(SyncConfig {
+        stall_limit: None,
         time_limit: Some(Duration::from_millis(500)),
         ..SyncConfig::default()
     });
@@ -248,4 +251,29 @@ async fn reconcile_keeps_the_same_time_limit() {
         }
         other => panic!("expected the time limit's transient error, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stall_limit_stops_a_sync_that_gets_no_answer() {
+    let server = TestServer::start();
+    // Each request would wait ten minutes; no answer comes, so no progress.
+    let (proxy, engine, owner) = frozen_setup(&server, Duration::from_secs(600)).await;
+    let engine = engine.with_config(SyncConfig {
+        stall_limit: Some(Duration::from_millis(500)),
+        time_limit: None,
+        ..SyncConfig::default()
+    });
+    engine.local().put(song(&owner)).await.expect("put");
+    proxy.freeze();
+    let e = engine
+        .sync()
+        .await
+        .expect_err("a frozen server cannot complete a sync");
+    match e.cause() {
+        SyncError::Remote(RemoteError::Transient(m)) => {
+            assert!(m.contains("no progress"), "{m}")
+        }
+        other => panic!("expected the stall limit's transient error, got {other:?}"),
+    }
+    assert_eq!(engine.local().pending_count().await.expect("count"), 1);
 }

@@ -59,11 +59,14 @@ pub struct SyncConfig {
     pub page_size: usize,
     /// Changes per local transaction during a full resync (a first sync is one):
     /// pulled pages are joined into one `apply_remote` call of up to this many
-    /// changes, and up to that many are downloaded ahead while one applies. A
-    /// resync that stops midway starts again from zero, so this keeps no less
-    /// progress than applying page by page; it bounds the changes held in memory
-    /// to about twice this. Fewer, larger transactions write each b-tree page of
-    /// the store once per batch rather than once per page. `0` or `1`: page by page.
+    /// changes (default 25,000), and up to 16 pages are downloaded ahead while one
+    /// applies. A resync that stops midway starts again from zero, so this keeps
+    /// no less progress than applying page by page. Fewer, larger transactions
+    /// write each b-tree page of the store once per batch rather than once per
+    /// page: with random record ids that is most of a first sync's cost (SQLite,
+    /// 500k records: 4.2 CPU-s in batches of 10,000, 3.2 in 25,000, 2.3 in 50,000;
+    /// BENCHMARKS.md). The price is memory: about this many changes plus 16 pages
+    /// are held at once. `0` or `1`: page by page.
     pub resync_batch: usize,
     /// Retry policy for transient remote errors.
     pub retry: RetryPolicy,
@@ -73,13 +76,20 @@ pub struct SyncConfig {
     /// How many times one `sync()` restarts a full resync when the horizon moves
     /// past it while it runs.
     pub max_resyncs: usize,
-    /// The longest one `sync()` may run (default 2 minutes; `None`: no limit). A
-    /// sync over it stops where it is and fails with a transient
-    /// `RemoteError::Transient`; what it settled in the store stays settled, the rest
-    /// goes out on the next sync, and a pull goes on from the pages it applied. A
-    /// full resync (the first sync included) stopped by the limit starts again from
-    /// zero on the next sync: one that needs longer (millions of records) needs a
-    /// larger limit.
+    /// The longest one `sync()` (or `reconcile()`) may go without progress
+    /// (default 30 s; `None`: no limit). Progress is any answer of the remote (a
+    /// page, a push's outcomes, a count) and any page applied to the store; time
+    /// spent waiting for an answer or backing off before a retry is not. A sync
+    /// that makes none for this long (a server that accepts connections and never
+    /// answers, one that answers only errors) fails with a transient
+    /// `RemoteError::Transient`; what it settled stays settled, the rest goes out
+    /// on the next sync. A long first sync is not cut short while pages arrive.
+    pub stall_limit: Option<Duration>,
+    /// The longest one `sync()` (or `reconcile()`) may run at all (default `None`:
+    /// no limit), failing the same way. A full resync (a first sync included)
+    /// stopped by it starts again from zero on the next sync, so a limit shorter
+    /// than the first sync of the app's data keeps that sync from ever finishing;
+    /// [`SyncConfig::stall_limit`] is the bound to rely on.
     pub time_limit: Option<Duration>,
 }
 
@@ -88,11 +98,12 @@ impl Default for SyncConfig {
         Self {
             push_batch: 500,
             page_size: 1000,
-            resync_batch: 10_000,
+            resync_batch: 25_000,
             retry: RetryPolicy::default(),
             max_conflict_rounds: 3,
             max_resyncs: 3,
-            time_limit: Some(Duration::from_secs(120)),
+            stall_limit: Some(Duration::from_secs(30)),
+            time_limit: None,
         }
     }
 }
@@ -204,6 +215,40 @@ pub struct SyncEngine<L, R> {
     config: SyncConfig,
     events: broadcast::Sender<SyncEvent>,
     running: Mutex<()>,
+    progress: Arc<Progress>,
+}
+
+/// When the running sync last made progress ([`SyncConfig::stall_limit`]).
+#[derive(Debug)]
+struct Progress {
+    start: std::time::Instant,
+    /// Milliseconds after `start`.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Progress was made now.
+    fn made(&self) {
+        self.last
+            .fetch_max(self.now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago progress was last made.
+    fn idle(&self) -> Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(self.now().saturating_sub(last))
+    }
 }
 
 impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
@@ -217,6 +262,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             config: SyncConfig::default(),
             events,
             running: Mutex::new(()),
+            progress: Arc::new(Progress::new()),
         }
     }
 
@@ -256,20 +302,50 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             .await
     }
 
-    /// Runs `run`, stopped at [`SyncConfig::time_limit`] with a transient error.
+    /// Runs `run`, stopped with a transient error when it makes no progress for
+    /// [`SyncConfig::stall_limit`] or runs longer than [`SyncConfig::time_limit`].
     async fn within_time_limit<T>(
         &self,
         run: impl Future<Output = Result<T, SyncError>>,
     ) -> Result<T, SyncError> {
-        let Some(limit) = self.config.time_limit else {
+        let (stall, total) = (self.config.stall_limit, self.config.time_limit);
+        if stall.is_none() && total.is_none() {
             return run.await;
+        }
+        self.progress.made();
+        let stalled = async {
+            let Some(limit) = stall else {
+                return std::future::pending().await;
+            };
+            loop {
+                let idle = self.progress.idle();
+                if idle >= limit {
+                    return limit;
+                }
+                tokio::time::sleep(limit - idle).await;
+            }
         };
-        match tokio::time::timeout(limit, run).await {
-            Ok(r) => r,
-            Err(_) => {
+        let over = async {
+            match total {
+                Some(limit) => {
+                    tokio::time::sleep(limit).await;
+                    limit
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = run => r,
+            limit = stalled => {
+                warn!(?limit, "sync stopped: no progress within its stall limit");
+                Err(SyncError::Remote(RemoteError::Transient(format!(
+                    "sync made no progress for {limit:?} (SyncConfig::stall_limit)"
+                ))))
+            }
+            limit = over => {
                 warn!(?limit, "sync stopped at its time limit");
                 Err(SyncError::Remote(RemoteError::Transient(format!(
-                    "sync did not finish within its time limit of {limit:?}"
+                    "sync did not finish within its time limit of {limit:?} (SyncConfig::time_limit)"
                 ))))
             }
         }
@@ -438,7 +514,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RemoteError>>,
     {
-        retry(&self.config.retry, &self.events, what, f).await
+        retry(&self.config.retry, &self.events, &self.progress, what, f).await
     }
 
     async fn push_all(
@@ -829,7 +905,16 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             let mut wm = from;
             loop {
                 let (policy, events) = (&self.config.retry, &self.events);
-                let page = pull_checked(&*self.remote, policy, events, wm, limit, mode).await?;
+                let page = pull_checked(
+                    &*self.remote,
+                    policy,
+                    events,
+                    &self.progress,
+                    wm,
+                    limit,
+                    mode,
+                )
+                .await?;
                 wm = page.watermark;
                 if !self.apply_page(&page, report).await? {
                     return Ok(());
@@ -837,23 +922,25 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             }
         }
         // During a resync pages are joined into batches of `resync_batch` changes,
-        // and as many are downloaded ahead while a batch applies.
+        // and up to 16 pages are downloaded ahead while a batch applies.
         let batch = match mode {
             PullMode::Resync => self.config.resync_batch.max(1),
             _ => 1,
         };
-        let ahead = batch.div_ceil(limit).clamp(1, 64);
+        let ahead = batch.div_ceil(limit).clamp(1, 16);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SyncError>>(ahead);
-        let (remote, policy, events) = (
+        let (remote, policy, events, progress) = (
             self.remote.clone(),
             self.config.retry.clone(),
             self.events.clone(),
+            self.progress.clone(),
         );
         let mut puller = Puller(Some(tokio::spawn(
             async move {
                 let mut wm = from;
                 loop {
-                    let page = pull_checked(&*remote, &policy, &events, wm, limit, mode).await;
+                    let page =
+                        pull_checked(&*remote, &policy, &events, &progress, wm, limit, mode).await;
                     let more = match &page {
                         Ok(p) => {
                             wm = p.watermark;
@@ -891,6 +978,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// Applies one checked page and reports progress; returns `page.more`.
     async fn apply_page(&self, page: &Page, report: &mut SyncReport) -> Result<bool, SyncError> {
         let applied = self.local.apply_remote(page).await?;
+        self.progress.made();
         report.pulled += page.changes.len();
         report.applied += applied.applied;
         report.skipped += applied.skipped;
@@ -919,6 +1007,7 @@ type Outcomes<'a> = std::pin::Pin<
 async fn retry<T, F, Fut>(
     p: &RetryPolicy,
     events: &broadcast::Sender<SyncEvent>,
+    progress: &Progress,
     what: &'static str,
     f: F,
 ) -> Result<T, RemoteError>
@@ -931,7 +1020,8 @@ where
         .with_max_delay(p.max_delay)
         .with_max_times(p.max_retries)
         .with_jitter();
-    f.retry(backoff)
+    let answer = f
+        .retry(backoff)
         .sleep(tokio::time::sleep)
         .when(RemoteError::is_transient)
         .notify(|e, delay| {
@@ -941,7 +1031,11 @@ where
                 delay,
             });
         })
-        .await
+        .await;
+    if answer.is_ok() {
+        progress.made();
+    }
+    answer
 }
 
 /// Pulls the page after `wm` (retrying transient errors) and checks it.
@@ -949,11 +1043,15 @@ async fn pull_checked<R: RemoteStore + ?Sized>(
     remote: &R,
     policy: &RetryPolicy,
     events: &broadcast::Sender<SyncEvent>,
+    progress: &Progress,
     wm: Watermark,
     limit: usize,
     mode: PullMode,
 ) -> Result<Page, SyncError> {
-    let page = retry(policy, events, "pull", || remote.pull(wm, limit, mode)).await?;
+    let page = retry(policy, events, progress, "pull", || {
+        remote.pull(wm, limit, mode)
+    })
+    .await?;
     check_page(wm, &page)?;
     Ok(page)
 }
