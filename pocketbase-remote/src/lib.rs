@@ -42,6 +42,7 @@ pub mod harness;
 mod pull;
 mod push;
 mod realtime;
+pub mod schema;
 
 pub use auth::Credentials;
 pub use client::{
