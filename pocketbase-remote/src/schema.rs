@@ -38,7 +38,8 @@ pub enum SchemaError {
 /// own, sorted by name; in each, the fields in the export's order without the id,
 /// password, hidden and `tm_*` fields. A relation's target is named by its
 /// `collectionName` if the entry has one, else by the name of the export's
-/// collection with its `collectionId`, else by the id itself. An unknown field type
+/// collection with its `collectionId` (PocketBase's default `_pb_users_auth_` is
+/// `users`), else by the id itself. An unknown field type
 /// becomes [`RemoteFieldKind::Other`].
 pub fn parse_export(json: &str) -> Result<RemoteSchema, SchemaError> {
     let v: Value = serde_json::from_str(json)?;
@@ -55,7 +56,9 @@ pub fn from_value(v: &Value) -> Result<RemoteSchema, SchemaError> {
             .ok_or_else(|| SchemaError::Shape("an object without a `collections` array".into()))?,
         _ => return Err(SchemaError::Shape("neither an array nor an object".into())),
     };
-    let mut names = BTreeMap::new();
+    // PocketBase's default `users` collection has this id in every new database, so
+    // an export that leaves `users` out still names it.
+    let mut names = BTreeMap::from([("_pb_users_auth_".to_owned(), "users".to_owned())]);
     for c in list {
         if let (Some(id), Some(name)) = (
             c.get("id").and_then(Value::as_str),
