@@ -2,6 +2,8 @@
 //! sync a local SQLite store with a PocketBase server, show a store's status.
 
 mod demo;
+mod generate;
+mod schema_source;
 
 use std::path::PathBuf;
 
@@ -54,6 +56,9 @@ enum Command {
         #[arg(long, default_value = ".tidemark/demo.sqlite")]
         db: PathBuf,
     },
+    /// Write the app's Rust model (serde structs, collection names, the store
+    /// schema) from the server's synced collections or a pb_schema.json.
+    Generate(generate::GenerateArgs),
     /// Print a local store's sync state: watermark, outbox, quarantine, records.
     Status {
         /// The SQLite file.
@@ -82,6 +87,7 @@ async fn main() -> Result<()> {
             db,
         } => sync(&url, &collection, &email, &password, &db).await,
         Command::Status { db } => status(&db).await,
+        Command::Generate(args) => generate::run(args).await,
     }
 }
 

@@ -1,0 +1,40 @@
+//! Where a command's store schema comes from: a PocketBase collections export
+//! (`--schema FILE`, the `pb_schema.json` the admin UI writes) or the server.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use pocketbase_remote::PocketBaseRemote;
+use sync_traits::RemoteSchema;
+use tidemark_backends::Schema;
+
+/// The remote schema from `file` (PocketBase's collections export) if given, else
+/// from the server (`GET /api/tidemark/schema`: the synced collections the signed-in
+/// caller may list).
+pub async fn resolve_remote(
+    remote: Option<&PocketBaseRemote>,
+    file: Option<&Path>,
+) -> Result<RemoteSchema> {
+    match (file, remote) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            pocketbase_remote::schema::parse_export(&text)
+                .with_context(|| format!("{}: not a PocketBase collections export", path.display()))
+        }
+        (None, Some(remote)) => remote
+            .schema()
+            .await
+            .with_context(|| format!("reading the schema of {}", remote.url())),
+        (None, None) => anyhow::bail!("no schema: give --schema FILE or a server URL"),
+    }
+}
+
+/// The store schema from `file` (pb_schema.json format) if given, else from the
+/// server the remote is connected to; see [`resolve_remote`]. The data commands
+/// (sync, watch, status) open their stores with it.
+#[allow(dead_code)]
+pub async fn resolve(remote: &PocketBaseRemote, file: Option<&Path>) -> Result<Schema> {
+    let r = resolve_remote(Some(remote), file).await?;
+    Schema::from_remote(&r).context("the server's schema does not fit a local store")
+}
