@@ -448,6 +448,60 @@ async fn a_store_opened_from_the_servers_schema_syncs_every_field_type_and_migra
     assert_eq!(pantry.len(), 1);
     assert_eq!(pantry[0].fields["item"], json!("salt"));
     // The new field is declared (typed) in both stores, not kept as an extra.
+    // The server changes a field's type (a select made multiple): the stores open
+    // with the new schema, the field keeps its stored kind, and the pulled arrays
+    // are kept as sent and reported as mistyped.
+    let (st, mut coll) = admin
+        .send(
+            admin
+                .http
+                .get(format!("{}/api/collections/kitchen", admin.url)),
+        )
+        .await;
+    assert_eq!(st, 200, "{coll}");
+    for f in coll["fields"].as_array_mut().unwrap() {
+        if f["name"] == "course" {
+            f["maxSelect"] = json!(3);
+        }
+    }
+    let (st, body) = admin
+        .send(
+            admin
+                .http
+                .patch(format!("{}/api/collections/kitchen", admin.url))
+                .json(&json!({"fields": coll["fields"]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    admin
+        .patch("kitchen", &dish, json!({"course": ["main", "dessert"]}))
+        .await;
+    let remote3 = user.schema().await.unwrap();
+    let schema3 = Schema::from_remote(&remote3).unwrap();
+    assert_eq!(
+        schema3.get("kitchen").unwrap().kind_of("course"),
+        Some(FieldKind::Json)
+    );
+    drop((a, b));
+    let a = SyncEngine::new(
+        SqliteStore::open(&db, schema3.clone()).unwrap(),
+        user.clone(),
+    );
+    let b = SyncEngine::new(SledStore::open(&sled_dir, schema3).unwrap(), user.clone());
+    assert_eq!(
+        a.local().schema().get("kitchen").unwrap().kind_of("course"),
+        Some(FieldKind::Text),
+        "a field keeps the kind it is stored as"
+    );
+    let (ra, rb) = (a.sync().await.unwrap(), b.sync().await.unwrap());
+    assert_eq!((ra.mistyped, rb.mistyped), (1, 1), "{ra:?} {rb:?}");
+    let got = same_everywhere(a.local(), b.local(), &user, "kitchen").await;
+    assert_eq!(
+        got[0].fields["course"],
+        json!(["main", "dessert"]),
+        "kept as sent"
+    );
+
     let bad = a
         .local()
         .put(Record::new(
