@@ -210,6 +210,14 @@ async fn a_store_opened_from_the_servers_schema_syncs_every_field_type_and_migra
     assert_eq!(names, ["friends", "kitchen", "parts", "songs"]);
     let all = su.schema().await.unwrap();
     assert!(all.get("ledger").is_some(), "{all:?}");
+    let guest = reqwest::get(format!("{}/api/tidemark/schema", srv.url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        guest.status().as_u16(),
+        401,
+        "the schema is for signed-in callers"
+    );
     let k = remote.get("kitchen").unwrap();
     let fields: Vec<&str> = k.fields.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(
@@ -366,6 +374,17 @@ async fn a_store_opened_from_the_servers_schema_syncs_every_field_type_and_migra
     let on_server = admin.record("kitchen", &dish).await;
     assert_eq!(on_server["photo"], json!(photo));
     assert_eq!(on_server["gallery"], gallery);
+    // A file name the server does not hold is refused: the change is quarantined
+    // and the record reset to the server's names (bytes never travel this way).
+    set(b.local(), "kitchen", &dish, "photo", json!("made_up.txt")).await;
+    let rb = b.sync().await.unwrap();
+    assert_eq!((rb.pushed, rb.rejected), (0, 1), "{rb:?}");
+    assert_eq!(admin.record("kitchen", &dish).await["photo"], json!(photo));
+    let kept = b.local().get("kitchen", &dish).await.unwrap().unwrap();
+    assert_eq!(kept.fields["photo"], json!(photo));
+    let q = b.local().quarantined().await.unwrap();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(b.local().discard_quarantined(q[0].id).await.unwrap());
     let seen = user.fetch("kitchen", &dish).await.unwrap().unwrap();
     assert!(
         !seen.fields.unwrap().contains_key("pin"),
