@@ -33,7 +33,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub password_stdin: bool,
     /// An auth token instead of a login.
-    #[arg(long, env = "TIDEMARK_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TIDEMARK_TOKEN", hide_env_values = true, conflicts_with_all = ["email", "password_stdin"])]
     pub token: Option<String>,
     /// The path of tidemark's backends crate in the generated code:
     /// `tidemark::backends` (the `tidemark` crate) or `tidemark_backends`.
@@ -102,7 +102,7 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
             let remote = connect(&args, url).await?;
             (
                 crate::schema_source::resolve_remote(Some(&remote), None).await?,
-                format!("the server {}", remote.url()),
+                "the server's synced collections".to_owned(),
             )
         }
         (None, None) => bail!("give --url URL or --schema FILE"),
