@@ -38,3 +38,32 @@ pub async fn resolve(remote: &PocketBaseRemote, file: Option<&Path>) -> Result<S
     let r = resolve_remote(Some(remote), file).await?;
     Schema::from_remote(&r).context("the server's schema does not fit a local store")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark_backends::FieldKind;
+
+    #[tokio::test]
+    async fn a_collections_export_gives_the_store_schema_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pb_schema.json");
+        std::fs::write(
+            &file,
+            include_str!("../../examples/every_type.pb_schema.json"),
+        )
+        .unwrap();
+        let remote = resolve_remote(None, Some(&file)).await.unwrap();
+        let schema = Schema::from_remote(&remote).unwrap();
+        let k = schema.get("kitchen").unwrap();
+        assert_eq!(k.kind_of("tags"), Some(FieldKind::Json));
+        assert_eq!(k.kind_of("parts"), Some(FieldKind::Relations));
+        assert_eq!(k.kind_of("pin"), None, "password fields never sync");
+        let missing = resolve_remote(None, Some(&dir.path().join("nope.json"))).await;
+        assert!(format!("{:#}", missing.unwrap_err()).contains("nope.json"));
+        std::fs::write(&file, "[1]").unwrap();
+        let bad = resolve_remote(None, Some(&file)).await;
+        assert!(format!("{:#}", bad.unwrap_err()).contains("not a PocketBase collections export"));
+        assert!(resolve_remote(None, None).await.is_err());
+    }
+}
