@@ -391,6 +391,42 @@ async fn a_store_opened_from_the_servers_schema_syncs_every_field_type_and_migra
         "a user is sent a password field"
     );
 
+    // A superuser is sent password fields (as ""): its pushes leave them unchanged.
+    admin
+        .patch("kitchen", &dish, json!({"pin": "pin-1234"}))
+        .await;
+    let hash = || async {
+        let (st, b) =
+            admin
+                .send(admin.http.post(format!("{}/api/sql", admin.url)).json(
+                    &json!({"query": format!("SELECT pin FROM kitchen WHERE id = '{dish}'")}),
+                ))
+                .await;
+        assert_eq!(st, 200, "{b}");
+        b["rows"][0][0].as_str().unwrap_or_default().to_owned()
+    };
+    let before = hash().await;
+    assert!(before.starts_with("$2"), "a bcrypt hash: {before}");
+    let s_eng = SyncEngine::new(
+        SledStore::open_temporary(Schema::from_remote(&all).unwrap()).unwrap(),
+        su.clone(),
+    );
+    s_eng.sync().await.unwrap();
+    let theirs = s_eng.local().get("kitchen", &dish).await.unwrap().unwrap();
+    assert_eq!(
+        theirs.fields.get("pin"),
+        Some(&json!("")),
+        "superusers see hidden fields"
+    );
+    set(s_eng.local(), "kitchen", &dish, "rating", json!(3)).await;
+    let rs = s_eng.sync().await.unwrap();
+    assert_eq!((rs.pushed, rs.rejected), (1, 0), "{rs:?}");
+    assert_eq!(admin.record("kitchen", &dish).await["rating"], json!(3));
+    assert_eq!(hash().await, before, "a push cleared a password");
+    drop(s_eng);
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+
     // The server's schema changes: a field on kitchen, a new synced collection.
     admin
         .add_field(
