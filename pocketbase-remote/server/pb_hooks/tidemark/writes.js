@@ -19,6 +19,7 @@
 //   of the current state for tm_conflict) and sends the rest again. Deletes are
 //   answered by a Request hook that writes nothing and fires nothing for these, so
 //   they keep their 200 answers ("dup" with the seq, "conflict" with the record).
+// A push never changes a password field (keepPasswords: passwords never sync).
 
 const ids = require(`${__hooks}/tidemark/ids.js`);
 const config = require(`${__hooks}/tidemark/config.js`);
