@@ -81,6 +81,9 @@ fn ident(name: &str, snake: bool, taken: &mut BTreeSet<String>) -> String {
     if snake && (base == "id" || base == "self" || base == "super" || base == "crate") {
         base.push('_');
     }
+    if !snake && taken.contains(&base) {
+        base.push_str("Record");
+    }
     let mut out = base.clone();
     let mut n = 2;
     while taken.contains(&out) {
@@ -177,7 +180,28 @@ fn describe(kind: &RemoteFieldKind) -> String {
 /// Generates the module for `schema` (see the module docs).
 pub fn generate(schema: &RemoteSchema, opts: &Options) -> String {
     let schema = schema.clone().sorted();
-    let mut type_names = BTreeSet::new();
+    // Names the module uses itself: a collection named like one gets `Record` appended.
+    let mut type_names: BTreeSet<String> = [
+        "Schema",
+        "Field",
+        "FieldKind",
+        "CollectionSchema",
+        "Serialize",
+        "Deserialize",
+        "String",
+        "Vec",
+        "Option",
+        "Default",
+        "Clone",
+        "Debug",
+        "PartialEq",
+        "Self",
+        "Box",
+        "Result",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     let mut const_names = BTreeSet::new();
     let structs: Vec<String> = schema
         .collections
@@ -221,13 +245,23 @@ pub fn generate(schema: &RemoteSchema, opts: &Options) -> String {
     out.push_str(
         "//! Do not edit: run `tidemark generate` again after the server's schema changes.\n\n",
     );
-    let mut uses = [
-        format!(
-            "use {}::{{CollectionSchema, Field, FieldKind, Schema}};",
-            opts.backends_path
-        ),
-        "use serde::{Deserialize, Serialize};".to_owned(),
-    ];
+    let has_fields = schema.collections.iter().any(|c| !c.fields.is_empty());
+    let mut backends = Vec::new();
+    if !schema.collections.is_empty() {
+        backends.push("CollectionSchema");
+    }
+    if has_fields {
+        backends.extend(["Field", "FieldKind"]);
+    }
+    backends.push("Schema");
+    let mut uses = vec![if backends.len() == 1 {
+        format!("use {}::Schema;", opts.backends_path)
+    } else {
+        format!("use {}::{{{}}};", opts.backends_path, backends.join(", "))
+    }];
+    if !schema.collections.is_empty() {
+        uses.push("use serde::{Deserialize, Serialize};".to_owned());
+    }
     uses.sort();
     for u in uses {
         let _ = writeln!(out, "{u}");
@@ -255,35 +289,42 @@ pub fn generate(schema: &RemoteSchema, opts: &Options) -> String {
     }
     out.push_str(
         "\n/// The store schema of these collections (what `Schema::from_remote` makes of\n\
-         /// the server's schema).\npub fn schema() -> Schema {\n    Schema {\n        collections: vec![\n",
+         /// the server's schema).\npub fn schema() -> Schema {\n",
     );
-    for (c, k) in schema.collections.iter().zip(&consts) {
-        out.push_str("            CollectionSchema {\n");
-        let _ = writeln!(out, "                name: {k}.to_owned(),");
-        if c.fields.is_empty() {
-            out.push_str("                fields: Vec::new(),\n");
-        } else {
-            out.push_str("                fields: vec![\n");
-            for f in &c.fields {
-                let (name, kind) = (lit(&f.name), kind_path(field_kind(&f.kind)));
-                // rustfmt's fn_call_width: arguments wider than 60 go one per line.
-                if name.len() + 2 + kind.len() <= 60 {
-                    let _ = writeln!(out, "                    field({name}, {kind}),");
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "                    field(\n                        {name},\n                        {kind},\n                    ),"
-                    );
-                }
-            }
-            out.push_str("                ],\n");
-        }
-        out.push_str("                local_only: false,\n            },\n");
+    if schema.collections.is_empty() {
+        out.push_str("    Schema::new()\n}\n");
+        return out;
     }
-    out.push_str("        ],\n    }\n}\n");
-    out.push_str(
-        "\nfn field(name: &str, kind: FieldKind) -> Field {\n    Field {\n        name: name.to_owned(),\n        kind,\n    }\n}\n",
-    );
+    out.push_str("    let mut schema = Schema::new();\n");
+    for (c, k) in schema.collections.iter().zip(&consts) {
+        if c.fields.is_empty() {
+            let _ = writeln!(
+                out,
+                "    schema.collections.push(CollectionSchema::new({k}));"
+            );
+            continue;
+        }
+        let _ = writeln!(out, "    let mut c = CollectionSchema::new({k});");
+        for f in &c.fields {
+            let (name, kind) = (lit(&f.name), kind_path(field_kind(&f.kind)));
+            // rustfmt's fn_call_width: arguments wider than 60 go one per line.
+            if "&mut c".len() + 2 + name.len() + 2 + kind.len() <= 60 {
+                let _ = writeln!(out, "    add(&mut c, {name}, {kind});");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "    add(\n        &mut c,\n        {name},\n        {kind},\n    );"
+                );
+            }
+        }
+        out.push_str("    schema.collections.push(c);\n");
+    }
+    out.push_str("    schema\n}\n");
+    if has_fields {
+        out.push_str(
+            "\nfn add(c: &mut CollectionSchema, name: &str, kind: FieldKind) {\n    c.fields.push(Field {\n        name: name.to_owned(),\n        kind,\n    });\n}\n",
+        );
+    }
     out
 }
 
@@ -420,6 +461,10 @@ mod tests {
                     name: "empty".into(),
                     fields: vec![],
                 },
+                RemoteCollection {
+                    name: "field".into(),
+                    fields: vec![f("string", RemoteFieldKind::Text, true)],
+                },
             ],
         }
     }
@@ -442,14 +487,30 @@ mod tests {
         assert!(a.contains("pub spot: Option<GeoPoint>,"));
         assert!(a.contains("pub const TAGS_A: &'static str = \"a\";"));
         assert!(a.contains("pub const TAGS_B_C: &'static str = \"b c\";"));
-        assert!(a.contains("field(\"tags\", FieldKind::Json),"));
+        assert!(a.contains("add(&mut c, \"tags\", FieldKind::Json);"));
         assert!(a.contains("use tidemark::backends::{"));
+        assert!(
+            a.contains("pub struct FieldRecord {"),
+            "a name the module uses"
+        );
     }
 
     #[test]
     fn the_output_is_rustfmt_clean() {
+        let only_empty = RemoteSchema {
+            collections: vec![RemoteCollection {
+                name: "bare".into(),
+                fields: vec![],
+            }],
+        };
+        for s in [sample(), RemoteSchema::default(), only_empty] {
+            let src = generate(&s, &Options::default());
+            assert_rustfmt_clean(&src);
+        }
+    }
+
+    fn assert_rustfmt_clean(src: &str) {
         use std::io::Write;
-        let src = generate(&sample(), &Options::default());
         let mut child = std::process::Command::new("rustfmt")
             .args(["--edition", "2021", "--emit", "stdout"])
             .stdin(std::process::Stdio::piped())

@@ -241,7 +241,7 @@ async fn generated_module_compiles_and_round_trips_every_field_type_through_pock
     );
     assert!(out.contains("+    pub spice: Option<i64>,"), "{out}");
     assert!(
-        out.contains("+                    field(\"spice\", FieldKind::Number),"),
+        out.contains("+    add(&mut c, \"spice\", FieldKind::Number);"),
         "{out}"
     );
     assert!(out.contains("updated"), "{out}");
