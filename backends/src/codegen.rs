@@ -243,7 +243,8 @@ pub fn generate(schema: &RemoteSchema, opts: &Options) -> String {
         opts.source.replace('\n', " ")
     );
     out.push_str(
-        "//! Do not edit: run `tidemark generate` again after the server's schema changes.\n\n",
+        "//! Do not edit: run `tidemark generate` again after the server's schema changes.\n\n\
+         // Generated whole: an app uses the items it needs.\n#![allow(dead_code)]\n\n",
     );
     let has_fields = schema.collections.iter().any(|c| !c.fields.is_empty());
     let mut backends = Vec::new();

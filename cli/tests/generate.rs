@@ -178,6 +178,11 @@ async fn generated_module_compiles_and_round_trips_every_field_type_through_pock
         "the generated module does not compile:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
+    let warnings = String::from_utf8_lossy(&build.stderr);
+    assert!(
+        !warnings.contains("warning"),
+        "the generated module compiles with warnings:\n{warnings}"
+    );
     let store_dir = scratch.path().join("stores");
     std::fs::create_dir_all(&store_dir).unwrap();
     let run = Command::new(target.join("debug/tidemark-generated-check"))
