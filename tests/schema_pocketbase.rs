@@ -280,6 +280,25 @@ async fn a_store_opened_from_the_servers_schema_syncs_every_field_type_and_migra
     // The route and PocketBase's own export describe the same collection.
     let offline = pocketbase_remote::schema::parse_export(EXPORT).unwrap();
     assert_eq!(offline.get("kitchen"), Some(k));
+    // And so does the export of the live server (what the admin UI exports).
+    let (st, listed) = admin
+        .send(
+            admin
+                .http
+                .get(format!("{}/api/collections?perPage=500", admin.url)),
+        )
+        .await;
+    assert_eq!(st, 200, "{listed}");
+    let live = pocketbase_remote::schema::parse_export(&listed["items"].to_string()).unwrap();
+    for name in ["kitchen", "parts", "ledger", "songs"] {
+        assert_eq!(live.get(name), all.get(name), "{name}");
+    }
+    assert!(
+        live.collections
+            .iter()
+            .all(|c| !c.name.starts_with('_') && c.name != "users"),
+        "system and auth collections are left out: {live:?}"
+    );
     // So does the trait method.
     assert_eq!(
         RemoteStore::schema(&user).await.unwrap().as_ref(),
