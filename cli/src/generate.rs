@@ -2,7 +2,7 @@
 //! collection, the collection names, `schema()`) from the server's schema or from a
 //! PocketBase collections export; on a change, prints a unified diff of the file.
 
-use std::io::Read;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -56,9 +56,10 @@ async fn connect(args: &GenerateArgs, url: &str) -> Result<PocketBaseRemote> {
         let password = if args.password_stdin {
             let mut s = String::new();
             std::io::stdin()
-                .read_to_string(&mut s)
+                .lock()
+                .read_line(&mut s)
                 .context("reading the password from stdin")?;
-            s.lines().next().unwrap_or_default().to_owned()
+            s.trim_end_matches(['\r', '\n']).to_owned()
         } else {
             std::env::var("TIDEMARK_PASSWORD").map_err(|_| {
                 anyhow::anyhow!("no password: use --password-stdin or set TIDEMARK_PASSWORD")
