@@ -254,3 +254,54 @@ async fn generated_module_compiles_and_round_trips_every_field_type_through_pock
         .unwrap()
         .contains("pub spice: Option<i64>,"));
 }
+
+#[test]
+fn generate_from_a_collections_export_works_offline_and_check_reports_a_stale_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("src/model.rs");
+    let export = repo_root().join("examples/every_type.pb_schema.json");
+    let run = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .arg("generate")
+            .arg("--schema")
+            .arg(&export)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .env_remove("TIDEMARK_URL")
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(&[]);
+    assert!(ok && text.contains("wrote"), "{text}");
+    let code = std::fs::read_to_string(&out).unwrap();
+    // A file export holds every base collection, superuser-only ones included.
+    assert!(code.contains("pub struct Ledger {"), "{code}");
+    assert!(
+        !code.contains("pin") && !code.contains("chef_notes"),
+        "{code}"
+    );
+    let (ok, text) = run(&["--check"]);
+    assert!(ok && text.contains("up to date"), "{text}");
+    std::fs::write(&out, code.replace("pub title: String,", "pub title: u8,")).unwrap();
+    let (ok, text) = run(&["--check"]);
+    assert!(!ok, "a stale file passed --check: {text}");
+    assert!(
+        text.contains("-    pub title: u8,\n+    pub title: String,"),
+        "{text}"
+    );
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("pub title: u8,"),
+        "--check wrote the file"
+    );
+}
