@@ -32,6 +32,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = SyncEngine::new(SqliteStore::open(dir.join("a.sqlite"), model::schema())?, connect().await?);
     let b = SyncEngine::new(SledStore::open(dir.join("b.sled"), model::schema())?, connect().await?);
 
+    let from_server = tidemark::backends::Schema::from_remote(&a.remote().schema().await?)?;
+    if from_server != model::schema() {
+        return Err(format!("schema() differs from the server's:\n{from_server:?}").into());
+    }
     let part = Parts { label: "leek".into(), ..Default::default() };
     let part_id = new_id();
     a.local().put(Record::from_typed(PARTS, part_id.clone(), &part)?).await?;
