@@ -71,6 +71,8 @@
 #![cfg_attr(not(any(feature = "sqlite", feature = "sled")), allow(dead_code))]
 
 mod blocking;
+pub mod codegen;
+pub mod remote_schema;
 #[cfg(any(feature = "sqlite", feature = "sled"))]
 mod rules;
 pub mod schema;

@@ -16,7 +16,7 @@ use sync_traits::{
 };
 
 use crate::schema::{
-    canonical_fields, check_collection_name, check_value, schema_err, CollectionSchema, Field,
+    canonical_fields, check_collection_name, check_value, CollectionSchema, Field,
 };
 
 /// The fields of an app's write (a put, or a retried quarantined upsert where the
@@ -341,10 +341,13 @@ pub(crate) fn is_stale(known: Option<u64>, version: u64) -> bool {
 /// schema rule at open, once for every backend.
 ///
 /// Guarantees: the result is `old` with every field of `new` it lacks appended
-/// (in `new`'s order, also returned as the added fields); a field `new` declares
-/// with another kind than `old` stores is refused ([`StoreError::Schema`]: it
-/// needs a manual migration). `local_only` is `old`'s: whether a change of it is
-/// refused or followed is the backend's (see its open).
+/// (in `new`'s order, also returned as the added fields). A field keeps the kind it
+/// is stored as: one `new` declares with another kind (a server that changed a
+/// field's type, e.g. a select made multiple) is not refused, and its values of the
+/// new kind follow the mistyped-value rule — pulled ones are kept as sent and
+/// reported, the app's own writes of them are refused — until the data moves to a
+/// store opened with the new kind. `local_only` is `old`'s: whether a change of it
+/// is refused or followed is the backend's (see its open).
 pub(crate) fn merge_collection(
     old: &CollectionSchema,
     new: &CollectionSchema,
@@ -352,22 +355,9 @@ pub(crate) fn merge_collection(
     let mut merged = old.clone();
     let mut added = Vec::new();
     for f in &new.fields {
-        match old.kind_of(&f.name) {
-            Some(k) if k == f.kind => {}
-            Some(k) => {
-                return Err(schema_err(
-                    &new.name,
-                    "",
-                    &format!(
-                    "field {:?} is stored as {k:?}; changing it to {:?} needs a manual migration",
-                    f.name, f.kind
-                ),
-                ))
-            }
-            None => {
-                merged.fields.push(f.clone());
-                added.push(f.clone());
-            }
+        if old.kind_of(&f.name).is_none() {
+            merged.fields.push(f.clone());
+            added.push(f.clone());
         }
     }
     Ok((merged, added))

@@ -265,7 +265,8 @@ impl SledStore {
     ///
     /// Errors: [`StoreError::Corrupt`] if the directory holds a damaged database or
     /// a sled database that is not a tidemark store; [`StoreError::Schema`] if the
-    /// schema is invalid or changes a stored field's kind; [`StoreError::Busy`] if
+    /// schema is invalid (a changed field kind is not an error: the field keeps its
+    /// stored kind, as in the SQLite store); [`StoreError::Busy`] if
     /// another store holds the database (after a bounded wait).
     ///
     /// This blocks (it reads and fsyncs the database): from async code, call it

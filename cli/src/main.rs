@@ -4,6 +4,8 @@
 
 mod demo;
 mod dev;
+mod generate;
+mod schema_source;
 
 use std::path::PathBuf;
 
@@ -61,6 +63,9 @@ enum Command {
         #[arg(long, default_value = ".tidemark/demo.sqlite")]
         db: PathBuf,
     },
+    /// Write the app's Rust model (serde structs, collection names, the store
+    /// schema) from the server's synced collections or a pb_schema.json.
+    Generate(generate::GenerateArgs),
     /// Print a local store's sync state: watermark, outbox, quarantine, records.
     Status {
         /// The SQLite file.
@@ -88,6 +93,7 @@ async fn main() -> Result<()> {
             db,
         } => sync(&url, &collection, &email, &password, &db).await,
         Command::Status { db } => status(&db).await,
+        Command::Generate(args) => generate::run(args).await,
     }
 }
 

@@ -814,6 +814,11 @@ impl RemoteStore for PocketBaseRemote {
         ))
     }
 
+    /// The synced collections' schema the caller may list ([`PocketBaseRemote::schema`]).
+    async fn schema(&self) -> Result<Option<sync_traits::RemoteSchema>, RemoteError> {
+        PocketBaseRemote::schema(self).await.map(Some)
+    }
+
     fn max_push_batch(&self) -> usize {
         self.inner.batch_max.load(Ordering::Relaxed).max(1)
     }

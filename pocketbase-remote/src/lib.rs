@@ -49,6 +49,7 @@ mod import;
 mod pull;
 mod push;
 mod realtime;
+pub mod schema;
 pub mod server;
 
 pub use auth::Credentials;

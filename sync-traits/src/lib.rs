@@ -43,6 +43,7 @@ mod hints;
 mod id;
 mod record;
 mod remote;
+mod schema;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -58,6 +59,7 @@ pub use record::{
     RemoteState, SyncState, Version, Watermark,
 };
 pub use remote::{PullMode, RemoteStore};
+pub use schema::{RemoteCollection, RemoteField, RemoteFieldKind, RemoteSchema};
 pub use store::LocalStore;
 
 /// Re-exported for implementors of the traits.

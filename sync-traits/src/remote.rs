@@ -90,6 +90,13 @@ pub trait RemoteStore: Send + Sync {
         Ok(None)
     }
 
+    /// The schema of the collections this remote syncs for the caller (only what the
+    /// caller may see; never password fields nor the remote's own sync fields), if
+    /// the remote can describe it. `None` (the default): it cannot.
+    async fn schema(&self) -> Result<Option<crate::schema::RemoteSchema>, RemoteError> {
+        Ok(None)
+    }
+
     /// Largest batch [`push`](RemoteStore::push) accepts.
     fn max_push_batch(&self) -> usize {
         500
@@ -117,6 +124,9 @@ macro_rules! forward_remote_store {
             }
             async fn collections(&self) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
                 (**self).collections().await
+            }
+            async fn schema(&self) -> Result<Option<crate::schema::RemoteSchema>, RemoteError> {
+                (**self).schema().await
             }
             fn max_push_batch(&self) -> usize {
                 (**self).max_push_batch()

@@ -85,7 +85,9 @@
 //! (values that do not fit stay there), and regenerates the triggers. New
 //! collections get new tables (and their parked records). Nothing is ever
 //! dropped: collections and fields missing from a later schema stay known.
-//! Changing a declared field's kind is refused with [`StoreError::Schema`].
+//! A field keeps the kind it is stored as: a schema declaring another kind for it
+//! opens, and values of the other kind follow the mistyped-value rule (pulled ones
+//! kept as sent and reported, the app's own writes refused).
 //!
 //! # Concurrency
 //!
@@ -168,8 +170,9 @@ impl SqliteStore {
     ///
     /// Errors: [`StoreError::Corrupt`] if the file is not a SQLite database, is
     /// damaged, or is a database that is not a tidemark store;
-    /// [`StoreError::Schema`] if the schema is invalid, changes a field's kind or
-    /// whether a collection is local-only.
+    /// [`StoreError::Schema`] if the schema is invalid or changes whether a
+    /// collection is local-only. A changed field kind is not an error: the field
+    /// keeps its stored kind (see the [module docs](self#schema-evolution)).
     pub fn open(path: impl AsRef<Path>, schema: Schema) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(sql_err)?;
         Ok(Self {

@@ -12,6 +12,7 @@
 //   triggers.js   the SQLite triggers behind the common writes
 //   writes.js     create/update/delete hooks, the batch check
 //   routes.js     head, receipt, compact, enable/disable routes; the list hook
+//   schema.js     the schema route: synced collections' fields for clients
 // Handlers cannot see this file's top-level variables, and a require() on every
 // write cost ~10% of batch throughput, so the per-write handlers keep the module on
 // their runtime's global object.
@@ -61,6 +62,16 @@ routerAdd(
   "/api/tidemark/head",
   (e) => {
     return e.json(200, require(`${__hooks}/tidemark/routes.js`).head(e));
+  },
+  $apis.requireAuth()
+);
+
+// The schema of the synced collections the caller may list (schema.js).
+routerAdd(
+  "GET",
+  "/api/tidemark/schema",
+  (e) => {
+    return e.json(200, require(`${__hooks}/tidemark/schema.js`).schema(e));
   },
   $apis.requireAuth()
 );

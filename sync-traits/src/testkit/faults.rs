@@ -164,6 +164,9 @@ impl<R: RemoteStore> RemoteStore for Faulty<R> {
     async fn collections(&self) -> Result<Option<std::collections::BTreeSet<String>>, RemoteError> {
         self.inner.collections().await
     }
+    async fn schema(&self) -> Result<Option<crate::RemoteSchema>, RemoteError> {
+        self.inner.schema().await
+    }
 
     fn max_push_batch(&self) -> usize {
         self.inner.max_push_batch()

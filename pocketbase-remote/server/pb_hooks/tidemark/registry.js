@@ -3,7 +3,8 @@
 // with the enable/disable routes (or a migration calling enable()).
 //
 // Enabling a collection, in one transaction: adds the fields (tm_seq, tm_cid,
-// tm_push, tm_clients) and indexes it lacks, registers it, (re)creates its triggers,
+// tm_push, tm_clients) and indexes it lacks, makes its password fields hidden (also
+// when a later change adds one: a password never syncs), registers it, (re)creates its triggers,
 // gives every existing record a seq and an empty idempotency memory, publishes the
 // registry to the hooks and binds the record hooks to the collection (by id, so a
 // rename keeps them). Disabling drops our triggers and unregisters it; the fields,
@@ -133,6 +134,22 @@ function checkOwner(coll, owner) {
   }
 }
 
+// Makes every password field of coll hidden (PocketBase then leaves it out of every
+// record it sends): a password never syncs, and a client that pulled one would push
+// it back. Returns whether a field changed.
+function hidePasswords(coll) {
+  let changed = false;
+  const list = coll.fields;
+  for (let i = 0; i < list.length; i++) {
+    const f = list[i];
+    if (f.type() === "password" && !f.hidden) {
+      f.hidden = true;
+      changed = true;
+    }
+  }
+  return changed;
+}
+
 function newField(def) {
   switch (def.type) {
     case "number":
@@ -185,6 +202,7 @@ function enableIn(tx, nameOrId, owner) {
       throw badRequest(`${coll.name}.${def.name} is a ${f.type()} field; tidemark needs a ${def.type} field of that name`);
     }
   }
+  if (hidePasswords(coll)) changed = true;
   if (!hasIndex(coll, ["tm_seq"])) {
     coll.addIndex("idx_tidemark_seq_" + coll.id, false, "`tm_seq`", "");
     changed = true;
@@ -264,7 +282,7 @@ function inTx(e, fn) {
 
 // onCollectionUpdateExecute (every collection; collection changes are rare): a
 // synced collection keeps its fields and owner field (refused otherwise: disable it
-// first), and gets its triggers and registry entry anew — after a rename under the
+// first), its password fields are made hidden, and it gets its triggers and registry entry anew — after a rename under the
 // new name, its tombstones too — in the change's transaction.
 function onCollectionUpdate(e) {
   const entry = config.syncedById(e.app, e.collection.id);
@@ -276,6 +294,7 @@ function onCollectionUpdate(e) {
       throw badRequest(`${coll.name} is synced: its ${def.type} field ${def.name} must stay (disable sync first)`);
     }
   }
+  hidePasswords(coll);
   let owner = entry.owner;
   if (owner && !coll.fields.getByName(owner)) {
     // A renamed owner field keeps its id.

@@ -19,6 +19,7 @@
 //   of the current state for tm_conflict) and sends the rest again. Deletes are
 //   answered by a Request hook that writes nothing and fires nothing for these, so
 //   they keep their 200 answers ("dup" with the seq, "conflict" with the record).
+// A push never changes a password field (keepPasswords: passwords never sync).
 
 const ids = require(`${__hooks}/tidemark/ids.js`);
 const config = require(`${__hooks}/tidemark/config.js`);
@@ -126,6 +127,31 @@ function onCreate(e) {
 // is that base, then takes the next seq and clears tm_push. A refusal, an owner
 // change (which writes a moved tombstone) and every other case go the slow way, in
 // JS, in a transaction.
+// The password fields of collection coll, cached per collection version (a
+// collection change moves its `updated`): [] for almost every collection.
+const PASSWORDS = {};
+function passwordFields(coll) {
+  const key = coll.id + "@" + String(coll.updated);
+  let names = PASSWORDS[key];
+  if (names === undefined) {
+    names = [];
+    const list = coll.fields;
+    for (let i = 0; i < list.length; i++) if (list[i].type() === "password") names.push(list[i].name);
+    PASSWORDS[key] = names;
+  }
+  return names;
+}
+
+// A tidemark push never changes a password field: passwords never sync, but a
+// superuser is sent them (hidden fields included, as ""), and pushing that "" back
+// would clear the stored hash. The record keeps the password it had.
+function keepPasswords(e) {
+  const names = passwordFields(e.record.collection());
+  if (names.length === 0) return;
+  const original = e.record.original();
+  for (const n of names) e.record.setRaw(n, original.getRaw(n));
+}
+
 function onUpdate(e) {
   const entry = synced(e);
   if (!entry) {
@@ -138,6 +164,7 @@ function onUpdate(e) {
   if (raw && raw !== triggers.PLAIN) {
     push = ids.parsePush(raw);
     if (!e.app.isTransactional()) throw batchOnly();
+    keepPasswords(e);
   }
   const name = entry.name;
   const of = entry.owner;
