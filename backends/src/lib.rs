@@ -71,6 +71,7 @@
 #![cfg_attr(not(any(feature = "sqlite", feature = "sled")), allow(dead_code))]
 
 mod blocking;
+pub mod inspect;
 #[cfg(any(feature = "sqlite", feature = "sled"))]
 mod rules;
 pub mod schema;
@@ -83,4 +84,5 @@ pub mod sqlite;
 pub use crate::sled::SledStore;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqliteStore;
+pub use inspect::{CollectionInfo, Inspection};
 pub use schema::{CollectionSchema, Field, FieldKind, Schema};

@@ -1,21 +1,24 @@
 //! `tidemark`: run the demo, start a local PocketBase with the tidemark extension,
-//! sync a local SQLite store with a PocketBase server, show a store's status.
+//! and the commands for any app's store and server (`app`: sync, watch, status,
+//! quarantine, conflicts).
 
+mod app;
 mod demo;
+mod schema_source;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use pocketbase_remote::PocketBaseRemote;
-use sync_traits::{LocalStore, SyncEngine, SyncEvent};
+use sync_traits::SyncEvent;
 use tidemark_backends::{Schema, SqliteStore};
 
 #[derive(Parser)]
 #[command(
     name = "tidemark",
     version,
-    about = "Offline-first sync between a local store and PocketBase"
+    about = "Offline-first sync between a local store and PocketBase",
+    after_help = app::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,34 +39,12 @@ enum Command {
     },
     /// Run a local PocketBase with the tidemark hooks and migrations until Ctrl-C.
     Serve,
-    /// Sync a local SQLite store (the demo's `songs`/`friends` schema) with a server.
-    Sync {
-        /// PocketBase URL.
-        #[arg(long, env = "TIDEMARK_URL")]
-        url: String,
-        /// Auth collection of the user (`_superusers` for a superuser).
-        #[arg(long, default_value = "users")]
-        collection: String,
-        /// Login.
-        #[arg(long, env = "TIDEMARK_EMAIL")]
-        email: String,
-        /// Password.
-        #[arg(long, env = "TIDEMARK_PASSWORD")]
-        password: String,
-        /// The SQLite file.
-        #[arg(long, default_value = ".tidemark/demo.sqlite")]
-        db: PathBuf,
-    },
-    /// Print a local store's sync state: watermark, outbox, quarantine, records.
-    Status {
-        /// The SQLite file.
-        #[arg(long, default_value = ".tidemark/demo.sqlite")]
-        db: PathBuf,
-    },
+    #[command(flatten)]
+    App(app::AppCommand),
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -71,18 +52,12 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { offline: true, .. } => demo::offline().await,
-        Command::Demo { offline: false, db } => demo::pocketbase(&db).await,
-        Command::Serve => serve().await,
-        Command::Sync {
-            url,
-            collection,
-            email,
-            password,
-            db,
-        } => sync(&url, &collection, &email, &password, &db).await,
-        Command::Status { db } => status(&db).await,
+        Command::Demo { offline: true, .. } => demo::offline().await?,
+        Command::Demo { offline: false, db } => demo::pocketbase(&db).await?,
+        Command::Serve => serve().await?,
+        Command::App(cmd) => return app::run(cmd).await,
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn serve() -> Result<()> {
@@ -104,35 +79,6 @@ fn open_sqlite(db: &std::path::Path) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     SqliteStore::open(db, Schema::sample()).with_context(|| format!("opening {}", db.display()))
-}
-
-async fn sync(
-    url: &str,
-    coll: &str,
-    email: &str,
-    password: &str,
-    db: &std::path::Path,
-) -> Result<()> {
-    let store = open_sqlite(db)?;
-    let builder = PocketBaseRemote::builder(url);
-    let builder = if coll == "_superusers" {
-        builder.superuser(email, password)
-    } else {
-        builder.user(coll, email, password)
-    };
-    let remote = builder
-        .connect()
-        .await
-        .context("connecting to PocketBase")?;
-    let engine = SyncEngine::new(store, remote);
-    let mut events = engine.subscribe();
-    let report = engine
-        .sync()
-        .await
-        .context("sync failed; local data is kept")?;
-    drain_events(&mut events);
-    println!("{report:?}");
-    Ok(())
 }
 
 /// Prints every event still queued. A receiver that fell behind is told how many
@@ -186,27 +132,4 @@ pub(crate) fn print_event(e: &SyncEvent) {
         SyncEvent::PushFailed { error } => println!("  push failed ({error}); pulled anyway"),
         SyncEvent::PushProgress { .. } | SyncEvent::PullProgress { .. } => {}
     }
-}
-
-async fn status(db: &std::path::Path) -> Result<()> {
-    let store = open_sqlite(db)?;
-    let st = store.sync_state().await?;
-    println!("store:       {}", db.display());
-    println!("client id:   {}", store.client_id().await?);
-    println!(
-        "watermark:   {}{}",
-        st.watermark.0,
-        if st.resyncing {
-            " (resync in progress)"
-        } else {
-            ""
-        }
-    );
-    println!("outbox:      {} unpushed", store.pending_count().await?);
-    println!("quarantine:  {} refused", store.quarantined().await?.len());
-    println!("conflicts:   {} logged", store.conflicts().await?.len());
-    for c in ["songs", "friends"] {
-        println!("{c:<12} {} records", store.list(c).await?.len());
-    }
-    Ok(())
 }

@@ -124,6 +124,7 @@
 
 mod apply;
 mod core;
+mod inspect;
 mod open;
 mod sql;
 mod table;

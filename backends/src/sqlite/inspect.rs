@@ -1,0 +1,122 @@
+//! [`SqliteStore::inspect`]: a store file read through a read-only connection.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use sync_traits::{RecordId, StoreError, SyncState, Watermark};
+
+use super::core::Core;
+use super::sql::{corrupt, from_json, sql_err, stored_u64, FORMAT, GET_META};
+use super::table::Table;
+use super::SqliteStore;
+use crate::inspect::{CollectionInfo, Inspection};
+use crate::schema::CollectionSchema;
+
+impl SqliteStore {
+    /// Reads what the store file at `path` holds — every stored collection with
+    /// its record count, the watermark, the outbox size, the quarantine and the
+    /// conflict log — through a read-only connection, in one read transaction.
+    ///
+    /// Never writes: no table is created, no writer id taken, no schema migrated,
+    /// and a missing file is not created. Another process may keep using the store
+    /// meanwhile (WAL readers do not block writers).
+    ///
+    /// Errors: [`StoreError::Backend`] if the file cannot be opened (missing,
+    /// unreadable), [`StoreError::Corrupt`] if it is not a tidemark SQLite store.
+    pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, StoreError> {
+        let path = path.as_ref();
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql_err)?;
+        // One read transaction, so every figure comes from one state of the file.
+        conn.execute_batch("BEGIN").map_err(sql_err)?;
+        read(conn)
+    }
+}
+
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
+    .map_err(sql_err)
+}
+
+fn read(conn: Connection) -> Result<Inspection, StoreError> {
+    if !has_table(&conn, "_tidemark_meta")? {
+        return Err(corrupt("the database is not a tidemark store"));
+    }
+    let format: Option<String> = conn
+        .query_row(GET_META, ["format"], |r| r.get(0))
+        .optional()
+        .map_err(|e| corrupt(format!("bad tidemark metadata: {e}")))?;
+    if format.as_deref() != Some(FORMAT) {
+        return Err(corrupt(format!(
+            "unsupported tidemark store format {format:?} (expected {FORMAT})"
+        )));
+    }
+    let writer: Option<String> = conn
+        .query_row(GET_META, ["client"], |r| r.get(0))
+        .optional()
+        .map_err(sql_err)?;
+    let writer = match writer {
+        Some(w) => Some(RecordId::parse(&w).map_err(|e| corrupt(format!("client id: {e}")))?),
+        None => None,
+    };
+    let mut tables = HashMap::new();
+    {
+        let mut st = conn
+            .prepare(r#"SELECT "name", "schema" FROM "_tidemark_collections" ORDER BY "name""#)
+            .map_err(sql_err)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql_err)?;
+        for row in rows {
+            let (name, js) = row.map_err(sql_err)?;
+            let c: CollectionSchema = from_json(&format!("stored schema of {name}"), &js)?;
+            tables.insert(name, Table::new(c));
+        }
+    }
+    let has_conflicts = has_table(&conn, "_tidemark_conflicts")?;
+    // The store's own read functions, on this read-only connection. The writer id
+    // is only a placeholder: nothing here stamps a change.
+    let core = Core {
+        conn: Mutex::new(conn),
+        client: writer.clone().unwrap_or_else(sync_traits::new_id),
+        tables,
+    };
+    let mut names: Vec<&String> = core.tables.keys().collect();
+    names.sort();
+    let mut collections = Vec::new();
+    for name in names {
+        collections.push(CollectionInfo {
+            name: name.clone(),
+            local_only: core.tables[name].schema.local_only,
+            records: core.count(name)?,
+        });
+    }
+    let out = Inspection {
+        collections,
+        state: SyncState {
+            watermark: Watermark(stored_u64(Core::meta_i64(&core.lock(), "watermark")?)),
+            resyncing: Core::meta_i64(&core.lock(), "resyncing")? != 0,
+        },
+        writer,
+        outbox: core.pending_count()?,
+        quarantined: core.quarantined()?,
+        conflicts: if has_conflicts {
+            core.conflicts()?
+        } else {
+            Vec::new()
+        },
+    };
+    core.lock().execute_batch("COMMIT").map_err(sql_err)?;
+    Ok(out)
+}

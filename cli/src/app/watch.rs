@@ -1,0 +1,145 @@
+//! `tidemark watch`: keeps a store in sync (realtime hints + a period) until Ctrl-C.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sync_traits::{LocalStore, SyncEvent};
+use tokio::sync::broadcast;
+
+use super::sync::RemoteArgs;
+use super::OK;
+
+/// `tidemark watch`.
+#[derive(clap::Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub(crate) remote: RemoteArgs,
+    /// Sync at least this often (seconds), hints or not.
+    #[arg(long, default_value_t = 30)]
+    pub period: u64,
+}
+
+/// What the status line shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Line {
+    watermark: u64,
+    outbox: usize,
+    quarantine: usize,
+    conflicts: usize,
+}
+
+impl Line {
+    async fn read(store: &dyn LocalStore) -> Result<Self> {
+        Ok(Self {
+            watermark: store.sync_state().await?.watermark.0,
+            outbox: store.pending_count().await?,
+            quarantine: store.quarantined().await?.len(),
+            conflicts: store.conflicts().await?.len(),
+        })
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "watermark {}, outbox {}, quarantine {}, conflicts {}",
+            self.watermark, self.outbox, self.quarantine, self.conflicts
+        )
+    }
+}
+
+pub(crate) async fn run(args: WatchArgs) -> Result<u8> {
+    let s = args.remote.session().await?;
+    let tty = std::io::stderr().is_terminal();
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    println!(
+        "watching {} (Ctrl-C to stop)",
+        args.remote.url.trim_end_matches('/')
+    );
+    let events = s.engine.subscribe();
+    let status = tokio::spawn(follow(s.store.clone(), events, bar.clone(), tty));
+    let hints = s.remote.subscribe();
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let result = s
+        .engine
+        .run_live(hints, Duration::from_secs(args.period.max(1)), stop)
+        .await;
+    status.abort();
+    bar.finish_and_clear();
+    result.context("watch stopped; local data is kept")?;
+    let line = Line::read(&*s.store).await?;
+    println!("stopped: {}", line.text());
+    Ok(OK)
+}
+
+/// Keeps the status line up to date from the engine's events and the store, and
+/// prints a line on stdout whenever what it shows changes (for logs and pipes).
+async fn follow(
+    store: Arc<dyn LocalStore>,
+    mut events: broadcast::Receiver<SyncEvent>,
+    bar: ProgressBar,
+    tty: bool,
+) {
+    use broadcast::error::RecvError;
+    let mut shown: Option<Line> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(SyncEvent::Rejected { change, rejection }) => {
+                    bar.println(format!(
+                        "rejected {}/{}: {} (kept in the quarantine)",
+                        change.collection, change.id, rejection.message
+                    ));
+                }
+                Ok(SyncEvent::Retrying { error, delay }) => {
+                    bar.set_message(format!("retrying in {delay:?}: {error}"));
+                    // The next read puts the status back.
+                    shown = None;
+                    continue;
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {}
+        }
+        let Ok(line) = Line::read(&*store).await else {
+            continue;
+        };
+        if shown.as_ref() != Some(&line) {
+            if !tty {
+                println!("{}", line.text());
+            }
+            bar.set_message(format!("{} (changed {})", line.text(), clock_now()));
+            shown = Some(line);
+        }
+    }
+}
+
+/// The time of day (UTC), `HH:MM:SS`.
+fn clock_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
