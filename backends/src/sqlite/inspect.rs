@@ -20,24 +20,61 @@ impl SqliteStore {
     /// conflict log — through a read-only connection, in one read transaction.
     ///
     /// Never writes: no table is created, no writer id taken, no schema migrated,
-    /// and a missing file is not created. Another process may keep using the store
-    /// meanwhile (WAL readers do not block writers).
+    /// and a missing file is not created. A store no connection has open is read
+    /// as an immutable file, leaving no `-wal` or `-shm` file behind; one that is
+    /// open elsewhere (its `-wal` file exists) is read like any WAL reader, and its
+    /// writer goes on meanwhile.
     ///
     /// Errors: [`StoreError::Backend`] if the file cannot be opened (missing,
     /// unreadable), [`StoreError::Corrupt`] if it is not a tidemark SQLite store.
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, StoreError> {
         let path = path.as_ref();
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let cannot = |e: rusqlite::Error| {
+            StoreError::Backend(format!("cannot open {}: {e}", path.display()))
+        };
+        if !path.is_file() {
+            return Err(StoreError::Backend(format!(
+                "cannot open {}: no such file",
+                path.display()
+            )));
+        }
+        // Without a `-wal` file every committed transaction is in the main file (no
+        // connection has the store open, or the last one checkpointed and removed
+        // the log on close), and a read-only WAL connection would leave a `-shm`
+        // and an empty `-wal` behind: read it as immutable, which creates nothing.
+        // With one, another connection may be writing: read through its WAL index
+        // like any reader.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let conn = if Path::new(&wal).exists() {
+            Connection::open_with_flags(path, flags).map_err(cannot)?
+        } else {
+            Connection::open_with_flags(immutable_uri(path), flags).map_err(cannot)?
+        };
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql_err)?;
         // One read transaction, so every figure comes from one state of the file.
         conn.execute_batch("BEGIN").map_err(sql_err)?;
         read(conn)
     }
+}
+
+/// `file:<path>?immutable=1`, with the characters a URI path cannot hold escaped.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
@@ -102,12 +139,16 @@ fn read(conn: Connection) -> Result<Inspection, StoreError> {
             records: core.count(name)?,
         });
     }
+    let state = {
+        let conn = core.lock();
+        SyncState {
+            watermark: Watermark(stored_u64(Core::meta_i64(&conn, "watermark")?)),
+            resyncing: Core::meta_i64(&conn, "resyncing")? != 0,
+        }
+    };
     let out = Inspection {
         collections,
-        state: SyncState {
-            watermark: Watermark(stored_u64(Core::meta_i64(&core.lock(), "watermark")?)),
-            resyncing: Core::meta_i64(&core.lock(), "resyncing")? != 0,
-        },
+        state,
         writer,
         outbox: core.pending_count()?,
         quarantined: core.quarantined()?,
