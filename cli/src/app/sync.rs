@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use pocketbase_remote::PocketBaseRemote;
 use serde_json::json;
 use sync_traits::{
@@ -136,14 +136,18 @@ pub(crate) async fn run(args: SyncArgs, out: Output) -> Result<u8> {
     let before = Before::read(&*s.store).await?;
     let start = s.store.sync_state().await?.watermark.0;
     let head = s.remote.head().await.context("reading the server's head")?;
+    // The pull goes up to the head, plus a seq for each change this push applies.
+    let outbox = s.store.pending_count().await? as u64;
     let bars = Bars::new(
         !args.json && std::io::stderr().is_terminal(),
-        head.head.0.saturating_sub(start),
+        head.head.0.saturating_sub(start) + outbox,
     );
     let events = s.engine.subscribe();
-    let progress = tokio::spawn(bars.clone().follow(events, start));
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let progress = tokio::spawn(bars.clone().follow(events, start, finished));
     let result = s.engine.sync().await;
-    progress.abort();
+    let _ = done.send(());
+    let _ = progress.await;
     bars.finish();
     let report = result.context("sync failed; local data is kept")?;
     let (rejected, conflicts) = before.added(&*s.store).await?;
@@ -220,6 +224,7 @@ fn print_report(r: &SyncReport, watermark: u64) {
 /// The push and pull bars (stderr; hidden when not drawn).
 #[derive(Clone)]
 struct Bars {
+    multi: MultiProgress,
     push: ProgressBar,
     pull: ProgressBar,
 }
@@ -233,44 +238,69 @@ impl Bars {
             ProgressDrawTarget::hidden()
         });
         let style = |t: &str| {
-            ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar())
+            ProgressStyle::with_template(t)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", s.per_sec());
+                })
         };
         let push = multi.add(ProgressBar::new(0));
-        push.set_style(style("push {bar:30} {pos}/{len} changes  {per_sec}  {msg}"));
+        push.set_style(style("push {bar:30} {pos}/{len} changes  {rate}  {msg}"));
         let pull = multi.add(ProgressBar::new(pull_total));
-        pull.set_style(style("pull {bar:30} seq {pos}/{len}  {msg}  {per_sec}"));
+        pull.set_style(style("pull {bar:30} seq {pos}/{len}  {msg}  {rate}"));
         pull.set_message("0 changes");
         for b in [&push, &pull] {
             b.enable_steady_tick(Duration::from_millis(200));
         }
-        Self { push, pull }
+        Self { multi, push, pull }
     }
 
-    async fn follow(self, mut events: broadcast::Receiver<SyncEvent>, start: u64) {
-        use broadcast::error::RecvError;
+    /// Follows the events until `finished`, then takes the ones still queued.
+    async fn follow(
+        self,
+        mut events: broadcast::Receiver<SyncEvent>,
+        start: u64,
+        mut finished: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        use broadcast::error::{RecvError, TryRecvError};
         loop {
-            match events.recv().await {
-                Ok(SyncEvent::PushProgress { pushed, total }) => {
-                    self.push.set_length(total as u64);
-                    self.push.set_position(pushed as u64);
-                }
-                Ok(SyncEvent::PullProgress { pulled, watermark }) => {
-                    let pos = watermark.0.saturating_sub(start);
-                    if pos > self.pull.length().unwrap_or(0) {
-                        self.pull.set_length(pos);
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = &mut finished => loop {
+                    match events.try_recv() {
+                        Ok(e) => self.show(e, start),
+                        Err(TryRecvError::Lagged(_)) => {}
+                        Err(_) => return,
                     }
-                    self.pull.set_position(pos);
-                    self.pull.set_message(format!("{pulled} changes"));
-                }
-                Ok(SyncEvent::ResyncStarted) => {
-                    self.pull.set_message("full resync".to_string());
-                }
-                Ok(SyncEvent::Retrying { error, delay }) => {
-                    self.pull.println(format!("retrying in {delay:?}: {error}"));
-                }
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                },
+            };
+            match event {
+                Ok(e) => self.show(e, start),
+                Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
             }
+        }
+    }
+
+    fn show(&self, event: SyncEvent, start: u64) {
+        match event {
+            SyncEvent::PushProgress { pushed, total } => {
+                self.push.set_length(total as u64);
+                self.push.set_position(pushed as u64);
+            }
+            SyncEvent::PullProgress { pulled, watermark } => {
+                let pos = watermark.0.saturating_sub(start);
+                if pos > self.pull.length().unwrap_or(0) {
+                    self.pull.set_length(pos);
+                }
+                self.pull.set_position(pos);
+                self.pull.set_message(format!("{pulled} changes"));
+            }
+            SyncEvent::ResyncStarted => self.pull.set_message("full resync".to_string()),
+            SyncEvent::Retrying { error, delay } => {
+                self.pull.println(format!("retrying in {delay:?}: {error}"));
+            }
+            _ => {}
         }
     }
 
@@ -280,6 +310,11 @@ impl Bars {
                 b.set_length(len.max(b.position()));
             }
             b.finish();
+        }
+        // indicatif leaves the cursor at the end of the last bar: what is printed
+        // next starts a line of its own.
+        if !self.multi.is_hidden() {
+            eprintln!();
         }
     }
 }
