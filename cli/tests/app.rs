@@ -715,3 +715,89 @@ async fn watch_pulls_a_change_made_through_the_rest_api_and_stops_on_ctrl_c() {
     let got = get_sqlite(&a, &id).await.expect("song pulled by watch");
     assert_eq!(got.fields["title"], "from the API");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_terminal_the_password_is_prompted_for_and_progress_bars_are_drawn() {
+    let env = Env::new(TestServer::start()).await;
+    let a = env.path("a.sqlite");
+    for n in 0..3 {
+        put_sqlite(
+            &a,
+            Record::new(
+                "songs",
+                sync_traits::new_id(),
+                env.song(&format!("s{n}"), true),
+            ),
+        )
+        .await;
+    }
+    // `script` (util-linux) runs the command on a pseudo-terminal and passes its
+    // own stdin to it: the password reaches the prompt, not a flag or variable.
+    let cmd = format!(
+        "{} sync --url {} --email {} --schema {} --db {}",
+        env!("CARGO_BIN_EXE_tidemark"),
+        env.srv.url(),
+        env.email,
+        env.path("pb_schema.json").display(),
+        a.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("TIDEMARK_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) is needed for the terminal test");
+    // The password is typed once the prompt is up. (Whether the terminal echoes
+    // it depends on whether it arrives before the prompt turns echo off: not
+    // checked.)
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut screen = Vec::new();
+    let prompt = format!("password for {}: ", env.email);
+    while !String::from_utf8_lossy(&screen).contains(&prompt) {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(chunk) => screen.extend(chunk),
+            Err(e) => panic!(
+                "no password prompt ({e}): {}",
+                String::from_utf8_lossy(&screen)
+            ),
+        }
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{USER_PASSWORD}\n").as_bytes())
+        .expect("type the password");
+    let status = child.wait().expect("script");
+    drop(stdin);
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(30)) {
+        screen.extend(chunk);
+    }
+    let screen = String::from_utf8_lossy(&screen).into_owned();
+    assert_eq!(status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains(&format!("password for {}", env.email)),
+        "{screen}"
+    );
+    assert!(screen.contains("push "), "no push bar: {screen}");
+    assert!(
+        screen.contains("3/3 changes"),
+        "push bar without its counts: {screen}"
+    );
+    assert!(screen.contains("pull "), "no pull bar: {screen}");
+    assert!(screen.contains("pushed 3, "), "{screen}");
+    let st = json_out(&tidemark(
+        &["status", "--db", a.to_str().unwrap(), "--json"],
+        None,
+    ));
+    assert_eq!(st["outbox"], 0, "{st}");
+}
