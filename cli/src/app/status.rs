@@ -14,8 +14,9 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// A PocketBase URL: also show the server's head and how far the store lags
-    /// behind it (needs credentials, see --email / --token).
-    #[arg(long, env = "TIDEMARK_URL")]
+    /// behind it (needs credentials, see --email / --token). Not read from
+    /// TIDEMARK_URL: without it, status never touches the network.
+    #[arg(long)]
     pub url: Option<String>,
     #[command(flatten)]
     pub(crate) auth: AuthArgs,
