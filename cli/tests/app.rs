@@ -390,6 +390,20 @@ async fn a_rejected_change_exits_6_and_the_quarantine_commands_retry_and_discard
         None,
     );
     expect_code(&o, 1);
+    // The write commands open only an existing store: an empty file stays empty.
+    let empty = env.path("empty.sqlite");
+    std::fs::write(&empty, b"").expect("empty file");
+    let o = tidemark(
+        &["quarantine", "retry", "1", "--db", empty.to_str().unwrap()],
+        None,
+    );
+    expect_code(&o, 1);
+    let o = tidemark(
+        &["conflicts", "clear", "--db", empty.to_str().unwrap()],
+        None,
+    );
+    expect_code(&o, 1);
+    assert_eq!(std::fs::read(&empty).expect("empty").len(), 0);
     // Nothing is left to push: the next sync is clean.
     let o = env.remote_cmd("sync", &["--db", db, "--json"]);
     expect_code(&o, 0);

@@ -53,12 +53,9 @@ impl StoreArgs {
     }
 
     /// Opens an existing store with the schema it has stored; fails if there is no
-    /// store at the path (nothing is created).
+    /// store at the path (nothing is created: the path is inspected first).
     pub async fn open_existing(&self) -> Result<Arc<dyn LocalStore>> {
-        let (_, path) = self.describe();
-        if !path.exists() {
-            anyhow::bail!("no store at {}", path.display());
-        }
+        self.inspect().await?;
         self.open(Schema::new()).await
     }
 
