@@ -102,10 +102,15 @@ async fn follow(
         tokio::select! {
             e = events.recv() => match e {
                 Ok(SyncEvent::Rejected { change, rejection }) => {
-                    bar.println(format!(
+                    let text = format!(
                         "rejected {}/{}: {} (kept in the quarantine)",
                         change.collection, change.id, rejection.message
-                    ));
+                    );
+                    if tty {
+                        bar.println(text);
+                    } else {
+                        println!("{text}");
+                    }
                 }
                 Ok(SyncEvent::Retrying { error, delay }) => {
                     bar.set_message(format!("retrying in {delay:?}: {error}"));
