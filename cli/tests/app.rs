@@ -650,6 +650,7 @@ async fn watch_pulls_a_change_made_through_the_rest_api_and_stops_on_ctrl_c() {
             a.to_str().unwrap(),
             "--period",
             "3600",
+            "--json",
         ])
         .env_remove("TIDEMARK_PASSWORD")
         .stdin(Stdio::piped())
@@ -681,15 +682,15 @@ async fn watch_pulls_a_change_made_through_the_rest_api_and_stops_on_ctrl_c() {
             }
         }
     };
-    let first = wait_for("after its first sync", &|l| l.starts_with("watermark "));
-    let watermark = |l: &str| -> u64 {
-        l.trim_start_matches("watermark ")
-            .split(',')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no watermark in {l:?}"))
+    let state = |l: &str| -> Option<Value> {
+        serde_json::from_str::<Value>(l)
+            .ok()
+            .filter(|v| v["watermark"].is_u64())
     };
-    let w0 = watermark(&first);
+    let first = wait_for("after its first sync", &|l| state(l).is_some());
+    let w0 = state(&first).expect("state")["watermark"]
+        .as_u64()
+        .expect("watermark");
 
     // A superuser creates a song through PocketBase's REST API.
     let token = env.srv.superuser().await.token().await.expect("token");
@@ -704,7 +705,7 @@ async fn watch_pulls_a_change_made_through_the_rest_api_and_stops_on_ctrl_c() {
     assert!(r.status().is_success(), "{:?}", r.text().await);
 
     wait_for("with the new watermark", &|l| {
-        l.starts_with("watermark ") && watermark(l) > w0
+        state(l).is_some_and(|v| v["watermark"].as_u64() > Some(w0))
     });
     let st = json_out(&tidemark(
         &["status", "--db", a.to_str().unwrap(), "--json"],
@@ -724,8 +725,12 @@ async fn watch_pulls_a_change_made_through_the_rest_api_and_stops_on_ctrl_c() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
     assert_eq!(status.code(), Some(0), "watch exit; stderr: {err}");
-    let last = wait_for("when stopped", &|l| l.starts_with("stopped: "));
-    assert!(last.contains("outbox 0"), "{last}");
+    let last = wait_for("when stopped", &|l| {
+        state(l).is_some_and(|v| v["stopped"] == true)
+    });
+    let last = state(&last).expect("state");
+    assert_eq!(last["outbox"], 0, "{last}");
+    assert_eq!(last["quarantine"], 0, "{last}");
     let got = get_sqlite(&a, &id).await.expect("song pulled by watch");
     assert_eq!(got.fields["title"], "from the API");
 }

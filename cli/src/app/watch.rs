@@ -20,6 +20,23 @@ pub struct WatchArgs {
     /// Sync at least this often (seconds), hints or not.
     #[arg(long, default_value_t = 30)]
     pub period: u64,
+    /// No status line: one JSON object per line on stdout each time the state
+    /// changes (`{"watermark", "outbox", "quarantine", "conflicts"}`), one per
+    /// rejection (`{"rejected": {"collection", "record", "message"}}`) and one when
+    /// stopped (`{"stopped": true, ...}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How the status is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// A live line on the terminal (stderr).
+    Line,
+    /// A text line on stdout per change.
+    Log,
+    /// A JSON object on stdout per change.
+    Json,
 }
 
 /// What the status line shows.
@@ -41,6 +58,15 @@ impl Line {
         })
     }
 
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "watermark": self.watermark,
+            "outbox": self.outbox,
+            "quarantine": self.quarantine,
+            "conflicts": self.conflicts,
+        })
+    }
+
     fn text(&self) -> String {
         format!(
             "watermark {}, outbox {}, quarantine {}, conflicts {}",
@@ -51,10 +77,16 @@ impl Line {
 
 pub(crate) async fn run(args: WatchArgs) -> Result<u8> {
     let s = args.remote.session().await?;
-    let tty = std::io::stderr().is_terminal();
+    let mode = if args.json {
+        Mode::Json
+    } else if std::io::stderr().is_terminal() {
+        Mode::Line
+    } else {
+        Mode::Log
+    };
     let bar = ProgressBar::with_draw_target(
         None,
-        if tty {
+        if mode == Mode::Line {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
@@ -65,12 +97,14 @@ pub(crate) async fn run(args: WatchArgs) -> Result<u8> {
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
-    println!(
-        "watching {} (Ctrl-C to stop)",
-        args.remote.url.trim_end_matches('/')
-    );
+    if mode != Mode::Json {
+        println!(
+            "watching {} (Ctrl-C to stop)",
+            args.remote.url.trim_end_matches('/')
+        );
+    }
     let events = s.engine.subscribe();
-    let status = tokio::spawn(follow(s.store.clone(), events, bar.clone(), tty));
+    let status = tokio::spawn(follow(s.store.clone(), events, bar.clone(), mode));
     let hints = s.remote.subscribe();
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -83,7 +117,13 @@ pub(crate) async fn run(args: WatchArgs) -> Result<u8> {
     bar.finish_and_clear();
     result.context("watch stopped; local data is kept")?;
     let line = Line::read(&*s.store).await?;
-    println!("stopped: {}", line.text());
+    if mode == Mode::Json {
+        let mut v = line.json();
+        v["stopped"] = true.into();
+        println!("{v}");
+    } else {
+        println!("stopped: {}", line.text());
+    }
     Ok(OK)
 }
 
@@ -93,7 +133,7 @@ async fn follow(
     store: Arc<dyn LocalStore>,
     mut events: broadcast::Receiver<SyncEvent>,
     bar: ProgressBar,
-    tty: bool,
+    mode: Mode,
 ) {
     use broadcast::error::RecvError;
     let mut shown: Option<Line> = None;
@@ -106,17 +146,28 @@ async fn follow(
                         "rejected {}/{}: {} (kept in the quarantine)",
                         change.collection, change.id, rejection.message
                     );
-                    if tty {
-                        bar.println(text);
-                    } else {
-                        println!("{text}");
+                    match mode {
+                        Mode::Line => bar.println(text),
+                        Mode::Log => println!("{text}"),
+                        Mode::Json => println!(
+                            "{}",
+                            serde_json::json!({"rejected": {
+                                "collection": change.collection,
+                                "record": change.id.as_str(),
+                                "message": rejection.message,
+                            }})
+                        ),
                     }
                 }
                 Ok(SyncEvent::Retrying { error, delay }) => {
-                    bar.set_message(format!("retrying in {delay:?}: {error}"));
-                    // The next read puts the status back.
-                    shown = None;
-                    continue;
+                    let text = format!("retrying in {delay:?}: {error}");
+                    if mode == Mode::Line {
+                        bar.set_message(text);
+                        // The next read puts the status back.
+                        shown = None;
+                        continue;
+                    }
+                    eprintln!("{text}");
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
@@ -127,8 +178,10 @@ async fn follow(
             continue;
         };
         if shown.as_ref() != Some(&line) {
-            if !tty {
-                println!("{}", line.text());
+            match mode {
+                Mode::Line => {}
+                Mode::Log => println!("{}", line.text()),
+                Mode::Json => println!("{}", line.json()),
             }
             bar.set_message(format!("{} (changed {})", line.text(), clock_now()));
             shown = Some(line);
