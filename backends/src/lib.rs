@@ -72,6 +72,7 @@
 
 mod blocking;
 pub mod codegen;
+pub mod inspect;
 pub mod remote_schema;
 #[cfg(any(feature = "sqlite", feature = "sled"))]
 mod rules;
@@ -85,4 +86,5 @@ pub mod sqlite;
 pub use crate::sled::SledStore;
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::SqliteStore;
+pub use inspect::{CollectionInfo, Inspection};
 pub use schema::{CollectionSchema, Field, FieldKind, Schema};

@@ -64,6 +64,7 @@
 //! ~500 ms of calls — never their atomicity. The writer an open takes is always
 //! flushed before `open` returns.
 
+mod inspect;
 mod open;
 mod tx;
 

@@ -1,7 +1,8 @@
-//! `tidemark`: run the demo, run a local PocketBase with the tidemark extension for
-//! development, sync a local SQLite store with a PocketBase server, show a store's
-//! status.
+//! `tidemark`: run a local PocketBase with the tidemark extension for development,
+//! run the demo, generate an app's model, and the commands for any app's store and
+//! server (`app`: sync, watch, status, quarantine, conflicts).
 
+mod app;
 mod demo;
 mod dev;
 mod generate;
@@ -11,15 +12,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use pocketbase_remote::PocketBaseRemote;
-use sync_traits::{LocalStore, SyncEngine, SyncEvent};
+use sync_traits::SyncEvent;
 use tidemark_backends::{Schema, SqliteStore};
 
 #[derive(Parser)]
 #[command(
     name = "tidemark",
     version,
-    about = "Offline-first sync between a local store and PocketBase"
+    about = "Offline-first sync between a local store and PocketBase",
+    after_help = app::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,37 +46,15 @@ enum Command {
     /// superuser, `--import pb_schema.json` to import collections and sync them.
     #[command(alias = "serve")]
     Dev(dev::DevArgs),
-    /// Sync a local SQLite store (the demo's `songs`/`friends` schema) with a server.
-    Sync {
-        /// PocketBase URL.
-        #[arg(long, env = "TIDEMARK_URL")]
-        url: String,
-        /// Auth collection of the user (`_superusers` for a superuser).
-        #[arg(long, default_value = "users")]
-        collection: String,
-        /// Login.
-        #[arg(long, env = "TIDEMARK_EMAIL")]
-        email: String,
-        /// Password.
-        #[arg(long, env = "TIDEMARK_PASSWORD")]
-        password: String,
-        /// The SQLite file.
-        #[arg(long, default_value = ".tidemark/demo.sqlite")]
-        db: PathBuf,
-    },
     /// Write the app's Rust model (serde structs, collection names, the store
     /// schema) from the server's synced collections or a pb_schema.json.
     Generate(generate::GenerateArgs),
-    /// Print a local store's sync state: watermark, outbox, quarantine, records.
-    Status {
-        /// The SQLite file.
-        #[arg(long, default_value = ".tidemark/demo.sqlite")]
-        db: PathBuf,
-    },
+    #[command(flatten)]
+    App(app::AppCommand),
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -83,18 +62,12 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { db, force } => demo::pocketbase(&db, force).await,
-        Command::Dev(args) => dev::run(args).await,
-        Command::Sync {
-            url,
-            collection,
-            email,
-            password,
-            db,
-        } => sync(&url, &collection, &email, &password, &db).await,
-        Command::Status { db } => status(&db).await,
-        Command::Generate(args) => generate::run(args).await,
+        Command::Demo { db, force } => demo::pocketbase(&db, force).await?,
+        Command::Dev(args) => dev::run(args).await?,
+        Command::Generate(args) => generate::run(args).await?,
+        Command::App(cmd) => return app::run(cmd).await,
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn open_sqlite(db: &std::path::Path) -> Result<SqliteStore> {
@@ -104,38 +77,6 @@ fn open_sqlite(db: &std::path::Path) -> Result<SqliteStore> {
     SqliteStore::open(db, Schema::sample()).with_context(|| format!("opening {}", db.display()))
 }
 
-async fn sync(
-    url: &str,
-    coll: &str,
-    email: &str,
-    password: &str,
-    db: &std::path::Path,
-) -> Result<()> {
-    let store = open_sqlite(db)?;
-    let builder = PocketBaseRemote::builder(url);
-    let builder = if coll == "_superusers" {
-        builder.superuser(email, password)
-    } else {
-        builder.user(coll, email, password)
-    };
-    let remote = builder
-        .connect()
-        .await
-        .context("connecting to PocketBase")?;
-    let engine = SyncEngine::new(store, remote);
-    let mut events = engine.subscribe();
-    let report = engine
-        .sync()
-        .await
-        .context("sync failed; local data is kept")?;
-    drain_events(&mut events);
-    println!("{report:?}");
-    Ok(())
-}
-
-/// Prints every event still queued. A receiver that fell behind is told how many
-/// it missed and goes on (the store keeps every conflict and rejection anyway:
-/// `status` counts them).
 pub(crate) fn drain_events(events: &mut tokio::sync::broadcast::Receiver<SyncEvent>) {
     use tokio::sync::broadcast::error::TryRecvError;
     loop {
@@ -184,27 +125,4 @@ pub(crate) fn print_event(e: &SyncEvent) {
         SyncEvent::PushFailed { error } => println!("  push failed ({error}); pulled anyway"),
         SyncEvent::PushProgress { .. } | SyncEvent::PullProgress { .. } => {}
     }
-}
-
-async fn status(db: &std::path::Path) -> Result<()> {
-    let store = open_sqlite(db)?;
-    let st = store.sync_state().await?;
-    println!("store:       {}", db.display());
-    println!("client id:   {}", store.client_id().await?);
-    println!(
-        "watermark:   {}{}",
-        st.watermark.0,
-        if st.resyncing {
-            " (resync in progress)"
-        } else {
-            ""
-        }
-    );
-    println!("outbox:      {} unpushed", store.pending_count().await?);
-    println!("quarantine:  {} refused", store.quarantined().await?.len());
-    println!("conflicts:   {} logged", store.conflicts().await?.len());
-    for c in ["songs", "friends"] {
-        println!("{c:<12} {} records", store.list(c).await?.len());
-    }
-    Ok(())
 }

@@ -32,8 +32,7 @@ pub async fn resolve_remote(
 
 /// The store schema from `file` (pb_schema.json format) if given, else from the
 /// server the remote is connected to; see [`resolve_remote`]. The data commands
-/// (sync, watch, status) open their stores with it.
-#[allow(dead_code)]
+/// (sync, watch) open their stores with it.
 pub async fn resolve(remote: &PocketBaseRemote, file: Option<&Path>) -> Result<Schema> {
     let r = resolve_remote(Some(remote), file).await?;
     Schema::from_remote(&r).context("the server's schema does not fit a local store")

@@ -126,6 +126,7 @@
 
 mod apply;
 mod core;
+mod inspect;
 mod open;
 mod sql;
 mod table;
