@@ -7,7 +7,7 @@ use serde_json::json;
 use sync_traits::testkit::{FakeRemote, MemoryStore};
 use sync_traits::{
     new_id, ClientWins, FieldMerge, Fields, LocalStore, Record, ServerWins, SyncConfig, SyncEngine,
-    SyncEvent,
+    SyncError, SyncEvent,
 };
 
 fn f(v: serde_json::Value) -> Fields {
@@ -550,4 +550,178 @@ async fn a_sync_making_progress_outlasts_its_stall_limit() {
     assert_eq!(r.pulled, 1_200);
     assert_eq!(slow.queued().0, 0, "every delayed pull was made");
     assert_eq!(b.all_records(), server.snapshot());
+}
+
+/// Hints for `run_live` from a channel the test sends on.
+struct HintRx(tokio::sync::mpsc::UnboundedReceiver<()>);
+
+impl futures_core::Stream for HintRx {
+    type Item = ();
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// `run_live` keeps going through transient and protocol errors (with a
+/// backoff), brings the data once the remote answers again, and ends only on an
+/// authentication failure or when told to stop.
+#[tokio::test]
+async fn run_live_goes_on_after_errors_and_stops_on_auth_or_cancel() {
+    use std::time::Duration;
+    use sync_traits::testkit::{Fault, Faulty};
+    use sync_traits::RetryPolicy;
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    let id = new_id();
+    a.put(Record::new("songs", id.clone(), f(json!({"title": "x"}))))
+        .await
+        .unwrap();
+    ea.sync().await.unwrap();
+    let faulty = Faulty::new(server.clone());
+    for fault in [
+        Fault::MalformedBefore,
+        Fault::TransientBefore,
+        Fault::MalformedBefore,
+    ] {
+        faulty.on_pull(fault);
+    }
+    let b = Arc::new(MemoryStore::new());
+    let eb = SyncEngine::new(b.clone(), faulty.clone()).with_config(SyncConfig {
+        retry: RetryPolicy::immediate(0),
+        ..Default::default()
+    });
+    let token = tokio_util::sync::CancellationToken::new();
+    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let live = {
+        let token = token.clone();
+        async move {
+            eb.run_live(HintRx(rx), Duration::from_secs(3600), token.cancelled())
+                .await
+        }
+    };
+    let live = tokio::spawn(live);
+    eventually("b pulled the song after three failed syncs", || {
+        b.all_records().iter().any(|r| r.id == id)
+    })
+    .await;
+    assert_eq!(faulty.queued().0, 0, "every failure was met");
+    token.cancel();
+    live.await
+        .unwrap()
+        .expect("stopped by the token, not by an error");
+
+    // An authentication failure ends the loop with the error.
+    faulty.on_pull(Fault::AuthBefore);
+    let eb = SyncEngine::new(b.clone(), faulty.clone());
+    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let e = eb
+        .run_live(
+            HintRx(rx),
+            Duration::from_secs(3600),
+            std::future::pending(),
+        )
+        .await
+        .expect_err("auth ends the loop");
+    assert!(e.is_auth(), "{e}");
+}
+
+/// A burst of hints makes one sync, not one per hint.
+#[tokio::test]
+async fn a_burst_of_hints_makes_one_sync() {
+    use std::time::Duration;
+    let server = FakeRemote::new();
+    let b = Arc::new(MemoryStore::new());
+    let eb = Arc::new(
+        SyncEngine::new(b.clone(), server.clone()).with_config(SyncConfig {
+            hint_debounce: Duration::from_millis(200),
+            ..Default::default()
+        }),
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let live = tokio::spawn({
+        let (eb, token) = (eb.clone(), token.clone());
+        async move {
+            eb.run_live(HintRx(rx), Duration::from_secs(3600), token.cancelled())
+                .await
+        }
+    });
+    // The first sync, at once.
+    eventually("the first sync", || server.round_trips().0 >= 1).await;
+    let (before, _) = server.round_trips();
+    for _ in 0..20 {
+        tx.send(()).unwrap();
+    }
+    eventually("a sync after the burst", || server.round_trips().0 > before).await;
+    // Long after the debounce: no sync per further hint of the burst.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (after, _) = server.round_trips();
+    token.cancel();
+    live.await.unwrap().unwrap();
+    assert_eq!(after - before, 1, "twenty hints, one sync (one pull)");
+}
+
+/// `sync_until` stops a long resync when cancelled, and the next sync starts it
+/// again and converges.
+#[tokio::test]
+async fn a_cancelled_resync_stops_midway_and_the_next_sync_finishes_it() {
+    use std::time::Duration;
+    use sync_traits::testkit::{Fault, Faulty};
+    let server = FakeRemote::new();
+    let (a, ea) = client(&server);
+    for i in 0..5_000 {
+        a.put(Record::new("songs", new_id(), f(json!({"order": i}))))
+            .await
+            .unwrap();
+    }
+    ea.sync().await.unwrap();
+    let slow = Faulty::new(server.clone());
+    for _ in 0..50 {
+        slow.on_pull(Fault::Delay(Duration::from_millis(20)));
+    }
+    let b = Arc::new(MemoryStore::new());
+    let eb = SyncEngine::new(b.clone(), slow.clone()).with_config(SyncConfig {
+        page_size: 100,
+        resync_batch: 100,
+        ..Default::default()
+    });
+    let mut events = eb.subscribe();
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = {
+        let token = token.clone();
+        async move {
+            // Cancel once the resync has applied a few pages.
+            loop {
+                match events.recv().await {
+                    Ok(SyncEvent::PullProgress { pulled, .. }) if pulled >= 300 => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            token.cancel();
+        }
+    };
+    let (r, ()) = tokio::join!(eb.sync_until(token.cancelled()), cancel);
+    assert!(matches!(r, Err(SyncError::Cancelled)), "{r:?}");
+    let st = b.sync_state().await.unwrap();
+    assert!(st.resyncing, "stopped inside the resync");
+    assert!(b.all_records().len() < 5_000, "stopped before the end");
+    let r = eb.sync().await.expect("the next sync");
+    assert!(r.resynced);
+    assert_eq!(b.all_records(), server.snapshot());
+    assert!(!b.sync_state().await.unwrap().resyncing);
 }

@@ -85,6 +85,9 @@ pub struct SyncConfig {
     /// `RemoteError::Transient`; what it settled stays settled, the rest goes out
     /// on the next sync. A long first sync is not cut short while pages arrive.
     pub stall_limit: Option<Duration>,
+    /// How long [`SyncEngine::run_live`] waits after a hint before it syncs, so a
+    /// burst of hints makes one sync (default 50 ms).
+    pub hint_debounce: Duration,
     /// The longest one `sync()` (or `reconcile()`) may run at all (default `None`:
     /// no limit), failing the same way. A full resync (a first sync included)
     /// stopped by it starts again from zero on the next sync, so a limit shorter
@@ -103,6 +106,7 @@ impl Default for SyncConfig {
             max_conflict_rounds: 3,
             max_resyncs: 3,
             stall_limit: Some(Duration::from_secs(30)),
+            hint_debounce: Duration::from_millis(50),
             time_limit: None,
         }
     }
@@ -302,6 +306,28 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             .await
     }
 
+    /// [`SyncEngine::sync`], stopped as soon as `cancel` completes (pass
+    /// `token.cancelled()` of a `tokio_util::sync::CancellationToken`, a shutdown
+    /// signal, a timer): it answers [`SyncError::Cancelled`] at the next await point
+    /// of the sync, even in the middle of a long resync, without waiting for the
+    /// page being pulled. Cancelling is as safe as a crash of the app at that
+    /// moment, which the engine is built for: a store call under way completes or
+    /// not as a whole (every call is one transaction), a push the server applied
+    /// but whose answer was not read is answered "already applied" by the next
+    /// sync, and a resync cut short starts again on the next one.
+    pub async fn sync_until(
+        &self,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<SyncReport, SyncError> {
+        tokio::select! {
+            r = self.sync() => r,
+            _ = cancel => {
+                info!("sync cancelled");
+                Err(SyncError::Cancelled)
+            }
+        }
+    }
+
     /// Runs `run`, stopped with a transient error when it makes no progress for
     /// [`SyncConfig::stall_limit`] or runs longer than [`SyncConfig::time_limit`].
     async fn within_time_limit<T>(
@@ -463,11 +489,21 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// Keeps the store in sync until `stop` completes: syncs at once, then whenever
     /// `hints` yields (e.g. `pocketbase_remote::Hints` from realtime) and at least every
     /// `period`. Hints only make syncs earlier; correctness never depends on them, and
-    /// if the hint stream ends the loop goes on with the period alone.
+    /// if the hint stream ends the loop goes on with the period alone. A burst of
+    /// hints (a batch of writes elsewhere, this client's own pushes echoed back)
+    /// makes one sync: after a hint the loop waits [`SyncConfig::hint_debounce`]
+    /// and takes every hint that came meanwhile with it.
     ///
-    /// Transient errors are logged (and sent as events by the retries) and the loop
-    /// goes on; a permanent error (auth, protocol, store) ends it and is returned, so
-    /// the application can ask the user to act. Local data is kept either way.
+    /// `stop` is watched during a sync too (pass `token.cancelled()` of a
+    /// `tokio_util::sync::CancellationToken`): the loop returns `Ok(())` promptly,
+    /// with a sync under way cut short as [`SyncEngine::sync_until`] describes.
+    ///
+    /// A failed sync never ends the loop but for an authentication failure, which
+    /// is returned so the app can ask the user to sign in again: transient errors,
+    /// protocol errors and store errors are logged (and sent as events by the
+    /// retries), and the next sync comes after a backoff that doubles from
+    /// [`RetryPolicy::initial_delay`] up to `period` (hints do not shorten it) and
+    /// starts over after a success. Local data is kept either way.
     pub async fn run_live<S, F>(
         &self,
         mut hints: S,
@@ -480,11 +516,38 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     {
         let mut stop = std::pin::pin!(stop);
         let mut hints_open = true;
+        let mut failures: u32 = 0;
         loop {
-            match self.sync().await {
-                Ok(_) => {}
-                Err(e) if e.is_transient() => warn!(%e, "sync failed; will retry"),
-                Err(e) => return Err(e),
+            let outcome = tokio::select! {
+                r = self.sync() => r,
+                _ = &mut stop => return Ok(()),
+            };
+            let backoff = match outcome {
+                Ok(_) => {
+                    failures = 0;
+                    None
+                }
+                Err(e) if e.is_auth() => return Err(e),
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let base = self
+                        .config
+                        .retry
+                        .initial_delay
+                        .max(Duration::from_millis(10));
+                    let delay = base
+                        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(20)))
+                        .min(period);
+                    warn!(%e, ?delay, failures, "sync failed; the live loop goes on after a backoff");
+                    Some(delay)
+                }
+            };
+            if let Some(delay) = backoff {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
             }
             let hint = async {
                 if hints_open {
@@ -493,14 +556,33 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                     std::future::pending().await
                 }
             };
-            tokio::select! {
+            let hinted = tokio::select! {
                 _ = &mut stop => return Ok(()),
                 h = hint => {
                     if h.is_none() {
                         hints_open = false;
                     }
+                    h.is_some()
                 }
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(period) => false,
+            };
+            if hinted {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(self.config.hint_debounce) => {}
+                }
+                // Every hint that came during the wait is served by the next sync.
+                while hints_open {
+                    let ready = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(std::pin::Pin::new(&mut hints).poll_next(cx))
+                    })
+                    .await;
+                    match ready {
+                        std::task::Poll::Ready(Some(())) => {}
+                        std::task::Poll::Ready(None) => hints_open = false,
+                        std::task::Poll::Pending => break,
+                    }
+                }
             }
         }
     }

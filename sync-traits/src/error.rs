@@ -102,6 +102,7 @@ impl RemoteError {
 /// Errors from [`crate::SyncEngine::sync`]. Local data is never discarded on error:
 /// whatever was not acknowledged stays in the outbox for the next sync.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SyncError {
     /// The local store failed.
     #[error("local store: {0}")]
@@ -112,6 +113,11 @@ pub enum SyncError {
     /// The remote broke the protocol in a way the engine detected.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The sync was cancelled ([`crate::SyncEngine::sync_until`]) before it
+    /// finished. What it settled stays settled; the rest goes out on the next sync
+    /// (a push whose answer was not read is answered "already applied" then).
+    #[error("sync cancelled")]
+    Cancelled,
     /// A sync failed after doing part of its work: `done` says what it did (pushed,
     /// pulled, conflicts, rejections) before `error` stopped it. Everything in
     /// `done` is settled in the store.
@@ -132,6 +138,7 @@ impl SyncError {
             SyncError::Store(e) => e.is_transient(),
             SyncError::Remote(e) => e.is_transient(),
             SyncError::Protocol(_) => false,
+            SyncError::Cancelled => false,
             SyncError::Incomplete { error, .. } => error.is_transient(),
         }
     }

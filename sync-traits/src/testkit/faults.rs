@@ -20,6 +20,9 @@ pub enum Fault {
     TransientBefore,
     /// Fail with an auth error before the call reaches the remote.
     AuthBefore,
+    /// Fail with an answer outside the protocol (`Malformed`, not retried) before
+    /// the call reaches the remote: a server in a broken state.
+    MalformedBefore,
     /// Let the remote apply the call, then lose the response (transient error): the
     /// engine retries, so the remote sees the same push twice.
     LoseResponse,
@@ -109,6 +112,9 @@ where
             "injected: connection refused".into(),
         )),
         Some(Fault::AuthBefore) => Err(RemoteError::Auth("injected: token expired".into())),
+        Some(Fault::MalformedBefore) => Err(RemoteError::Malformed(
+            "injected: an answer outside the protocol".into(),
+        )),
         Some(Fault::LoseResponse) => {
             call().await?;
             Err(RemoteError::Transient("injected: response lost".into()))
