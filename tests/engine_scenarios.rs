@@ -725,3 +725,96 @@ async fn a_cancelled_resync_stops_midway_and_the_next_sync_finishes_it() {
     assert_eq!(b.all_records(), server.snapshot());
     assert!(!b.sync_state().await.unwrap().resyncing);
 }
+
+/// The status watch: syncing with progress while a sync runs, idle with the last
+/// success, watermark and outbox after it; offline since the first of a run of
+/// transient failures, failing for one that needs attention, idle again after a
+/// success.
+#[tokio::test]
+async fn the_status_shows_syncing_offline_failing_and_idle() {
+    use sync_traits::testkit::{Fault, Faulty};
+    use sync_traits::{RetryPolicy, SyncPhase};
+    let server = FakeRemote::new();
+    let faulty = Faulty::new(server.clone());
+    let a = Arc::new(MemoryStore::new());
+    let ea = SyncEngine::new(a.clone(), faulty.clone()).with_config(SyncConfig {
+        retry: RetryPolicy::immediate(0),
+        page_size: 100,
+        resync_batch: 100,
+        ..Default::default()
+    });
+    let mut status = ea.status();
+    assert_eq!(status.borrow().phase, SyncPhase::Idle);
+    assert_eq!(status.borrow().last_success, None);
+    for i in 0..250 {
+        a.put(Record::new("songs", new_id(), f(json!({"order": i}))))
+            .await
+            .unwrap();
+    }
+    // Watch every state the sync passes through.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = tokio::spawn({
+        let (mut status, seen) = (status.clone(), seen.clone());
+        async move {
+            while status.changed().await.is_ok() {
+                let phase = status.borrow_and_update().phase.clone();
+                let idle = phase == SyncPhase::Idle;
+                seen.lock().unwrap().push(phase);
+                if idle {
+                    return;
+                }
+            }
+        }
+    });
+    ea.sync().await.unwrap();
+    watcher.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|p| matches!(p, SyncPhase::Syncing { pushed, .. } if *pushed == 250)),
+        "push progress shown: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&SyncPhase::Idle));
+    let st = status.borrow_and_update().clone();
+    assert!(st.last_success.is_some());
+    assert_eq!(st.outbox, 0);
+    assert_eq!(st.watermark, server.head());
+    assert_eq!(st.lag, Some(0));
+
+    // Two transient failures in a row: offline since the first.
+    a.put(Record::new("songs", new_id(), f(json!({"order": 1}))))
+        .await
+        .unwrap();
+    faulty.on_pull(Fault::TransientBefore);
+    let _ = ea.sync().await.expect_err("transient");
+    let first = match status.borrow_and_update().phase.clone() {
+        SyncPhase::Offline { since, .. } => since,
+        other => panic!("expected offline, got {other:?}"),
+    };
+    faulty.on_pull(Fault::TransientBefore);
+    let _ = ea.sync().await.expect_err("transient");
+    let st = status.borrow_and_update().clone();
+    assert_eq!(
+        st.phase,
+        match &st.phase {
+            SyncPhase::Offline { error, .. } => SyncPhase::Offline {
+                since: first,
+                error: error.clone(),
+            },
+            other => panic!("expected offline, got {other:?}"),
+        },
+        "offline since the first failure"
+    );
+    assert_eq!(st.lag, None);
+    // An answer outside the protocol needs attention.
+    faulty.on_pull(Fault::MalformedBefore);
+    let _ = ea.sync().await.expect_err("malformed");
+    assert!(matches!(
+        status.borrow_and_update().phase,
+        SyncPhase::Failing { .. }
+    ));
+    ea.sync().await.unwrap();
+    let st = status.borrow_and_update().clone();
+    assert_eq!(st.phase, SyncPhase::Idle);
+    assert_eq!(st.outbox, 0);
+}

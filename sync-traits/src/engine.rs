@@ -220,6 +220,7 @@ pub struct SyncEngine<L, R> {
     events: broadcast::Sender<SyncEvent>,
     running: Mutex<()>,
     progress: Arc<Progress>,
+    status: crate::status::StatusCell,
 }
 
 /// When the running sync last made progress ([`SyncConfig::stall_limit`]).
@@ -267,6 +268,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             events,
             running: Mutex::new(()),
             progress: Arc::new(Progress::new()),
+            status: crate::status::StatusCell::new(),
         }
     }
 
@@ -286,6 +288,15 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// `tokio::sync::broadcast`); [`SyncReport`] always has the totals.
     pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
         self.events.subscribe()
+    }
+
+    /// What the engine is doing, as a `tokio::sync::watch` that always holds the
+    /// latest [`SyncStatus`](crate::SyncStatus) (idle, syncing with progress,
+    /// offline since, failing since), the last success, the watermark, the outbox
+    /// size and the lag: a receiver that lags sees the newest state, never a stale
+    /// one, unlike [`SyncEngine::subscribe`].
+    pub fn status(&self) -> tokio::sync::watch::Receiver<crate::SyncStatus> {
+        self.status.subscribe()
     }
 
     /// The local store.
@@ -328,9 +339,28 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         }
     }
 
-    /// Runs `run`, stopped with a transient error when it makes no progress for
-    /// [`SyncConfig::stall_limit`] or runs longer than [`SyncConfig::time_limit`].
+    /// Runs `run` (a sync or a reconcile) with its status shown in
+    /// [`SyncEngine::status`], stopped with a transient error when it makes no
+    /// progress for [`SyncConfig::stall_limit`] or runs longer than
+    /// [`SyncConfig::time_limit`].
     async fn within_time_limit<T>(
+        &self,
+        run: impl Future<Output = Result<T, SyncError>>,
+    ) -> Result<T, SyncError> {
+        let running = self.status.begin();
+        let outcome = self.limited(run).await;
+        let state = match (
+            self.local.sync_state().await,
+            self.local.pending_count().await,
+        ) {
+            (Ok(st), Ok(outbox)) => Some((st.watermark, outbox)),
+            _ => None,
+        };
+        running.end(&outcome, state);
+        outcome
+    }
+
+    async fn limited<T>(
         &self,
         run: impl Future<Output = Result<T, SyncError>>,
     ) -> Result<T, SyncError> {
@@ -588,6 +618,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     }
 
     fn emit(&self, e: SyncEvent) {
+        match &e {
+            SyncEvent::PushProgress { pushed, .. } => self.status.progress(Some(*pushed), None),
+            SyncEvent::PullProgress { pulled, .. } => self.status.progress(None, Some(*pulled)),
+            _ => {}
+        }
         let _ = self.events.send(e);
     }
 

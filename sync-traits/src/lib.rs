@@ -44,6 +44,7 @@ mod id;
 mod record;
 mod remote;
 mod schema;
+mod status;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -60,6 +61,7 @@ pub use record::{
 };
 pub use remote::{PullMode, RemoteStore};
 pub use schema::{RemoteCollection, RemoteField, RemoteFieldKind, RemoteSchema};
+pub use status::{SyncPhase, SyncStatus};
 pub use store::LocalStore;
 
 /// Re-exported for implementors of the traits.
