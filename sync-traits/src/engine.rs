@@ -349,12 +349,21 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     ) -> Result<T, SyncError> {
         let running = self.status.begin();
         let outcome = self.limited(run).await;
-        let state = match (
-            self.local.sync_state().await,
-            self.local.pending_count().await,
-        ) {
-            (Ok(st), Ok(outbox)) => Some((st.watermark, outbox)),
-            _ => None,
+        // The store's state for the status, unless the store is what failed.
+        let store_failed = matches!(
+            outcome.as_ref().err().map(SyncError::cause),
+            Some(SyncError::Store(_))
+        );
+        let state = if store_failed {
+            None
+        } else {
+            match (
+                self.local.sync_state().await,
+                self.local.pending_count().await,
+            ) {
+                (Ok(st), Ok(outbox)) => Some((st.watermark, outbox)),
+                _ => None,
+            }
         };
         running.end(&outcome, state);
         outcome
