@@ -156,10 +156,10 @@ fn draw(rng: &Mutex<SmallRng>) -> Plan {
         Err(p) => p.into_inner(),
     };
     match r.random_range(0..100u32) {
-        0..50 => Plan::Clean,
-        50..70 => Plan::Latency(Duration::from_millis(r.random_range(2..40))),
-        70..78 => Plan::Drop,
-        78..86 => Plan::ResetAfter(r.random_range(1..3000)),
+        0..35 => Plan::Clean,
+        35..55 => Plan::Latency(Duration::from_millis(r.random_range(2..40))),
+        55..65 => Plan::Drop,
+        65..80 => Plan::ResetAfter(r.random_range(1..3000)),
         _ => Plan::CutAfter(r.random_range(1..6000), r.random_bool(0.5)),
     }
 }
