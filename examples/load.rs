@@ -1,0 +1,373 @@
+//! Load on one PocketBase: 10, 50 and 100 concurrent clients (SQLite stores, two
+//! devices per user, `run_live` with realtime hints on), side by side in one run.
+//! Each phase: every client writes `LOAD_RATE` songs per second (default 1) for
+//! `LOAD_SECS` seconds (default 10) and syncs after each write; the other device of
+//! the same user receives it through a hint. Printed per phase: changes/s into the
+//! server (seqs taken) and out to clients (changes applied by stores), p50/p99 time
+//! from a write on one device to its arrival in the other device's store, p99 of a
+//! no-op sync (every client syncing at once, 5 each), and the server's peak RSS and
+//! CPU (from /proc/<pid>).
+//!
+//! `bash scripts/install-pocketbase.sh && cargo run --release --example load [10,50,100]`
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pocketbase_remote::harness::TestServer;
+use pocketbase_remote::PocketBaseRemote;
+use serde_json::json;
+use sync_traits::{
+    new_id, Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange,
+    Quarantined, Record, RecordId, StoreError, SyncEngine, SyncState,
+};
+use tidemark_backends::{Schema, SqliteStore};
+
+/// Writer index and write time of records not yet arrived on their other device.
+type Sent = Arc<Mutex<HashMap<RecordId, (usize, Instant)>>>;
+
+/// A store that notes when a record written elsewhere arrives (and counts applied
+/// changes); every call forwards to the SQLite store.
+struct Timed {
+    me: usize,
+    inner: SqliteStore,
+    sent: Sent,
+    arrivals: Arc<Mutex<Vec<Duration>>>,
+    applied: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl LocalStore for Timed {
+    async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.inner.get(c, id).await
+    }
+    async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
+        self.inner.list(c).await
+    }
+    async fn count(&self, c: &str) -> Result<usize, StoreError> {
+        self.inner.count(c).await
+    }
+    async fn put(&self, r: Record) -> Result<(), StoreError> {
+        self.inner.put(r).await
+    }
+    async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
+        self.inner.delete(c, id).await
+    }
+    async fn client_id(&self) -> Result<RecordId, StoreError> {
+        self.inner.client_id().await
+    }
+    async fn made_here(&self, change: &ChangeId) -> Result<bool, StoreError> {
+        self.inner.made_here(change).await
+    }
+    async fn sync_state(&self) -> Result<SyncState, StoreError> {
+        self.inner.sync_state().await
+    }
+    async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
+        let r = self.inner.apply_remote(page).await?;
+        let now = Instant::now();
+        self.applied.fetch_add(r.applied as u64, Ordering::Relaxed);
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut got = Vec::new();
+        for ch in &page.changes {
+            // A writer's own record comes back to it too: only the other device's
+            // copy counts.
+            if let Some(&(from, t)) = sent.get(&ch.id) {
+                if from != self.me {
+                    sent.remove(&ch.id);
+                    got.push(now - t);
+                }
+            }
+        }
+        drop(sent);
+        if !got.is_empty() {
+            self.arrivals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(got);
+        }
+        Ok(r)
+    }
+    async fn pending(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>, StoreError> {
+        self.inner.pending(after, limit).await
+    }
+    async fn pending_count(&self) -> Result<usize, StoreError> {
+        self.inner.pending_count().await
+    }
+    async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
+        self.inner.ack(acks).await
+    }
+    async fn begin_resync(&self) -> Result<(), StoreError> {
+        self.inner.begin_resync().await
+    }
+    async fn finish_resync(&self, s: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
+        self.inner.finish_resync(s).await
+    }
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.inner.quarantined().await
+    }
+    async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        self.inner.retry_quarantined(id).await
+    }
+    async fn discard_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        self.inner.discard_quarantined(id).await
+    }
+    async fn conflicts(&self) -> Result<Vec<LoggedConflict>, StoreError> {
+        self.inner.conflicts().await
+    }
+    async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
+        self.inner.clear_conflicts(ids).await
+    }
+}
+
+/// `(rss KiB, cpu seconds)` of process `pid` from /proc.
+fn proc_stats(pid: u32) -> (u64, f64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Phase {
+    clients: usize,
+    writes: u64,
+    into_server: f64,
+    out_to_clients: f64,
+    arrived: usize,
+    p50: Duration,
+    p99: Duration,
+    noop_p99: Duration,
+    rss_mib: f64,
+    cpu_cores: f64,
+    errors: u64,
+}
+
+async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -> Phase {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sent: Sent = Arc::default();
+    let arrivals: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let applied = Arc::new(AtomicU64::new(0));
+    let mut engines = Vec::new();
+    let mut owners = Vec::new();
+    for i in 0..n {
+        let email = format!("load{round}-{}@t.io", i / 2);
+        if i % 2 == 0 {
+            owners.push(srv.create_user(&email).await);
+        }
+        let store = Timed {
+            me: i,
+            inner: SqliteStore::open(dir.path().join(format!("c{i}.sqlite")), Schema::sample())
+                .expect("sqlite"),
+            sent: sent.clone(),
+            arrivals: arrivals.clone(),
+            applied: applied.clone(),
+        };
+        let remote = PocketBaseRemote::builder(srv.url())
+            .user("users", &email, pocketbase_remote::harness::USER_PASSWORD)
+            .connect()
+            .await
+            .expect("connect");
+        engines.push(Arc::new(SyncEngine::new(store, remote)));
+    }
+    let admin = srv.superuser().await;
+    let head0 = admin.head().await.expect("head").head.0;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut live = Vec::new();
+    for e in &engines {
+        let (e, mut stop) = (e.clone(), stop_rx.clone());
+        live.push(tokio::spawn(async move {
+            let hints = e.remote().subscribe();
+            e.run_live(hints, Duration::from_secs(30), async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .await
+        }));
+    }
+    // Let the first syncs and the realtime subscriptions settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (rss0, cpu0) = proc_stats(srv.pid());
+    let peak = Arc::new(AtomicU64::new(rss0));
+    let sampler = {
+        let (peak, pid, mut stop) = (peak.clone(), srv.pid(), stop_rx.clone());
+        tokio::spawn(async move {
+            while !*stop.borrow() {
+                peak.fetch_max(proc_stats(pid).0, Ordering::Relaxed);
+                let _ = tokio::time::timeout(Duration::from_millis(200), stop.changed()).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(secs);
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for (i, e) in engines.iter().enumerate() {
+        let (e, sent, writes, errors) = (e.clone(), sent.clone(), writes.clone(), errors.clone());
+        let owner = owners[i / 2].clone();
+        let gap = Duration::from_secs_f64(1.0 / rate);
+        writers.push(tokio::spawn(async move {
+            // Spread the clients' first writes over one gap.
+            tokio::time::sleep(gap.mul_f64(i as f64 / n as f64)).await;
+            let mut k = 0u64;
+            while Instant::now() < deadline {
+                k += 1;
+                let id = new_id();
+                let f = json!({"title": format!("c{i}-{k}"), "artist": "load", "order": k, "owner": owner.as_str()});
+                sent.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), (i, Instant::now()));
+                e.local()
+                    .put(Record::new("songs", id, f.as_object().cloned().unwrap_or_default()))
+                    .await
+                    .expect("put");
+                writes.fetch_add(1, Ordering::Relaxed);
+                if e.sync().await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(gap).await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    // Wait (bounded) for the last writes to arrive.
+    let settle = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < settle && !sent.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let (_, cpu1) = proc_stats(srv.pid());
+    let head1 = admin.head().await.expect("head").head.0;
+
+    // No-op syncs: everything is caught up; every client syncs 5 times, all at once.
+    let noops = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for e in &engines {
+        let (e, noops, errors) = (e.clone(), noops.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let t = Instant::now();
+                match e.sync().await {
+                    Ok(_) => noops
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(t.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("noop");
+    }
+    stop_tx.send_replace(true);
+    for l in live {
+        if l.await.expect("live").is_err() {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = sampler.await;
+    let mut lat = arrivals.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut noops = noops.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Phase {
+        clients: n,
+        writes: writes.load(Ordering::Relaxed),
+        into_server: (head1 - head0) as f64 / wall,
+        out_to_clients: applied.load(Ordering::Relaxed) as f64 / wall,
+        arrived: lat.len(),
+        p50: pct(&mut lat, 0.5),
+        p99: pct(&mut lat, 0.99),
+        noop_p99: pct(&mut noops, 0.99),
+        rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        cpu_cores: (cpu1 - cpu0) / wall,
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let counts: Vec<usize> = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "10,50,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .map(|n: usize| n.max(2))
+        .collect();
+    let secs = env_f64("LOAD_SECS", 10.0);
+    let rate = env_f64("LOAD_RATE", 1.0);
+    let srv = TestServer::start();
+    println!(
+        "load: one PocketBase ({}), {secs} s per phase, {rate} writes/s per client, SQLite stores, \
+         run_live with realtime hints, 2 devices per user",
+        pocketbase_remote::harness::binary().display()
+    );
+    let mut rows = Vec::new();
+    for (round, &n) in counts.iter().enumerate() {
+        let p = phase(&srv, n, secs, rate, round).await;
+        eprintln!("load: {n} clients done");
+        rows.push(p);
+    }
+    println!(
+        "{:>8} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11} {:>9} {:>9} {:>7}",
+        "clients",
+        "writes",
+        "in/s",
+        "out/s",
+        "arrived",
+        "p50",
+        "p99",
+        "noop p99",
+        "srv MiB",
+        "srv cores",
+        "errors"
+    );
+    for p in rows {
+        println!(
+            "{:>8} {:>7} {:>10.1} {:>10.1} {:>8} {:>7.1}ms {:>7.1}ms {:>9.1}ms {:>9.1} {:>9.2} {:>7}",
+            p.clients,
+            p.writes,
+            p.into_server,
+            p.out_to_clients,
+            p.arrived,
+            p.p50.as_secs_f64() * 1e3,
+            p.p99.as_secs_f64() * 1e3,
+            p.noop_p99.as_secs_f64() * 1e3,
+            p.rss_mib,
+            p.cpu_cores,
+            p.errors
+        );
+    }
+}
