@@ -5,8 +5,8 @@
 //! the same user receives it through a hint. Printed per phase: changes/s into the
 //! server (seqs taken) and out to clients (changes applied by stores), p50/p99 time
 //! from a write on one device to its arrival in the other device's store, p99 of a
-//! no-op sync (every client syncing at once, 5 each), and the server's peak RSS and
-//! CPU (from /proc/<pid>).
+//! no-op sync (every client syncing at once, 5 each), the server's peak RSS and CPU
+//! (from /proc/<pid>), and the CPU of this process (all clients).
 //!
 //! `bash scripts/install-pocketbase.sh && cargo run --release --example load [10,50,100]`
 
@@ -168,6 +168,7 @@ struct Phase {
     noop_p99: Duration,
     rss_mib: f64,
     cpu_cores: f64,
+    client_cores: f64,
     errors: u64,
 }
 
@@ -217,6 +218,7 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let (rss0, cpu0) = proc_stats(srv.pid());
+    let me0 = proc_stats(std::process::id()).1;
     let peak = Arc::new(AtomicU64::new(rss0));
     let sampler = {
         let (peak, pid, mut stop) = (peak.clone(), srv.pid(), stop_rx.clone());
@@ -268,6 +270,7 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
     }
     let wall = t0.elapsed().as_secs_f64();
     let (_, cpu1) = proc_stats(srv.pid());
+    let me1 = proc_stats(std::process::id()).1;
     let head1 = admin.head().await.expect("head").head.0;
 
     // No-op syncs: everything is caught up; every client syncs 5 times, all at once.
@@ -313,6 +316,7 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
         noop_p99: pct(&mut noops, 0.99),
         rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
         cpu_cores: (cpu1 - cpu0) / wall,
+        client_cores: (me1 - me0) / wall,
         errors: errors.load(Ordering::Relaxed),
     }
 }
@@ -341,7 +345,7 @@ async fn main() {
         rows.push(p);
     }
     println!(
-        "{:>8} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11} {:>9} {:>9} {:>7}",
+        "{:>8} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>7}",
         "clients",
         "writes",
         "in/s",
@@ -352,11 +356,12 @@ async fn main() {
         "noop p99",
         "srv MiB",
         "srv cores",
+        "cli cores",
         "errors"
     );
     for p in rows {
         println!(
-            "{:>8} {:>7} {:>10.1} {:>10.1} {:>8} {:>7.1}ms {:>7.1}ms {:>9.1}ms {:>9.1} {:>9.2} {:>7}",
+            "{:>8} {:>7} {:>10.1} {:>10.1} {:>8} {:>7.1}ms {:>7.1}ms {:>9.1}ms {:>9.1} {:>9.2} {:>9.2} {:>7}",
             p.clients,
             p.writes,
             p.into_server,
@@ -367,6 +372,7 @@ async fn main() {
             p.noop_p99.as_secs_f64() * 1e3,
             p.rss_mib,
             p.cpu_cores,
+            p.client_cores,
             p.errors
         );
     }
