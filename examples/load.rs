@@ -8,6 +8,8 @@
 //! no-op sync (every client syncing at once, 5 each), the server's peak RSS and CPU
 //! (from /proc/<pid>), and the CPU of this process (all clients).
 //!
+//! `LOAD_HINTS=0` leaves realtime out (each client then syncs every second).
+//!
 //! `bash scripts/install-pocketbase.sh && cargo run --release --example load [10,50,100]`
 
 use std::collections::{BTreeSet, HashMap};
@@ -172,7 +174,21 @@ struct Phase {
     errors: u64,
 }
 
+/// A hint stream that ends at once: `run_live` then syncs on its period alone.
+struct NoHints;
+
+impl futures_core::Stream for NoHints {
+    type Item = ();
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        std::task::Poll::Ready(None)
+    }
+}
+
 async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -> Phase {
+    let hints_on = env_f64("LOAD_HINTS", 1.0) != 0.0;
     let dir = tempfile::tempdir().expect("tempdir");
     let sent: Sent = Arc::default();
     let arrivals: Arc<Mutex<Vec<Duration>>> = Arc::default();
@@ -207,11 +223,15 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
     for e in &engines {
         let (e, mut stop) = (e.clone(), stop_rx.clone());
         live.push(tokio::spawn(async move {
-            let hints = e.remote().subscribe();
-            e.run_live(hints, Duration::from_secs(30), async move {
+            let stop = async move {
                 let _ = stop.wait_for(|v| *v).await;
-            })
-            .await
+            };
+            if hints_on {
+                e.run_live(e.remote().subscribe(), Duration::from_secs(30), stop)
+                    .await
+            } else {
+                e.run_live(NoHints, Duration::from_secs(1), stop).await
+            }
         }));
     }
     // Let the first syncs and the realtime subscriptions settle.
@@ -335,8 +355,13 @@ async fn main() {
     let srv = TestServer::start();
     println!(
         "load: one PocketBase ({}), {secs} s per phase, {rate} writes/s per client, SQLite stores, \
-         run_live with realtime hints, 2 devices per user",
-        pocketbase_remote::harness::binary().display()
+         run_live {}, 2 devices per user",
+        pocketbase_remote::harness::binary().display(),
+        if env_f64("LOAD_HINTS", 1.0) != 0.0 {
+            "with realtime hints"
+        } else {
+            "without hints (1 s period)"
+        }
     );
     let mut rows = Vec::new();
     for (round, &n) in counts.iter().enumerate() {
