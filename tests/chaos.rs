@@ -408,6 +408,7 @@ async fn clients_under_network_faults_and_server_kills_lose_nothing_and_converge
         .await
         .expect("admin");
     let stats = Arc::new(Stats::default());
+    let setup = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(secs);
 
     // ---- chaos ----
@@ -443,11 +444,23 @@ async fn clients_under_network_faults_and_server_kills_lose_nothing_and_converge
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop_tx.send_replace(true);
+    let stopping = Instant::now();
     let mut live_errors = Vec::new();
     for t in tasks {
         live_errors.extend(t.await.expect("client task"));
     }
-    let chaos_done = t0.elapsed();
+    // How long the live loops took to end: a sync under way finishes first.
+    let stop_took = stopping.elapsed();
+    // What the server refused so far (kept, with its data, in each quarantine).
+    for c in clients.iter() {
+        for q in c.engine.local().quarantined().await.expect("quarantined") {
+            eprintln!(
+                "chaos: {} quarantined {} {}/{}: {}",
+                c.name, q.change.change_id, q.change.collection, q.change.id, q.rejection.message
+            );
+        }
+    }
+    let heal_start = Instant::now();
 
     // ---- heal, then sync until quiet ----
     for c in clients.iter() {
@@ -495,6 +508,7 @@ async fn clients_under_network_faults_and_server_kills_lose_nothing_and_converge
             break;
         }
     }
+    let heal_took = heal_start.elapsed();
     let quiet_after = quiet_after.unwrap_or_else(|| {
         panic!("not quiet after 12 rounds of syncs on a healed network; last: {last}")
     });
@@ -587,17 +601,21 @@ async fn clients_under_network_faults_and_server_kills_lose_nothing_and_converge
         let q = store.quarantined().await.expect("quarantined");
         conflicts += cl.len();
         quarantined += q.len();
-        for q in &q {
-            eprintln!(
-                "chaos: {} quarantined {} {}/{}: {}",
-                c.name, q.change.change_id, q.change.collection, q.change.id, q.rejection.message
-            );
-        }
         for ch in cl
             .iter()
             .map(|c| &c.conflict.local)
             .chain(q.iter().map(|q| &q.change))
         {
+            // Kept with its data: an upsert holds the whole record it wrote.
+            if let sync_traits::Op::Upsert(f) = &ch.op {
+                assert!(
+                    f.contains_key("owner"),
+                    "{}: change {} kept without its data: {:?}",
+                    c.name,
+                    ch.change_id,
+                    ch.op
+                );
+            }
             let e = kept
                 .entry((
                     ch.change_id.client.as_str().to_owned(),
@@ -656,10 +674,12 @@ async fn clients_under_network_faults_and_server_kills_lose_nothing_and_converge
     }
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(
-        "chaos: seed {seed}, {k} clients, {} users, {secs} s of chaos ({:.1} s with setup); \
-         quiet after {quiet_after} rounds; total {:.1} s",
+        "chaos: seed {seed}, {k} clients, {} users; setup {:.1} s, {secs} s of chaos, live loops \
+         stopped in {:.1} s, quiet after {quiet_after} rounds ({:.1} s); total {:.1} s",
         n_users,
-        chaos_done.as_secs_f64(),
+        setup.as_secs_f64(),
+        stop_took.as_secs_f64(),
+        heal_took.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
     eprintln!(
@@ -779,5 +799,92 @@ async fn an_edit_of_a_record_deleted_and_compacted_elsewhere_settles() {
     assert!(
         on_server || kept.iter().any(|c| c.conflict.local.id == id),
         "the edit is neither on the server nor in B's conflict log: {results:?}"
+    );
+}
+
+/// The same wedge as [`an_edit_of_a_record_deleted_and_compacted_elsewhere_settles`],
+/// reached after the conflict: under ClientWins an edit that met the deletion of its
+/// record is kept and re-based on the tombstone, to be written again; if the
+/// tombstone is compacted before that push, the push is refused for its base and
+/// the remote, finding neither record nor tombstone, answers a transient error on
+/// every sync. The reference remote answers a conflict with a tombstone at the
+/// horizon and then accepts the write: the kept edit must end up on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_wins_edit_rebased_on_a_compacted_tombstone_settles() {
+    let srv = TestServer::start();
+    let user = srv.create_user("wins@chaos.test").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = SyncEngine::new(
+        SqliteStore::open(dir.path().join("a.sqlite"), Schema::sample()).expect("sqlite"),
+        srv.user("wins@chaos.test").await,
+    )
+    .with_config(SyncConfig {
+        retry: RetryPolicy::immediate(1),
+        ..SyncConfig::default()
+    });
+    // B re-pushes a re-based change only on its next sync.
+    let b = SyncEngine::new(
+        SledStore::open(dir.path().join("b.sled"), Schema::sample()).expect("sled"),
+        srv.user("wins@chaos.test").await,
+    )
+    .with_config(SyncConfig {
+        retry: RetryPolicy::immediate(1),
+        max_conflict_rounds: 0,
+        ..SyncConfig::default()
+    })
+    .with_policy(ClientWins);
+    let id = new_id();
+    a.local()
+        .put(Record::new(
+            "songs",
+            id.clone(),
+            new_fields("songs", "first", 1, &user),
+        ))
+        .await
+        .expect("put");
+    a.sync().await.expect("a sync");
+    b.sync().await.expect("b sync");
+    let mut f = b
+        .local()
+        .get("songs", &id)
+        .await
+        .expect("get")
+        .expect("synced to b")
+        .fields;
+    f.insert("title".into(), json!("kept by b"));
+    b.local()
+        .put(Record::new("songs", id.clone(), f))
+        .await
+        .expect("edit");
+    assert!(a.local().delete("songs", &id).await.expect("delete"));
+    a.sync().await.expect("a sync");
+    // B meets the tombstone; ClientWins keeps the edit, re-based on the tombstone.
+    let r = b.sync().await.expect("b sync");
+    assert_eq!(r.conflicts, 1, "{r:?}");
+    assert_eq!(b.local().pending_count().await.expect("pending"), 1);
+    srv.superuser()
+        .await
+        .compact(Duration::ZERO)
+        .await
+        .expect("compact");
+
+    let mut results = Vec::new();
+    for _ in 0..4 {
+        let r = b.sync().await;
+        results.push(r.map_err(|e| e.to_string()));
+    }
+    let q = b.local().quarantined().await.expect("quarantined");
+    let on_server = srv
+        .superuser()
+        .await
+        .fetch("songs", &id)
+        .await
+        .expect("fetch")
+        .and_then(|s| s.fields)
+        .is_some_and(|f| f["title"] == "kept by b");
+    assert!(
+        on_server,
+        "the ClientWins edit is not on the server; quarantined: {:?}; syncs: {results:?}",
+        q.iter().map(|q| &q.rejection.message).collect::<Vec<_>>()
     );
 }
