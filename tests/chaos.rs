@@ -953,3 +953,113 @@ async fn a_delete_of_a_record_deleted_and_compacted_elsewhere_is_not_a_rejection
     assert_eq!(b.local().pending_count().await.expect("pending"), 0);
     assert!(b.local().get("songs", &id).await.expect("get").is_none());
 }
+
+/// The proxy itself: clean passes everything, refuse and blackhole partition (and
+/// healing resets a held connection), faulty mode injects every kind of fault it
+/// counts, and a cut response is shorter than the real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_injects_the_faults_it_counts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: usize = 10_000;
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    eprintln!("proxy test: CHAOS_SEED={seed}");
+    // Upstream: reads a 3000-byte request, answers BODY bytes, closes.
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up_addr = up.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 3000];
+                if s.read_exact(&mut buf).await.is_ok() {
+                    let _ = s.write_all(&vec![b'x'; BODY]).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(up_addr, seed).await.expect("proxy");
+    let addr: SocketAddr = proxy
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    // One exchange: bytes received (None: an error, e.g. a reset).
+    async fn exchange(addr: SocketAddr) -> Option<usize> {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(&[b'r'; 3000]).await.ok()?;
+        let mut got = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await {
+            Ok(Ok(_)) => Some(got.len()),
+            _ => None,
+        }
+    }
+
+    assert_eq!(
+        exchange(addr).await,
+        Some(BODY),
+        "clean mode passes the whole body"
+    );
+
+    // A partition breaks a connection under way.
+    let mut live = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    live.write_all(b"part of a request").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.set_mode(Mode::Refuse);
+    let mut buf = [0u8; 16];
+    let cut = tokio::time::timeout(Duration::from_secs(5), live.read(&mut buf))
+        .await
+        .expect("a partition ends a live connection");
+    assert!(matches!(&cut, Err(_) | Ok(0)), "{cut:?}");
+    assert_eq!(proxy.counts().interrupted.load(Ordering::Relaxed), 1);
+
+    assert!(exchange(addr).await.is_none_or(|n| n == 0), "refused");
+
+    proxy.set_mode(Mode::Blackhole);
+    let mut held = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    held.write_all(b"r").await.expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), held.read(&mut buf))
+            .await
+            .is_err(),
+        "a blackholed connection gets no answer"
+    );
+    proxy.set_mode(Mode::Clean);
+    let healed = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .expect("healing ends a held connection");
+    assert!(matches!(&healed, Err(_) | Ok(0)), "{healed:?}");
+
+    proxy.set_mode(Mode::Faulty);
+    let (mut full, mut short) = (0, 0);
+    for _ in 0..300 {
+        match exchange(addr).await {
+            Some(BODY) => full += 1,
+            _ => short += 1,
+        }
+    }
+    let counts: BTreeMap<&str, u64> = proxy.counts().snapshot().into_iter().collect();
+    eprintln!("proxy test: {full} full, {short} short; {counts:?}");
+    for kind in [
+        "latency",
+        "dropped",
+        "reset",
+        "cut",
+        "refused",
+        "blackholed",
+        "interrupted",
+    ] {
+        assert!(counts[kind] > 0, "no {kind} fault counted: {counts:?}");
+    }
+    // Every dropped, reset or cut connection lost its answer (or part of it); the
+    // others (clean, latency) passed it whole.
+    assert_eq!(
+        short as u64,
+        counts["dropped"] + counts["reset"] + counts["cut"],
+        "{counts:?}"
+    );
+}
