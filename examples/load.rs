@@ -5,10 +5,13 @@
 //! the same user receives it through a hint. Printed per phase: changes/s into the
 //! server (seqs taken) and out to clients (changes applied by stores), p50/p99 time
 //! from a write on one device to its arrival in the other device's store, p99 of a
-//! no-op sync (every client syncing at once, 5 each), the server's peak RSS and CPU
-//! (from /proc/<pid>), and the CPU of this process (all clients).
+//! no-op sync (every client syncing at once, 5 each), the server's peak memory (PSS)
+//! and CPU (from /proc/<pid>), and the CPU of this process (all clients).
 //!
 //! `LOAD_HINTS=0` leaves realtime out (each client then syncs every second).
+//! `LOAD_REMOTE=postgres` runs the same against the PostgreSQL remote (its test
+//! server: `TIDEMARK_PG_BINDIR`; server figures summed over the postmaster and its
+//! backends).
 //!
 //! `bash scripts/install-pocketbase.sh && cargo run --release --example load [10,50,100]`
 
@@ -23,9 +26,9 @@ use pocketbase_remote::PocketBaseRemote;
 use serde_json::json;
 use sync_traits::{
     new_id, Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange,
-    Quarantined, Record, RecordId, StoreError, SyncEngine, SyncState,
+    Quarantined, Record, RecordId, RemoteStore, StoreError, SyncEngine, SyncState,
 };
-use tidemark_backends::{Schema, SqliteStore};
+use tidemark_backends::{CollectionSchema, Schema, SqliteStore};
 
 /// Writer index and write time of records not yet arrived on their other device.
 type Sent = Arc<Mutex<HashMap<RecordId, (usize, Instant)>>>;
@@ -123,15 +126,23 @@ impl LocalStore for Timed {
     }
 }
 
-/// `(rss KiB, cpu seconds)` of process `pid` from /proc.
+/// `(memory KiB, cpu seconds)` of process `pid` from /proc. Memory is the
+/// proportional set size (shared pages split among the processes sharing them, so
+/// a sum over PostgreSQL's backends does not count its shared buffers once per
+/// backend); VmRSS where smaps_rollup is not readable.
 fn proc_stats(pid: u32) -> (u64, f64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
+    let field = |file: &str, key: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let rss = field("smaps_rollup", "Pss:")
+        .or_else(|| field("status", "VmRSS:"))
         .unwrap_or(0);
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -187,64 +198,226 @@ impl futures_core::Stream for NoHints {
     }
 }
 
-async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -> Phase {
+/// The server under load.
+enum Server {
+    PocketBase(TestServer),
+    /// PostgreSQL with `songs` synced (owner column `owner`: the role name).
+    Postgres(
+        postgres_remote::harness::TestServer,
+        postgres_remote::PostgresRemote,
+    ),
+}
+
+impl Server {
+    async fn postgres() -> Self {
+        let s = postgres_remote::harness::TestServer::start();
+        let admin = s.admin().await;
+        s.sql()
+            .await
+            .batch_execute(
+                "CREATE TABLE songs (id text PRIMARY KEY, title text, artist text, n int, owner text)",
+            )
+            .await
+            .expect("create songs");
+        admin
+            .enable_sync("songs", Some("owner"))
+            .await
+            .expect("enable songs");
+        Server::Postgres(s, admin)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Server::PocketBase(_) => "PocketBase",
+            Server::Postgres(..) => "PostgreSQL",
+        }
+    }
+
+    /// The local schema of `songs` (PocketBase's sample, or the table above).
+    fn schema(&self) -> Schema {
+        match self {
+            Server::PocketBase(_) => Schema::sample(),
+            Server::Postgres(..) => Schema::new().collection(
+                CollectionSchema::new("songs")
+                    .text("title")
+                    .text("artist")
+                    .number("n")
+                    .relation("owner"),
+            ),
+        }
+    }
+
+    /// The number field of a song.
+    fn number_field(&self) -> &'static str {
+        match self {
+            Server::PocketBase(_) => "order",
+            Server::Postgres(..) => "n",
+        }
+    }
+
+    /// Makes user `k` of phase `round`; returns its owner value.
+    async fn create_user(&self, round: usize, k: usize) -> String {
+        match self {
+            Server::PocketBase(s) => s
+                .create_user(&format!("load{round}-{k}@t.io"))
+                .await
+                .as_str()
+                .to_owned(),
+            Server::Postgres(s, _) => {
+                let name = format!("u{round:03}{k:011}");
+                s.create_user(&name).await;
+                name
+            }
+        }
+    }
+
+    /// A remote signed in as user `k` of phase `round`, with its hints.
+    async fn remote(
+        &self,
+        round: usize,
+        k: usize,
+        hints: bool,
+    ) -> (Box<dyn RemoteStore>, Option<sync_traits::Hints>) {
+        match self {
+            Server::PocketBase(s) => {
+                let r = PocketBaseRemote::builder(s.url())
+                    .user(
+                        "users",
+                        format!("load{round}-{k}@t.io"),
+                        pocketbase_remote::harness::USER_PASSWORD,
+                    )
+                    .connect()
+                    .await
+                    .expect("connect");
+                let h = hints.then(|| r.subscribe());
+                (Box::new(r), h)
+            }
+            Server::Postgres(s, _) => {
+                let name = format!("u{round:03}{k:011}");
+                let r = postgres_remote::PostgresRemote::builder(
+                    &s.conn_str(&name, postgres_remote::harness::USER_PASSWORD),
+                )
+                .expect("conn str")
+                .max_connections(1)
+                .connect()
+                .await
+                .expect("connect");
+                let h = hints.then(|| r.subscribe());
+                (Box::new(r), h)
+            }
+        }
+    }
+
+    async fn head(&self) -> u64 {
+        match self {
+            Server::PocketBase(s) => s.superuser().await.head().await.expect("head").head.0,
+            Server::Postgres(_, admin) => admin.head().await.expect("head").0,
+        }
+    }
+
+    /// The server's processes: PocketBase's, or the postmaster and its children.
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Server::PocketBase(s) => vec![s.pid()],
+            Server::Postgres(s, _) => postgres_pids(s.port()),
+        }
+    }
+}
+
+/// The postmaster listening on `port` (found by its `-p <port>` argument) and its
+/// children.
+fn postgres_pids(port: u16) -> Vec<u32> {
+    let procs: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid, cmd))
+        })
+        .collect();
+    let needle = format!("\0-p\0{port}\0");
+    let Some(master) = procs
+        .iter()
+        .find(|(_, _, c)| c.contains("postgres") && c.contains(&needle))
+        .map(|p| p.0)
+    else {
+        return Vec::new();
+    };
+    std::iter::once(master)
+        .chain(procs.iter().filter(|p| p.1 == master).map(|p| p.0))
+        .collect()
+}
+
+/// Summed `(rss KiB, cpu seconds)` of `pids`.
+fn procs_stats(pids: &[u32]) -> (u64, f64) {
+    pids.iter()
+        .map(|p| proc_stats(*p))
+        .fold((0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+async fn phase(srv: &Server, n: usize, secs: f64, rate: f64, round: usize) -> Phase {
     let hints_on = env_f64("LOAD_HINTS", 1.0) != 0.0;
     let dir = tempfile::tempdir().expect("tempdir");
     let sent: Sent = Arc::default();
     let arrivals: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let applied = Arc::new(AtomicU64::new(0));
     let mut engines = Vec::new();
+    let mut all_hints = Vec::new();
     let mut owners = Vec::new();
     for i in 0..n {
-        let email = format!("load{round}-{}@t.io", i / 2);
         if i % 2 == 0 {
-            owners.push(srv.create_user(&email).await);
+            owners.push(srv.create_user(round, i / 2).await);
         }
         let store = Timed {
             me: i,
-            inner: SqliteStore::open(dir.path().join(format!("c{i}.sqlite")), Schema::sample())
+            inner: SqliteStore::open(dir.path().join(format!("c{i}.sqlite")), srv.schema())
                 .expect("sqlite"),
             sent: sent.clone(),
             arrivals: arrivals.clone(),
             applied: applied.clone(),
         };
-        let remote = PocketBaseRemote::builder(srv.url())
-            .user("users", &email, pocketbase_remote::harness::USER_PASSWORD)
-            .connect()
-            .await
-            .expect("connect");
+        let (remote, hints) = srv.remote(round, i / 2, hints_on).await;
+        all_hints.push(hints);
         engines.push(Arc::new(SyncEngine::new(store, remote)));
     }
-    let admin = srv.superuser().await;
-    let head0 = admin.head().await.expect("head").head.0;
+    let head0 = srv.head().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let errors = Arc::new(AtomicU64::new(0));
     let mut live = Vec::new();
-    for e in &engines {
+    for (e, hints) in engines.iter().zip(all_hints) {
         let (e, mut stop) = (e.clone(), stop_rx.clone());
         live.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = stop.wait_for(|v| *v).await;
             };
-            if hints_on {
-                e.run_live(e.remote().subscribe(), Duration::from_secs(30), stop)
-                    .await
-            } else {
-                e.run_live(NoHints, Duration::from_secs(1), stop).await
+            match hints {
+                Some(h) => e.run_live(h, Duration::from_secs(30), stop).await,
+                None => e.run_live(NoHints, Duration::from_secs(1), stop).await,
             }
         }));
     }
     // Let the first syncs and the realtime subscriptions settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let (rss0, cpu0) = proc_stats(srv.pid());
+    let pids = srv.pids();
+    let (rss0, cpu0) = procs_stats(&pids);
     let me0 = proc_stats(std::process::id()).1;
     let peak = Arc::new(AtomicU64::new(rss0));
     let sampler = {
-        let (peak, pid, mut stop) = (peak.clone(), srv.pid(), stop_rx.clone());
+        let (peak, pids, mut stop) = (peak.clone(), pids.clone(), stop_rx.clone());
         tokio::spawn(async move {
             while !*stop.borrow() {
-                peak.fetch_max(proc_stats(pid).0, Ordering::Relaxed);
+                peak.fetch_max(procs_stats(&pids).0, Ordering::Relaxed);
                 let _ = tokio::time::timeout(Duration::from_millis(200), stop.changed()).await;
             }
         })
@@ -256,6 +429,7 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
     for (i, e) in engines.iter().enumerate() {
         let (e, sent, writes, errors) = (e.clone(), sent.clone(), writes.clone(), errors.clone());
         let owner = owners[i / 2].clone();
+        let num = srv.number_field();
         let gap = Duration::from_secs_f64(1.0 / rate);
         writers.push(tokio::spawn(async move {
             // Spread the clients' first writes over one gap.
@@ -264,7 +438,7 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
             while Instant::now() < deadline {
                 k += 1;
                 let id = new_id();
-                let f = json!({"title": format!("c{i}-{k}"), "artist": "load", "order": k, "owner": owner.as_str()});
+                let f = json!({"title": format!("c{i}-{k}"), "artist": "load", num: k, "owner": owner.as_str()});
                 sent.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id.clone(), (i, Instant::now()));
@@ -289,9 +463,9 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = t0.elapsed().as_secs_f64();
-    let (_, cpu1) = proc_stats(srv.pid());
+    let (_, cpu1) = procs_stats(&pids);
     let me1 = proc_stats(std::process::id()).1;
-    let head1 = admin.head().await.expect("head").head.0;
+    let head1 = srv.head().await;
 
     // No-op syncs: everything is caught up; every client syncs 5 times, all at once.
     let noops = Arc::new(Mutex::new(Vec::new()));
@@ -343,20 +517,26 @@ async fn phase(srv: &TestServer, n: usize, secs: f64, rate: f64, round: usize) -
 
 #[tokio::main]
 async fn main() {
+    let postgres = std::env::var("LOAD_REMOTE").as_deref() == Ok("postgres");
+    // PostgreSQL's test server takes 120 connections; each client holds two.
     let counts: Vec<usize> = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "10,50,100".into())
+        .unwrap_or_else(|| if postgres { "10,50" } else { "10,50,100" }.into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .map(|n: usize| n.max(2))
         .collect();
     let secs = env_f64("LOAD_SECS", 10.0);
     let rate = env_f64("LOAD_RATE", 1.0);
-    let srv = TestServer::start();
+    let srv = if postgres {
+        Server::postgres().await
+    } else {
+        Server::PocketBase(TestServer::start())
+    };
     println!(
-        "load: one PocketBase ({}), {secs} s per phase, {rate} writes/s per client, SQLite stores, \
+        "load: one {} server, {secs} s per phase, {rate} writes/s per client, SQLite stores, \
          run_live {}, 2 devices per user",
-        pocketbase_remote::harness::binary().display(),
+        srv.name(),
         if env_f64("LOAD_HINTS", 1.0) != 0.0 {
             "with realtime hints"
         } else {
@@ -379,7 +559,7 @@ async fn main() {
         "p50",
         "p99",
         "noop p99",
-        "srv MiB",
+        "srv PSS MiB",
         "srv cores",
         "cli cores",
         "errors"
