@@ -1,48 +1,110 @@
 //! The convergence property test (tests/convergence.rs) against a real PocketBase
 //! 0.40.6 running the tidemark extension: the same random interleavings of offline
 //! edits on 2–4 clients, crashes after a push or a pull, lost and duplicated
-//! responses, direct admin edits and deletes and rejected writes — but every push,
-//! pull, conflict and retry goes through the real hooks, triggers and receipts.
+//! responses, direct admin edits and deletes, rejected writes and compaction — but
+//! every push, pull, conflict, retry and compaction goes through the real hooks,
+//! triggers and routes.
 //!
 //! Each case gets a user of its own (the owner rule keeps the cases apart on the one
 //! server) and checks after a quiet round: every client equals the server, caught up
 //! to its head, no outbox left, no conflict against a client's own write, and no
-//! silent loss — each write was applied (the server's idempotency memory names it,
-//! read through the receipt route; a delete answered while the record was not live
-//! writes nothing to read back, so it is noted when answered), superseded by the
-//! same client, or reported.
-//! Not checked here, unlike against the in-memory server: compaction (the memory of
-//! a compacted tombstone is gone, so "applied" cannot be read back; the horizon has
-//! its own end-to-end tests) and "no change applied twice" (PocketBase keeps no count).
+//! silent loss — each write was applied, superseded by the same client, or reported.
 //!
-//! `PB_PROPTEST_CASES` sets the case count (default 12).
+//! The oracle is not the code under test: what the server holds and which changes it
+//! applied are read as superuser through PocketBase's plain record API — the records
+//! (their `tm_cid`, and `tm_clients`, the newest change of each other writer) and the
+//! `tm_tombstones` collection (the deleted record's memory and the delete's own change
+//! id) — never through the extension's routes or the client. PocketBase remembers
+//! only each writer's newest change to a record, so an earlier change of the same
+//! writer to the same record counts as applied when a later one is (the exact rule
+//! is checked against the in-memory server, which remembers every change, and by
+//! `tests/e2e_edges.rs`). A delete answered while the record was not live writes
+//! nothing to read back, so it is noted when answered. Compaction (the extension's
+//! superuser route `/api/tidemark/compact`, with a retention of 0 s) removes the
+//! tombstones and their memory, so the oracle reads every tombstone just before each
+//! compaction and keeps what it saw. Not checked here, unlike against the in-memory
+//! server: "no change applied twice" (PocketBase keeps no count).
+//!
+//! `PB_PROPTEST_CASES`, else `PROPTEST_CASES`, sets the case count (default 12); the
+//! seed is printed, and `TIDEMARK_PB_SEED=<seed>` runs the same cases again.
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pocketbase_remote::harness::TestServer;
 use pocketbase_remote::PocketBaseRemote;
-use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::{json, Value};
-use support::{run_case_with, scenario, Server, Step, StoreKind, COLL};
+use support::{run_case_with, scenario, Server, Step, StoreKind};
 use sync_traits::{
-    async_trait, ChangeId, Fields, Op, PushChange, PushOutcome, RecordId, RemoteStore, Watermark,
+    async_trait, ChangeId, Fields, Op, PushChange, PushOutcome, RecordId, Watermark,
 };
 
-/// One case's view of the shared server: its user, and an admin for direct writes.
+/// Members of a record response that are not record fields (as the client strips them).
+const META: &[&str] = &[
+    "id",
+    "collectionId",
+    "collectionName",
+    "expand",
+    "tm_seq",
+    "tm_cid",
+    "tm_push",
+    "tm_clients",
+];
+
+/// A writer's change as the server's memory names it: (writer id, counter).
+type Remembered = (String, u64);
+
+/// (collection, record id): the key of a record's memory.
+type Key = (String, String);
+
+/// One case's view of the shared server: its user, and the superuser for direct
+/// writes and for the oracle.
 struct Pb {
     url: String,
     admin: PocketBaseRemote,
     admin_token: String,
-    user: PocketBaseRemote,
     owner: RecordId,
     http: reqwest::Client,
     /// Deletes answered as applied while the record was not live on the server.
     noop_deletes: Mutex<HashSet<ChangeId>>,
+    /// The memory of every tombstone, read just before each compaction removed it.
+    compacted: Mutex<HashMap<Key, HashSet<Remembered>>>,
+}
+
+/// "<writer>.<counter>" → (writer, counter), as the hooks store a change id.
+fn parse_cid(s: &str) -> Option<Remembered> {
+    let (client, n) = s.rsplit_once('.')?;
+    Some((client.to_owned(), n.parse().ok()?))
+}
+
+/// The changes a stored record or tombstone remembers as applied: its latest
+/// writer's (`tm_cid`), each other writer's newest (`tm_clients` entries
+/// `writer: [counter, seq]`) and, in a tombstone, the `[change id, seq]` pairs under
+/// `~` keys (the deleted record's latest writer, the delete, replaced tombstones').
+fn remembered(obj: &Value) -> HashSet<Remembered> {
+    let mut out = HashSet::new();
+    if let Some(c) = obj["tm_cid"].as_str().and_then(parse_cid) {
+        out.insert(c);
+    }
+    if let Some(m) = obj["tm_clients"].as_object() {
+        for (k, v) in m {
+            let got = if k.starts_with('~') {
+                v[0].as_str().and_then(parse_cid)
+            } else {
+                let n = match &v[0] {
+                    Value::String(s) => s.parse().ok(),
+                    n => n.as_u64(),
+                };
+                n.map(|n| (k.clone(), n))
+            };
+            out.extend(got);
+        }
+    }
+    out
 }
 
 impl Pb {
@@ -54,6 +116,71 @@ impl Pb {
             .expect("PocketBase request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The stored record (every field, hidden ones included), or `None` if it is not
+    /// live.
+    async fn record(&self, coll: &str, id: &str) -> Option<Value> {
+        let url = format!("{}/api/collections/{coll}/records/{id}", self.url);
+        let (status, body) = self.send(self.http.get(url)).await;
+        match status {
+            200 => Some(body),
+            404 => None,
+            _ => panic!("read {coll}/{id}: {status} {body}"),
+        }
+    }
+
+    /// Every stored tombstone.
+    async fn tombstones(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for page in 1.. {
+            let url = format!("{}/api/collections/tm_tombstones/records", self.url);
+            let q = [
+                ("page", page.to_string()),
+                ("perPage", "1000".into()),
+                ("sort", "tm_seq,id".into()),
+                ("skipTotal", "1".into()),
+            ];
+            let (status, body) = self.send(self.http.get(url).query(&q)).await;
+            assert_eq!(status, 200, "list tombstones: {body}");
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            let last = items.len() < 1000;
+            out.extend(items);
+            if last {
+                break;
+            }
+        }
+        out
+    }
+
+    /// What the server remembers as applied for each record of `keys`: the live
+    /// record's memory, its tombstones' and what compactions removed.
+    async fn memory(&self, keys: &HashSet<Key>) -> HashMap<Key, HashSet<Remembered>> {
+        let mut out: HashMap<Key, HashSet<Remembered>> = HashMap::new();
+        for (coll, id) in keys {
+            if let Some(r) = self.record(coll, id).await {
+                out.entry((coll.clone(), id.clone()))
+                    .or_default()
+                    .extend(remembered(&r));
+            }
+        }
+        for t in self.tombstones().await {
+            let key = (
+                t["coll"].as_str().unwrap_or_default().to_owned(),
+                t["rid"].as_str().unwrap_or_default().to_owned(),
+            );
+            if keys.contains(&key) {
+                out.entry(key).or_default().extend(remembered(&t));
+            }
+        }
+        for (key, m) in self.compacted.lock().unwrap().iter() {
+            if keys.contains(key) {
+                out.entry(key.clone())
+                    .or_default()
+                    .extend(m.iter().cloned());
+            }
+        }
+        out
     }
 }
 
@@ -82,7 +209,29 @@ impl Server for Pb {
     }
 
     async fn compact(&self) {
-        unreachable!("compaction steps are filtered out for PocketBase")
+        // What the tombstones remember goes with them: read it first.
+        let mut seen = Vec::new();
+        for t in self.tombstones().await {
+            let key = (
+                t["coll"].as_str().unwrap_or_default().to_owned(),
+                t["rid"].as_str().unwrap_or_default().to_owned(),
+            );
+            seen.push((key, remembered(&t)));
+        }
+        {
+            let mut compacted = self.compacted.lock().unwrap();
+            for (key, m) in seen {
+                compacted.entry(key).or_default().extend(m);
+            }
+        }
+        let url = format!("{}/api/tidemark/compact", self.url);
+        let ask = json!({ "olderThanSeconds": 0 });
+        let (status, body) = self.send(self.http.post(url).json(&ask)).await;
+        assert_eq!(status, 200, "compact: {body}");
+        assert!(
+            self.tombstones().await.is_empty(),
+            "compaction with a retention of 0 s left tombstones"
+        );
     }
 
     async fn head(&self) -> Watermark {
@@ -92,11 +241,16 @@ impl Server for Pb {
     async fn live(&self, coll: &str, ids: &[RecordId]) -> BTreeMap<RecordId, Fields> {
         let mut out = BTreeMap::new();
         for id in ids {
-            if let Some(st) = self.user.fetch(coll, id).await.expect("fetch") {
-                if let Some(f) = st.fields {
-                    out.insert(id.clone(), f);
-                }
+            let Some(Value::Object(mut r)) = self.record(coll, id.as_str()).await else {
+                continue;
+            };
+            if r.get("owner").and_then(Value::as_str) != Some(self.owner.as_str()) {
+                continue;
             }
+            for k in META {
+                r.remove(*k);
+            }
+            out.insert(id.clone(), r);
         }
         out
     }
@@ -108,12 +262,7 @@ impl Server for Pb {
         for (c, o) in changes.iter().zip(outcomes) {
             if c.op == Op::Delete
                 && matches!(o, PushOutcome::Applied { .. })
-                && self
-                    .user
-                    .fetch(COLL, &c.id)
-                    .await
-                    .expect("fetch")
-                    .is_none_or(|st| st.fields.is_none())
+                && self.record(&c.collection, c.id.as_str()).await.is_none()
             {
                 self.noop_deletes
                     .lock()
@@ -127,12 +276,12 @@ impl Server for Pb {
         &self,
         changes: &[(&'static str, RecordId, ChangeId, bool)],
     ) -> HashSet<ChangeId> {
-        // One change per request: the receipt answers one seq per record. It names
-        // exactly the change a writer applied last to a record (PocketBase keeps only
-        // that one), so an earlier change of the same writer to the same record is
-        // known applied when a later one is: the later one was made on top of it, by
-        // the same store. (The exact rule itself is checked against the in-memory
-        // server, which remembers every change, and by `tests/e2e_edges.rs`.)
+        let keys: HashSet<Key> = changes
+            .iter()
+            .map(|(coll, id, _, _)| ((*coll).to_owned(), id.as_str().to_owned()))
+            .collect();
+        let memory = self.memory(&keys).await;
+        // The newest change of each writer to each record that the memory names.
         let mut confirmed: BTreeMap<(&str, RecordId, RecordId), u64> = BTreeMap::new();
         let mut out = HashSet::new();
         for (coll, id, cid, delete) in changes {
@@ -140,11 +289,9 @@ impl Server for Pb {
                 out.insert(cid.clone());
                 continue;
             }
-            let url = format!("{}/api/tidemark/receipt", self.url);
-            let ask = json!({ *coll: [[id.as_str(), cid.to_string()]] });
-            let (status, body) = self.send(self.http.post(url).json(&ask)).await;
-            assert_eq!(status, 200, "receipt: {body}");
-            if body[*coll][id.as_str()].as_u64().is_some() {
+            let key = ((*coll).to_owned(), id.as_str().to_owned());
+            let named = (cid.client.as_str().to_owned(), cid.n);
+            if memory.get(&key).is_some_and(|m| m.contains(&named)) {
                 out.insert(cid.clone());
                 let newest = confirmed
                     .entry((*coll, id.clone(), cid.client.clone()))
@@ -152,6 +299,8 @@ impl Server for Pb {
                 *newest = (*newest).max(cid.n);
             }
         }
+        // An earlier change of the same writer to the same record is applied when a
+        // later one is: the later one was made on top of it, by the same store.
         for (coll, id, cid, _) in changes {
             if confirmed
                 .get(&(*coll, id.clone(), cid.client.clone()))
@@ -204,30 +353,38 @@ fn converges_against_real_pocketbase() {
         .enable_all()
         .build()
         .unwrap();
-    let cases = std::env::var("PB_PROPTEST_CASES")
+    let cases = ["PB_PROPTEST_CASES", "PROPTEST_CASES"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().and_then(|s| s.parse().ok()))
+        .unwrap_or(12);
+    let seed: u64 = std::env::var("TIDEMARK_PB_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        max_shrink_iters: 200,
-        ..Config::default()
-    });
-    // The same scenarios, their compaction steps left out.
-    let no_compaction = scenario().prop_map(|(policies, steps)| {
-        let steps: Vec<Step> = steps
-            .into_iter()
-            .filter(|s| !matches!(s, Step::Compact | Step::DeleteAndCompactDuringPull(..)))
-            .collect();
-        (policies, steps)
-    });
+        .unwrap_or_else(rand_seed);
+    eprintln!("seed {seed} (TIDEMARK_PB_SEED={seed} runs the same cases)");
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases,
+            max_shrink_iters: 200,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    );
     let n = AtomicUsize::new(0);
-    let result = runner.run(&no_compaction, |(policies, steps)| {
+    let result = runner.run(&scenario(), |(policies, steps)| {
         rt.block_on(run_pb_case(&srv, &n, &policies, &steps))
     });
     if let Err(e) = result {
-        panic!("{e}");
+        panic!("{e} (seed {seed})");
     }
+}
+
+/// A seed from the OS (std's hasher keys are random per process).
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0u64)
 }
 
 /// One scenario on the shared server, as a user of its own.
@@ -248,10 +405,10 @@ async fn run_pb_case(
         url: srv.url().to_owned(),
         admin_token: admin.token().await.unwrap(),
         admin,
-        user: srv.user(&email).await,
         owner,
         http: reqwest::Client::new(),
         noop_deletes: Mutex::default(),
+        compacted: Mutex::default(),
     };
     let remotes = Mutex::new(remotes);
     let kinds = vec![StoreKind::Memory; policies.len()];
