@@ -476,6 +476,18 @@ fn pocketbase_regressions() {
             Create(0, 3, 0), WriteDuringPush(0, 0, 0), ServerDelete(3), ServerEdit(3, 0),
             ServerDelete(3), Create(0, 0, 0),
         ]),
+        // A create on a record whose tombstone was compacted, its base below the
+        // horizon: the conflict is with a tombstone at the horizon, and the create
+        // re-based on it lands (it once failed every sync as "a state that is gone").
+        // ServerWins takes the tombstone; ClientWins re-bases the create on it.
+        (vec![0, 0, 0], vec![
+            ServerOddValue(0, 0), DeleteAndCompactDuringPull(1, 1), Sync(0), Delete(1, 0),
+            Sync(1), WriteDuringPush(2, 2, 33), Compact, Create(2, 0, 97),
+        ]),
+        (vec![1, 1, 1], vec![
+            ServerOddValue(0, 0), DeleteAndCompactDuringPull(1, 1), Sync(0), Delete(1, 0),
+            Sync(1), WriteDuringPush(2, 2, 33), Compact, Create(2, 0, 97),
+        ]),
     ];
     let srv = TestServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()
