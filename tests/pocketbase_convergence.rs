@@ -16,9 +16,10 @@
 //! `tm_tombstones` collection (the deleted record's memory and the delete's own change
 //! id) — never through the extension's routes or the client. PocketBase remembers
 //! only each writer's newest change to a record, so an earlier change of the same
-//! writer to the same record counts as applied when a later one is (the exact rule
-//! is checked against the in-memory server, which remembers every change, and by
-//! `tests/e2e_edges.rs`). A delete answered while the record was not live writes
+//! writer to the same record counts as applied when a later one is, whichever
+//! client's log holds the later one (a copied store's log holds its original's
+//! changes up to the copy; the exact rule is checked against the in-memory server,
+//! which remembers every change, and by `tests/e2e_edges.rs`). A delete answered while the record was not live writes
 //! nothing to read back, so it is noted when answered. Compaction (the extension's
 //! superuser route `/api/tidemark/compact`, with a retention of 0 s) removes the
 //! tombstones and their memory, so the oracle reads every tombstone just before each
@@ -281,31 +282,20 @@ impl Server for Pb {
             .map(|(coll, id, _, _)| ((*coll).to_owned(), id.as_str().to_owned()))
             .collect();
         let memory = self.memory(&keys).await;
-        // The newest change of each writer to each record that the memory names.
-        let mut confirmed: BTreeMap<(&str, RecordId, RecordId), u64> = BTreeMap::new();
         let mut out = HashSet::new();
         for (coll, id, cid, delete) in changes {
             if *delete && self.noop_deletes.lock().unwrap().contains(cid) {
                 out.insert(cid.clone());
                 continue;
             }
+            // Applied, or an earlier change of a writer whose later change to the
+            // same record is applied: the later one was made on top of it, by the
+            // same store (its outbox folds a record's writes into one entry).
             let key = ((*coll).to_owned(), id.as_str().to_owned());
-            let named = (cid.client.as_str().to_owned(), cid.n);
-            if memory.get(&key).is_some_and(|m| m.contains(&named)) {
-                out.insert(cid.clone());
-                let newest = confirmed
-                    .entry((*coll, id.clone(), cid.client.clone()))
-                    .or_insert(0);
-                *newest = (*newest).max(cid.n);
-            }
-        }
-        // An earlier change of the same writer to the same record is applied when a
-        // later one is: the later one was made on top of it, by the same store.
-        for (coll, id, cid, _) in changes {
-            if confirmed
-                .get(&(*coll, id.clone(), cid.client.clone()))
-                .is_some_and(|n| cid.n <= *n)
-            {
+            if memory.get(&key).is_some_and(|m| {
+                m.iter()
+                    .any(|(w, n)| w.as_str() == cid.client.as_str() && *n >= cid.n)
+            }) {
                 out.insert(cid.clone());
             }
         }
@@ -462,6 +452,12 @@ fn pocketbase_regressions() {
         (vec![0, 0, 0], vec![
             Create(0, 2, 0), Transient(0), Sync(2), Delete(2, 2), Sync(2), LoseResponse(1),
             Create(1, 2, 0), Delete(1, 2),
+        ]),
+        // A store copied before its first push: both copies push its change, the
+        // original then writes on top; the copy's log holds only the earlier change.
+        (vec![0, 0], vec![
+            ToggleOnline(1), Create(1, 0, 0), CloneStore(1, 0), WriteDuringPull(0, 1, 0, 0),
+            ToggleOnline(1), WriteDuringPush(1, 0, 0),
         ]),
         // A write removing a field, then a later write of the same client on top of
         // the server's copy (PocketBase gave the removed field its zero value): the

@@ -633,3 +633,45 @@ async fn conflicts_and_quarantine_persist_and_retry_coalesces() {
     let s = SledStore::open(&path, schema()).unwrap();
     assert_eq!(s.conflicts().await.unwrap(), log2[1..].to_vec());
 }
+
+/// Whether a stored collection is local-only cannot change at a later open (the
+/// rule SQLite follows too): a typed schema error that says what to do, and the
+/// store's data untouched.
+#[tokio::test]
+async fn local_only_cannot_be_switched_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let schema = || {
+        Schema::new()
+            .collection(CollectionSchema::new("songs").text("title"))
+            .collection(CollectionSchema::new("drafts").text("title").local_only())
+    };
+    let id = new_id();
+    {
+        let s = SledStore::open(&path, schema()).unwrap();
+        s.put(Record::new(
+            "songs",
+            id.clone(),
+            f(json!({"title": "pending"})),
+        ))
+        .await
+        .unwrap();
+    }
+    let synced = Schema::new().collection(CollectionSchema::new("drafts").text("title"));
+    let err = SledStore::open(&path, synced).err().expect("refused");
+    assert!(
+        matches!(&err, StoreError::Schema { .. }) && err.to_string().contains("as before"),
+        "{err}"
+    );
+    let local = Schema::new().collection(CollectionSchema::new("songs").text("title").local_only());
+    assert!(matches!(
+        SledStore::open(&path, local),
+        Err(StoreError::Schema { .. })
+    ));
+    let s = SledStore::open(&path, schema()).unwrap();
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        1,
+        "the outbox entry is kept"
+    );
+}

@@ -482,7 +482,12 @@ impl Core {
             };
             let t = self.table(&change.collection)?;
             match &change.op {
-                Op::Upsert(f) => Self::put_in(tx, t, &change.id, f)?,
+                Op::Upsert(f) => {
+                    let old = Self::read_row(tx, t, &change.id)?;
+                    let fields = crate::rules::retried_fields(&t.schema, &change.id, f);
+                    Self::write_row(tx, t, &change.id, &fields)?;
+                    Self::record_write(tx, t, &change.id, old.as_ref(), Some(&fields))?;
+                }
                 Op::Delete => {
                     // A new write of the delete, whether or not the record is
                     // there now (the refused delete is what is written again).

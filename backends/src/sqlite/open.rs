@@ -14,10 +14,10 @@ use sync_traits::{Fields, RecordId, StoreError};
 use super::core::{Core, Writers};
 use super::sql::{
     corrupt, from_json, lit, q, sql_err, to_json, FORMAT, GET_META, LATER_DDL, META_DDL,
-    VERSION_APPLY,
+    OUTBOX_EXISTS, SEEN_MARK, VERSION_APPLY, VERSION_GET,
 };
 use super::table::{create_table_sql, trigger_names, triggers_sql, Table};
-use crate::schema::{canonical_remote_fields, schema_err, CollectionSchema, Schema};
+use crate::schema::{canonical_remote_fields, CollectionSchema, Schema};
 
 impl Core {
     /// Opens the store on `conn` (see [`super::SqliteStore::open`]).
@@ -210,24 +210,13 @@ fn new_incarnation(tx: &Transaction<'_>) -> Result<RecordId, StoreError> {
 
 /// A stored collection opened with `c`: new fields become columns (values kept in
 /// `_extra` move into them), the triggers are regenerated. Changing a field's kind
-/// or whether the collection is local-only is refused.
+/// or whether the collection is local-only is refused
+/// ([`crate::rules::merge_collection`]).
 fn migrate_collection(
     tx: &Transaction<'_>,
     c: &CollectionSchema,
     old: CollectionSchema,
 ) -> Result<CollectionSchema, StoreError> {
-    if old.local_only != c.local_only {
-        let (was, now) = if old.local_only {
-            ("local-only", "synced")
-        } else {
-            ("synced", "local-only")
-        };
-        return Err(schema_err(
-            &c.name,
-            "",
-            &format!("the collection is stored as {was}; making it {now} needs a manual migration"),
-        ));
-    }
     let (merged, added) = crate::rules::merge_collection(&old, c)?;
     if !added.is_empty() {
         for f in &added {
@@ -308,8 +297,10 @@ fn migrate_extra(
 
 /// Applies what pulls parked of `t`'s collection while the schema did not declare
 /// it (each record's newest state, behind a watermark that has moved on), as
-/// `apply_remote` would have: values that do not fit their kind are kept, a version
-/// the store already has is not applied, and the records count as seen by a resync
+/// `apply_remote` would have ([`crate::rules::decide`]): a record with an outbox
+/// entry is left alone (the push meets the server's state), a version older than
+/// the known one is stale, one at the known version applies again, and values
+/// that do not fit their kind are kept. The records count as seen by a resync
 /// under way (a resync clears the parked table when it begins, so whatever is
 /// parked was delivered by it). A local-only collection takes nothing from the
 /// server: its parked records are dropped.
@@ -337,21 +328,41 @@ fn unpark(tx: &Transaction<'_>, t: &Table) -> Result<(), StoreError> {
     if t.schema.local_only {
         return Ok(());
     }
-    let epoch: i64 = tx
-        .query_row(GET_META, ["epoch"], |r| r.get(0))
-        .map_err(|e| corrupt(format!("metadata epoch: {e}")))?;
+    let meta = |key: &str| -> Result<i64, StoreError> {
+        tx.query_row(GET_META, [key], |r| r.get(0))
+            .map_err(|e| corrupt(format!("metadata {key}: {e}")))
+    };
+    let epoch = meta("epoch")?;
+    let resyncing = meta("resyncing")? != 0;
+    let mut pending = tx.prepare_cached(OUTBOX_EXISTS).map_err(sql_err)?;
+    let mut known = tx.prepare_cached(VERSION_GET).map_err(sql_err)?;
+    let mut seen = tx.prepare_cached(SEEN_MARK).map_err(sql_err)?;
     let mut newer = tx.prepare_cached(VERSION_APPLY).map_err(sql_err)?;
     let mut up = tx.prepare_cached(&t.upsert).map_err(sql_err)?;
     let mut del = tx.prepare_cached(&t.delete).map_err(sql_err)?;
     for (id, version, fields) in rows {
         let id = RecordId::parse(&id).map_err(|e| corrupt(format!("parked record id: {e}")))?;
-        if newer
-            .execute(params![c, id.as_str(), version, epoch])
-            .map_err(sql_err)?
-            == 0
-        {
+        let what = crate::rules::decide(
+            crate::rules::Holds::Held,
+            || pending.exists([c, id.as_str()]).map_err(sql_err),
+            || {
+                known
+                    .query_row([c, id.as_str()], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map(|v| v.map(|v| u64::try_from(v).unwrap_or(0)))
+                    .map_err(sql_err)
+            },
+            u64::try_from(version).unwrap_or(0),
+        )?;
+        if what != crate::rules::What::Apply {
+            if resyncing {
+                seen.execute([c, id.as_str()]).map_err(sql_err)?;
+            }
             continue;
         }
+        newer
+            .execute(params![c, id.as_str(), version, epoch])
+            .map_err(sql_err)?;
         match fields {
             Some(js) => {
                 let fields: Fields = from_json("parked record", &js)?;
