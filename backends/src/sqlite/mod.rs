@@ -49,7 +49,21 @@
 //! remote applies, which must not be echoed) never fire them: the store's
 //! connection runs with `SQLITE_DBCONFIG_ENABLE_TRIGGER` off, which makes SQLite
 //! compile its statements without the triggers (no per-row cost at all), while
-//! every other connection fires them. [`SqliteStore::with_connection`] turns
+//! every other connection fires them. A trigger takes the file's next change
+//! counter, and marks its entry *unstamped* (`_tidemark_unstamped`). An open store
+//! confirms the marks before any change id leaves it (`pending`): written while
+//! it has the file open, their counters are its writer's. Every open first gives
+//! each entry still unstamped a new counter of its own fresh writer id.
+//! That is what keeps plain SQL safe on a restored or copied file: written before
+//! any store opens it, the copy's triggers continue the counter the original also
+//! went on with after the copy, under the writer id both had then, so their
+//! change ids could equal ones the original already pushed for other content, and
+//! a remote would answer "already applied" for a write it never saw. Restamped by
+//! the copy's open, they carry its writer id, which no other copy has. (An entry
+//! a store pushed between a trigger's write and its confirmation is restamped by
+//! the next open: the remote meets it as a conflict with the store's own earlier
+//! change, which the engine re-bases without a report, so it costs one more
+//! write, never a loss.) [`SqliteStore::with_connection`] turns
 //! them on for the app's own SQL on the store's connection. (The same switch
 //! means the app's *own* triggers on synced tables do not fire for the store's
 //! writes either.) Record ids are immutable (`UPDATE ... SET id` is refused) and

@@ -13,8 +13,8 @@ use sync_traits::{Fields, RecordId, StoreError};
 
 use super::core::{Core, Writers};
 use super::sql::{
-    corrupt, from_json, lit, q, sql_err, to_json, FORMAT, GET_META, LATER_DDL, META_DDL,
-    OUTBOX_EXISTS, SEEN_MARK, VERSION_APPLY, VERSION_GET,
+    corrupt, from_json, lit, q, sql_err, to_json, BUMP_COUNTER, FORMAT, GET_META, LATER_DDL,
+    META_DDL, OUTBOX_EXISTS, SEEN_MARK, VERSION_APPLY, VERSION_GET,
 };
 use super::table::{create_table_sql, trigger_names, triggers_sql, Table};
 use crate::schema::{canonical_remote_fields, CollectionSchema, Schema};
@@ -133,7 +133,6 @@ impl Core {
             let effective = match stored.remove(&c.name) {
                 None => {
                     tx.execute_batch(&create_table_sql(c)).map_err(sql_err)?;
-                    tx.execute_batch(&triggers_sql(c)).map_err(sql_err)?;
                     store_schema(&tx, c)?;
                     c.clone()
                 }
@@ -144,6 +143,18 @@ impl Core {
         for (name, c) in stored {
             tables.insert(name, Table::new(c));
         }
+        // Every table's triggers as this release writes them (new tables, new
+        // fields, and a file from an earlier release, whose capture triggers do
+        // not mark their entries unstamped).
+        for t in tables.values() {
+            for n in trigger_names(&t.schema) {
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {n}"))
+                    .map_err(sql_err)?;
+            }
+            tx.execute_batch(&triggers_sql(&t.schema))
+                .map_err(sql_err)?;
+        }
+        stamp_trigger_writes(&tx)?;
         // What pulls kept of collections declared only now.
         for t in tables.values() {
             unpark(&tx, t)?;
@@ -155,6 +166,39 @@ impl Core {
             tables,
         })
     }
+}
+
+/// Gives every outbox entry a capture trigger wrote or coalesced since the last
+/// open (`_tidemark_unstamped`) a new counter of this open's writer, in outbox
+/// order. A trigger takes the file's next counter under the writer whose range
+/// holds it, and a copy of the file written with plain SQL before any store opens
+/// it continues the same counter as the original: without a new stamp its entries
+/// could carry change ids the original pushed for other content, which a remote
+/// would answer as already applied. Runs after [`new_incarnation`], so the new
+/// counters are this open's writer's, which no other copy has.
+fn stamp_trigger_writes(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let seqs: Vec<i64> = {
+        let mut st = tx
+            .prepare(
+                r#"SELECT u."seq" FROM "_tidemark_unstamped" AS u JOIN "_tidemark_outbox" AS o ON o."seq" = u."seq" ORDER BY u."seq""#,
+            )
+            .map_err(sql_err)?;
+        let it = st.query_map([], |r| r.get(0)).map_err(sql_err)?;
+        it.collect::<Result<_, _>>().map_err(sql_err)?
+    };
+    for seq in seqs {
+        let n: i64 = tx
+            .query_row(BUMP_COUNTER, [], |r| r.get(0))
+            .map_err(sql_err)?;
+        tx.execute(
+            r#"UPDATE "_tidemark_outbox" SET "change_n" = ?2 WHERE "seq" = ?1"#,
+            params![seq, n],
+        )
+        .map_err(sql_err)?;
+    }
+    tx.execute(r#"DELETE FROM "_tidemark_unstamped""#, [])
+        .map_err(sql_err)?;
+    Ok(())
 }
 
 /// Takes this open's writer id: a fresh id whose first counter is the one after
@@ -209,7 +253,8 @@ fn new_incarnation(tx: &Transaction<'_>) -> Result<RecordId, StoreError> {
 }
 
 /// A stored collection opened with `c`: new fields become columns (values kept in
-/// `_extra` move into them), the triggers are regenerated. Changing a field's kind
+/// `_extra` move into them; the open regenerates every table's triggers after).
+/// Changing a field's kind
 /// or whether the collection is local-only is refused
 /// ([`crate::rules::merge_collection`]).
 fn migrate_collection(
@@ -228,11 +273,6 @@ fn migrate_collection(
             ))
             .map_err(sql_err)?;
         }
-        for n in trigger_names(c) {
-            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {n}"))
-                .map_err(sql_err)?;
-        }
-        tx.execute_batch(&triggers_sql(&merged)).map_err(sql_err)?;
         store_schema(tx, &merged)?;
         migrate_extra(tx, &Table::new(merged.clone()), &added)?;
     }
