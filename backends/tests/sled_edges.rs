@@ -658,7 +658,9 @@ async fn local_only_cannot_be_switched_at_open() {
         .unwrap();
     }
     let synced = Schema::new().collection(CollectionSchema::new("drafts").text("title"));
-    let err = SledStore::open(&path, synced).err().expect("refused");
+    let Err(err) = SledStore::open(&path, synced) else {
+        panic!("a synced collection declared local-only was accepted");
+    };
     assert!(
         matches!(&err, StoreError::Schema { .. }) && err.to_string().contains("as before"),
         "{err}"

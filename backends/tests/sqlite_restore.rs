@@ -323,11 +323,7 @@ async fn plain_sql_writes_to_a_restored_copy_reuse_no_change_id() {
         assert_eq!(r.pushed, 2);
     }
     assert_eq!(title(&a), Some(json!("original edit")));
-    let pushed: Vec<ChangeId> = server
-        .applied_change_ids()
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
+    let pushed: Vec<ChangeId> = server.applied_change_ids().into_keys().collect();
 
     // The restored copy: plain-SQL writes before any store opens it.
     let c = Connection::open(&copy).unwrap();
