@@ -84,13 +84,17 @@
 //! the schema does not declare is skipped and counted; if its name is a valid
 //! collection name, the record's newest state is *parked*, and applied (in the
 //! open transaction) when the store is opened with a schema that declares the
-//! collection, so it is not lost behind the watermark. `begin_resync` drops what
+//! collection, so it is not lost behind the watermark: by the rule of a pulled
+//! page (a record with an outbox entry keeps it, an older version than the known
+//! one is stale, the known one applies again). `begin_resync` drops what
 //! is parked (the resync delivers it again). A pulled value that does not fit its
 //! declared kind is kept exactly as sent, in `_extra` with NULL in its column, and
 //! listed in [`ApplyReport::mistyped`](sync_traits::ApplyReport::mistyped); `get`
 //! returns it as sent. An app `put` that leaves such a value as it is succeeds;
 //! one that writes a value of the wrong kind (a new or changed one) is refused
-//! with [`StoreError::Schema`].
+//! with [`StoreError::Schema`]. A quarantined change holding such a value is
+//! retried with it kept as it is (`retry_quarantined` never coerces or refuses
+//! it).
 //!
 //! # Schema evolution
 //!
@@ -175,9 +179,10 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in the SQLite file at `path`, creating
-    /// or migrating the tables of `schema`, taking a new writer id, and applying
-    /// what earlier pulls parked of collections `schema` now declares — all in one
-    /// transaction. Blocks the calling thread (up to the busy timeout if another
+    /// or migrating the tables of `schema`, taking a new writer id, giving the
+    /// entries plain SQL wrote since the last open counters of that writer (see
+    /// *Writes with plain SQL*), and applying what earlier pulls parked of
+    /// collections `schema` now declares — all in one transaction. Blocks the calling thread (up to the busy timeout if another
     /// connection holds the write lock).
     ///
     /// Errors: [`StoreError::Corrupt`] if the file is not a SQLite database, is
