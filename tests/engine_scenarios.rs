@@ -473,6 +473,9 @@ struct DeleteBeforePull {
     inner: sync_traits::testkit::Faulty<FakeRemote>,
     server: FakeRemote,
     victim: std::sync::Mutex<Option<sync_traits::RecordId>>,
+    /// `fetch` answers `None` for a deleted record (as a remote that shows no
+    /// tombstone there does), not its tombstone.
+    hide_tombstones: bool,
 }
 
 #[sync_traits::async_trait]
@@ -500,7 +503,8 @@ impl sync_traits::RemoteStore for DeleteBeforePull {
         c: &str,
         id: &sync_traits::RecordId,
     ) -> Result<Option<sync_traits::RemoteState>, sync_traits::RemoteError> {
-        self.inner.fetch(c, id).await
+        let st = self.inner.fetch(c, id).await?;
+        Ok(st.filter(|s| !self.hide_tombstones || s.fields.is_some()))
     }
     async fn horizon(&self) -> Result<sync_traits::Watermark, sync_traits::RemoteError> {
         self.inner.horizon().await
@@ -509,11 +513,18 @@ impl sync_traits::RemoteStore for DeleteBeforePull {
 
 /// A change acked only after the pull passed it (its push was applied but the answer
 /// lost, and the pull ran) is read back from the server: when another client
-/// deleted the record meanwhile, the tombstone `fetch` answers (as PocketBase's
-/// does) deletes it locally too, though the pull left it alone while the change
-/// was pending.
+/// deleted the record meanwhile, it is deleted locally too, though the pull left it
+/// alone while the change was pending — whether `fetch` answers the tombstone (as
+/// PocketBase and `FakeRemote` do) or nothing (as a remote that keeps no visible
+/// tombstone may).
 #[tokio::test]
 async fn a_late_ack_reads_back_a_deletion_the_pull_passed() {
+    for hide_tombstones in [false, true] {
+        late_ack_reads_back_a_deletion(hide_tombstones).await;
+    }
+}
+
+async fn late_ack_reads_back_a_deletion(hide_tombstones: bool) {
     use sync_traits::testkit::{Fault, Faulty};
     let server = FakeRemote::new();
     let store = Arc::new(MemoryStore::new());
@@ -521,6 +532,7 @@ async fn a_late_ack_reads_back_a_deletion_the_pull_passed() {
         inner: Faulty::new(server.clone()),
         server: server.clone(),
         victim: std::sync::Mutex::default(),
+        hide_tombstones,
     };
     let x = new_id();
     store
@@ -542,7 +554,7 @@ async fn a_late_ack_reads_back_a_deletion_the_pull_passed() {
     assert!(server.snapshot().is_empty(), "deleted on the server");
     assert!(
         store.get("songs", &x).await.unwrap().is_none(),
-        "and so locally: {:?}",
+        "and so locally (tombstones hidden: {hide_tombstones}): {:?}",
         store.get("songs", &x).await.unwrap()
     );
 }

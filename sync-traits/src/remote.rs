@@ -83,11 +83,13 @@ pub trait RemoteStore: Send + Sync {
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError>;
 
     /// The server's current state of one record as the caller sees it: the live
-    /// record; for a deleted one (or one that left the caller's view) its tombstone
-    /// (`fields: None`, at the deletion's version) while the remote keeps it; `None`
-    /// when the remote has no trace the caller may see (never existed, never
-    /// visible, or its tombstone compacted). The engine treats a tombstone and
-    /// `None` alike as "absent", and applies a tombstone's version.
+    /// record, or for a deleted one (or one that left the caller's view) its
+    /// tombstone (`fields: None`, at the deletion's version), as PocketBase and
+    /// `FakeRemote` answer until compaction; `None` when the remote shows no trace
+    /// (never existed, never visible, compacted; the PostgreSQL remote answers
+    /// `None` for every deleted record). The engine treats both as "absent": a
+    /// tombstone's version is applied, and a record read back after a late ack that
+    /// answers `None` is removed locally at the acked version.
     async fn fetch(
         &self,
         collection: &str,
