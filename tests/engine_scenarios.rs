@@ -818,3 +818,94 @@ async fn the_status_shows_syncing_offline_failing_and_idle() {
     assert_eq!(st.phase, SyncPhase::Idle);
     assert_eq!(st.outbox, 0);
 }
+
+/// A remote that deletes one record on the server just before its next pull.
+struct DeleteBeforePull {
+    inner: sync_traits::testkit::Faulty<FakeRemote>,
+    server: FakeRemote,
+    victim: std::sync::Mutex<Option<sync_traits::RecordId>>,
+    /// `fetch` answers `None` for a deleted record (as a remote that shows no
+    /// tombstone there does), not its tombstone.
+    hide_tombstones: bool,
+}
+
+#[sync_traits::async_trait]
+impl sync_traits::RemoteStore for DeleteBeforePull {
+    async fn pull(
+        &self,
+        since: sync_traits::Watermark,
+        limit: usize,
+        mode: sync_traits::PullMode,
+    ) -> Result<sync_traits::Page, sync_traits::RemoteError> {
+        let victim = self.victim.lock().unwrap().take();
+        if let Some(id) = victim {
+            self.server.server_write("songs", &id, None);
+        }
+        self.inner.pull(since, limit, mode).await
+    }
+    async fn push(
+        &self,
+        changes: Vec<sync_traits::PushChange>,
+    ) -> Result<Vec<sync_traits::PushOutcome>, sync_traits::RemoteError> {
+        self.inner.push(changes).await
+    }
+    async fn fetch(
+        &self,
+        c: &str,
+        id: &sync_traits::RecordId,
+    ) -> Result<Option<sync_traits::RemoteState>, sync_traits::RemoteError> {
+        let st = self.inner.fetch(c, id).await?;
+        Ok(st.filter(|s| !self.hide_tombstones || s.fields.is_some()))
+    }
+    async fn horizon(&self) -> Result<sync_traits::Watermark, sync_traits::RemoteError> {
+        self.inner.horizon().await
+    }
+}
+
+/// A change acked only after the pull passed it (its push was applied but the answer
+/// lost, and the pull ran) is read back from the server: when another client
+/// deleted the record meanwhile, it is deleted locally too, though the pull left it
+/// alone while the change was pending — whether `fetch` answers the tombstone (as
+/// PocketBase and `FakeRemote` do) or nothing (as a remote that keeps no visible
+/// tombstone may).
+#[tokio::test]
+async fn a_late_ack_reads_back_a_deletion_the_pull_passed() {
+    for hide_tombstones in [false, true] {
+        late_ack_reads_back_a_deletion(hide_tombstones).await;
+    }
+}
+
+async fn late_ack_reads_back_a_deletion(hide_tombstones: bool) {
+    use sync_traits::testkit::{Fault, Faulty};
+    let server = FakeRemote::new();
+    let store = Arc::new(MemoryStore::new());
+    let remote = DeleteBeforePull {
+        inner: Faulty::new(server.clone()),
+        server: server.clone(),
+        victim: std::sync::Mutex::default(),
+        hide_tombstones,
+    };
+    let x = new_id();
+    store
+        .put(Record::new("songs", x.clone(), f(json!({"title": "v1"}))))
+        .await
+        .unwrap();
+    let engine = SyncEngine::new(store.clone(), remote);
+    engine.sync().await.unwrap();
+    store
+        .put(Record::new("songs", x.clone(), f(json!({"title": "v2"}))))
+        .await
+        .unwrap();
+    // The update is applied, its answer lost for good; before the pull that follows,
+    // someone deletes the record on the server.
+    engine.remote().inner.on_push(Fault::CrashAfter);
+    *engine.remote().victim.lock().unwrap() = Some(x.clone());
+    assert!(engine.sync().await.is_err(), "the push failed");
+    engine.sync().await.unwrap();
+    assert!(server.snapshot().is_empty(), "deleted on the server");
+    assert!(
+        store.get("songs", &x).await.unwrap().is_none(),
+        "and so locally (tombstones hidden: {hide_tombstones}): {:?}",
+        store.get("songs", &x).await.unwrap()
+    );
+}

@@ -4,8 +4,9 @@
 //! A backend implements the storage primitives of [`Txn`] over one of its
 //! transactions; the functions here make the decisions: how an [`Ack`] settles
 //! ([`settle`]), how a local write enters the outbox ([`record_write`]), what
-//! `apply_remote` does with one change ([`decide`]), and which values of an app's
-//! put are accepted ([`canonical_write`]). The backends keep only their storage
+//! `apply_remote` does with one change ([`decide`]), which values of an app's
+//! put are accepted ([`canonical_write`]) and which a retried quarantined change
+//! writes ([`retried_fields`]). The backends keep only their storage
 //! fast paths (SQLite's prepared per-page statements, sled's encoded values).
 
 use std::collections::BTreeSet;
@@ -16,7 +17,8 @@ use sync_traits::{
 };
 
 use crate::schema::{
-    canonical_fields, check_collection_name, check_value, CollectionSchema, Field,
+    canonical_fields, canonical_remote_fields, check_collection_name, check_value, schema_err,
+    CollectionSchema, Field,
 };
 
 /// The fields of an app's write (a put, or a retried quarantined upsert where the
@@ -64,6 +66,20 @@ pub(crate) fn canonical_write(
         out.insert(k.clone(), v);
     }
     Ok(out)
+}
+
+/// The fields a retried quarantined upsert writes
+/// ([`LocalStore::retry_quarantined`](sync_traits::LocalStore::retry_quarantined)):
+/// the mistyped-value rule, once for every backend.
+///
+/// Guarantees: the change's data made canonical, and a value of another type than
+/// its field declares kept exactly as the change holds it — not coerced, not
+/// refused (it was accepted once, as a value pulled from the server; refusing it
+/// would leave the change stuck in the quarantine, and dropping it would lose it).
+/// The retry pushes it again; a server that refuses it again sends it back to the
+/// quarantine, reported as a rejection. `id` is dropped. Never panics.
+pub(crate) fn retried_fields(c: &CollectionSchema, id: &RecordId, fields: &Fields) -> Fields {
+    canonical_remote_fields(c, id, fields).0
 }
 
 /// The storage primitives of one store transaction that [`settle`] builds on.
@@ -346,12 +362,31 @@ pub(crate) fn is_stale(known: Option<u64>, version: u64) -> bool {
 /// field's type, e.g. a select made multiple) is not refused, and its values of the
 /// new kind follow the mistyped-value rule — pulled ones are kept as sent and
 /// reported, the app's own writes of them are refused — until the data moves to a
-/// store opened with the new kind. `local_only` is `old`'s: whether a change of it
-/// is refused or followed is the backend's (see its open).
+/// store opened with the new kind. A collection stored as local-only declared
+/// synced, or the other way, is refused ([`StoreError::Schema`]): followed, the
+/// switch would push records written as never to leave the device, or strand the
+/// outbox entries of a synced one; the error says what to do instead.
 pub(crate) fn merge_collection(
     old: &CollectionSchema,
     new: &CollectionSchema,
 ) -> Result<(CollectionSchema, Vec<Field>), StoreError> {
+    if old.local_only != new.local_only {
+        let (was, now) = if old.local_only {
+            ("local-only", "synced")
+        } else {
+            ("synced", "local-only")
+        };
+        return Err(schema_err(
+            &new.name,
+            "",
+            &format!(
+                "the collection is stored as {was} and cannot become {now} at open (that would \
+                 push records never meant to leave the device, or strand unpushed changes): \
+                 declare it {was} as before, or declare a new collection {now} and copy the \
+                 records into it"
+            ),
+        ));
+    }
     let mut merged = old.clone();
     let mut added = Vec::new();
     for f in &new.fields {

@@ -84,7 +84,8 @@ pub struct CollectionSchema {
     pub fields: Vec<Field>,
     /// Held on this device only: its writes make no outbox entries, pulls never
     /// touch it (a server collection of the same name is skipped), and a resync
-    /// never removes its records.
+    /// never removes its records. Fixed for a stored collection: a store opened
+    /// with it switched refuses with [`StoreError::Schema`](sync_traits::StoreError::Schema).
     #[serde(default)]
     pub local_only: bool,
 }

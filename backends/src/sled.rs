@@ -15,9 +15,10 @@
 //! - `conflicts`: conflict id (u64 BE) → logged conflict (JSON);
 //! - `parked`: `<collection>\0<id>` → the newest pulled state (version u64 BE, then
 //!   the state as JSON) of a record of a collection the schema does not declare.
-//!   An open whose schema declares the collection applies them (like a pull: not
-//!   over a newer known version, not over an outbox entry, seen if a resync is
-//!   under way) and removes them, in one transaction; `begin_resync` forgets them
+//!   An open whose schema declares the collection applies them (by the rule of a
+//!   pull, `rules::decide`: not over an outbox entry, not older than the known
+//!   version, again at the known version; seen if a resync is under way) and
+//!   removes them, in one transaction; `begin_resync` forgets them
 //!   all (the resync delivers them again). Those of a collection declared
 //!   local-only stay parked: a pull never touches a local-only collection.
 //!
@@ -266,8 +267,9 @@ impl SledStore {
     ///
     /// Errors: [`StoreError::Corrupt`] if the directory holds a damaged database or
     /// a sled database that is not a tidemark store; [`StoreError::Schema`] if the
-    /// schema is invalid (a changed field kind is not an error: the field keeps its
-    /// stored kind, as in the SQLite store); [`StoreError::Busy`] if
+    /// schema is invalid or declares a stored collection local-only that was
+    /// synced (or the other way; a changed field kind is not an error: the field
+    /// keeps its stored kind, as in the SQLite store); [`StoreError::Busy`] if
     /// another store holds the database (after a bounded wait).
     ///
     /// This blocks (it reads and fsyncs the database): from async code, call it

@@ -633,3 +633,91 @@ async fn conflicts_and_quarantine_persist_and_retry_coalesces() {
     let s = SledStore::open(&path, schema()).unwrap();
     assert_eq!(s.conflicts().await.unwrap(), log2[1..].to_vec());
 }
+
+/// Whether a stored collection is local-only cannot change at a later open (the
+/// rule SQLite follows too): a typed schema error that says what to do, and the
+/// store's data untouched.
+#[tokio::test]
+async fn local_only_cannot_be_switched_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let schema = || {
+        Schema::new()
+            .collection(CollectionSchema::new("songs").text("title"))
+            .collection(CollectionSchema::new("drafts").text("title").local_only())
+    };
+    let id = new_id();
+    {
+        let s = SledStore::open(&path, schema()).unwrap();
+        s.put(Record::new(
+            "songs",
+            id.clone(),
+            f(json!({"title": "pending"})),
+        ))
+        .await
+        .unwrap();
+    }
+    let synced = Schema::new().collection(CollectionSchema::new("drafts").text("title"));
+    let Err(err) = SledStore::open(&path, synced) else {
+        panic!("a synced collection declared local-only was accepted");
+    };
+    assert!(
+        matches!(&err, StoreError::Schema { .. }) && err.to_string().contains("as before"),
+        "{err}"
+    );
+    let local = Schema::new().collection(CollectionSchema::new("songs").text("title").local_only());
+    assert!(matches!(
+        SledStore::open(&path, local),
+        Err(StoreError::Schema { .. })
+    ));
+    let s = SledStore::open(&path, schema()).unwrap();
+    assert_eq!(
+        s.pending_count().await.unwrap(),
+        1,
+        "the outbox entry is kept"
+    );
+}
+
+/// Parked changes applied at open follow the rule of a pulled page
+/// (`rules::decide`): one at the record's known version applies again, and a
+/// record with an outbox entry keeps its local change. The known version and the
+/// outbox entry are written into the sled trees directly: the API cannot write to
+/// a collection the store does not declare.
+#[tokio::test]
+async fn parked_changes_follow_the_apply_rule_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let v1 = || Schema::new().collection(songs());
+    let v2 = || v1().collection(CollectionSchema::new("albums").text("name"));
+    let (at_known, newer) = (new_id(), new_id());
+    {
+        let s = SledStore::open(&path, v1()).unwrap();
+        s.apply_remote(&page(
+            vec![
+                change("albums", &at_known, 3, Some(json!({"name": "again"}))),
+                change("albums", &newer, 4, Some(json!({"name": "old"}))),
+            ],
+            4,
+        ))
+        .await
+        .unwrap();
+    }
+    {
+        let db = sled::open(&path).unwrap();
+        let versions = db.open_tree("versions").unwrap();
+        let k = |id: &RecordId| [b"albums\0".as_slice(), id.as_str().as_bytes()].concat();
+        versions.insert(k(&at_known), &3u64.to_be_bytes()).unwrap();
+        versions.insert(k(&newer), &5u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(&path, v2()).unwrap();
+    assert_eq!(
+        s.get("albums", &at_known).await.unwrap().map(|r| r.fields),
+        Some(f(json!({"name": "again"}))),
+        "a change at the known version applies again"
+    );
+    assert!(
+        s.get("albums", &newer).await.unwrap().is_none(),
+        "one older than the known version is stale"
+    );
+}

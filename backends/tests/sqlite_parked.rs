@@ -210,3 +210,56 @@ async fn parked_records_of_a_collection_declared_local_only_are_dropped() {
     let s = SqliteStore::open(&path, schema).unwrap();
     assert!(s.list("albums").await.unwrap().is_empty());
 }
+
+/// Parked changes applied at open follow the rule of a pulled page
+/// (`rules::decide`): a record with an outbox entry is left alone (the push meets
+/// the server's state; the local change is not overwritten), and a change at the
+/// record's known version applies again. The outbox entry and the known version are
+/// written with plain SQL: the API cannot write to a collection the store does not
+/// declare.
+#[tokio::test]
+async fn parked_changes_follow_the_apply_rule_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let (pending, at_known) = (new_id(), new_id());
+    {
+        let s = SqliteStore::open(&path, v1()).unwrap();
+        s.apply_remote(&page(
+            vec![
+                change("albums", &pending, 2, Some(json!({"name": "server"}))),
+                change("albums", &at_known, 3, Some(json!({"name": "again"}))),
+            ],
+            3,
+        ))
+        .await
+        .unwrap();
+    }
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute(
+            r#"INSERT INTO "_tidemark_outbox" ("collection", "id", "change_n", "base", "changed") VALUES ('albums', ?1, 1, 1, '[]')"#,
+            [pending.as_str()],
+        )
+        .unwrap();
+        c.execute(
+            r#"INSERT INTO "_tidemark_versions" ("collection", "id", "version") VALUES ('albums', ?1, 3)"#,
+            [at_known.as_str()],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path, v2()).unwrap();
+    assert!(
+        s.get("albums", &pending).await.unwrap().is_none(),
+        "the record's pending local change (a delete) is not overwritten"
+    );
+    assert_eq!(
+        s.pending(0, 10).await.unwrap().len(),
+        1,
+        "and still pending"
+    );
+    assert_eq!(
+        s.get("albums", &at_known).await.unwrap().unwrap().fields,
+        f(json!({"name": "again"})),
+        "a change at the known version applies again"
+    );
+}

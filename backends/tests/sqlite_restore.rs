@@ -270,3 +270,101 @@ async fn conflict_and_quarantine_ids_survive_reopen_and_are_not_reused() {
         f(json!({"title": "a"}))
     );
 }
+
+/// Plain-SQL writes to a restored backup before any store opens it: the triggers
+/// continue the backup's counter, which the original also went on with after the
+/// backup (its own plain-SQL writes, pushed). The copy, opened and synced, must
+/// never push a change id the original pushed for other content, so nothing is
+/// acked that the server did not apply: each of the copy's writes ends on the
+/// server or in its conflict log.
+#[tokio::test]
+async fn plain_sql_writes_to_a_restored_copy_reuse_no_change_id() {
+    use sync_traits::testkit::FakeRemote;
+    use sync_traits::SyncEngine;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let copy = dir.path().join("copy.db");
+    let server = FakeRemote::new();
+    let (a, b) = (new_id(), new_id());
+    let title = |id: &RecordId| {
+        server
+            .snapshot()
+            .into_iter()
+            .find(|r| &r.id == id)
+            .and_then(|r| r.fields.get("title").cloned())
+    };
+    {
+        let original = SqliteStore::open(&path, Schema::conformance()).unwrap();
+        put(&original, &a, "first").await;
+        let engine = SyncEngine::new(original, server.clone());
+        engine.sync().await.unwrap();
+        // A backup of the synced file.
+        engine
+            .local()
+            .with_connection(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
+            .unwrap()
+            .unwrap();
+        std::fs::copy(&path, &copy).unwrap();
+        // The original goes on: the app's own connection edits a and creates b.
+        let c = Connection::open(&path).unwrap();
+        c.execute(
+            r#"UPDATE "songs" SET "title" = 'original edit' WHERE "id" = ?1"#,
+            [a.as_str()],
+        )
+        .unwrap();
+        c.execute(
+            r#"INSERT INTO "songs" ("id", "title") VALUES (?1, 'original b')"#,
+            [b.as_str()],
+        )
+        .unwrap();
+        drop(c);
+        let r = engine.sync().await.unwrap();
+        assert_eq!(r.pushed, 2);
+    }
+    assert_eq!(title(&a), Some(json!("original edit")));
+    let pushed: Vec<ChangeId> = server.applied_change_ids().into_keys().collect();
+
+    // The restored copy: plain-SQL writes before any store opens it.
+    let c = Connection::open(&copy).unwrap();
+    c.execute(
+        r#"UPDATE "songs" SET "title" = 'copy edit' WHERE "id" = ?1"#,
+        [a.as_str()],
+    )
+    .unwrap();
+    c.execute(
+        r#"INSERT INTO "songs" ("id", "title") VALUES (?1, 'copy b')"#,
+        [b.as_str()],
+    )
+    .unwrap();
+    drop(c);
+    let restored = SqliteStore::open(&copy, Schema::conformance()).unwrap();
+    let me = restored.client_id().await.unwrap();
+    for p in restored.pending(0, 10).await.unwrap() {
+        assert!(
+            !pushed.contains(&p.change_id),
+            "the copy's entry for {} reuses {} which the original pushed",
+            p.id,
+            p.change_id
+        );
+        assert_eq!(p.change_id.client, me, "stamped by the open that found it");
+    }
+    let engine = SyncEngine::new(restored, server.clone());
+    engine.sync().await.unwrap();
+    let logged: Vec<RecordId> = engine
+        .local()
+        .conflicts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.conflict.local.id)
+        .collect();
+    for (id, mine) in [(&a, "copy edit"), (&b, "copy b")] {
+        assert!(
+            title(id) == Some(json!(mine)) || logged.contains(id),
+            "the copy's write {mine:?} is neither on the server ({:?}) nor reported",
+            title(id)
+        );
+    }
+    assert!(engine.local().pending(0, 10).await.unwrap().is_empty());
+}

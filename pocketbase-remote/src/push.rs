@@ -289,16 +289,20 @@ impl PocketBaseRemote {
 
     /// The outcome of a change the server refused for a stale base (`tm_conflict`):
     /// a conflict with the record's current state, or its tombstone, as the caller
-    /// sees it now. Neither visible (deleted and compacted since): transient, the
-    /// engine pushes again.
+    /// sees it now. Neither visible (deleted and compacted since): a conflict with a
+    /// tombstone at the retention horizon, as `FakeRemote` answers; a change re-based
+    /// on it is applied (the hooks take a base at the horizon for a record with no
+    /// tombstone left).
     async fn conflict_of(&self, c: &PushChange) -> Result<PushOutcome, RemoteError> {
-        match self.fetch_state(&c.collection, &c.id).await? {
-            Some(current) => Ok(PushOutcome::Conflict { current }),
-            None => Err(RemoteError::Transient(format!(
-                "push {}/{}: conflict with a state that is gone",
-                c.collection, c.id
-            ))),
-        }
+        let current = match self.fetch_state(&c.collection, &c.id).await? {
+            Some(current) => current,
+            None => RemoteState {
+                version: Version(self.head().await?.horizon.0),
+                fields: None,
+                change_id: None,
+            },
+        };
+        Ok(PushOutcome::Conflict { current })
     }
 
     /// The seqs that the changes `pending` (indexes into `chunk`, answered with their

@@ -615,6 +615,83 @@ async fn watermark_below_the_horizon_expires_after_compaction() {
     assert!(ra.compact(Duration::ZERO).await.is_err());
 }
 
+/// A push based on a version of a record deleted and compacted since (no record,
+/// no tombstone left) is a conflict with a tombstone at the retention horizon, as
+/// `FakeRemote` answers; re-based on the horizon it is written. One based on the
+/// tombstone that set the horizon is written at once.
+#[tokio::test]
+async fn a_push_based_on_a_compacted_record_meets_a_tombstone_at_the_horizon() {
+    let srv = TestServer::start();
+    let (a, ra, _, _) = two_users(&srv).await;
+    let admin = srv.superuser().await;
+    let mut ca = Client::new();
+    let ids: Vec<_> = (0..2).map(|_| new_id()).collect();
+    let v: Vec<u64> = ra
+        .push(
+            ids.iter()
+                .map(|id| ca.upsert("songs", id, None, song("s", 1, &a)))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(applied)
+        .collect();
+    ra.push(vec![ca.delete("songs", &ids[0], v[0])])
+        .await
+        .unwrap();
+    let last = applied(
+        &ra.push(vec![ca.delete("songs", &ids[1], v[1])])
+            .await
+            .unwrap()[0],
+    );
+    assert_eq!(
+        admin.compact(Duration::ZERO).await.unwrap(),
+        Watermark(last)
+    );
+
+    let mut cb = Client::new();
+    let stale = ra
+        .push(vec![cb.upsert(
+            "songs",
+            &ids[0],
+            Some(v[0]),
+            song("edit", 2, &a),
+        )])
+        .await
+        .unwrap();
+    match &stale[0] {
+        PushOutcome::Conflict { current } => {
+            assert_eq!(current.version.0, last, "a tombstone at the horizon");
+            assert!(current.fields.is_none());
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let rebased = ra
+        .push(vec![cb.upsert(
+            "songs",
+            &ids[0],
+            Some(last),
+            song("edit", 2, &a),
+        )])
+        .await
+        .unwrap();
+    let v0 = applied(&rebased[0]);
+    let on_tombstone = ra
+        .push(vec![cb.upsert(
+            "songs",
+            &ids[1],
+            Some(last),
+            song("again", 3, &a),
+        )])
+        .await
+        .unwrap();
+    let v1 = applied(&on_tombstone[0]);
+    assert!(v0 > last && v1 > v0);
+    let got = ra.fetch("songs", &ids[0]).await.unwrap().unwrap();
+    assert_eq!(got.fields.unwrap()["title"], "edit");
+}
+
 #[tokio::test]
 async fn one_bad_record_does_not_block_the_batch() {
     let srv = TestServer::start();

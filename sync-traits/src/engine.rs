@@ -778,7 +778,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                     report.pushed += 1;
                     settled += 1;
                     if version.0 <= pulled_to.0 {
-                        late.push((collection.clone(), id.clone()));
+                        late.push((collection.clone(), id.clone(), version));
                     }
                     acks.push(Ack::Applied {
                         collection,
@@ -910,18 +910,27 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// the store pulled past its version (a lost answer, a push that failed before
     /// the pull ran), that copy was pulled while the change was still pending and
     /// left alone, so it is read again here and applied by the store's usual rules.
+    /// A record the caller can no longer see at all (`fetch` answers `None`:
+    /// deleted by a remote that shows no tombstone, compacted, out of view) is gone
+    /// for it: a tombstone at the acked version, which the store now knows, removes
+    /// it (a newer deletion or re-creation above the watermark comes with the pull).
     async fn reread_late(
         &self,
-        late: Vec<(String, crate::id::RecordId)>,
+        late: Vec<(String, crate::id::RecordId, crate::record::Version)>,
         pulled_to: Watermark,
     ) -> Result<(), SyncError> {
         let mut changes = Vec::new();
-        for (collection, id) in late {
+        for (collection, id, version) in late {
             let state = self
                 .retry("fetch", || self.remote.fetch(&collection, &id))
-                .await?;
+                .await?
+                .unwrap_or(RemoteState {
+                    version,
+                    fields: None,
+                    change_id: None,
+                });
             // A newer state above the watermark comes with the next pull.
-            if let Some(state) = state.filter(|s| s.version.0 <= pulled_to.0) {
+            if let Some(state) = Some(state).filter(|s| s.version.0 <= pulled_to.0) {
                 changes.push(crate::record::RemoteChange {
                     collection,
                     id,

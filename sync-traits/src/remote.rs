@@ -30,7 +30,11 @@ pub enum PullMode {
 ///   caller needed are gone). In [`PullMode::Resync`] the horizon is not checked:
 ///   the caller is re-reading everything and removes what it did not see;
 /// - [`push`](RemoteStore::push) applies each change only if its base version is
-///   current, and answers one outcome per change, in order;
+///   current, and answers one outcome per change, in order. An upsert may replace
+///   the record whole or merge into it (a PATCH: fields the change leaves out keep
+///   their values; PocketBase does, `FakeRemote` with `WriteRules::patch`), and the
+///   remote may store values normalised: the engine does not rely on either, the
+///   server's copy comes back to the writer with the next pull;
 /// - idempotent delivery: a change id already applied answers `Applied` again with
 ///   **the version that change produced** (not the record's current version, which
 ///   may be a later foreign write the caller must still pull), even if other writes
@@ -41,11 +45,27 @@ pub enum PullMode {
 ///   counter, and goes through the base-version check like any other write.
 ///   Answering `Applied` for a change the remote did not apply loses that write
 ///   silently. A remote must remember at least each writer's newest change per
-///   record; remembering more (PocketBase keeps the newest few) lets a store
-///   restored from a backup re-deliver an older outbox entry and be answered
-///   `Applied` instead of having it written a second time;
-/// - a `Conflict` carries the current state with the change id that produced it,
-///   so the engine can recognise its own earlier write.
+///   record while the record or its tombstone exists; remembering more lets a
+///   store restored from a backup re-deliver an older outbox entry and be answered
+///   `Applied` instead of having it written a second time. What the two remotes
+///   here keep: `FakeRemote` every change id, also after compaction; PocketBase
+///   each writer's newest change per record, for the 64 writers that wrote it last
+///   (an older writer's entry is dropped), in the record and then its tombstone,
+///   and nothing once compaction removed the tombstone. A change whose memory is
+///   gone is not answered `Applied`: it meets the base check like a new write (a
+///   retried upsert of a compacted record is a conflict with its deletion; a
+///   backup older than the retention re-delivers its outbox as new writes);
+/// - the memory is scoped per user as well as per writer: a writer id belongs to
+///   the user who first pushed with it, and a remote answers `Applied` from it only
+///   to that user, so one user's changes are never taken for another's (PocketBase
+///   binds a writer id to its first user and refuses it to any other; `FakeRemote`,
+///   whose callers never share a writer id, does not model the binding);
+/// - a `Conflict` carries the current state *as the caller can see it*, with the
+///   change id that produced it (so the engine can recognise its own earlier
+///   write): for a record deleted, or gone from the caller's view, a tombstone at
+///   the version of that deletion; for one deleted and compacted away (no record,
+///   no tombstone left), a tombstone at the retention horizon, and a change
+///   re-based on that version is applied as a create.
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait RemoteStore: Send + Sync {
@@ -62,8 +82,14 @@ pub trait RemoteStore: Send + Sync {
     /// retries, relying on idempotency.
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError>;
 
-    /// The server's current state of one record as the caller sees it (`None` if it
-    /// does not exist or is not visible).
+    /// The server's current state of one record as the caller sees it: the live
+    /// record, or for a deleted one (or one that left the caller's view) its
+    /// tombstone (`fields: None`, at the deletion's version), as PocketBase and
+    /// `FakeRemote` answer until compaction; `None` when the remote shows no trace
+    /// (never existed, never visible, compacted; the PostgreSQL remote answers
+    /// `None` for every deleted record). The engine treats both as "absent": a
+    /// tombstone's version is applied, and a record read back after a late ack that
+    /// answers `None` is removed locally at the acked version.
     async fn fetch(
         &self,
         collection: &str,

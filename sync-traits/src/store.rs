@@ -122,9 +122,12 @@ pub trait LocalStore: Send + Sync {
     /// Writes a quarantined change again as a new local write (a put of its data,
     /// or a delete), with a new change id on the record's current known version, and
     /// removes it from the quarantine, in one transaction. Returns whether `id` was
-    /// in the quarantine. Fails like `put` would (for example
-    /// [`StoreError::Schema`] when the change no longer fits the store's schema), and
-    /// then changes nothing: the change stays quarantined.
+    /// in the quarantine. A value of another type than the store declares for its
+    /// field (a pulled value the app's write kept) is written as the change holds it:
+    /// not coerced, not refused (the rule for mistyped values); a server that refuses
+    /// it again sends the change back to the quarantine, reported as a rejection. An
+    /// error (the collection is no longer held, storage) changes nothing: the change
+    /// stays quarantined.
     async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError>;
 
     /// Removes a quarantined change for good. Returns whether it was there.

@@ -153,9 +153,9 @@ fn upgrade_v1(trees: &[::sled::Tree]) -> Result<(), StoreError> {
         .map_err(tx_err)
 }
 
-/// The stored collections merged with `schema`: new collections and fields are
-/// added, a field's kind never changes, and `local_only` is as `schema` says for
-/// the collections it names.
+/// The stored collections merged with `schema` ([`crate::rules::merge_collection`]):
+/// new collections and fields are added; a field's kind and whether a collection
+/// is local-only never change (refused).
 fn merge_schema(
     stored: Vec<CollectionSchema>,
     schema: &Schema,
@@ -165,9 +165,7 @@ fn merge_schema(
         match effective.iter_mut().find(|e| e.name == c.name) {
             None => effective.push(c.clone()),
             Some(old) => {
-                // sled follows the declared local_only (SQLite refuses a change).
-                let (mut merged, _) = crate::rules::merge_collection(old, c)?;
-                merged.local_only = c.local_only;
+                let (merged, _) = crate::rules::merge_collection(old, c)?;
                 *old = merged;
             }
         }
@@ -287,10 +285,18 @@ fn init(db: Db, schema: Schema, flush: bool) -> Result<Shared, StoreError> {
                 if resyncing {
                     tx.mark_seen(&rk)?;
                 }
-                if tx.has_entry(&rk)? || tx.version(&rk)?.is_some_and(|v| v >= state.version.0) {
-                    continue;
+                // The rule of a pulled page: a pending local change is not
+                // overwritten, an older version is stale, one at the known
+                // version applies again.
+                let what = crate::rules::decide(
+                    crate::rules::Holds::Held,
+                    || tx.has_entry(&rk),
+                    || tx.version(&rk),
+                    state.version.0,
+                )?;
+                if what == crate::rules::What::Apply {
+                    tx.set_server_state(coll, id, state)?;
                 }
-                tx.set_server_state(coll, id, state)?;
             }
             Ok(())
         })

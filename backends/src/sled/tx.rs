@@ -165,7 +165,7 @@ impl Tx<'_> {
         let new = match &q.change.op {
             Op::Upsert(f) => {
                 let (i, c) = self.s.coll(coll).or_else(abort)?;
-                let (f, _) = canonical_remote_fields(c, id, f);
+                let f = crate::rules::retried_fields(c, id, f);
                 self.t[i].insert(id.as_str(), to_json(&f).or_else(abort)?)?;
                 Some(f)
             }

@@ -111,6 +111,31 @@ impl Core {
         Ok(out)
     }
 
+    /// Confirms the outbox entries capture triggers wrote while this store has the
+    /// file open (clears `_tidemark_unstamped`), before their change ids leave the
+    /// store: their counters are this open's writer's, which no other copy of the
+    /// file issues. Whatever is still unstamped at the next open was written while
+    /// no store had the file open, or not yet confirmed, and gets new counters then
+    /// (`open::stamp_trigger_writes`). Writes only when there is something to clear.
+    fn confirm_trigger_writes(&self) -> Result<(), StoreError> {
+        let marked: bool = self
+            .lock()
+            .query_row(
+                r#"SELECT EXISTS (SELECT 1 FROM "_tidemark_unstamped")"#,
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        if marked {
+            self.write(|tx| {
+                tx.execute(r#"DELETE FROM "_tidemark_unstamped""#, [])
+                    .map_err(sql_err)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` in a read (DEFERRED) transaction, so its several reads see one
     /// state of the file.
     fn read<T>(
@@ -302,6 +327,7 @@ impl Core {
         after: u64,
         limit: usize,
     ) -> Result<Vec<PendingChange>, StoreError> {
+        self.confirm_trigger_writes()?;
         self.read(|tx| {
             let after = i64::try_from(after).unwrap_or(i64::MAX);
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -504,7 +530,12 @@ impl Core {
             };
             let t = self.table(&change.collection)?;
             match &change.op {
-                Op::Upsert(f) => Self::put_in(tx, t, &change.id, f)?,
+                Op::Upsert(f) => {
+                    let old = Self::read_row(tx, t, &change.id)?;
+                    let fields = crate::rules::retried_fields(&t.schema, &change.id, f);
+                    Self::write_row(tx, t, &change.id, &fields)?;
+                    Self::record_write(tx, t, &change.id, old.as_ref(), Some(&fields))?;
+                }
                 Op::Delete => {
                     // A new write of the delete, whether or not the record is
                     // there now (the refused delete is what is written again).

@@ -49,7 +49,21 @@
 //! remote applies, which must not be echoed) never fire them: the store's
 //! connection runs with `SQLITE_DBCONFIG_ENABLE_TRIGGER` off, which makes SQLite
 //! compile its statements without the triggers (no per-row cost at all), while
-//! every other connection fires them. [`SqliteStore::with_connection`] turns
+//! every other connection fires them. A trigger takes the file's next change
+//! counter, and marks its entry *unstamped* (`_tidemark_unstamped`). An open store
+//! confirms the marks before any change id leaves it (`pending`): written while
+//! it has the file open, their counters are its writer's. Every open first gives
+//! each entry still unstamped a new counter of its own fresh writer id.
+//! That is what keeps plain SQL safe on a restored or copied file: written before
+//! any store opens it, the copy's triggers continue the counter the original also
+//! went on with after the copy, under the writer id both had then, so their
+//! change ids could equal ones the original already pushed for other content, and
+//! a remote would answer "already applied" for a write it never saw. Restamped by
+//! the copy's open, they carry its writer id, which no other copy has. (An entry
+//! a store pushed between a trigger's write and its confirmation is restamped by
+//! the next open: the remote meets it as a conflict with the store's own earlier
+//! change, which the engine re-bases without a report, so it costs one more
+//! write, never a loss.) [`SqliteStore::with_connection`] turns
 //! them on for the app's own SQL on the store's connection. (The same switch
 //! means the app's *own* triggers on synced tables do not fire for the store's
 //! writes either.) Record ids are immutable (`UPDATE ... SET id` is refused) and
@@ -70,13 +84,17 @@
 //! the schema does not declare is skipped and counted; if its name is a valid
 //! collection name, the record's newest state is *parked*, and applied (in the
 //! open transaction) when the store is opened with a schema that declares the
-//! collection, so it is not lost behind the watermark. `begin_resync` drops what
+//! collection, so it is not lost behind the watermark: by the rule of a pulled
+//! page (a record with an outbox entry keeps it, an older version than the known
+//! one is stale, the known one applies again). `begin_resync` drops what
 //! is parked (the resync delivers it again). A pulled value that does not fit its
 //! declared kind is kept exactly as sent, in `_extra` with NULL in its column, and
 //! listed in [`ApplyReport::mistyped`](sync_traits::ApplyReport::mistyped); `get`
 //! returns it as sent. An app `put` that leaves such a value as it is succeeds;
 //! one that writes a value of the wrong kind (a new or changed one) is refused
-//! with [`StoreError::Schema`].
+//! with [`StoreError::Schema`]. A quarantined change holding such a value is
+//! retried with it kept as it is (`retry_quarantined` never coerces or refuses
+//! it).
 //!
 //! # Schema evolution
 //!
@@ -164,9 +182,10 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in the SQLite file at `path`, creating
-    /// or migrating the tables of `schema`, taking a new writer id, and applying
-    /// what earlier pulls parked of collections `schema` now declares — all in one
-    /// transaction. Blocks the calling thread (up to the busy timeout if another
+    /// or migrating the tables of `schema`, taking a new writer id, giving the
+    /// entries plain SQL wrote since the last open counters of that writer (see
+    /// *Writes with plain SQL*), and applying what earlier pulls parked of
+    /// collections `schema` now declares — all in one transaction. Blocks the calling thread (up to the busy timeout if another
     /// connection holds the write lock).
     ///
     /// Errors: [`StoreError::Corrupt`] if the file is not a SQLite database, is

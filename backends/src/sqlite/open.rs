@@ -13,11 +13,11 @@ use sync_traits::{Fields, RecordId, StoreError};
 
 use super::core::{Core, Writers};
 use super::sql::{
-    corrupt, from_json, lit, q, sql_err, to_json, FORMAT, GET_META, LATER_DDL, META_DDL,
-    VERSION_APPLY,
+    corrupt, from_json, lit, q, sql_err, to_json, BUMP_COUNTER, FORMAT, GET_META, LATER_DDL,
+    META_DDL, OUTBOX_EXISTS, SEEN_MARK, VERSION_APPLY, VERSION_GET,
 };
 use super::table::{create_table_sql, trigger_names, triggers_sql, Table};
-use crate::schema::{canonical_remote_fields, schema_err, CollectionSchema, Schema};
+use crate::schema::{canonical_remote_fields, CollectionSchema, Schema};
 
 impl Core {
     /// Opens the store on `conn` (see [`super::SqliteStore::open`]).
@@ -133,7 +133,6 @@ impl Core {
             let effective = match stored.remove(&c.name) {
                 None => {
                     tx.execute_batch(&create_table_sql(c)).map_err(sql_err)?;
-                    tx.execute_batch(&triggers_sql(c)).map_err(sql_err)?;
                     store_schema(&tx, c)?;
                     c.clone()
                 }
@@ -144,6 +143,18 @@ impl Core {
         for (name, c) in stored {
             tables.insert(name, Table::new(c));
         }
+        // Every table's triggers as this release writes them (new tables, new
+        // fields, and a file from an earlier release, whose capture triggers do
+        // not mark their entries unstamped).
+        for t in tables.values() {
+            for n in trigger_names(&t.schema) {
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {n}"))
+                    .map_err(sql_err)?;
+            }
+            tx.execute_batch(&triggers_sql(&t.schema))
+                .map_err(sql_err)?;
+        }
+        stamp_trigger_writes(&tx)?;
         // What pulls kept of collections declared only now.
         for t in tables.values() {
             unpark(&tx, t)?;
@@ -155,6 +166,39 @@ impl Core {
             tables,
         })
     }
+}
+
+/// Gives every outbox entry a capture trigger wrote or coalesced since the last
+/// open (`_tidemark_unstamped`) a new counter of this open's writer, in outbox
+/// order. A trigger takes the file's next counter under the writer whose range
+/// holds it, and a copy of the file written with plain SQL before any store opens
+/// it continues the same counter as the original: without a new stamp its entries
+/// could carry change ids the original pushed for other content, which a remote
+/// would answer as already applied. Runs after [`new_incarnation`], so the new
+/// counters are this open's writer's, which no other copy has.
+fn stamp_trigger_writes(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let seqs: Vec<i64> = {
+        let mut st = tx
+            .prepare(
+                r#"SELECT u."seq" FROM "_tidemark_unstamped" AS u JOIN "_tidemark_outbox" AS o ON o."seq" = u."seq" ORDER BY u."seq""#,
+            )
+            .map_err(sql_err)?;
+        let it = st.query_map([], |r| r.get(0)).map_err(sql_err)?;
+        it.collect::<Result<_, _>>().map_err(sql_err)?
+    };
+    for seq in seqs {
+        let n: i64 = tx
+            .query_row(BUMP_COUNTER, [], |r| r.get(0))
+            .map_err(sql_err)?;
+        tx.execute(
+            r#"UPDATE "_tidemark_outbox" SET "change_n" = ?2 WHERE "seq" = ?1"#,
+            params![seq, n],
+        )
+        .map_err(sql_err)?;
+    }
+    tx.execute(r#"DELETE FROM "_tidemark_unstamped""#, [])
+        .map_err(sql_err)?;
+    Ok(())
 }
 
 /// Takes this open's writer id: a fresh id whose first counter is the one after
@@ -209,25 +253,15 @@ fn new_incarnation(tx: &Transaction<'_>) -> Result<RecordId, StoreError> {
 }
 
 /// A stored collection opened with `c`: new fields become columns (values kept in
-/// `_extra` move into them), the triggers are regenerated. Changing a field's kind
-/// or whether the collection is local-only is refused.
+/// `_extra` move into them; the open regenerates every table's triggers after).
+/// Changing a field's kind
+/// or whether the collection is local-only is refused
+/// ([`crate::rules::merge_collection`]).
 fn migrate_collection(
     tx: &Transaction<'_>,
     c: &CollectionSchema,
     old: CollectionSchema,
 ) -> Result<CollectionSchema, StoreError> {
-    if old.local_only != c.local_only {
-        let (was, now) = if old.local_only {
-            ("local-only", "synced")
-        } else {
-            ("synced", "local-only")
-        };
-        return Err(schema_err(
-            &c.name,
-            "",
-            &format!("the collection is stored as {was}; making it {now} needs a manual migration"),
-        ));
-    }
     let (merged, added) = crate::rules::merge_collection(&old, c)?;
     if !added.is_empty() {
         for f in &added {
@@ -239,11 +273,6 @@ fn migrate_collection(
             ))
             .map_err(sql_err)?;
         }
-        for n in trigger_names(c) {
-            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {n}"))
-                .map_err(sql_err)?;
-        }
-        tx.execute_batch(&triggers_sql(&merged)).map_err(sql_err)?;
         store_schema(tx, &merged)?;
         migrate_extra(tx, &Table::new(merged.clone()), &added)?;
     }
@@ -308,8 +337,10 @@ fn migrate_extra(
 
 /// Applies what pulls parked of `t`'s collection while the schema did not declare
 /// it (each record's newest state, behind a watermark that has moved on), as
-/// `apply_remote` would have: values that do not fit their kind are kept, a version
-/// the store already has is not applied, and the records count as seen by a resync
+/// `apply_remote` would have ([`crate::rules::decide`]): a record with an outbox
+/// entry is left alone (the push meets the server's state), a version older than
+/// the known one is stale, one at the known version applies again, and values
+/// that do not fit their kind are kept. The records count as seen by a resync
 /// under way (a resync clears the parked table when it begins, so whatever is
 /// parked was delivered by it). A local-only collection takes nothing from the
 /// server: its parked records are dropped.
@@ -337,21 +368,41 @@ fn unpark(tx: &Transaction<'_>, t: &Table) -> Result<(), StoreError> {
     if t.schema.local_only {
         return Ok(());
     }
-    let epoch: i64 = tx
-        .query_row(GET_META, ["epoch"], |r| r.get(0))
-        .map_err(|e| corrupt(format!("metadata epoch: {e}")))?;
+    let meta = |key: &str| -> Result<i64, StoreError> {
+        tx.query_row(GET_META, [key], |r| r.get(0))
+            .map_err(|e| corrupt(format!("metadata {key}: {e}")))
+    };
+    let epoch = meta("epoch")?;
+    let resyncing = meta("resyncing")? != 0;
+    let mut pending = tx.prepare_cached(OUTBOX_EXISTS).map_err(sql_err)?;
+    let mut known = tx.prepare_cached(VERSION_GET).map_err(sql_err)?;
+    let mut seen = tx.prepare_cached(SEEN_MARK).map_err(sql_err)?;
     let mut newer = tx.prepare_cached(VERSION_APPLY).map_err(sql_err)?;
     let mut up = tx.prepare_cached(&t.upsert).map_err(sql_err)?;
     let mut del = tx.prepare_cached(&t.delete).map_err(sql_err)?;
     for (id, version, fields) in rows {
         let id = RecordId::parse(&id).map_err(|e| corrupt(format!("parked record id: {e}")))?;
-        if newer
-            .execute(params![c, id.as_str(), version, epoch])
-            .map_err(sql_err)?
-            == 0
-        {
+        let what = crate::rules::decide(
+            crate::rules::Holds::Held,
+            || pending.exists([c, id.as_str()]).map_err(sql_err),
+            || {
+                known
+                    .query_row([c, id.as_str()], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map(|v| v.map(|v| u64::try_from(v).unwrap_or(0)))
+                    .map_err(sql_err)
+            },
+            u64::try_from(version).unwrap_or(0),
+        )?;
+        if what != crate::rules::What::Apply {
+            if resyncing {
+                seen.execute([c, id.as_str()]).map_err(sql_err)?;
+            }
             continue;
         }
+        newer
+            .execute(params![c, id.as_str(), version, epoch])
+            .map_err(sql_err)?;
         match fields {
             Some(js) => {
                 let fields: Fields = from_json("parked record", &js)?;

@@ -56,7 +56,15 @@ CREATE TABLE "_tidemark_quarantine" (
 ///   per row; AUTOINCREMENT, so a cleared id is never handed out again.
 /// - `_tidemark_parked`: the newest pulled state of each record of a collection
 ///   the schema does not declare (fields as JSON, NULL for a tombstone).
+/// - `_tidemark_unstamped`: the outbox entries (by `seq`) a capture trigger
+///   wrote or coalesced: their counter may be one another copy of the file also
+///   issued, so the next open gives them counters of its own fresh writer (see
+///   the module docs, *Writes with plain SQL*). A `seq` no longer in the outbox is
+///   ignored (outbox seqs are never reused).
 pub(super) const LATER_DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS "_tidemark_unstamped" (
+  "seq" INTEGER PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS "_tidemark_writers" (
   "n" INTEGER PRIMARY KEY,
   "writer" TEXT NOT NULL UNIQUE,

@@ -339,7 +339,10 @@ pub(super) fn triggers_sql(c: &CollectionSchema) -> String {
              SELECT {cl}, {row}.\"id\", (SELECT \"value\" FROM \"_tidemark_meta\" WHERE \"key\" = 'counter'), \
                (SELECT \"version\" FROM \"_tidemark_versions\" WHERE \"collection\" = {cl} AND \"id\" = {row}.\"id\"), \
                (SELECT json_group_array(k) FROM ({changed})) \
-             WHERE NOT EXISTS (SELECT 1 FROM \"_tidemark_outbox\" WHERE \"collection\" = {cl} AND \"id\" = {row}.\"id\");"
+             WHERE NOT EXISTS (SELECT 1 FROM \"_tidemark_outbox\" WHERE \"collection\" = {cl} AND \"id\" = {row}.\"id\");\n\
+             INSERT INTO \"_tidemark_unstamped\" (\"seq\") \
+             SELECT o.\"seq\" FROM \"_tidemark_outbox\" AS o WHERE o.\"collection\" = {cl} AND o.\"id\" = {row}.\"id\" \
+               AND NOT EXISTS (SELECT 1 FROM \"_tidemark_unstamped\" AS u WHERE u.\"seq\" = o.\"seq\");"
         )
     };
     let [ai, au, ad, idt, bi] = trigger_names(c);

@@ -107,6 +107,7 @@ where
     a_value_of_another_type_is_kept_as_sent(&make().await).await;
     a_first_sync_begun_again_removes_what_it_no_longer_delivers(&make().await).await;
     a_first_sync_keeps_what_is_written_meanwhile(&make().await).await;
+    a_retried_change_keeps_a_value_of_another_type(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -1300,4 +1301,54 @@ pub async fn a_value_of_another_type_is_kept_as_sent(s: &dyn LocalStore) {
         ["title".to_string()].into_iter().collect(),
         "only what the write changed"
     );
+}
+
+/// A quarantined change holding a value of another type than the store declares
+/// (a pulled value the app's write kept) is retried as it is: the value kept
+/// exactly, not coerced and not refused, the change in the outbox again.
+pub async fn a_retried_change_keeps_a_value_of_another_type(s: &dyn LocalStore) {
+    let a = new_id();
+    let mut odd = song("odd", 0);
+    odd.insert("order".into(), json!("not a number"));
+    s.apply_remote(&page(vec![remote(SONGS, &a, 1, Some(odd.clone()))], 1))
+        .await
+        .unwrap();
+    let mut edited = odd.clone();
+    edited.insert("title".into(), json!("edited"));
+    s.put(Record::new(SONGS, a.clone(), edited.clone()))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    s.ack(vec![Ack::Quarantine {
+        change: pushed(&p, &a),
+        rejection: Rejection {
+            message: "invalid".into(),
+            fields: Default::default(),
+        },
+        server: Some(RemoteState {
+            version: Version(2),
+            fields: Some(song("server", 0)),
+            change_id: None,
+        }),
+    }])
+    .await
+    .unwrap();
+    let q = s.quarantined().await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert!(
+        s.retry_quarantined(q[0].id)
+            .await
+            .expect("a retry is not refused for a value the change was accepted with"),
+        "the change was in the quarantine"
+    );
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().unwrap().fields,
+        edited,
+        "the retried data, the odd value kept exactly as it was"
+    );
+    let retried = s.pending(0, 10).await.unwrap();
+    assert_eq!(retried.len(), 1, "in the outbox again");
+    assert_eq!(retried[0].op, Op::Upsert(edited));
+    assert_eq!(retried[0].base, Some(Version(2)));
+    assert!(s.quarantined().await.unwrap().is_empty());
 }

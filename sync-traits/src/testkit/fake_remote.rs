@@ -41,7 +41,8 @@ struct Entry {
     past_owners: BTreeSet<String>,
     public_ever: bool,
     /// Per writer: every change counter applied to this record, with the version
-    /// it produced (an ideal server's memory; a real one may keep the newest few).
+    /// it produced (an ideal server's memory: PocketBase keeps each writer's newest
+    /// per record, and none after compaction; see the `RemoteStore` contract).
     by_client: Memory,
 }
 
@@ -496,10 +497,11 @@ impl RemoteStore for FakeRemote {
         id: &RecordId,
     ) -> Result<Option<RemoteState>, RemoteError> {
         let s = self.lock();
+        // A deleted record answers with its tombstone until compaction, as
+        // PocketBase does.
         Ok(s.records
             .get(&(collection.to_owned(), id.clone()))
-            .and_then(|e| self.access.view(e))
-            .filter(|st| st.fields.is_some()))
+            .and_then(|e| self.access.view(e)))
     }
 
     async fn horizon(&self) -> Result<Watermark, RemoteError> {

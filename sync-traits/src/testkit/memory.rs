@@ -104,8 +104,10 @@ impl MemoryStore {
     }
 
     /// Starts holding `collection` (as an app does when it ships a schema that
-    /// declares it): what earlier pulls skipped of it is applied now. Returns how
-    /// many records that brought in.
+    /// declares it): what earlier pulls skipped of it is applied now, by the rule
+    /// of a pulled page (a record with an outbox entry is left alone, an older
+    /// version than the known one is stale). Returns how many live records were
+    /// parked for it.
     pub fn declare(&self, collection: &str) -> usize {
         let mut g = self.inner_mut();
         let Some(declared) = g.declared.as_mut() else {
@@ -127,6 +129,13 @@ impl MemoryStore {
                 if g.resyncing {
                     // Delivered by this resync: seen.
                     g.seen.insert(key.clone());
+                }
+                // As a pulled page applies: a pending local change is not
+                // overwritten, an older version is stale, the known one applies.
+                if g.outbox_index.contains_key(&key)
+                    || g.versions.get(&key).is_some_and(|v| *v > state.version)
+                {
+                    continue;
                 }
                 g.set_server_state(key, &state);
             }

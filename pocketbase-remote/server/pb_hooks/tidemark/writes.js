@@ -108,7 +108,10 @@ function onCreate(e) {
     if (t && t.foreign) throw takenError();
     const clients = t ? t.clients : {};
     if (memory.remembered(clients, push)) throw dupError();
-    if (push.base !== (t ? t.seq : 0)) throw conflictError();
+    // A base at the horizon with no tombstone left: the client saw the deletion
+    // that compaction removed last, and nothing was written since (the conflict
+    // answer for a compacted record is its tombstone at the horizon).
+    if (push.base !== (t ? t.seq : 0) && (t || push.base !== store.state(tx).horizon)) throw conflictError();
     // Re-created on top of the tombstone the client has seen.
     const seq = store.nextSeq(tx);
     e.record.set("tm_seq", seq);
