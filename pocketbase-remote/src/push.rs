@@ -541,10 +541,12 @@ impl PocketBaseRemote {
     /// The outcome of a delete of a record the caller cannot find (404), decided as
     /// the in-memory reference server decides it. With a tombstone: our own earlier
     /// delivery, or a delete based on that very tombstone, is applied (nothing is
-    /// left to delete); any other is a conflict with the tombstone. Without one: a
+    /// left to delete); any other is a conflict with the tombstone. Without one (the
+    /// caller sees neither record nor tombstone: compacted away, or not theirs): a
     /// delete based on nothing (a record created and deleted before it was ever
-    /// pushed) is applied at the head; one based on a version is `None`, a
-    /// rejection (not the caller's record, or compacted away).
+    /// pushed) or on the horizon is applied at the head; one based on a version
+    /// below the horizon is a conflict with a tombstone at the horizon; any other is
+    /// `None`, a rejection (not the caller's record).
     async fn delete_of_missing(&self, c: &PushChange) -> Result<Option<PushOutcome>, RemoteError> {
         // Our own earlier delivery: the tombstone's memory names it (also for an
         // owner-less tombstone, which shows no change id).
@@ -552,13 +554,30 @@ impl PocketBaseRemote {
             return Ok(Some(PushOutcome::Applied { version: v }));
         }
         let Some(t) = self.tombstone_of(&c.collection, &c.id).await? else {
-            if c.base.is_none_or(|v| v.0 == 0) {
-                let head = self.head().await?;
-                return Ok(Some(PushOutcome::Applied {
+            // Nothing the caller can see: no record, no tombstone. A delete based on
+            // nothing, or on the horizon (re-based after the conflict below), has
+            // nothing left to delete: applied at the head. One based on a version
+            // below the horizon may be of a record deleted and compacted away since
+            // (its tombstone's seq was at most the horizon): it meets a tombstone at
+            // the horizon, as FakeRemote answers, so the engine settles it. Any other
+            // was never the caller's to see: refused.
+            let head = self.head().await?;
+            return Ok(match c.base {
+                None | Some(Version(0)) => Some(PushOutcome::Applied {
                     version: Version(head.head.0),
-                }));
-            }
-            return Ok(None);
+                }),
+                Some(v) if v.0 == head.horizon.0 => Some(PushOutcome::Applied {
+                    version: Version(head.head.0),
+                }),
+                Some(v) if v.0 < head.horizon.0 => Some(PushOutcome::Conflict {
+                    current: RemoteState {
+                        version: Version(head.horizon.0),
+                        fields: None,
+                        change_id: None,
+                    },
+                }),
+                Some(_) => None,
+            });
         };
         // Our own earlier delivery, or the very tombstone the change was based on
         // (a client that keeps its delete over someone else's re-bases on it).
