@@ -55,6 +55,27 @@ fn page(rows: &[(RecordId, Fields)], base: u64) -> Page {
     }
 }
 
+/// An empty SQLite store in a new temporary folder.
+fn fresh_sqlite() -> (tempfile::TempDir, SqliteStore) {
+    let d = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
+    (d, s)
+}
+
+/// An empty sled store in a new temporary folder.
+fn fresh_sled() -> (tempfile::TempDir, SledStore) {
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
+    (d, s)
+}
+
+/// The raw SQLite baseline's empty table in a new temporary folder.
+fn fresh_raw_sqlite() -> (tempfile::TempDir, rusqlite::Connection) {
+    let d = tempfile::tempdir().unwrap();
+    let c = raw_sqlite(&d.path().join("raw.db"));
+    (d, c)
+}
+
 fn bench_apply(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -66,33 +87,21 @@ fn bench_apply(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("sqlite_store", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
-                (d, s)
-            },
+            fresh_sqlite,
             |(_d, s)| rt.block_on(s.apply_remote(&p)).unwrap(),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("sqlite_raw_insert", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let c = raw_sqlite(&d.path().join("raw.db"));
-                (d, c)
-            },
+            fresh_raw_sqlite,
             |(_d, mut c)| raw_sqlite_insert(&mut c, &data),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("sled_store", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let s = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
-                (d, s)
-            },
+            fresh_sled,
             |(_d, s)| rt.block_on(s.apply_remote(&p)).unwrap(),
             BatchSize::PerIteration,
         )
@@ -153,55 +162,35 @@ fn bench_first_sync(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("sqlite_store", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
-                (d, s)
-            },
+            fresh_sqlite,
             |(_d, s)| first_sync(&rt, &server, s, SyncConfig::default().resync_batch),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("sqlite_store_page_by_page", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let s = SqliteStore::open(d.path().join("s.db"), Schema::conformance()).unwrap();
-                (d, s)
-            },
+            fresh_sqlite,
             |(_d, s)| first_sync(&rt, &server, s, 1),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("sqlite_raw_insert", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let c = raw_sqlite(&d.path().join("raw.db"));
-                (d, c)
-            },
+            fresh_raw_sqlite,
             |(_d, mut c)| raw_sqlite_insert(&mut c, &data),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("sled_store", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let s = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
-                (d, s)
-            },
+            fresh_sled,
             |(_d, s)| first_sync(&rt, &server, s, SyncConfig::default().resync_batch),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("sled_store_page_by_page", |b| {
         b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let s = SledStore::open(d.path().join("sled"), Schema::conformance()).unwrap();
-                (d, s)
-            },
+            fresh_sled,
             |(_d, s)| first_sync(&rt, &server, s, 1),
             BatchSize::PerIteration,
         )

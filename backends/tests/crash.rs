@@ -237,25 +237,16 @@ async fn check(kind: &str, path: &std::path::Path, reported_wm: u64, acked: u64)
     (wm, pending.len())
 }
 
-/// The kill test `test` (its own name) for store `kind`. Run by the parent, it
-/// starts itself again as the child (this binary, `test --exact`, with the store
-/// path in the environment), kills it at random moments and checks the store each
-/// time; run as that child, it does the workload until it is killed.
-fn kill_loop(kind: &str, test: &str) {
-    if let (Ok(child_kind), Ok(path)) = (
-        std::env::var("TIDEMARK_CRASH_KIND"),
-        std::env::var("TIDEMARK_CRASH_PATH"),
-    ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(child(&child_kind, std::path::Path::new(&path)));
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
-    let exe = std::env::current_exe().unwrap();
+/// The store kind and path the parent gave this process, if it is a child.
+fn child_env() -> Option<(String, String)> {
+    Some((
+        std::env::var("TIDEMARK_CRASH_KIND").ok()?,
+        std::env::var("TIDEMARK_CRASH_PATH").ok()?,
+    ))
+}
+
+/// The seed of the kill times (`TIDEMARK_CRASH_SEED` repeats one), printed.
+fn kill_seed(kind: &str) -> u64 {
     let seed = std::env::var("TIDEMARK_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -266,6 +257,38 @@ fn kill_loop(kind: &str, test: &str) {
                 .as_nanos() as u64
         });
     eprintln!("{kind}: kill times from seed {seed} (TIDEMARK_CRASH_SEED={seed} repeats them)");
+    seed
+}
+
+/// This test binary started again as the child of test `test`, on store `kind`
+/// at `path`, its progress markers on a pipe.
+fn spawn_child(test: &str, kind: &str, path: &std::path::Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("TIDEMARK_CRASH_KIND", kind)
+        .env("TIDEMARK_CRASH_PATH", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The kill test `test` (its own name) for store `kind`. Run by the parent, it
+/// starts itself again as the child (this binary, `test --exact`, with the store
+/// path in the environment), kills it at random moments and checks the store each
+/// time; run as that child, it does the workload until it is killed.
+fn kill_loop(kind: &str, test: &str) {
+    if let Some((child_kind, path)) = child_env() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(child(&child_kind, std::path::Path::new(&path)));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let seed = kill_seed(kind);
     let mut rng = Rng(seed | 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -275,20 +298,28 @@ fn kill_loop(kind: &str, test: &str) {
     let mut kills = 0;
     let mut mid_ack = 0;
     while kills < KILLS {
-        let mut c = Command::new(&exe)
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env("TIDEMARK_CRASH_KIND", kind)
-            .env("TIDEMARK_CRASH_PATH", &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut c = spawn_child(test, kind, &path);
         let stdout = c.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || parse_progress(BufReader::new(stdout)));
-        std::thread::sleep(Duration::from_millis(150 + rng.next() % 900));
+        // The child's output, line by line; the first applied page is signalled.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut signalled = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !signalled && line.contains(&format!("{MARK}APPLIED")) {
+                    signalled = tx.send(()).is_ok();
+                }
+                lines.push(line);
+            }
+            lines.join("\n")
+        });
+        // Killed at a random moment after its first applied page, however slow the
+        // machine: the wait for that page is bounded, not timed.
+        let _ = rx.recv_timeout(Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(rng.next() % 900));
         c.kill().unwrap(); // SIGKILL
         c.wait().unwrap();
-        let (w, a) = reader.join().unwrap();
+        let (w, a) = parse_progress(reader.join().unwrap().as_bytes());
         reported = reported.max(w);
         acked = acked.max(a);
         if kind == "sled-noflush" {
@@ -391,10 +422,7 @@ async fn holds_generation(kind: &str, s: &dyn LocalStore, g: u64) {
 /// The first-sync workload (see the module docs): the child side when started by
 /// the parent, else the parent's kill loop.
 fn first_sync_kill_loop(kind: &str, test: &str) {
-    if let (Ok(child_kind), Ok(path)) = (
-        std::env::var("TIDEMARK_CRASH_KIND"),
-        std::env::var("TIDEMARK_CRASH_PATH"),
-    ) {
+    if let Some((child_kind, path)) = child_env() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -408,17 +436,7 @@ fn first_sync_kill_loop(kind: &str, test: &str) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let seed = std::env::var("TIDEMARK_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("{kind}: kill times from seed {seed} (TIDEMARK_CRASH_SEED={seed} repeats them)");
+    let seed = kill_seed(kind);
     let mut rng = Rng(seed | 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -427,14 +445,7 @@ fn first_sync_kill_loop(kind: &str, test: &str) {
     let (mut midway, mut finished) = (0, 0);
     for kill in 0..FIRST_KILLS {
         let path = dir.path().join(format!("store-{kill}"));
-        let mut c = Command::new(&exe)
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env("TIDEMARK_CRASH_KIND", kind)
-            .env("TIDEMARK_CRASH_PATH", &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut c = spawn_child(test, kind, &path);
         // Killed after the child's `k`-th progress mark (0: before any) and a few
         // more milliseconds, so most kills land inside the first sync whatever the
         // machine's speed; `k` past the last mark lets it finish first.

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use sync_traits::{RecordId, StoreError, SyncState, Watermark};
 
 use super::core::Core;
-use super::sql::{corrupt, from_json, sql_err, stored_u64, FORMAT, GET_META};
+use super::sql::{corrupt, from_json, sql_err, stored_u64, GET_META};
 use super::table::Table;
 use super::SqliteStore;
 use crate::inspect::{CollectionInfo, Inspection};
@@ -90,15 +90,7 @@ fn read(conn: Connection) -> Result<Inspection, StoreError> {
     if !has_table(&conn, "_tidemark_meta")? {
         return Err(corrupt("the database is not a tidemark store"));
     }
-    let format: Option<String> = conn
-        .query_row(GET_META, ["format"], |r| r.get(0))
-        .optional()
-        .map_err(|e| corrupt(format!("bad tidemark metadata: {e}")))?;
-    if format.as_deref() != Some(FORMAT) {
-        return Err(corrupt(format!(
-            "unsupported tidemark store format {format:?} (expected {FORMAT})"
-        )));
-    }
+    super::sql::check_format(&conn)?;
     let writer: Option<String> = conn
         .query_row(GET_META, ["client"], |r| r.get(0))
         .optional()

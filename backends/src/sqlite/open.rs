@@ -99,15 +99,7 @@ impl Core {
             // Resync epochs start at 1: a version row's mark 0 means "never seen".
             ins.execute(params!["epoch", 1i64]).map_err(sql_err)?;
         } else {
-            let format: Option<String> = tx
-                .query_row(GET_META, ["format"], |r| r.get(0))
-                .optional()
-                .map_err(|e| corrupt(format!("bad tidemark metadata: {e}")))?;
-            if format.as_deref() != Some(FORMAT) {
-                return Err(corrupt(format!(
-                    "unsupported tidemark store format {format:?} (expected {FORMAT})"
-                )));
-            }
+            super::sql::check_format(&tx)?;
             upgrade_metadata(&tx)?;
         }
         tx.execute_batch(LATER_DDL).map_err(sql_err)?;

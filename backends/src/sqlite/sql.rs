@@ -172,3 +172,18 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| corrupt(format!("{what}: {e}")))
 }
+
+/// Refuses a file whose tidemark metadata names another store format.
+pub(super) fn check_format(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let format: Option<String> = conn
+        .query_row(GET_META, ["format"], |r| r.get(0))
+        .optional()
+        .map_err(|e| corrupt(format!("bad tidemark metadata: {e}")))?;
+    if format.as_deref() != Some(FORMAT) {
+        return Err(corrupt(format!(
+            "unsupported tidemark store format {format:?} (expected {FORMAT})"
+        )));
+    }
+    Ok(())
+}
