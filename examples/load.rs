@@ -521,7 +521,7 @@ async fn main() {
     // PostgreSQL's test server takes 120 connections; each client holds two.
     let counts: Vec<usize> = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| if postgres { "10,50" } else { "10,50,100" }.into())
+        .unwrap_or_else(|| "10,50,100".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .map(|n: usize| n.max(2))

@@ -436,9 +436,7 @@ impl Shared {
     ) -> Result<ApplyReport, StoreError> {
         let _g = self.lock();
         let (mut report, applied) = self.write(|tx| {
-            // 2: a resync begun on empty trees, where nothing needs marking seen
-            // (finish_resync removes nothing).
-            let resyncing = tx.meta("resyncing")? == 1;
+            let resyncing = tx.meta("resyncing")? != 0;
             let mut report = ApplyReport::default();
             let mut applied = Vec::new();
             for (n, p) in prepared.iter().enumerate() {
@@ -570,8 +568,9 @@ impl Shared {
         let _g = self.lock();
         match self.meta_u64("resyncing")? {
             0 => return Ok(0),
-            // Begun on empty trees: every record is one this resync applied or one
-            // with an outbox entry, so none is to be removed, and none was marked.
+            // Begun on empty trees, and no ack since: every record is one this
+            // resync applied or one with an outbox entry, so none is to be removed.
+            // The seen marks stay until the next begin_resync clears them.
             2 => {
                 return self.write(|tx| {
                     tx.set_meta("resyncing", 0)?;
@@ -738,7 +737,16 @@ impl LocalStore for SledStore {
     async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
         self.run(move |s| {
             let _g = s.lock();
+            // A resync begun on empty trees (2) skips finish_resync's scan, as every
+            // record is one it applied or one with an outbox entry. An ack can write
+            // a record's server state with no outbox entry, which an ordinary resync
+            // removes unless it delivered it: so the resync becomes an ordinary one
+            // (its seen marks are kept in both modes).
+            let fresh = s.meta_u64("resyncing")? == 2;
             s.write(|tx| {
+                if fresh {
+                    tx.set_meta("resyncing", 1)?;
+                }
                 for a in &acks {
                     tx.ack(a)?;
                 }

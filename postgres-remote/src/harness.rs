@@ -276,7 +276,7 @@ impl TestServer {
                 "-c",
                 "full_page_writes=off",
                 "-c",
-                "max_connections=120",
+                "max_connections=300",
                 "-c",
                 "shared_buffers=128MB",
             ])

@@ -275,8 +275,7 @@ fn init(db: Db, schema: Schema, flush: bool) -> Result<Shared, StoreError> {
                 t[META].insert(k.as_bytes(), v.as_slice())?;
             }
             t[WRITERS].insert(writer.as_str(), &writer_value(first, ordinal))?;
-            // 2 (begun on empty trees) marks nothing seen: see finish_resync.
-            let resyncing = tx.meta("resyncing")? == 1;
+            let resyncing = tx.meta("resyncing")? != 0;
             for (k, coll, id, state) in &parked {
                 t[PARKED].remove(k)?;
                 let rk = super::key(coll, id.as_str());

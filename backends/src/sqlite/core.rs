@@ -391,6 +391,14 @@ impl Core {
 
     pub(super) fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
         self.write(|tx| {
+            // A resync begun on empty tables (2) skips finish_resync's scan, as
+            // every record is one it applied or one with an outbox entry. An ack can
+            // write a record's server state with no outbox entry, which an ordinary
+            // resync removes unless it delivers it: so the resync becomes an
+            // ordinary one (the records it applied carry its epoch: they are seen).
+            if Self::meta_i64(tx, "resyncing")? == 2 {
+                Self::set_meta(tx, "resyncing", 1)?;
+            }
             let txn = SqlTxn {
                 core: self,
                 tx,

@@ -107,6 +107,7 @@ where
     a_value_of_another_type_is_kept_as_sent(&make().await).await;
     a_first_sync_begun_again_removes_what_it_no_longer_delivers(&make().await).await;
     a_first_sync_keeps_what_is_written_meanwhile(&make().await).await;
+    a_first_sync_removes_a_server_state_an_ack_wrote_unless_delivered(&make().await).await;
     a_retried_change_keeps_a_value_of_another_type(&make().await).await;
 }
 
@@ -806,6 +807,41 @@ pub async fn a_first_sync_keeps_what_is_written_meanwhile(s: &dyn LocalStore) {
     assert!(s.get(SONGS, &mine).await.unwrap().is_some());
     assert_eq!(s.pending_count().await.unwrap(), 1);
     assert_eq!(s.sync_state().await.unwrap().watermark, Watermark(1));
+}
+
+/// During a first sync (a resync begun on an empty store) an ack that writes a
+/// record's server state with no outbox entry left (here: a take-server) makes
+/// the resync an ordinary one: the record is removed at the finish unless the
+/// resync delivered it, as in any resync, and what the resync applied stays.
+pub async fn a_first_sync_removes_a_server_state_an_ack_wrote_unless_delivered(s: &dyn LocalStore) {
+    let (pulled, mine) = (new_id(), new_id());
+    s.begin_resync().await.unwrap();
+    s.apply_remote(&page(
+        vec![remote(SONGS, &pulled, 1, Some(song("p", 1)))],
+        1,
+    ))
+    .await
+    .unwrap();
+    s.put(Record::new(SONGS, mine.clone(), song("mine", 2)))
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    s.ack(vec![Ack::TakeServer {
+        collection: SONGS.into(),
+        id: mine.clone(),
+        change_id: p[0].change_id.clone(),
+        state: RemoteState {
+            version: Version(7),
+            fields: Some(song("theirs", 2)),
+            change_id: None,
+        },
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.pending_count().await.unwrap(), 0);
+    assert_eq!(s.finish_resync(None).await.unwrap(), 1, "not delivered");
+    assert!(s.get(SONGS, &mine).await.unwrap().is_none());
+    assert!(s.get(SONGS, &pulled).await.unwrap().is_some());
 }
 
 /// A record created and deleted before any push leaves a base-less delete.
