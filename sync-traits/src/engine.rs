@@ -309,11 +309,12 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         &self.remote
     }
 
-    /// Runs one sync: push, then pull until caught up, within
-    /// [`SyncConfig::time_limit`].
+    /// Runs one sync: push, then pull until caught up. It stops with a transient
+    /// error when it makes no progress for [`SyncConfig::stall_limit`] or runs past
+    /// [`SyncConfig::time_limit`]; [`SyncEngine::status`] shows it while it runs.
     pub async fn sync(&self) -> Result<SyncReport, SyncError> {
         let _guard = self.running.lock().await;
-        self.within_time_limit(self.sync_locked().instrument(info_span!("sync")))
+        self.tracked(self.sync_locked().instrument(info_span!("sync")))
             .await
     }
 
@@ -343,7 +344,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// [`SyncEngine::status`], stopped with a transient error when it makes no
     /// progress for [`SyncConfig::stall_limit`] or runs longer than
     /// [`SyncConfig::time_limit`].
-    async fn within_time_limit<T>(
+    async fn tracked<T>(
         &self,
         run: impl Future<Output = Result<T, SyncError>>,
     ) -> Result<T, SyncError> {
@@ -477,7 +478,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// unpushed creates would count too, and when the remote cannot count. A write
     /// landing on the server between the pull and the count can hide a stale record
     /// until the next reconcile, or start a resync that was not needed.
-    /// Runs within [`SyncConfig::time_limit`], like [`SyncEngine::sync`].
+    /// Runs within the same limits as [`SyncEngine::sync`] ([`SyncConfig::stall_limit`],
+    /// [`SyncConfig::time_limit`]) and shows in [`SyncEngine::status`] the same way.
     pub async fn reconcile(&self) -> Result<SyncReport, SyncError> {
         let _guard = self.running.lock().await;
         let run = async {
@@ -522,7 +524,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             Ok(report)
         }
         .instrument(info_span!("reconcile"));
-        self.within_time_limit(run).await
+        self.tracked(run).await
     }
 
     /// Keeps the store in sync until `stop` completes: syncs at once, then whenever
