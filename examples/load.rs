@@ -518,7 +518,7 @@ async fn phase(srv: &Server, n: usize, secs: f64, rate: f64, round: usize) -> Ph
 #[tokio::main]
 async fn main() {
     let postgres = std::env::var("LOAD_REMOTE").as_deref() == Ok("postgres");
-    // PostgreSQL's test server takes 120 connections; each client holds two.
+    // Each PostgreSQL client holds two connections; the test server allows 300.
     let counts: Vec<usize> = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "10,50,100".into())
