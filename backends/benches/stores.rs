@@ -135,6 +135,7 @@ fn bench_first_sync(c: &mut Criterion) {
     const FIRST: usize = 50_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap();
     let server = sync_traits::testkit::FakeRemote::new();

@@ -211,7 +211,10 @@ pub struct SyncReport {
 ///
 /// The remote is shared (`Arc`) with the task that pulls pages ahead while the
 /// current one is applied, hence `R: 'static` (any owned remote, `Box<dyn
-/// RemoteStore>` or `Arc<…>`). Outside a tokio runtime pages are pulled one by one.
+/// RemoteStore>` or `Arc<…>`). Outside a tokio runtime pages are pulled one by one
+/// and the time limits are not kept. In a tokio runtime the engine needs its timers
+/// (`enable_time`, or `enable_all` as `#[tokio::main]` does) for the time limits and
+/// the retries' backoff.
 pub struct SyncEngine<L, R> {
     local: L,
     remote: Arc<R>,
@@ -375,7 +378,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         run: impl Future<Output = Result<T, SyncError>>,
     ) -> Result<T, SyncError> {
         let (stall, total) = (self.config.stall_limit, self.config.time_limit);
-        if stall.is_none() && total.is_none() {
+        // Outside a tokio runtime there are no timers to keep the limits with.
+        if (stall.is_none() && total.is_none()) || tokio::runtime::Handle::try_current().is_err() {
             return run.await;
         }
         self.progress.made();
