@@ -181,7 +181,12 @@ pub async fn pocketbase(db: &Path, force: bool) -> Result<()> {
     };
     let (r1, r2) = (user().await?, user().await?);
     let owner = r1.user_id().context("the server named no user id")?;
-    for p in [db, phone_dir.as_path()] {
+    // The SQLite file's -wal and -shm go with it (a stale log must not meet a new file).
+    let (wal, shm) = (
+        std::path::PathBuf::from(format!("{}-wal", db.display())),
+        std::path::PathBuf::from(format!("{}-shm", db.display())),
+    );
+    for p in [db, phone_dir.as_path(), wal.as_path(), shm.as_path()] {
         if p.is_dir() {
             std::fs::remove_dir_all(p).with_context(|| format!("removing old {}", p.display()))?;
         } else if p.exists() {

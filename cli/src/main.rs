@@ -34,10 +34,12 @@ enum Command {
     /// what happened.
     Demo {
         /// Where the demo's SQLite file goes (its sled database goes beside it, with
-        /// the extension `.sled`).
-        #[arg(long, default_value = ".tidemark/demo.sqlite")]
-        db: PathBuf,
-        /// Replace the SQLite file and sled database if they exist.
+        /// the extension `.sled`). Without it the demo uses its own
+        /// `.tidemark/demo.sqlite`, replaced at every run; a path given here that
+        /// exists is refused unless `--force`.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Replace the SQLite file and sled database given with `--db` if they exist.
         #[arg(long)]
         force: bool,
     },
@@ -62,7 +64,14 @@ async fn main() -> Result<std::process::ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { db, force } => demo::pocketbase(&db, force).await?,
+        Command::Demo {
+            db: Some(db),
+            force,
+        } => demo::pocketbase(&db, force).await?,
+        // The demo's own files: each run starts them again.
+        Command::Demo { db: None, .. } => {
+            demo::pocketbase(std::path::Path::new(".tidemark/demo.sqlite"), true).await?
+        }
         Command::Dev(args) => dev::run(args).await?,
         Command::Generate(args) => generate::run(args).await?,
         Command::App(cmd) => return app::run(cmd).await,

@@ -38,11 +38,17 @@ fn a_sync_outside_a_tokio_runtime_converges() {
         page_size: 10,
         ..Default::default()
     };
-    assert!(config.stall_limit.is_some(), "the default has a stall limit");
+    assert!(
+        config.stall_limit.is_some(),
+        "the default has a stall limit"
+    );
     let ea = SyncEngine::new(a.clone(), server.clone()).with_config(config.clone());
     let eb = SyncEngine::new(b.clone(), server.clone()).with_config(config);
     for i in 0..35 {
-        let fields = json!({"title": format!("t{i}")}).as_object().cloned().unwrap();
+        let fields = json!({"title": format!("t{i}")})
+            .as_object()
+            .cloned()
+            .unwrap();
         block_on(a.put(Record::new("songs", new_id(), fields))).unwrap();
     }
     let r = block_on(ea.sync()).expect("push outside a runtime");
