@@ -529,7 +529,34 @@ async fn clients_under_network_faults_and_server_kills_lose_nothing_and_converge
     for a in applied.iter().filter(|a| !a.cid.is_empty()) {
         seqs.entry(a.cid.as_str()).or_default().insert(a.seq);
     }
-    let twice: Vec<_> = seqs.iter().filter(|(_, s)| s.len() > 1).collect();
+    // One case is the remote contract's, not a duplicate: PocketBase forgets a
+    // record's idempotency memory when its tombstone is compacted, so a change whose
+    // answer was lost, on a record deleted and compacted before the retry, meets a
+    // conflict with a tombstone (no fields) instead of "already applied", and the
+    // client's policy may apply it again (the RemoteStore docs). Such a change is
+    // in its client's conflict log with that tombstone; any other is a duplicate.
+    let mut forgotten: BTreeSet<String> = BTreeSet::new();
+    for c in clients.iter() {
+        for lc in c.engine.local().conflicts().await.expect("conflicts") {
+            if lc.conflict.server.fields.is_none() {
+                forgotten.insert(lc.conflict.local.change_id.to_string());
+            }
+        }
+    }
+    let twice: Vec<_> = seqs
+        .iter()
+        .filter(|(cid, s)| s.len() > 1 && !forgotten.contains(**cid))
+        .collect();
+    let again: Vec<_> = seqs
+        .iter()
+        .filter(|(cid, s)| s.len() > 1 && forgotten.contains(**cid))
+        .collect();
+    if !again.is_empty() {
+        eprintln!(
+            "chaos: applied again after a conflict with a compacted record (its memory gone, \
+             the policy's decision): {again:?}"
+        );
+    }
     assert!(
         twice.is_empty(),
         "changes applied more than once: {twice:?}"
