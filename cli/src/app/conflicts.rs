@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use super::output::{conflict_json, conflict_line};
+use super::output::{conflict_json, conflict_line, print_list};
 use super::store::StoreArgs;
 use super::{Output, OK};
 
@@ -44,21 +44,14 @@ pub(crate) async fn run(cmd: ConflictsCommand, out: Output) -> Result<u8> {
     match cmd {
         ConflictsCommand::List { store, .. } => {
             let st = store.inspect().await?;
-            if out.json {
-                println!(
-                    "{}",
-                    json!({
-                        "ok": true,
-                        "conflicts": st.conflicts.iter().map(conflict_json).collect::<Vec<_>>(),
-                    })
-                );
-            } else if st.conflicts.is_empty() {
-                println!("no conflicts logged");
-            } else {
-                for c in &st.conflicts {
-                    println!("{}", conflict_line(c));
-                }
-            }
+            print_list(
+                out,
+                "conflicts",
+                &st.conflicts,
+                conflict_json,
+                conflict_line,
+                "no conflicts logged",
+            );
         }
         ConflictsCommand::Clear { ids, store, .. } => {
             let s = store.open_existing().await?;

@@ -44,6 +44,28 @@ impl Output {
 }
 
 /// A [`SyncReport`] as JSON (its fields by name).
+/// Prints `items` as one JSON object (`{"ok": true, key: [...]}`) with `--json`,
+/// else a line each, or `empty` when there are none.
+pub(crate) fn print_list<T>(
+    out: Output,
+    key: &str,
+    items: &[T],
+    as_json: impl Fn(&T) -> Value,
+    as_line: impl Fn(&T) -> String,
+    empty: &str,
+) {
+    if out.json {
+        let list: Vec<Value> = items.iter().map(as_json).collect();
+        println!("{}", json!({ "ok": true, key: list }));
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        for i in items {
+            println!("{}", as_line(i));
+        }
+    }
+}
+
 pub(crate) fn report_json(r: &SyncReport) -> Value {
     json!({
         "pushed": r.pushed,

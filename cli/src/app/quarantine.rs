@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use super::output::{quarantined_json, quarantined_line};
+use super::output::{print_list, quarantined_json, quarantined_line};
 use super::store::StoreArgs;
 use super::{Output, OK};
 
@@ -57,21 +57,14 @@ pub(crate) async fn run(cmd: QuarantineCommand, out: Output) -> Result<u8> {
     match cmd {
         QuarantineCommand::List { store, .. } => {
             let st = store.inspect().await?;
-            if out.json {
-                println!(
-                    "{}",
-                    json!({
-                        "ok": true,
-                        "quarantine": st.quarantined.iter().map(quarantined_json).collect::<Vec<_>>(),
-                    })
-                );
-            } else if st.quarantined.is_empty() {
-                println!("the quarantine is empty");
-            } else {
-                for q in &st.quarantined {
-                    println!("{}", quarantined_line(q));
-                }
-            }
+            print_list(
+                out,
+                "quarantine",
+                &st.quarantined,
+                quarantined_json,
+                quarantined_line,
+                "the quarantine is empty",
+            );
         }
         QuarantineCommand::Retry { id, store, .. } => {
             let s = store.open_existing().await?;
