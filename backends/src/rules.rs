@@ -89,7 +89,7 @@ pub(crate) fn retried_fields(c: &CollectionSchema, id: &RecordId, fields: &Field
 /// entry (its position).
 pub(crate) trait Txn {
     /// An outbox entry's handle (its position in the outbox).
-    type Seq;
+    type Seq: Clone;
     /// The transaction's error.
     type Error;
 
@@ -113,6 +113,9 @@ pub(crate) trait Txn {
         seq: Self::Seq,
         base: u64,
     ) -> Result<(), Self::Error>;
+    /// Gives the record's outbox entry `seq` a new change id: the next counter of
+    /// the store's current writer.
+    fn renumber(&self, c: &str, id: &RecordId, seq: Self::Seq) -> Result<(), Self::Error>;
     /// Writes the record's local state (`None`: absent) as it comes from the server
     /// or a merge (values of another type than declared are kept as they are).
     fn set_record(
@@ -137,7 +140,10 @@ pub(crate) trait Txn {
 ///   write stays and is rebased on `version`; the known version is raised to
 ///   `version` either way.
 /// - `Rebase`: only a matching entry is touched: the record is set to `op` (if
-///   any) and the entry rebased on `base`.
+///   any) and the entry rebased on `base`, with a new change id. A re-based change
+///   is a new write: its old id may have been applied before (a remote that lost
+///   that memory to compaction answers such a retry with a conflict), and a remote
+///   applies a change id at most once.
 /// - `TakeServer`: only a matching entry is removed, and the record set to the
 ///   server's state with its version raised.
 /// - `Quarantine`: a matching entry is removed and the record set to the server's
@@ -177,7 +183,8 @@ pub(crate) fn settle<T: Txn>(txn: &T, ack: &Ack) -> Result<(), T::Error> {
                 Some(Op::Delete) => txn.set_record(collection, id, None)?,
                 None => {}
             }
-            txn.set_base(collection, id, seq, base.0)
+            txn.set_base(collection, id, seq.clone(), base.0)?;
+            txn.renumber(collection, id, seq)
         }
         Ack::TakeServer {
             collection,

@@ -274,7 +274,8 @@ fn the_shipped_migrations_hold_no_sample_schema() {
         [
             "1764000000_tidemark_init.js",
             "1764000002_tidemark_security.js",
-            "1764000004_tidemark_registry.js"
+            "1764000004_tidemark_registry.js",
+            "1764000006_tidemark_compacted.js"
         ]
     );
     assert_eq!(
@@ -843,13 +844,14 @@ async fn the_init_migration_raises_batch_limits_and_its_down_restores_them() {
         (json!(true), json!(5000), json!(30))
     );
     srv.stop();
-    // The three tidemark migrations, down.
-    let (ok, out) = srv.command(&["migrate", "down", "3"], "y\n");
+    // The four tidemark migrations, down.
+    let (ok, out) = srv.command(&["migrate", "down", "4"], "y\n");
     assert!(ok, "{out}");
     for f in [
         "1764000000_tidemark_init.js",
         "1764000002_tidemark_security.js",
         "1764000004_tidemark_registry.js",
+        "1764000006_tidemark_compacted.js",
     ] {
         std::fs::remove_file(srv.migrations_dir().join(f)).unwrap();
     }

@@ -838,15 +838,18 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                         });
                     } else if own {
                         // The server holds an earlier write of ours whose ack was
-                        // lost; our entry already contains it. Re-base, no conflict.
+                        // lost; our entry already contains it. That earlier write is
+                        // applied: its ack re-bases the entry that superseded it (same
+                        // change id: this one was never applied), no conflict.
                         debug!(%id, "re-basing on own earlier write");
-                        acks.push(Ack::Rebase {
-                            collection,
-                            id,
-                            change_id,
-                            base: current.version,
-                            op: None,
-                        });
+                        if let Some(earlier) = current.change_id.clone() {
+                            acks.push(Ack::Applied {
+                                collection,
+                                id,
+                                change_id: earlier,
+                                version: current.version,
+                            });
+                        }
                     } else {
                         report.conflicts += 1;
                         let resolution = self.policy.resolve(&entry, &current);

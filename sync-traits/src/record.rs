@@ -311,8 +311,11 @@ pub enum Ack {
     },
     /// Keep the local change but re-base it on `base` (client wins / merge). If `op`
     /// is given it replaces both the entry's op and the local record (merge result).
-    /// If superseded, nothing changes (the newer write will conflict and be resolved
-    /// again).
+    /// The entry gets a new change id (the store's next counter): a change re-based
+    /// after a conflict is a new write, and its old id may have been applied before
+    /// (a remote that lost that memory to compaction answers a retry with a
+    /// conflict), so the old id is never pushed again. If superseded, nothing
+    /// changes (the newer write will conflict and be resolved again).
     Rebase {
         /// Collection name.
         collection: String,

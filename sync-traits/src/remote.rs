@@ -51,10 +51,21 @@ pub enum PullMode {
 ///   here keep: `FakeRemote` every change id, also after compaction; PocketBase
 ///   each writer's newest change per record, for the 64 writers that wrote it last
 ///   (an older writer's entry is dropped), in the record and then its tombstone,
-///   and nothing once compaction removed the tombstone. A change whose memory is
-///   gone is not answered `Applied`: it meets the base check like a new write (a
-///   retried upsert of a compacted record is a conflict with its deletion; a
-///   backup older than the retention re-delivers its outbox as new writes);
+///   until compaction removes the tombstone, and then, per writer, the highest
+///   counter whose memory compaction dropped; PostgreSQL every writer's newest
+///   change per record, also after compaction. A change whose memory is gone is
+///   not answered `Applied`: it meets the base check like a new write (a retried
+///   upsert of a compacted record is a conflict with its deletion; a backup older
+///   than the retention re-delivers its outbox as new writes);
+/// - **a change id is applied at most once**, also after compaction: a remote that
+///   cannot tell whether it applied a change before must not apply it as a new
+///   write. PocketBase answers a create (base `None`) of a writer at or below the
+///   counter compaction forgot for it, whose record has no row and no tombstone,
+///   with a conflict with a tombstone at the horizon: it may be a retry of a create
+///   applied before and deleted since (applying it would bring the deleted record
+///   back). The engine gives every change it re-bases after a conflict a new
+///   change id ([`Ack::Rebase`](crate::Ack::Rebase)), so a resolution that writes
+///   over the deletion is a new change;
 /// - the memory is scoped per user as well as per writer: a writer id belongs to
 ///   the user who first pushed with it, and a remote answers `Applied` from it only
 ///   to that user, so one user's changes are never taken for another's (PocketBase

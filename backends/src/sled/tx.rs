@@ -204,6 +204,18 @@ impl crate::rules::Txn for Tx<'_> {
         Ok(())
     }
 
+    fn renumber(&self, _: &str, _: &RecordId, seq: IVec) -> TxResult<()> {
+        let Some(v) = self.t[OUTBOX].get(&seq)? else {
+            return abort(corrupt("an outbox entry to renumber is missing"));
+        };
+        let mut e: Entry = serde_json::from_slice(&v)
+            .map_err(|e| corrupt(format!("outbox entry: {e}")))
+            .or_else(abort)?;
+        e.client = self.s.client().clone();
+        e.n = self.bump("counter")?;
+        self.put_entry(&seq, &e)
+    }
+
     fn set_record(&self, c: &str, id: &RecordId, fields: Option<&Fields>) -> TxResult<()> {
         match fields {
             Some(f) => self.write_row(c, id, f),

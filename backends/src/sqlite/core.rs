@@ -14,7 +14,8 @@ use sync_traits::{
 use super::sql::{
     corrupt, from_json, lit, q, sql_err, sql_version, stored_u64, to_json, BUMP_COUNTER,
     CONFLICT_INSERT, GET_META, OUTBOX_COALESCE, OUTBOX_DELETE, OUTBOX_FOR, OUTBOX_INSERT,
-    OUTBOX_PAGE, OUTBOX_SET_BASE, QUARANTINE_INSERT, SET_META, VERSION_GET, VERSION_RAISE, WRITERS,
+    OUTBOX_PAGE, OUTBOX_RENUMBER, OUTBOX_SET_BASE, QUARANTINE_INSERT, SET_META, VERSION_GET,
+    VERSION_RAISE, WRITERS,
 };
 use super::table::Table;
 use crate::rules::canonical_write;
@@ -633,6 +634,19 @@ impl crate::rules::Txn for SqlTxn<'_> {
         self.tx
             .prepare_cached(OUTBOX_SET_BASE)
             .and_then(|mut s| s.execute(params![seq, sql_version(base)]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+
+    fn renumber(&self, _: &str, _: &RecordId, seq: i64) -> Result<(), StoreError> {
+        let n: i64 = self
+            .tx
+            .prepare_cached(BUMP_COUNTER)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sql_err)?;
+        self.tx
+            .prepare_cached(OUTBOX_RENUMBER)
+            .and_then(|mut s| s.execute(params![seq, n]))
             .map_err(sql_err)?;
         Ok(())
     }

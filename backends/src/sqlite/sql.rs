@@ -94,6 +94,8 @@ pub(super) const OUTBOX_COALESCE: &str =
     r#"UPDATE "_tidemark_outbox" SET "change_n" = ?2, "changed" = ?3 WHERE "seq" = ?1"#;
 pub(super) const OUTBOX_SET_BASE: &str =
     r#"UPDATE "_tidemark_outbox" SET "base" = ?2 WHERE "seq" = ?1"#;
+pub(super) const OUTBOX_RENUMBER: &str =
+    r#"UPDATE "_tidemark_outbox" SET "change_n" = ?2 WHERE "seq" = ?1"#;
 pub(super) const OUTBOX_DELETE: &str = r#"DELETE FROM "_tidemark_outbox" WHERE "seq" = ?1"#;
 pub(super) const OUTBOX_PAGE: &str = r#"SELECT "seq", "collection", "id", "change_n", "base", "changed" FROM "_tidemark_outbox" WHERE "seq" > ?1 ORDER BY "seq" LIMIT ?2"#;
 pub(super) const VERSION_GET: &str =

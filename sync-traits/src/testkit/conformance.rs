@@ -486,7 +486,8 @@ pub async fn ack_applied_superseded_keeps_newer_write(s: &dyn LocalStore) {
     );
 }
 
-/// Rebase with a replacement op changes both the entry and the local record.
+/// Rebase with a replacement op changes both the entry and the local record, and
+/// gives the entry a new change id.
 pub async fn ack_rebase_replaces_op_and_data(s: &dyn LocalStore) {
     let a = new_id();
     s.put(Record::new(SONGS, a.clone(), song("a", 1)))
@@ -507,6 +508,28 @@ pub async fn ack_rebase_replaces_op_and_data(s: &dyn LocalStore) {
     assert_eq!(p[0].base, Some(Version(9)));
     assert_eq!(p[0].op, Op::Upsert(song("merged", 4)));
     assert_eq!(p[0].seq, e.seq);
+    // A re-based change is a new write: a new change id of this store's writer,
+    // above the old one; the old id no longer settles the entry.
+    assert_ne!(
+        p[0].change_id, e.change_id,
+        "a re-based change gets a new id"
+    );
+    assert_eq!(p[0].change_id.client, s.client_id().await.unwrap());
+    assert!(p[0].change_id.n > e.change_id.n);
+    assert!(s.made_here(&p[0].change_id).await.unwrap());
+    s.ack(vec![Ack::Applied {
+        collection: SONGS.into(),
+        id: a.clone(),
+        change_id: e.change_id.clone(),
+        version: Version(9),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.pending(0, 10).await.unwrap(),
+        p,
+        "an ack of the old id is one of a superseded change"
+    );
     assert_eq!(
         s.get(SONGS, &a).await.unwrap().unwrap().fields,
         song("merged", 4)

@@ -428,8 +428,13 @@ impl LocalStore for MemoryStore {
                             }
                         }
                     }
+                    // A re-based change is a new write: a new change id.
+                    let client = g.client();
+                    g.counter += 1;
+                    let n = g.counter;
                     if let Some(e) = g.outbox.get_mut(&seq) {
                         e.base = Some(base);
+                        e.change_id = ChangeId { client, n };
                         if let Some(op) = op {
                             e.op = op;
                         }

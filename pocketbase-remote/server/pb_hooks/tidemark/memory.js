@@ -119,6 +119,53 @@ function tombClients(raw, cid, seq) {
   return withLatest(clients, cid, seq);
 }
 
+// ---- what compaction forgets -------------------------------------------------
+
+// SQL: folds the memory of the tombstones with tm_seq <= {:s} (about to be
+// compacted) into _tm_compacted: per writer, the highest counter remembered in
+// them (entries by client, the "~" [change id, seq] pairs, the delete's tm_cid).
+// Counters are compared as integers (a counter beyond SQLite's range counts as its
+// largest: covered, the cautious side).
+const TOMB_MEMORY = "json_each(" + memoryObject("t.tm_clients") + ")";
+const FOLD_COMPACTED =
+  "INSERT INTO _tm_compacted (client, n) SELECT client, MAX(n) FROM (" +
+  "SELECT j.key AS client, CAST(json_extract(j.value, '$[0]') AS INTEGER) AS n FROM tm_tombstones t, " + TOMB_MEMORY +
+  " j WHERE t.tm_seq <= {:s} AND substr(j.key, 1, 1) <> '~' AND json_type(j.value) = 'array' " +
+  "UNION ALL SELECT substr(c, 1, instr(c, '.') - 1), CAST(substr(c, instr(c, '.') + 1) AS INTEGER) FROM (" +
+  "SELECT json_extract(j.value, '$[0]') AS c FROM tm_tombstones t, " + TOMB_MEMORY +
+  " j WHERE t.tm_seq <= {:s} AND substr(j.key, 1, 1) = '~' AND json_type(j.value) = 'array' " +
+  "UNION ALL SELECT t.tm_cid FROM tm_tombstones t WHERE t.tm_seq <= {:s} AND t.tm_cid <> ''" +
+  ") WHERE typeof(c) = 'text' AND instr(c, '.') > 1" +
+  ") WHERE client <> '' GROUP BY client ON CONFLICT (client) DO UPDATE SET n = MAX(n, excluded.n)";
+
+// Folds the memory of the tombstones up to seq into _tm_compacted (in tx, before
+// they are deleted).
+function foldCompacted(tx, seq) {
+  tx.db().newQuery(FOLD_COMPACTED).bind({ s: seq }).execute();
+}
+
+// SQL (in a trigger on a push create, tm_push "0:<client>.<n>"): true if a
+// compaction dropped the memory of this writer at or above this counter.
+const COMPACTED_COVERS_NEW =
+  "EXISTS (SELECT 1 FROM _tm_compacted WHERE client = substr(NEW.[[tm_push]], 3, 15) AND " +
+  "n >= CAST(substr(NEW.[[tm_push]], 19) AS INTEGER))";
+
+// True if a compaction dropped the memory of push's writer at or above its counter:
+// the change may have been applied before, to a record deleted and compacted since.
+function compactedCovers(tx, push) {
+  const m = new DynamicModel({ n: 0 });
+  try {
+    tx.db()
+      .newQuery("SELECT 1 AS n FROM _tm_compacted WHERE client = {:c} AND n >= CAST({:n} AS INTEGER)")
+      .bind({ c: push.client, n: push.n })
+      .one(m);
+  } catch (err) {
+    if (String(err).indexOf("no rows") >= 0) return false;
+    throw err;
+  }
+  return true;
+}
+
 // ---- whose client ids ---------------------------------------------------------
 
 // The key a user's client ids are bound to: "<auth collection id>:<record id>".
@@ -181,6 +228,9 @@ module.exports = {
   PREV_PATH,
   DEL_PATH,
   TOMBSTONE_UPSERT,
+  foldCompacted,
+  compactedCovers,
+  COMPACTED_COVERS_NEW,
   principal,
   bind,
   ownClients,

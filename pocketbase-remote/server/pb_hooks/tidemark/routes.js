@@ -218,6 +218,7 @@ function compact(app, olderThan) {
       .one(m);
     if (m.n > 0) {
       tx.db().newQuery("UPDATE _tm_state SET horizon = MAX(horizon, {:s}) WHERE id = 1").bind({ s: m.s }).execute();
+      memory.foldCompacted(tx, m.s);
       const r = tx.db().newQuery("DELETE FROM tm_tombstones WHERE tm_seq <= {:s}").bind({ s: m.s }).execute();
       result.removed = r.rowsAffected();
     }

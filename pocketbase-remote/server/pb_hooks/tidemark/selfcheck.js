@@ -78,6 +78,9 @@ function scratchChecks(tx, failed) {
     .execute();
   tx.db().newQuery("INSERT OR IGNORE INTO _tm_state (id, seq, horizon) VALUES (1, 0, 0)").execute();
   tx.db()
+    .newQuery("CREATE TABLE IF NOT EXISTS _tm_compacted (client TEXT PRIMARY KEY NOT NULL, n INTEGER NOT NULL) WITHOUT ROWID")
+    .execute();
+  tx.db()
     .newQuery(
       "CREATE TABLE IF NOT EXISTS tm_tombstones (id TEXT PRIMARY KEY NOT NULL, coll TEXT NOT NULL DEFAULT '', " +
         "rid TEXT NOT NULL DEFAULT '', owner TEXT NOT NULL DEFAULT '', tm_seq NUMERIC NOT NULL DEFAULT 0, " +

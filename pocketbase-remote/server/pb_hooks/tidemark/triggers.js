@@ -90,7 +90,8 @@ function ensureTriggers(app, coll, of) {
       "WHEN 2 THEN RAISE(ABORT, '" + FOREIGN + "') " +
       "WHEN 1 THEN (CASE WHEN " + isPush + " THEN RAISE(ABORT, '" + TOMBSTONED + "') " +
       "ELSE (SELECT seq FROM _tm_state WHERE id = 1) END) " +
-      "ELSE (SELECT seq FROM _tm_state WHERE id = 1) END, " +
+      "ELSE (CASE WHEN " + isPush + " AND " + memory.COMPACTED_COVERS_NEW + " THEN RAISE(ABORT, '" + TOMBSTONED + "') " +
+      "ELSE (SELECT seq FROM _tm_state WHERE id = 1) END) END, " +
       "[[tm_cid]] = CASE WHEN " + isPush + " THEN substr(NEW.[[tm_push]], 3) ELSE '' END, " +
       "[[tm_push]] = '', [[tm_clients]] = NULL WHERE rowid = NEW.rowid; END"
   );

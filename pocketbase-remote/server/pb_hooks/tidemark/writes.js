@@ -112,6 +112,11 @@ function onCreate(e) {
     // that compaction removed last, and nothing was written since (the conflict
     // answer for a compacted record is its tombstone at the horizon).
     if (push.base !== (t ? t.seq : 0) && (t || push.base !== store.state(tx).horizon)) throw conflictError();
+    // A create (base 0) with no tombstone left, of a writer whose memory compaction
+    // dropped at or above this counter: it may have been applied before, to a record
+    // deleted and compacted since. Not applied again: a conflict with the tombstone
+    // at the horizon (the client's policy decides, with a new change id).
+    if (!t && push.base === 0 && memory.compactedCovers(tx, push)) throw conflictError();
     // Re-created on top of the tombstone the client has seen.
     const seq = store.nextSeq(tx);
     e.record.set("tm_seq", seq);
