@@ -38,9 +38,9 @@ where
         Ok(h) => match h.spawn_blocking(f).await {
             Ok(out) => out,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Backend(format!(
-                "the store's blocking task did not run: {e}"
-            ))),
+            Err(e) => Err(StoreError::Backend(
+                format!("the store's blocking task did not run: {e}").into(),
+            )),
         },
         Err(_) => f(),
     }

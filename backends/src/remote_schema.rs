@@ -56,9 +56,8 @@ pub fn field_kind(kind: &RemoteFieldKind) -> FieldKind {
                 FieldKind::Relation
             }
         }
-        RemoteFieldKind::Json | RemoteFieldKind::GeoPoint | RemoteFieldKind::Other { .. } => {
-            FieldKind::Json
-        }
+        // Json, GeoPoint, unknown types, and kinds a later version of sync-traits adds.
+        _ => FieldKind::Json,
     }
 }
 

@@ -80,7 +80,7 @@ use ::sled::{Db, IVec, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sync_traits::{
-    Ack, ApplyReport, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op, Page,
+    Ack, ApplyReport, Cause, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op, Page,
     PendingChange, Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version,
     Watermark,
 };
@@ -122,7 +122,7 @@ type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 fn sled_err(e: ::sled::Error) -> StoreError {
     match e {
         ::sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
-        other => StoreError::Backend(other.to_string()),
+        other => StoreError::Backend(Cause::of(other)),
     }
 }
 
@@ -161,7 +161,7 @@ fn fields_of(v: &[u8]) -> Result<Fields, StoreError> {
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
+    serde_json::to_vec(v).map_err(|e| StoreError::Backend(Cause::of(e)))
 }
 
 fn record_id_of(k: &[u8]) -> Result<RecordId, StoreError> {

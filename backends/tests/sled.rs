@@ -145,11 +145,11 @@ async fn a_database_held_by_another_store_is_busy_not_corrupt() {
     // The open waits a bounded while for the lock, then answers Busy (it returning
     // at all is the bound).
     match SledStore::open(&path, schema()) {
-        Err(StoreError::Busy(msg)) => assert!(msg.contains("locked"), "{msg}"),
+        Err(StoreError::Busy(msg)) => assert!(msg.message().contains("locked"), "{msg}"),
         Err(e) => panic!("expected Busy, got {e:?}"),
         Ok(_) => panic!("two stores opened the same sled database"),
     }
-    assert!(StoreError::Busy(String::new()).is_transient());
+    assert!(StoreError::Busy("".into()).is_transient());
     drop(holder);
     // The previous holder's flusher may keep the lock a moment; open waits for it.
     SledStore::open(&path, schema()).unwrap();

@@ -111,11 +111,7 @@ pub(crate) fn print_event(e: &SyncEvent) {
             local.id,
             local.changed,
             server.version.0,
-            match resolution {
-                sync_traits::Resolution::TakeServer => "took the server's record",
-                sync_traits::Resolution::KeepLocal => "kept the local change",
-                sync_traits::Resolution::Replace(_) => "merged field by field",
-            }
+            app::output::resolution_phrase(resolution)
         ),
         SyncEvent::Rejected { change, rejection } => println!(
             "  rejected {}/{}: {} {:?} (kept in quarantine)",
@@ -132,6 +128,7 @@ pub(crate) fn print_event(e: &SyncEvent) {
             m.collection, m.id, m.field, m.value, m.expected
         ),
         SyncEvent::PushFailed { error } => println!("  push failed ({error}); pulled anyway"),
-        SyncEvent::PushProgress { .. } | SyncEvent::PullProgress { .. } => {}
+        // Progress is shown elsewhere; events a later sync-traits adds are not shown.
+        _ => {}
     }
 }

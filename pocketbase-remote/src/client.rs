@@ -581,7 +581,9 @@ impl PocketBaseRemote {
             .send(self.inner.http.post(url).json(&body), "auth-with-password")
             .await?;
         if r.status.is_server_error() || r.status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(RemoteError::Transient(format!("login: {}", r.status)));
+            return Err(RemoteError::Transient(
+                format!("login: {}", r.status).into(),
+            ));
         }
         if !r.status.is_success() {
             return Err(RemoteError::Auth(format!(
@@ -695,11 +697,9 @@ impl PocketBaseRemote {
                 || r.status == StatusCode::TOO_MANY_REQUESTS
                 || r.status == StatusCode::REQUEST_TIMEOUT
             {
-                return Err(RemoteError::Transient(format!(
-                    "{path}: {} {}",
-                    r.status,
-                    ApiError::parse(&r.body).message
-                ))
+                return Err(RemoteError::Transient(
+                    format!("{path}: {} {}", r.status, ApiError::parse(&r.body).message).into(),
+                )
                 .into());
             }
             return Ok(r);

@@ -1,6 +1,6 @@
 //! Typed errors for what the server sends, and their mapping onto [`RemoteError`].
 
-use sync_traits::RemoteError;
+use sync_traits::{Cause, RemoteError};
 use thiserror::Error;
 
 /// Something the server sent that does not follow the tidemark protocol. Converted
@@ -59,7 +59,7 @@ pub(crate) fn transport(e: reqwest::Error) -> RemoteError {
     if e.is_builder() {
         RemoteError::Permanent(format!("invalid request: {e}"))
     } else {
-        RemoteError::Transient(format!("{e}"))
+        RemoteError::Transient(Cause::of(e))
     }
 }
 

@@ -514,10 +514,9 @@ impl PocketBaseRemote {
             };
         }
         if status >= 500 || status == 429 || status == 408 {
-            return Err(RemoteError::Transient(format!(
-                "{ctx}: {status} {}",
-                ApiError::from_value(body).message
-            )));
+            return Err(RemoteError::Transient(
+                format!("{ctx}: {status} {}", ApiError::from_value(body).message).into(),
+            ));
         }
         if status == 401 {
             return Err(RemoteError::Auth(format!("{ctx}: unauthorized")));

@@ -206,6 +206,19 @@ async fn server_errors_and_unreachable_servers_are_transient() {
         .await
         .unwrap_err();
     assert!(e.is_transient(), "{e:?}");
+    // The transport's own error is kept as the source, for the app to inspect.
+    let RemoteError::Transient(cause) = &e else {
+        panic!("expected a transient error, got {e:?}")
+    };
+    let source = std::error::Error::source(cause).expect("the transport's error is kept");
+    assert!(
+        source.downcast_ref::<reqwest::Error>().is_some(),
+        "{source:?}"
+    );
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the chain starts at the error"
+    );
 }
 
 #[tokio::test]

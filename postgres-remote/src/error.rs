@@ -57,7 +57,9 @@ impl From<PgError> for RemoteError {
     fn from(e: PgError) -> Self {
         match e {
             PgError::Auth(m) => RemoteError::Auth(m),
-            PgError::Timeout(_) | PgError::Transient(_) => RemoteError::Transient(e.to_string()),
+            PgError::Timeout(_) | PgError::Transient(_) => {
+                RemoteError::Transient(e.to_string().into())
+            }
             PgError::Malformed(m) => RemoteError::Malformed(m),
             other => RemoteError::Permanent(other.to_string()),
         }

@@ -4,6 +4,7 @@ use crate::record::{Fields, Op, PendingChange, RemoteState};
 
 /// The decision for one conflict.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum Resolution {
     /// Drop the local change; the local record takes the server's state.
     TakeServer,

@@ -114,6 +114,7 @@ impl Default for SyncConfig {
 
 /// Something the application may want to know about, sent while `sync()` runs.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum SyncEvent {
     /// Outbox entries settled so far in this sync, out of the outbox size at start.
     PushProgress {
@@ -173,6 +174,7 @@ pub enum SyncEvent {
 
 /// What one `sync()` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SyncReport {
     /// Local changes the remote applied.
     pub pushed: usize,
@@ -410,13 +412,13 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 warn!(?limit, "sync stopped: no progress within its stall limit");
                 Err(SyncError::Remote(RemoteError::Transient(format!(
                     "sync made no progress for {limit:?} (SyncConfig::stall_limit)"
-                ))))
+                ).into())))
             }
             limit = over => {
                 warn!(?limit, "sync stopped at its time limit");
                 Err(SyncError::Remote(RemoteError::Transient(format!(
                     "sync did not finish within its time limit of {limit:?} (SyncConfig::time_limit)"
-                ))))
+                ).into())))
             }
         }
     }
@@ -1219,7 +1221,7 @@ impl Puller {
         match self.0.take() {
             Some(h) => match h.await {
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => RemoteError::Transient(format!("page puller stopped: {e}")).into(),
+                Err(e) => RemoteError::Transient(format!("page puller stopped: {e}").into()).into(),
                 Ok(()) => SyncError::Protocol("page puller ended before the last page".into()),
             },
             None => SyncError::Protocol("page puller already stopped".into()),

@@ -4,6 +4,74 @@ use thiserror::Error;
 
 use crate::record::Watermark;
 
+/// What went wrong beneath an error: a message and, when there is one, the error
+/// that caused it (the database's, the HTTP client's), kept as its
+/// [`source`](std::error::Error::source) so an application can walk the chain
+/// (and downcast, e.g. to `rusqlite::Error` or `reqwest::Error`). Displays as the
+/// message.
+#[derive(Debug)]
+pub struct Cause {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Cause {
+    /// A cause with a message and the error beneath it.
+    pub fn new(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A cause that is the error `e` itself: its message, and `e` as the source.
+    pub fn of<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        Self {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A message with no error beneath it.
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            source: None,
+        }
+    }
+}
+
+/// A message with no error beneath it.
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
 /// A string that is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid id {value:?}: {reason}")]
@@ -16,6 +84,7 @@ pub struct InvalidId {
 
 /// Converting between a record's JSON fields and a typed struct failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum FieldsError {
     /// serde could not (de)serialise.
     #[error("record fields do not match the type: {0}")]
@@ -27,6 +96,7 @@ pub enum FieldsError {
 
 /// Errors from a [`crate::LocalStore`]. A failed call changes nothing.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// An id is not in PocketBase's format.
     #[error(transparent)]
@@ -47,12 +117,14 @@ pub enum StoreError {
     /// The database file is not a tidemark store, or is damaged.
     #[error("store is corrupt or not a tidemark store: {0}")]
     Corrupt(String),
-    /// The store is busy or locked; retrying later may succeed.
+    /// The store is busy or locked; retrying later may succeed. The database's
+    /// error, when there is one, is the source.
     #[error("store busy: {0}")]
-    Busy(String),
-    /// Any other backend failure.
+    Busy(#[source] Cause),
+    /// Any other backend failure. The backend's error (rusqlite's, sled's, an I/O
+    /// error), when there is one, is the source.
     #[error("store backend error: {0}")]
-    Backend(String),
+    Backend(#[source] Cause),
 }
 
 impl StoreError {
@@ -64,6 +136,7 @@ impl StoreError {
 
 /// Errors from a [`crate::RemoteStore`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum RemoteError {
     /// The caller's watermark is older than the server's retention horizon; the
     /// client must resync fully.
@@ -79,8 +152,10 @@ pub enum RemoteError {
     #[error("authentication failed: {0}")]
     Auth(String),
     /// Network failure, timeout, connection reset, 5xx, rate limit: retry later.
+    /// The transport's error (reqwest's, tokio-postgres'), when there is one, is
+    /// the source.
     #[error("transient remote error: {0}")]
-    Transient(String),
+    Transient(#[source] Cause),
     /// The server answered something that does not follow the protocol.
     #[error("malformed response from remote: {0}")]
     Malformed(String),

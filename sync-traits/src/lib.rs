@@ -51,7 +51,7 @@ pub mod testkit;
 
 pub use conflict::{ClientWins, ConflictPolicy, FieldMerge, Resolution, ServerWins};
 pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
-pub use error::{FieldsError, InvalidId, RemoteError, StoreError, SyncError};
+pub use error::{Cause, FieldsError, InvalidId, RemoteError, StoreError, SyncError};
 pub use hints::Hints;
 pub use id::{new_id, ChangeId, RecordId, ID_LEN};
 pub use record::{

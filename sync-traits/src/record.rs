@@ -230,6 +230,7 @@ pub enum PushOutcome {
 
 /// What [`crate::LocalStore::apply_remote`] did with a page.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ApplyReport {
     /// Changes written to local data.
     pub applied: usize,

@@ -60,6 +60,7 @@ pub struct RemoteField {
 /// (a password field never does and is never described).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum RemoteFieldKind {
     /// Plain text.
     Text,

@@ -33,10 +33,9 @@ impl SledStore {
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, StoreError> {
         let path = path.as_ref();
         if !path.is_dir() {
-            return Err(StoreError::Backend(format!(
-                "{} is not a sled store directory",
-                path.display()
-            )));
+            return Err(StoreError::Backend(
+                format!("{} is not a sled store directory", path.display()).into(),
+            ));
         }
         if !path.join("conf").is_file() {
             return Err(corrupt(format!(
@@ -50,8 +49,9 @@ impl SledStore {
             sync_traits::new_id()
         ));
         let out = crate::blocking::run(|| {
-            copy_dir(path, &copy)
-                .map_err(|e| StoreError::Backend(format!("copying {}: {e}", path.display())))?;
+            copy_dir(path, &copy).map_err(|e| {
+                StoreError::Backend(format!("copying {}: {e}", path.display()).into())
+            })?;
             let opts = SledOptions {
                 flush_every_write: false,
                 ..SledOptions::default()

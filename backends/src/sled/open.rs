@@ -46,10 +46,13 @@ pub(super) fn open_dir(
                     || io.to_string().contains("could not acquire lock") =>
             {
                 if std::time::Instant::now() >= deadline {
-                    return Err(StoreError::Busy(format!(
-                        "sled database {} is locked by another process or store: {io}",
-                        path.display()
-                    )));
+                    return Err(StoreError::Busy(
+                        format!(
+                            "sled database {} is locked by another process or store: {io}",
+                            path.display()
+                        )
+                        .into(),
+                    ));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }

@@ -185,7 +185,7 @@ impl Core {
                     What::Delete => (None, (0, 0)),
                 };
                 let t = tables[c.coll]
-                    .ok_or_else(|| StoreError::Backend(format!("no table for {coll:?}")))?;
+                    .ok_or_else(|| StoreError::Backend(format!("no table for {coll:?}").into()))?;
                 if !outbox_empty && pending.exists([coll, id]).map_err(sql_err)? {
                     if resyncing {
                         seen.execute([coll, id]).map_err(sql_err)?;

@@ -33,13 +33,12 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
         let cannot = |e: rusqlite::Error| {
-            StoreError::Backend(format!("cannot open {}: {e}", path.display()))
+            StoreError::Backend(format!("cannot open {}: {e}", path.display()).into())
         };
         if !path.is_file() {
-            return Err(StoreError::Backend(format!(
-                "cannot open {}: no such file",
-                path.display()
-            )));
+            return Err(StoreError::Backend(
+                format!("cannot open {}: no such file", path.display()).into(),
+            ));
         }
         // Without a `-wal` file every committed transaction is in the main file (no
         // connection has the store open, or the last one checkpointed and removed

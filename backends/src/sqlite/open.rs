@@ -38,9 +38,9 @@ impl Core {
                 .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
                 .map_err(sql_err)?;
             if !mode.eq_ignore_ascii_case("wal") {
-                return Err(StoreError::Backend(format!(
-                    "could not switch to WAL mode (got {mode})"
-                )));
+                return Err(StoreError::Backend(
+                    format!("could not switch to WAL mode (got {mode})").into(),
+                ));
             }
             // Checkpoint every ~32 MiB of WAL rather than SQLite's 1000 pages: a page
             // of remote changes with random ids dirties a few MiB of b-tree pages,

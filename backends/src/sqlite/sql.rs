@@ -2,7 +2,7 @@
 //! and error mapping.
 
 use rusqlite::ErrorCode;
-use sync_traits::StoreError;
+use sync_traits::{Cause, StoreError};
 
 pub(super) const FORMAT: &str = "tidemark-sqlite/1";
 
@@ -148,12 +148,12 @@ pub(super) fn sql_err(e: rusqlite::Error) -> StoreError {
                 return StoreError::Corrupt(e.to_string())
             }
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
-                return StoreError::Busy(e.to_string())
+                return StoreError::Busy(Cause::of(e))
             }
             _ => {}
         }
     }
-    StoreError::Backend(e.to_string())
+    StoreError::Backend(Cause::of(e))
 }
 
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -163,7 +163,7 @@ pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// Serialises one of the store's own values (never fails for them; mapped to a
 /// backend error rather than a panic all the same).
 pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(Cause::of(e)))
 }
 
 /// Reads back one of the store's own JSON values; a value that does not parse is
@@ -188,4 +188,33 @@ pub(super) fn check_format(conn: &rusqlite::Connection) -> Result<(), StoreError
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use rusqlite::ffi;
+
+    use super::*;
+
+    /// A mapped error keeps rusqlite's as its source (an app can downcast it).
+    #[test]
+    fn mapped_errors_keep_rusqlite_as_their_source() {
+        let busy = sql_err(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        ));
+        assert!(matches!(busy, StoreError::Busy(_)) && busy.is_transient());
+        let other = sql_err(rusqlite::Error::InvalidQuery);
+        assert!(matches!(other, StoreError::Backend(_)));
+        for e in [busy, other] {
+            let cause = e.source().expect("the cause");
+            let beneath = cause.source().expect("rusqlite's error");
+            assert!(
+                beneath.downcast_ref::<rusqlite::Error>().is_some(),
+                "{beneath:?}"
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@
 
 mod auth;
 mod conflicts;
-mod output;
+pub(crate) mod output;
 mod quarantine;
 mod status;
 mod store;

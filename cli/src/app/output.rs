@@ -106,6 +106,17 @@ pub(crate) fn resolution_name(r: &Resolution) -> &'static str {
         Resolution::TakeServer => "server",
         Resolution::KeepLocal => "client",
         Resolution::Replace(_) => "merged",
+        _ => "resolved",
+    }
+}
+
+/// What a resolution did, in a phrase ("took the server's record").
+pub(crate) fn resolution_phrase(r: &Resolution) -> &'static str {
+    match r {
+        Resolution::TakeServer => "took the server's record",
+        Resolution::KeepLocal => "kept the local change",
+        Resolution::Replace(_) => "merged field by field",
+        _ => "resolved by the policy",
     }
 }
 
@@ -167,10 +178,6 @@ pub(crate) fn conflict_line(c: &LoggedConflict) -> String {
         k.local.id,
         changed.join(", "),
         k.server.version.0,
-        match k.resolution {
-            Resolution::TakeServer => "took the server's record",
-            Resolution::KeepLocal => "kept the local change",
-            Resolution::Replace(_) => "merged field by field",
-        }
+        resolution_phrase(&k.resolution)
     )
 }
