@@ -36,6 +36,7 @@
 // with the `testkit` feature; docs.rs builds with it (see Cargo.toml).
 #![cfg_attr(not(feature = "testkit"), allow(rustdoc::broken_intra_doc_links))]
 
+mod collection;
 mod conflict;
 mod engine;
 mod error;
@@ -49,6 +50,7 @@ mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use collection::{Collection, CollectionError, CollectionPage, LocalStoreExt};
 pub use conflict::{ClientWins, ConflictPolicy, FieldMerge, Resolution, ServerWins};
 pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
 pub use error::{FieldsError, InvalidId, RemoteError, StoreError, SyncError};
