@@ -648,12 +648,12 @@ impl LocalStore for SledStore {
     async fn list_page(
         &self,
         collection: &str,
-        after: Option<&RecordId>,
+        after: Option<RecordId>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         use std::ops::Bound;
         let (i, _) = self.shared.coll(collection)?;
-        let (collection, after) = (collection.to_owned(), after.cloned());
+        let collection = collection.to_owned();
         self.run(move |s| {
             let start = match &after {
                 Some(a) => Bound::Excluded(a.as_str().as_bytes()),

@@ -283,7 +283,7 @@ impl<'a, S: LocalStore + ?Sized, T: DeserializeOwned> Collection<'a, S, T> {
     ) -> Result<Vec<(RecordId, T)>, CollectionError> {
         let records = self
             .store
-            .list_page(self.name, after, limit)
+            .list_page(self.name, after.cloned(), limit)
             .await
             .map_err(|e| self.store_err(e))?;
         records
@@ -304,7 +304,7 @@ impl<'a, S: LocalStore + ?Sized, T: DeserializeOwned> Collection<'a, S, T> {
     ) -> Result<Vec<T>, CollectionError> {
         let records = self
             .store
-            .list_page(self.name, after, limit)
+            .list_page(self.name, after.cloned(), limit)
             .await
             .map_err(|e| self.store_err(e))?;
         records.into_iter().map(|r| self.decode(r)).collect()
@@ -327,7 +327,7 @@ impl<'a, S: LocalStore + ?Sized, T: DeserializeOwned> Collection<'a, S, T> {
         }
         let mut records = self
             .store
-            .list_page(self.name, after, limit.saturating_add(1))
+            .list_page(self.name, after.cloned(), limit.saturating_add(1))
             .await
             .map_err(|e| self.store_err(e))?;
         let more = records.len() > limit;

@@ -45,13 +45,13 @@ pub trait LocalStore: Send + Sync {
     async fn list_page(
         &self,
         collection: &str,
-        after: Option<&RecordId>,
+        after: Option<RecordId>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let all = self.list(collection).await?;
         Ok(all
             .into_iter()
-            .filter(|r| after.is_none_or(|a| r.id > *a))
+            .filter(|r| after.as_ref().is_none_or(|a| r.id > *a))
             .take(limit)
             .collect())
     }
@@ -184,7 +184,7 @@ macro_rules! forward_local_store {
             async fn list_page(
                 &self,
                 c: &str,
-                after: Option<&RecordId>,
+                after: Option<RecordId>,
                 limit: usize,
             ) -> Result<Vec<Record>, StoreError> {
                 (**self).list_page(c, after, limit).await

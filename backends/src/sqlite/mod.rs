@@ -283,10 +283,10 @@ impl LocalStore for SqliteStore {
     async fn list_page(
         &self,
         collection: &str,
-        after: Option<&RecordId>,
+        after: Option<RecordId>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        let (c, after) = (collection.to_owned(), after.cloned());
+        let c = collection.to_owned();
         self.run(move |s| s.list_page(&c, after.as_ref(), limit))
             .await
     }

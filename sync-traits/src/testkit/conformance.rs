@@ -1400,10 +1400,7 @@ async fn walk_pages(s: &dyn LocalStore, collection: &str, limit: usize) -> Vec<R
     let mut out: Vec<RecordId> = Vec::new();
     let mut after: Option<RecordId> = None;
     for _ in 0..100_000 {
-        let page = s
-            .list_page(collection, after.as_ref(), limit)
-            .await
-            .unwrap();
+        let page = s.list_page(collection, after.clone(), limit).await.unwrap();
         assert!(page.len() <= limit, "a page holds at most `limit` records");
         for w in page.windows(2) {
             assert!(w[0].id < w[1].id, "a page is in ascending id order");
@@ -1474,13 +1471,16 @@ pub async fn list_page_walks_in_id_order(s: &dyn LocalStore) {
         "limit 0"
     );
     assert!(
-        s.list_page(SONGS, Some(&all[3]), 0)
+        s.list_page(SONGS, Some(all[3].clone()), 0)
             .await
             .unwrap()
             .is_empty(),
         "limit 0 after a cursor"
     );
-    let rest = s.list_page(SONGS, Some(&all[3]), usize::MAX).await.unwrap();
+    let rest = s
+        .list_page(SONGS, Some(all[3].clone()), usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         rest.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
         all[4..].to_vec(),
@@ -1488,13 +1488,20 @@ pub async fn list_page_walks_in_id_order(s: &dyn LocalStore) {
     );
     let last = all.last().unwrap();
     assert!(
-        s.list_page(SONGS, Some(last), 10).await.unwrap().is_empty(),
+        s.list_page(SONGS, Some(last.clone()), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing after the last record"
     );
     let top = RecordId::parse("zzzzzzzzzzzzzzz").unwrap();
     let bottom = RecordId::parse("000000000000000").unwrap();
-    assert!(s.list_page(SONGS, Some(&top), 10).await.unwrap().is_empty());
-    let from_bottom = s.list_page(SONGS, Some(&bottom), 3).await.unwrap();
+    assert!(s
+        .list_page(SONGS, Some(top.clone()), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let from_bottom = s.list_page(SONGS, Some(bottom.clone()), 3).await.unwrap();
     assert_eq!(
         from_bottom.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
         all[..3].to_vec(),
@@ -1522,7 +1529,7 @@ pub async fn list_page_after_a_deleted_cursor(s: &dyn LocalStore) {
     let cursor = page.last().unwrap().id.clone();
     assert_eq!(cursor, all[3]);
     assert!(s.delete(SONGS, &cursor).await.unwrap());
-    let next = s.list_page(SONGS, Some(&cursor), 4).await.unwrap();
+    let next = s.list_page(SONGS, Some(cursor.clone()), 4).await.unwrap();
     assert_eq!(
         next.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
         all[4..8].to_vec(),
@@ -1535,7 +1542,7 @@ pub async fn list_page_after_a_deleted_cursor(s: &dyn LocalStore) {
         .cloned()
         .collect();
     let got: Vec<RecordId> = s
-        .list_page(SONGS, Some(&absent), usize::MAX)
+        .list_page(SONGS, Some(absent.clone()), usize::MAX)
         .await
         .unwrap()
         .into_iter()
@@ -1566,7 +1573,7 @@ pub async fn list_page_is_stable_under_writes(s: &dyn LocalStore) {
     loop {
         round += 1;
         assert!(round < 1000, "the walk must end");
-        let page = s.list_page(SONGS, after.as_ref(), 5).await.unwrap();
+        let page = s.list_page(SONGS, after.clone(), 5).await.unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
         seen.extend(page.into_iter().map(|r| r.id));

@@ -60,11 +60,11 @@ pub struct MemoryStore {
 /// collection.
 fn collection_range(
     collection: &str,
-    after: Option<&RecordId>,
+    after: Option<RecordId>,
 ) -> (std::ops::Bound<Key>, std::ops::Bound<Key>) {
     use std::ops::Bound;
     let start = match after {
-        Some(a) => Bound::Excluded((collection.to_owned(), a.clone())),
+        Some(a) => Bound::Excluded((collection.to_owned(), a)),
         None => Bound::Included((collection.to_owned(), RecordId::smallest())),
     };
     (start, Bound::Unbounded)
@@ -314,7 +314,7 @@ impl LocalStore for MemoryStore {
     async fn list_page(
         &self,
         collection: &str,
-        after: Option<&RecordId>,
+        after: Option<RecordId>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let g = self.lock()?;
