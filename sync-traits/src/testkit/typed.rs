@@ -6,7 +6,7 @@
 //! ```no_run
 //! # async fn demo() {
 //! use sync_traits::testkit::{typed, MemoryStore};
-//! typed::run_all(|| async { MemoryStore::new() }).await;
+//! typed::run_all(|| async { MemoryStore::new() }, 2000).await;
 //! # }
 //! ```
 //!
