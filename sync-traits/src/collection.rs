@@ -1,71 +1,4 @@
-//! Typed collections: one collection of a [`LocalStore`] read and written as a
-//! serde type, with paged listing.
-//!
-//! [`LocalStoreExt::collection`] is implemented for every `LocalStore` (the
-//! SQLite, sled and memory stores, `Arc`/`Box` of them, `dyn LocalStore` and any
-//! outside store), so `store.collection::<Song>("songs")` gives a
-//! [`Collection`]: `get`, `put`, `insert`, `put_with_id`, `delete`, paged
-//! `list` / `page`, `count` and `all`, every value converted with serde and every
-//! failure a [`CollectionError`] naming the collection (and the record, where
-//! there is one).
-//!
-//! # The id
-//!
-//! A record's id is not one of its fields ([`Record::fields`] never holds `id`).
-//! Reads offer it to `T` as an `id` field, so a struct may declare `id: String`
-//! (as the structs `tidemark generate` writes do) or `id: RecordId`, or leave it
-//! out. Writes take it from there:
-//! - [`put`](Collection::put) writes under the id in `T`'s `id` field, and fails
-//!   with [`CollectionError::NoId`] when `T` has none (no such field, `null` or
-//!   `""`) and [`CollectionError::InvalidId`] when it is not a valid id;
-//! - [`insert`](Collection::insert) writes a new record under a fresh
-//!   [`new_id`] and returns it; it fails with [`CollectionError::HasId`] when `T`
-//!   already carries an id (write that one with `put`), so an insert never
-//!   silently writes somewhere else than the value says;
-//! - [`put_with_id`](Collection::put_with_id) writes under the id given; an `id`
-//!   field of `T` is not stored either way.
-//!
-//! # Paging
-//!
-//! [`page`](Collection::page) returns up to `limit` values in id order and the
-//! cursor of the next page; the walk is stable under concurrent writes (see
-//! [`LocalStore::list_page`]): every record that exists throughout is seen
-//! exactly once.
-//!
-//! ```
-//! # #[cfg(feature = "testkit")]
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use serde::{Deserialize, Serialize};
-//! use sync_traits::testkit::MemoryStore;
-//! use sync_traits::LocalStoreExt;
-//!
-//! #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-//! struct Song {
-//!     #[serde(default)]
-//!     id: String,
-//!     title: String,
-//! }
-//!
-//! let store = MemoryStore::new();
-//! let songs = store.collection::<Song>("songs");
-//! for n in 0..5 {
-//!     songs.insert(&Song { title: format!("song {n}"), ..Song::default() }).await?;
-//! }
-//! let mut seen = Vec::new();
-//! let mut cursor = None;
-//! loop {
-//!     let page = songs.page(cursor.as_ref(), 2).await?;
-//!     seen.extend(page.items);
-//!     match page.next {
-//!         Some(next) => cursor = Some(next),
-//!         None => break,
-//!     }
-//! }
-//! assert_eq!(seen.len(), songs.count().await?);
-//! # Ok(()) }
-//! # #[cfg(not(feature = "testkit"))] fn main() {}
-//! ```
+//! Typed collections: see [`Collection`].
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -189,7 +122,74 @@ pub trait LocalStoreExt: LocalStore {
 
 impl<S: LocalStore + ?Sized> LocalStoreExt for S {}
 
-/// A collection of a store, read and written as `T` (see the [module docs](self)).
+/// One collection of a [`LocalStore`], read and written as the serde type `T`,
+/// with paged listing.
+///
+/// [`LocalStoreExt::collection`] is implemented for every `LocalStore` (the
+/// SQLite, sled and memory stores, `Arc`/`Box` of them, `dyn LocalStore` and any
+/// outside store), so `store.collection::<Song>("songs")` gives a
+/// [`Collection`]: `get`, `put`, `insert`, `put_with_id`, `delete`, paged
+/// `list` / `page`, `count` and `all`, every value converted with serde and every
+/// failure a [`CollectionError`] naming the collection (and the record, where
+/// there is one).
+///
+/// # The id
+///
+/// A record's id is not one of its fields ([`Record::fields`] never holds `id`).
+/// Reads offer it to `T` as an `id` field, so a struct may declare `id: String`
+/// (as the structs `tidemark generate` writes do) or `id: RecordId`, or leave it
+/// out. Writes take it from there:
+/// - [`put`](Collection::put) writes under the id in `T`'s `id` field, and fails
+///   with [`CollectionError::NoId`] when `T` has none (no such field, `null` or
+///   `""`) and [`CollectionError::InvalidId`] when it is not a valid id;
+/// - [`insert`](Collection::insert) writes a new record under a fresh
+///   [`new_id`] and returns it; it fails with [`CollectionError::HasId`] when `T`
+///   already carries an id (write that one with `put`), so an insert never
+///   silently writes somewhere else than the value says;
+/// - [`put_with_id`](Collection::put_with_id) writes under the id given; an `id`
+///   field of `T` is not stored either way.
+///
+/// # Paging
+///
+/// [`page`](Collection::page) returns up to `limit` values in id order and the
+/// cursor of the next page; the walk is stable under concurrent writes (see
+/// [`LocalStore::list_page`]): every record that exists throughout is seen
+/// exactly once.
+///
+/// ```
+/// # #[cfg(feature = "testkit")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use serde::{Deserialize, Serialize};
+/// use sync_traits::testkit::MemoryStore;
+/// use sync_traits::LocalStoreExt;
+///
+/// #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// struct Song {
+///     #[serde(default)]
+///     id: String,
+///     title: String,
+/// }
+///
+/// let store = MemoryStore::new();
+/// let songs = store.collection::<Song>("songs");
+/// for n in 0..5 {
+///     songs.insert(&Song { title: format!("song {n}"), ..Song::default() }).await?;
+/// }
+/// let mut seen = Vec::new();
+/// let mut cursor = None;
+/// loop {
+///     let page = songs.page(cursor.as_ref(), 2).await?;
+///     seen.extend(page.items);
+///     match page.next {
+///         Some(next) => cursor = Some(next),
+///         None => break,
+///     }
+/// }
+/// assert_eq!(seen.len(), songs.count().await?);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "testkit"))] fn main() {}
+/// ```
 ///
 /// `T: Serialize` to write, `T: DeserializeOwned` to read.
 pub struct Collection<'a, S: ?Sized, T> {
