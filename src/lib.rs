@@ -16,10 +16,11 @@
 //! use std::sync::Arc;
 //! use serde::{Deserialize, Serialize};
 //! use sync_traits::testkit::{FakeRemote, MemoryStore};
-//! use tidemark::{new_id, FieldMerge, LocalStore, Record, SyncEngine};
+//! use tidemark::{FieldMerge, LocalStoreExt, SyncEngine};
 //!
-//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
-//! struct Song { title: String, order: i64 }
+//! // Shaped like the structs `tidemark generate` writes from the server's schema.
+//! #[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+//! struct Song { #[serde(default)] id: String, title: String, order: i64 }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = FakeRemote::new(); // stands in for PocketBase here
@@ -27,14 +28,17 @@
 //! let phone = Arc::new(MemoryStore::new());
 //!
 //! // Works offline: the write and its outbox entry are one transaction.
-//! let id = new_id();
-//! laptop.put(Record::from_typed("songs", id.clone(), &Song { title: "So What".into(), order: 1 })?).await?;
+//! let song = Song { title: "So What".into(), order: 1, ..Song::default() };
+//! let id = laptop.collection::<Song>("songs").insert(&song).await?;
 //!
 //! let report = SyncEngine::new(laptop.clone(), server.clone()).with_policy(FieldMerge).sync().await?;
 //! assert_eq!(report.pushed, 1);
 //! SyncEngine::new(phone.clone(), server.clone()).sync().await?;
-//! let song: Song = phone.get("songs", &id).await?.expect("synced").to_typed()?;
-//! assert_eq!(song, Song { title: "So What".into(), order: 1 });
+//! let songs = phone.collection::<Song>("songs");
+//! assert_eq!(songs.get(&id).await?, Some(Song { id: id.to_string(), ..song }));
+//! // A screen reads a page at a time (id order), never the whole collection:
+//! let page = songs.page(None, 50).await?;
+//! assert_eq!((page.items.len(), page.next), (1, None));
 //! # Ok(()) }
 //! ```
 //!

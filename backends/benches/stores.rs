@@ -2,7 +2,9 @@
 //! rows (the incremental case), a first sync of 50k records into a fresh store
 //! through the engine (the first-sync path: resync mode, many pages, the engine's
 //! batching) vs a raw bulk insert of the same rows, local put-with-outbox vs a raw
-//! single-row insert, opening a 100k store.
+//! single-row insert, opening a 100k store, a typed put
+//! (`store.collection::<Song>("songs").put(&song)`) vs an untyped put of the same
+//! record.
 //!
 //! cargo bench -p tidemark-backends --bench stores -- --warm-up-time 1 --measurement-time 3
 
@@ -21,6 +23,10 @@ use tidemark_backends::{Schema, SledStore, SqliteStore};
 #[path = "support/raw_sqlite.rs"]
 mod raw_sqlite;
 use raw_sqlite::{raw_sqlite, raw_sqlite_insert};
+
+// The typed-vs-untyped put's records, shared with examples/typed_put_profile.rs.
+#[path = "support/typed_song.rs"]
+mod typed_song;
 
 const N: usize = 10_000;
 
@@ -350,11 +356,66 @@ fn bench_open(c: &mut Criterion) {
     g.finish();
 }
 
+/// A typed put (`collection::<Song>("songs").put(&song)`: serialise, take the id
+/// out, put) against an untyped put of the same record built beforehand, on
+/// two fresh stores of each backend that receive the same records in the same
+/// order. Building the value is outside the timing on both sides, so the typed
+/// side's extra is exactly the handle's work.
+fn bench_typed_put(c: &mut Criterion) {
+    use sync_traits::LocalStoreExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("typed_put");
+    g.throughput(Throughput::Elements(1));
+    let sqlite_untyped = SqliteStore::open(d.path().join("u.db"), Schema::conformance()).unwrap();
+    let sqlite_typed = SqliteStore::open(d.path().join("t.db"), Schema::conformance()).unwrap();
+    let noflush = || tidemark_backends::sled::SledOptions {
+        flush_every_write: false,
+        ..Default::default()
+    };
+    let sled_untyped =
+        SledStore::open_with(d.path().join("su"), Schema::conformance(), noflush()).unwrap();
+    let sled_typed =
+        SledStore::open_with(d.path().join("st"), Schema::conformance(), noflush()).unwrap();
+    let stores: [(&str, &dyn LocalStore, &dyn LocalStore); 2] = [
+        ("sqlite", &sqlite_untyped, &sqlite_typed),
+        ("sled_noflush", &sled_untyped, &sled_typed),
+    ];
+    for (name, untyped, typed) in stores {
+        let (mut iu, mut it) = (0usize, 0usize);
+        g.bench_function(format!("{name}_untyped_put"), |b| {
+            b.iter_batched(
+                || {
+                    iu += 1;
+                    typed_song::untyped(&new_id(), iu)
+                },
+                |r| rt.block_on(untyped.put(r)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        let songs = typed.collection::<typed_song::Song>("songs");
+        g.bench_function(format!("{name}_typed_put"), |b| {
+            b.iter_batched(
+                || {
+                    it += 1;
+                    typed_song::typed(&new_id(), it)
+                },
+                |s| rt.block_on(songs.put(&s)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_apply,
     bench_first_sync,
     bench_put,
-    bench_open
+    bench_open,
+    bench_typed_put
 );
 criterion_main!(benches);

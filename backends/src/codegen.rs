@@ -21,6 +21,11 @@
 //! (`Vec<String>`; the bytes stay on the server); json and unknown types →
 //! `serde_json::Value`; geoPoint → the module's `GeoPoint { lon, lat }`.
 //!
+//! An app reads and writes the structs through the typed handle,
+//! `store.collection::<Kitchen>(KITCHEN)` (`sync_traits::LocalStoreExt`): reads
+//! fill `id`, `put` writes under it and `insert` gives a value with an empty `id`
+//! a new one (`backends/tests/typed.rs` uses a generated module unchanged).
+//!
 //! The output is deterministic (same schema, same text) and rustfmt-clean. The
 //! crate using it needs `serde` (with `derive`) and `serde_json`.
 

@@ -643,6 +643,39 @@ impl LocalStore for SledStore {
         .await
     }
 
+    /// A range scan of the collection's tree from just after `after`: reads
+    /// `limit` entries, not the tree.
+    async fn list_page(
+        &self,
+        collection: &str,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        use std::ops::Bound;
+        let (i, _) = self.shared.coll(collection)?;
+        let collection = collection.to_owned();
+        self.run(move |s| {
+            let start = match &after {
+                Some(a) => Bound::Excluded(a.as_str().as_bytes()),
+                None => Bound::Unbounded,
+            };
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for item in s.trees[i]
+                .range::<&[u8], _>((start, Bound::Unbounded))
+                .take(limit)
+            {
+                let (k, v) = item.map_err(sled_err)?;
+                out.push(Record::new(
+                    collection.as_str(),
+                    record_id_of(&k)?,
+                    fields_of(&v)?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
         let (i, _) = self.shared.coll(collection)?;
         self.run(move |s| Ok(s.trees[i].len())).await

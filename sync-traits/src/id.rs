@@ -40,6 +40,12 @@ impl RecordId {
         Ok(Self(s.to_owned()))
     }
 
+    /// The smallest valid id (fifteen `0`s), below every other in id order.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
+    pub(crate) fn smallest() -> Self {
+        Self("0".repeat(ID_LEN))
+    }
+
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

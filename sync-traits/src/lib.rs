@@ -6,8 +6,9 @@
 //!
 //! With the `testkit` feature: [`testkit::MemoryStore`] (a complete in-memory
 //! `LocalStore`), [`testkit::FakeRemote`] (an in-memory PocketBase-like server),
-//! [`testkit::Faulty`] (fault injection over any remote) and
-//! [`testkit::conformance`] (the contract every `LocalStore` must pass).
+//! [`testkit::Faulty`] (fault injection over any remote),
+//! [`testkit::conformance`] (the contract every `LocalStore` must pass) and
+//! [`testkit::typed`] (the typed handle's cases, run on every store).
 //!
 //! ```
 //! # #[cfg(feature = "testkit")]
@@ -31,11 +32,48 @@
 //! # Ok(()) }
 //! # #[cfg(not(feature = "testkit"))] fn main() {}
 //! ```
+//!
+//! Apps usually read and write through a typed handle instead of raw
+//! [`Record`]s: [`LocalStoreExt::collection`] (on every `LocalStore`) gives a
+//! [`Collection`] of a serde type, with paged listing so a screen loads one page,
+//! not the collection ([`LocalStore::list_page`] underneath):
+//!
+//! ```
+//! # #[cfg(feature = "testkit")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use serde::{Deserialize, Serialize};
+//! use sync_traits::testkit::MemoryStore;
+//! use sync_traits::LocalStoreExt;
+//!
+//! // Shaped like the structs `tidemark generate` writes.
+//! #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+//! struct Song {
+//!     #[serde(default)]
+//!     id: String,
+//!     title: String,
+//! }
+//!
+//! let store = MemoryStore::new();
+//! let songs = store.collection::<Song>("songs");
+//! let id = songs.insert(&Song { title: "So What".into(), ..Song::default() }).await?;
+//! let mut song = songs.get(&id).await?.expect("just written");
+//! assert_eq!(song.id, id.as_str());
+//! song.title = "Blue in Green".into();
+//! songs.put(&song).await?; // under song.id
+//!
+//! let first = songs.page(None, 20).await?; // up to 20, in id order
+//! assert_eq!((first.items.len(), first.next), (1, None)); // no next page
+//! assert_eq!(songs.count().await?, 1);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "testkit"))] fn main() {}
+//! ```
 #![warn(missing_docs)]
 // The docs link to the testkit (MemoryStore, FakeRemote, ...), which only exists
 // with the `testkit` feature; docs.rs builds with it (see Cargo.toml).
 #![cfg_attr(not(feature = "testkit"), allow(rustdoc::broken_intra_doc_links))]
 
+mod collection;
 mod conflict;
 mod engine;
 mod error;
@@ -49,6 +87,7 @@ mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use collection::{Collection, CollectionError, CollectionPage, LocalStoreExt};
 pub use conflict::{ClientWins, ConflictPolicy, FieldMerge, Resolution, ServerWins};
 pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
 pub use error::{Cause, FieldsError, InvalidId, RemoteError, StoreError, SyncError};

@@ -29,6 +29,33 @@ pub trait LocalStore: Send + Sync {
     /// Every record of a collection, ordered by id.
     async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError>;
 
+    /// Up to `limit` records of a collection whose id is greater than `after`
+    /// (every record when `after` is `None`), in ascending id order: one page of
+    /// [`list`](LocalStore::list), for walking a collection without loading it.
+    ///
+    /// Paging by the last id returned is stable: a record that exists from the
+    /// first page to the last is returned exactly once, whatever is inserted or
+    /// deleted between pages (the pages split the id space into disjoint ranges,
+    /// and each page is read consistently). A cursor whose record has since been
+    /// deleted still works. `limit == 0` returns no record. A collection the
+    /// store cannot list is the same error as from `list`.
+    ///
+    /// The default filters [`list`](LocalStore::list), which is correct for any
+    /// store; stores should answer with a range read of `limit` records.
+    async fn list_page(
+        &self,
+        collection: &str,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let all = self.list(collection).await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| after.as_ref().is_none_or(|a| r.id > *a))
+            .take(limit)
+            .collect())
+    }
+
     /// How many records a collection holds locally. The default counts
     /// [`list`](LocalStore::list); stores should answer without loading the records.
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
@@ -153,6 +180,14 @@ macro_rules! forward_local_store {
             }
             async fn count(&self, c: &str) -> Result<usize, StoreError> {
                 (**self).count(c).await
+            }
+            async fn list_page(
+                &self,
+                c: &str,
+                after: Option<RecordId>,
+                limit: usize,
+            ) -> Result<Vec<Record>, StoreError> {
+                (**self).list_page(c, after, limit).await
             }
             async fn put(&self, r: Record) -> Result<(), StoreError> {
                 (**self).put(r).await

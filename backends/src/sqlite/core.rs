@@ -282,6 +282,35 @@ impl Core {
         Ok(out)
     }
 
+    /// One SELECT over the primary key's index from just after `after` (`""` sorts
+    /// below every id), so a page reads `limit` rows, in one consistent snapshot.
+    pub(super) fn list_page(
+        &self,
+        collection: &str,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let t = self.table(collection)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(&t.select_page).map_err(sql_err)?;
+        let lo = after.map_or("", RecordId::as_str);
+        let n = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st
+            .query_map(params![lo, n], |r| {
+                Ok((r.get::<_, String>(0)?, t.read_fields(r, 1)?))
+            })
+            .map_err(sql_err)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for row in rows {
+            let (id, f) = row.map_err(sql_err)?;
+            out.push(Record::new(collection, RecordId::parse(&id)?, f));
+        }
+        Ok(out)
+    }
+
     pub(super) fn count(&self, collection: &str) -> Result<usize, StoreError> {
         let t = self.table(collection)?;
         let conn = self.lock();

@@ -278,6 +278,19 @@ impl LocalStore for SqliteStore {
         self.run(move |s| s.list(&c)).await
     }
 
+    /// A range of the table's primary-key index (`WHERE "id" > ? ORDER BY "id"
+    /// LIMIT ?`): reads `limit` rows, not the table.
+    async fn list_page(
+        &self,
+        collection: &str,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let c = collection.to_owned();
+        self.run(move |s| s.list_page(&c, after.as_ref(), limit))
+            .await
+    }
+
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
         let c = collection.to_owned();
         self.run(move |s| s.count(&c)).await

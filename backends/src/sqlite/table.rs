@@ -48,6 +48,8 @@ pub(super) struct Table {
     pub(super) schema: CollectionSchema,
     pub(super) select_one: String,
     pub(super) select_all: String,
+    /// Up to `?2` rows with `"id" > ?1`, by id: a range of the primary key's index.
+    pub(super) select_page: String,
     pub(super) count: String,
     pub(super) upsert: String,
     pub(super) delete: String,
@@ -69,6 +71,9 @@ impl Table {
         Self {
             select_one: format!("SELECT {all} FROM {t} WHERE \"id\" = ?1"),
             select_all: format!("SELECT \"id\", {all} FROM {t} ORDER BY \"id\""),
+            select_page: format!(
+                "SELECT \"id\", {all} FROM {t} WHERE \"id\" > ?1 ORDER BY \"id\" LIMIT ?2"
+            ),
             count: format!("SELECT COUNT(*) FROM {t}"),
             upsert: format!(
                 "INSERT INTO {t} (\"id\", {all}) VALUES ({}) ON CONFLICT (\"id\") DO UPDATE SET {}",

@@ -109,6 +109,10 @@ where
     a_first_sync_keeps_what_is_written_meanwhile(&make().await).await;
     a_first_sync_removes_a_server_state_an_ack_wrote_unless_delivered(&make().await).await;
     a_retried_change_keeps_a_value_of_another_type(&make().await).await;
+    list_page_walks_in_id_order(&make().await).await;
+    list_page_after_a_deleted_cursor(&make().await).await;
+    list_page_is_stable_under_writes(&make().await).await;
+    list_page_of_other_collections_is_as_list(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -1410,4 +1414,264 @@ pub async fn a_retried_change_keeps_a_value_of_another_type(s: &dyn LocalStore) 
     assert_eq!(retried[0].op, Op::Upsert(edited));
     assert_eq!(retried[0].base, Some(Version(2)));
     assert!(s.quarantined().await.unwrap().is_empty());
+}
+
+/// Walks `collection` with [`LocalStore::list_page`] pages of `limit`, checking
+/// each page's order, size and exclusive cursor; returns every id in walk order.
+async fn walk_pages(s: &dyn LocalStore, collection: &str, limit: usize) -> Vec<RecordId> {
+    assert!(limit > 0);
+    let mut out: Vec<RecordId> = Vec::new();
+    let mut after: Option<RecordId> = None;
+    for _ in 0..100_000 {
+        let page = s.list_page(collection, after.clone(), limit).await.unwrap();
+        assert!(page.len() <= limit, "a page holds at most `limit` records");
+        for w in page.windows(2) {
+            assert!(w[0].id < w[1].id, "a page is in ascending id order");
+        }
+        if let (Some(a), Some(first)) = (&after, page.first()) {
+            assert!(
+                first.id > *a,
+                "the cursor is exclusive: {first:?} after {a:?}"
+            );
+        }
+        assert!(
+            page.iter().all(|r| r.collection == collection),
+            "a page holds only its collection's records"
+        );
+        let Some(last) = page.last() else {
+            return out;
+        };
+        after = Some(last.id.clone());
+        out.extend(page.into_iter().map(|r| r.id));
+    }
+    panic!("list_page never reached the end of {collection}");
+}
+
+/// `list_page` walks a collection in id order, page by page: the pages put
+/// together are `list`; the cursor is exclusive; `limit` 0 returns nothing; a
+/// cursor past the last record returns nothing; other collections never show.
+pub async fn list_page_walks_in_id_order(s: &dyn LocalStore) {
+    assert!(s.list_page(SONGS, None, 10).await.unwrap().is_empty());
+    for i in 0..23 {
+        s.put(Record::new(SONGS, new_id(), song("p", i)))
+            .await
+            .unwrap();
+    }
+    for _ in 0..4 {
+        s.put(Record::new(FRIENDS, new_id(), fields(json!({"name": "f"}))))
+            .await
+            .unwrap();
+    }
+    s.apply_remote(&page(
+        vec![remote(SONGS, &new_id(), 1, Some(song("pulled", 99)))],
+        1,
+    ))
+    .await
+    .unwrap();
+    let all: Vec<RecordId> = s
+        .list(SONGS)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(all.len(), 24);
+    for limit in [1, 5, 7, 24, 25, 1000] {
+        assert_eq!(
+            walk_pages(s, SONGS, limit).await,
+            all,
+            "pages of {limit} put together are list()"
+        );
+    }
+    let first = s.list_page(SONGS, None, 5).await.unwrap();
+    assert_eq!(
+        first,
+        s.list(SONGS).await.unwrap()[..5].to_vec(),
+        "a page holds the records as list does, fields included"
+    );
+    assert!(
+        s.list_page(SONGS, None, 0).await.unwrap().is_empty(),
+        "limit 0"
+    );
+    assert!(
+        s.list_page(SONGS, Some(all[3].clone()), 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "limit 0 after a cursor"
+    );
+    let rest = s
+        .list_page(SONGS, Some(all[3].clone()), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        all[4..].to_vec(),
+        "everything after the cursor, the cursor excluded"
+    );
+    let last = all.last().unwrap();
+    assert!(
+        s.list_page(SONGS, Some(last.clone()), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing after the last record"
+    );
+    let top = RecordId::parse("zzzzzzzzzzzzzzz").unwrap();
+    let bottom = RecordId::parse("000000000000000").unwrap();
+    assert!(s
+        .list_page(SONGS, Some(top.clone()), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let from_bottom = s.list_page(SONGS, Some(bottom.clone()), 3).await.unwrap();
+    assert_eq!(
+        from_bottom.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        all[..3].to_vec(),
+        "a cursor below every id starts at the first record"
+    );
+    assert_eq!(walk_pages(s, FRIENDS, 3).await.len(), 4);
+}
+
+/// A cursor whose record was deleted (or never existed) still pages on from its
+/// place in id order.
+pub async fn list_page_after_a_deleted_cursor(s: &dyn LocalStore) {
+    for i in 0..10 {
+        s.put(Record::new(SONGS, new_id(), song("d", i)))
+            .await
+            .unwrap();
+    }
+    let all: Vec<RecordId> = s
+        .list(SONGS)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let page = s.list_page(SONGS, None, 4).await.unwrap();
+    let cursor = page.last().unwrap().id.clone();
+    assert_eq!(cursor, all[3]);
+    assert!(s.delete(SONGS, &cursor).await.unwrap());
+    let next = s.list_page(SONGS, Some(cursor.clone()), 4).await.unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        all[4..8].to_vec(),
+        "the page after a deleted cursor starts at the next id"
+    );
+    let absent = new_id();
+    let expected: Vec<RecordId> = all
+        .iter()
+        .filter(|id| **id > absent && **id != cursor)
+        .cloned()
+        .collect();
+    let got: Vec<RecordId> = s
+        .list_page(SONGS, Some(absent.clone()), usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(got, expected, "a cursor that never was a record");
+}
+
+/// Paging is stable under writes between pages: every record that exists from
+/// the first page to the last is returned exactly once, none is returned twice,
+/// and a record deleted before its page is not returned.
+pub async fn list_page_is_stable_under_writes(s: &dyn LocalStore) {
+    let mut live: Vec<RecordId> = Vec::new();
+    for i in 0..60 {
+        let id = new_id();
+        s.put(Record::new(SONGS, id.clone(), song("s", i)))
+            .await
+            .unwrap();
+        live.push(id);
+    }
+    live.sort();
+    // Deleted during the walk, each before the walk reaches it (or after).
+    let doomed: Vec<RecordId> = live.iter().skip(1).step_by(7).cloned().collect();
+    let mut seen: Vec<RecordId> = Vec::new();
+    let mut inserted: Vec<RecordId> = Vec::new();
+    let mut after: Option<RecordId> = None;
+    let mut round = 0usize;
+    loop {
+        round += 1;
+        assert!(round < 1000, "the walk must end");
+        let page = s.list_page(SONGS, after.clone(), 5).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        seen.extend(page.into_iter().map(|r| r.id));
+        // Between pages: two new records anywhere in id order, a delete.
+        for _ in 0..2 {
+            let id = new_id();
+            s.put(Record::new(SONGS, id.clone(), song("new", 0)))
+                .await
+                .unwrap();
+            inserted.push(id);
+        }
+        if let Some(d) = doomed.get(round - 1) {
+            s.delete(SONGS, d).await.unwrap();
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted, seen,
+        "ids strictly ascending across pages: no repeat"
+    );
+    for id in live.iter().filter(|id| !doomed.contains(id)) {
+        assert!(
+            seen.contains(id),
+            "a record that existed throughout was skipped"
+        );
+    }
+    for (round, d) in doomed.iter().enumerate() {
+        // `d` was deleted after page `round + 1`; it is seen only if that page or
+        // an earlier one had reached it.
+        let reached = seen.iter().position(|x| x == d);
+        if let Some(p) = reached {
+            assert!(
+                p < (round + 1) * 5,
+                "a deleted record was returned after its delete"
+            );
+        }
+    }
+    for id in &inserted {
+        if seen.contains(id) {
+            assert!(
+                s.get(SONGS, id).await.unwrap().is_some(),
+                "an inserted record returned exists"
+            );
+        }
+    }
+}
+
+/// `list_page` and `count` of a collection the store does not hold (undeclared,
+/// or a name that cannot exist) answer as `list` does: the same error, or the
+/// same (empty) answer.
+pub async fn list_page_of_other_collections_is_as_list(s: &dyn LocalStore) {
+    for c in ["undeclared_here", "no such collection!"] {
+        let list = s.list(c).await;
+        let paged = s.list_page(c, None, 10).await;
+        let count = s.count(c).await;
+        match list {
+            Ok(all) => {
+                assert_eq!(paged.unwrap(), all, "list_page({c:?}) as list");
+                assert_eq!(count.unwrap(), all.len(), "count({c:?}) as list");
+            }
+            Err(e) => {
+                let (p, n) = (paged.unwrap_err(), count.unwrap_err());
+                assert_eq!(
+                    std::mem::discriminant(&p),
+                    std::mem::discriminant(&e),
+                    "list_page({c:?}) fails as list does: {p} / {e}"
+                );
+                assert_eq!(
+                    std::mem::discriminant(&n),
+                    std::mem::discriminant(&e),
+                    "count({c:?}) fails as list does: {n} / {e}"
+                );
+            }
+        }
+    }
 }

@@ -55,6 +55,21 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+/// The keys of `collection`'s records after `after` (all of them for `None`)
+/// and of the collections sorting after it: callers stop at the first other
+/// collection.
+fn collection_range(
+    collection: &str,
+    after: Option<RecordId>,
+) -> (std::ops::Bound<Key>, std::ops::Bound<Key>) {
+    use std::ops::Bound;
+    let start = match after {
+        Some(a) => Bound::Excluded((collection.to_owned(), a)),
+        None => Bound::Included((collection.to_owned(), RecordId::smallest())),
+    };
+    (start, Bound::Unbounded)
+}
+
 /// Checks a collection name: 1–64 characters of `[A-Za-z0-9_]`.
 pub(crate) fn check_collection(name: &str) -> Result<(), StoreError> {
     if name.is_empty()
@@ -292,6 +307,34 @@ impl LocalStore for MemoryStore {
             .filter(|((c, _), _)| c == collection)
             .map(|((c, id), f)| Record::new(c.clone(), id.clone(), f.clone()))
             .collect())
+    }
+
+    /// A range read of the record map from just after `after`: reads `limit`
+    /// records, not the collection.
+    async fn list_page(
+        &self,
+        collection: &str,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let g = self.lock()?;
+        g.check_held(collection)?;
+        Ok(g.records
+            .range(collection_range(collection, after))
+            .take_while(|((c, _), _)| c == collection)
+            .take(limit)
+            .map(|((c, id), f)| Record::new(c.clone(), id.clone(), f.clone()))
+            .collect())
+    }
+
+    /// Counts the collection's range of the record map, cloning nothing.
+    async fn count(&self, collection: &str) -> Result<usize, StoreError> {
+        let g = self.lock()?;
+        g.check_held(collection)?;
+        Ok(g.records
+            .range(collection_range(collection, None))
+            .take_while(|((c, _), _)| c == collection)
+            .count())
     }
 
     async fn put(&self, record: Record) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@ pub mod conformance;
 mod fake_remote;
 mod faults;
 mod memory;
+pub mod typed;
 
 pub use fake_remote::{Access, FakeRemote, WriteRules};
 pub use faults::{Fault, FaultPlan, Faulty};
