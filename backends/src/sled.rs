@@ -67,6 +67,7 @@
 
 mod inspect;
 mod open;
+mod transaction;
 mod tx;
 
 use std::collections::{BTreeSet, HashMap};
@@ -181,6 +182,10 @@ struct Entry {
     n: u64,
     base: Option<u64>,
     changed: BTreeSet<String>,
+    /// The mark of the last multi-record transaction that wrote the entry
+    /// (`sled/transaction.rs`); absent for entries only plain writes made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tx: Option<sync_traits::TxMark>,
 }
 
 /// A quarantined change as stored; its id is its key.
@@ -547,6 +552,7 @@ impl Shared {
                 base: e.base.map(Version),
                 op,
                 changed: e.changed,
+                tx: e.tx,
             });
         }
         Ok(out)
@@ -686,6 +692,18 @@ impl LocalStore for SledStore {
             })
         })
         .await
+    }
+
+    /// One sled transaction over every tree (`sled/transaction.rs`): each write
+    /// checked as `put` checks it; a refused one aborts it all.
+    async fn transact(
+        &self,
+        writes: Vec<sync_traits::Write>,
+    ) -> Result<sync_traits::TxReport, StoreError> {
+        for w in &writes {
+            self.shared.coll(w.key().0)?;
+        }
+        self.run(move |s| s.transact(&writes)).await
     }
 
     /// This open's writer id: a new one at every open (see the

@@ -148,6 +148,7 @@ mod inspect;
 mod open;
 mod sql;
 mod table;
+mod transaction;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -158,7 +159,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use sync_traits::{
     Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange, Quarantined,
-    Record, RecordId, StoreError, SyncState,
+    Record, RecordId, StoreError, SyncState, TxReport, Write,
 };
 
 use self::core::Core;
@@ -290,6 +291,12 @@ impl LocalStore for SqliteStore {
     async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
         let (c, id) = (collection.to_owned(), id.clone());
         self.run(move |s| s.delete(&c, &id)).await
+    }
+
+    /// One SQLite transaction (see `transaction.rs`): every write checked as
+    /// `put` checks it, a refused one rolls all back.
+    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        self.run(move |s| s.transact(&writes)).await
     }
 
     /// This open's writer id (taken at open, see the module docs); reads no SQLite.
