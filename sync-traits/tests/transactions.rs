@@ -21,7 +21,12 @@ struct Recording {
 
 #[async_trait]
 impl RemoteStore for Recording {
-    async fn pull(&self, since: Watermark, limit: usize, mode: PullMode) -> Result<Page, RemoteError> {
+    async fn pull(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Page, RemoteError> {
         self.inner.pull(since, limit, mode).await
     }
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
@@ -97,8 +102,16 @@ async fn a_transactions_entries_go_in_one_push_call() {
         vec![vec![a], vec![b, c, d, ee], vec![f, g]],
         "the transaction's entries went in one push call"
     );
-    let on_server: Vec<_> = remote.inner.snapshot().into_iter().map(|r| r.fields).collect();
-    assert!(on_server.contains(&song("b2")), "the transaction's write landed");
+    let on_server: Vec<_> = remote
+        .inner
+        .snapshot()
+        .into_iter()
+        .map(|r| r.fields)
+        .collect();
+    assert!(
+        on_server.contains(&song("b2")),
+        "the transaction's write landed"
+    );
 }
 
 /// Two transactions interleaved in the outbox (X plain, then T1 = {A, C} and
