@@ -8,7 +8,9 @@
 //! - `writers`: writer id → the first change counter it issued (u64 BE) and its
 //!   place in the order of opens (u64 BE): one writer per open of the store;
 //! - `versions`: `<collection>\0<id>` → the record's known server version (u64 BE);
-//! - `outbox`: outbox seq (u64 BE) → entry (JSON, with its writer id and counter);
+//! - `outbox`: outbox seq (u64 BE) → entry (JSON, with its writer id and counter,
+//!   and the [`TxMark`](sync_traits::TxMark) of the last multi-record transaction
+//!   that wrote it, if any);
 //!   `outbox_idx`: `<collection>\0<id>` → outbox seq;
 //! - `seen`: `<collection>\0<id>` of records seen during a resync;
 //! - `quarantine`: quarantine id (u64 BE) → refused change and rejection (JSON);

@@ -21,7 +21,9 @@
 //! `_tidemark_writers` (every writer id the file had, with the first change counter
 //! each issued), `_tidemark_outbox`, `_tidemark_versions`, `_tidemark_seen`,
 //! `_tidemark_quarantine`, `_tidemark_conflicts` (the conflict log),
-//! `_tidemark_parked` (pulled records of collections the schema does not declare)
+//! `_tidemark_parked` (pulled records of collections the schema does not declare),
+//! `_tidemark_outbox_tx` (the [`TxMark`](sync_traits::TxMark) of each outbox entry a
+//! multi-record transaction wrote, removed with the entry)
 //! and `_tidemark_collections` (the stored schema). A resync knows what it has seen
 //! without an extra table write per record: an applied change stamps its version
 //! row with the current epoch (which `begin_resync` moves on), and only records
