@@ -60,6 +60,12 @@ impl LocalStore for Timed {
     async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
         self.inner.delete(c, id).await
     }
+    async fn transact(
+        &self,
+        w: Vec<sync_traits::Write>,
+    ) -> Result<sync_traits::TxReport, StoreError> {
+        self.inner.transact(w).await
+    }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
         self.inner.client_id().await
     }

@@ -82,6 +82,12 @@ MUTANTS = {
     "M22 a later write of the entry's own writer goes to the policy": (E,
         "                        c.client == entry.change_id.client && c.n > entry.change_id.n",
         "                        false && c.client == entry.change_id.client && c.n > entry.change_id.n"),
+    "M23 push batches split transactions (no batch_end)": (E,
+        "                entries.truncate(end);",
+        "                let _ = end;"),
+    "M24 a MemoryStore transaction is applied up to a refused write": (M,
+        "        for w in &writes {\n            g.check_held(w.key().0)?;\n        }\n",
+        "        let mut ok = 0;\n        for w in &writes {\n            if g.check_held(w.key().0).is_err() { break; }\n            ok += 1;\n        }\n        let failed = ok < writes.len();\n        let writes: Vec<Write> = writes.into_iter().take(ok).collect();\n        if failed { for w in writes { if let Write::Put(r) = w { g.put(r); } } return Err(StoreError::UnknownCollection(\"mutant\".into())); }\n"),
     "M13 fake skips the base-version check": (F,
         "            Some(e) if c.base != Some(e.version) => {",
         "            Some(e) if false && c.base != Some(e.version) => {"),
@@ -109,7 +115,7 @@ def main():
                            cwd=work, env=env, capture_output=True, text=True)
         if r.returncode == 0 and os.environ.get("PROPERTY_ONLY") != "1":
             # The unit tests and the conformance suite are part of the net too.
-            r = subprocess.run(["cargo", "test", "--release", "-p", "sync-traits", "--lib", "--test", "conformance_memory", "--test", "edges"],
+            r = subprocess.run(["cargo", "test", "--release", "-p", "sync-traits", "--lib", "--test", "conformance_memory", "--test", "edges", "--test", "transactions"],
                                cwd=work, env=env, capture_output=True, text=True)
         open(p, "w").write(orig)
         out = r.stdout + r.stderr

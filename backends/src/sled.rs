@@ -8,7 +8,9 @@
 //! - `writers`: writer id → the first change counter it issued (u64 BE) and its
 //!   place in the order of opens (u64 BE): one writer per open of the store;
 //! - `versions`: `<collection>\0<id>` → the record's known server version (u64 BE);
-//! - `outbox`: outbox seq (u64 BE) → entry (JSON, with its writer id and counter);
+//! - `outbox`: outbox seq (u64 BE) → entry (JSON, with its writer id and counter,
+//!   and the [`TxMark`](sync_traits::TxMark) of the last multi-record transaction
+//!   that wrote it, if any);
 //!   `outbox_idx`: `<collection>\0<id>` → outbox seq;
 //! - `seen`: `<collection>\0<id>` of records seen during a resync;
 //! - `quarantine`: quarantine id (u64 BE) → refused change and rejection (JSON);
@@ -67,6 +69,7 @@
 
 mod inspect;
 mod open;
+mod transaction;
 mod tx;
 
 use std::collections::{BTreeSet, HashMap};
@@ -181,6 +184,10 @@ struct Entry {
     n: u64,
     base: Option<u64>,
     changed: BTreeSet<String>,
+    /// The mark of the last multi-record transaction that wrote the entry
+    /// (`sled/transaction.rs`); absent for entries only plain writes made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tx: Option<sync_traits::TxMark>,
 }
 
 /// A quarantined change as stored; its id is its key.
@@ -547,6 +554,7 @@ impl Shared {
                 base: e.base.map(Version),
                 op,
                 changed: e.changed,
+                tx: e.tx,
             });
         }
         Ok(out)
@@ -719,6 +727,18 @@ impl LocalStore for SledStore {
             })
         })
         .await
+    }
+
+    /// One sled transaction over every tree (`sled/transaction.rs`): each write
+    /// checked as `put` checks it; a refused one aborts it all.
+    async fn transact(
+        &self,
+        writes: Vec<sync_traits::Write>,
+    ) -> Result<sync_traits::TxReport, StoreError> {
+        for w in &writes {
+            self.shared.coll(w.key().0)?;
+        }
+        self.run(move |s| s.transact(&writes)).await
     }
 
     /// This open's writer id: a new one at every open (see the

@@ -63,6 +63,8 @@ enum AckKind {
 enum Step {
     Put(usize, usize, Fields),
     Delete(usize, usize),
+    /// One `transact` call: a put (`Some`) or delete of each (collection, record).
+    Transact(Vec<(usize, usize, Option<Fields>)>),
     Apply(Vec<(usize, usize, u64, Option<Fields>)>, u64),
     Pending(u64, usize),
     /// Ack some pending entries (by index); `stale` acks an older change id.
@@ -163,6 +165,11 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..3usize, 0..4usize, fields()).prop_map(|(c, i, f)| Step::Put(c, i, f)),
         2 => (0..3usize, 0..4usize).prop_map(|(c, i)| Step::Delete(c, i)),
+        3 => proptest::collection::vec(
+                (prop_oneof![8 => 0..2usize, 1 => 2..4usize], 0..4usize, proptest::option::weighted(0.7, fields())),
+                0..5
+            )
+            .prop_map(Step::Transact),
         3 => (0..2usize, 0..4usize, fields()).prop_map(|(c, i, f)| Step::SqlPut(c, i, f)),
         1 => (0..2usize, 0..4usize).prop_map(|(c, i)| Step::SqlDelete(c, i)),
         3 => (
@@ -384,7 +391,16 @@ impl Subject {
 }
 
 /// A pending change without its client id: (seq, change n, collection, id, base, op, changed).
-type Norm = (u64, u64, String, RecordId, Option<Version>, Op, Vec<String>);
+type Norm = (
+    u64,
+    u64,
+    String,
+    RecordId,
+    Option<Version>,
+    Op,
+    Vec<String>,
+    Option<sync_traits::TxMark>,
+);
 
 /// A pending change with the client id blanked (each store has its own).
 fn norm(p: &PendingChange) -> Norm {
@@ -396,6 +412,7 @@ fn norm(p: &PendingChange) -> Norm {
         p.base,
         p.op.clone(),
         p.changed.iter().cloned().collect(),
+        p.tx,
     )
 }
 
@@ -558,6 +575,21 @@ async fn run_step(s: &dyn LocalStore, step: &Step, ids: &[RecordId]) -> String {
                 .await
                 .map_err(|e| e.to_string())
         ),
+        Step::Transact(writes) => {
+            let writes = writes
+                .iter()
+                .map(|(c, i, f)| match f {
+                    Some(f) => {
+                        sync_traits::Write::Put(Record::new(COLLS[*c], ids[*i].clone(), f.clone()))
+                    }
+                    None => sync_traits::Write::Delete {
+                        collection: COLLS[*c].into(),
+                        id: ids[*i].clone(),
+                    },
+                })
+                .collect();
+            format!("{:?}", s.transact(writes).await.map_err(|e| e.to_string()))
+        }
         Step::Apply(changes, w) => {
             let page = Page {
                 changes: changes

@@ -109,6 +109,7 @@ mod tests {
             base: Some(Version(1)),
             op,
             changed: changed.iter().map(|s| s.to_string()).collect(),
+            tx: None,
         }
     }
 

@@ -677,6 +677,9 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             let mut unsynced = 0;
             loop {
                 let mut entries = self.local.pending(after, batch).await?;
+                // A transaction's entries go in one batch when they fit in one.
+                let end = crate::transaction::batch_end(&entries, entries.len() == batch);
+                entries.truncate(end);
                 let Some(last) = entries.last() else { break };
                 after = last.seq;
                 if let Some(synced) = synced {
@@ -1294,6 +1297,7 @@ mod tests {
                     .clone(),
             ),
             changed: ["title".to_string()].into(),
+            tx: None,
         }
     }
 

@@ -86,6 +86,7 @@ mod status;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod transaction;
 
 pub use collection::{Collection, CollectionError, CollectionPage, LocalStoreExt};
 pub use conflict::{ClientWins, ConflictPolicy, FieldMerge, Resolution, ServerWins};
@@ -102,6 +103,7 @@ pub use remote::{PullMode, RemoteStore};
 pub use schema::{RemoteCollection, RemoteField, RemoteFieldKind, RemoteSchema};
 pub use status::{SyncPhase, SyncStatus};
 pub use store::LocalStore;
+pub use transaction::{Transact, TxBuilder, TxMark, TxReport, Write};
 
 /// Re-exported for implementors of the traits.
 pub use async_trait::async_trait;

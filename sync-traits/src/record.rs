@@ -169,6 +169,12 @@ pub struct PendingChange {
     /// Fields changed by the writes relative to `base` (for field-level merge). A
     /// create or delete lists every field it touched.
     pub changed: BTreeSet<String>,
+    /// The mark of the last multi-record transaction
+    /// ([`crate::LocalStore::transact`]) whose write this entry holds, if any: the
+    /// engine keeps a transaction's entries in one push batch. `None` for entries
+    /// only plain puts and deletes wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx: Option<crate::transaction::TxMark>,
 }
 
 /// A change as sent to a remote.

@@ -71,6 +71,27 @@ pub trait LocalStore: Send + Sync {
     /// Returns whether the record existed locally.
     async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError>;
 
+    /// Applies several puts and deletes, with their outbox entries, in one
+    /// transaction: all of them or, on any error, none (a crash included). Each
+    /// write is checked and applied as [`put`](LocalStore::put) or
+    /// [`delete`](LocalStore::delete) would apply it, in order, seeing the ones
+    /// before it; writes to one record coalesce into one outbox entry as sequential
+    /// puts would, and writes to local-only collections make no entry. A write the
+    /// store refuses fails the whole call with the error `put` or `delete` would
+    /// have returned for it, and nothing changes. Every outbox entry the
+    /// transaction wrote gets its [`TxMark`](crate::TxMark), so the engine pushes
+    /// them in one batch when they fit in one ([`crate::Transact`] has the
+    /// builder, and says what is atomic on the server).
+    ///
+    /// There is no default: a store must implement it natively (one storage
+    /// transaction), since a default made of single puts and deletes would not be
+    /// atomic. A wrapper store forwards it. Run
+    /// [`crate::testkit::conformance`] to check an implementation.
+    async fn transact(
+        &self,
+        writes: Vec<crate::transaction::Write>,
+    ) -> Result<crate::transaction::TxReport, StoreError>;
+
     // ---- engine-facing ----
 
     /// The writer id this store stamps on the change ids it makes now
@@ -194,6 +215,12 @@ macro_rules! forward_local_store {
             }
             async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
                 (**self).delete(c, id).await
+            }
+            async fn transact(
+                &self,
+                w: Vec<crate::transaction::Write>,
+            ) -> Result<crate::transaction::TxReport, StoreError> {
+                (**self).transact(w).await
             }
             async fn client_id(&self) -> Result<RecordId, StoreError> {
                 (**self).client_id().await

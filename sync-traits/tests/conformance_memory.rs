@@ -14,3 +14,11 @@ async fn boxed_dyn_store_passes_conformance() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn memory_store_passes_the_local_only_cases() {
+    conformance::run_local_only(|| async {
+        MemoryStore::new().with_local_only([conformance::DRAFTS])
+    })
+    .await;
+}

@@ -7,6 +7,7 @@ use sync_traits::testkit::{conformance, typed, MemoryStore};
 use sync_traits::{
     async_trait, Ack, ApplyReport, ChangeId, CollectionError, LocalStore, LocalStoreExt,
     LoggedConflict, Page, PendingChange, Quarantined, Record, RecordId, StoreError, SyncState,
+    TxReport, Write,
 };
 
 #[tokio::test]
@@ -41,6 +42,9 @@ impl LocalStore for Outside {
     }
     async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
         self.0.delete(c, id).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        self.0.transact(writes).await
     }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
         self.0.client_id().await

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use sync_traits::{
     Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange, Quarantined,
-    Record, RecordId, StoreError, SyncState,
+    Record, RecordId, StoreError, SyncState, TxReport, Write as TxWrite,
 };
 
 /// One local write as the application made it.
@@ -92,6 +92,28 @@ impl LocalStore for Logged {
             self.note(collection, id, true).await?;
         }
         Ok(done)
+    }
+    /// Logs each record the transaction wrote once, with the change id of its
+    /// newest write (what its outbox entry carries).
+    async fn transact(&self, writes: Vec<TxWrite>) -> Result<TxReport, StoreError> {
+        let _g = self.gate.lock().await;
+        let keys: Vec<(String, RecordId, bool)> = writes
+            .iter()
+            .map(|w| {
+                let (c, id) = w.key();
+                (c.to_owned(), id.clone(), matches!(w, TxWrite::Put(_)))
+            })
+            .collect();
+        let report = self.inner.transact(writes).await?;
+        let mut noted = BTreeSet::new();
+        for (i, (c, id, put)) in keys.iter().enumerate().rev() {
+            let wrote = *put || report.existed.get(i).copied().unwrap_or(false);
+            if wrote && noted.insert((c.clone(), id.clone())) {
+                let gone = self.inner.get(c, id).await?.is_none();
+                self.note(c, id, gone).await?;
+            }
+        }
+        Ok(report)
     }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
         self.inner.client_id().await

@@ -202,6 +202,10 @@ pub enum Step {
     /// The server holds a song whose title is a number (another type than the
     /// stores declare).
     ServerOddValue(usize, i64),
+    /// Client writes several songs in one transaction ([`LocalStore::transact`]):
+    /// for each record (the first mention of each counts), `Some((field, v))` sets
+    /// one field of its local copy (creating the record if absent), `None` deletes it.
+    Transaction(usize, Vec<(usize, Option<(usize, i64)>)>),
 }
 
 /// Which local store a client uses.
@@ -478,6 +482,73 @@ async fn write(
         fields,
         changed,
     });
+    Ok(())
+}
+
+/// A `Step::Transaction`: the writes in one `transact` call, each logged with the
+/// change id its record's outbox entry carries after it.
+async fn transaction(
+    store: &dyn LocalStore,
+    log: &Log,
+    ids: &[RecordId],
+    server: &dyn Server,
+    writes: &[(usize, Option<(usize, i64)>)],
+) -> Result<(), TestCaseError> {
+    let mut seen = HashSet::new();
+    let mut tx = Vec::new();
+    let mut planned = Vec::new();
+    for &(rec, w) in writes {
+        if !seen.insert(rec) {
+            continue;
+        }
+        let id = &ids[rec];
+        let before = store.get(COLL, id).await.map_err(fail)?.map(|r| r.fields);
+        let after = w.map(|(field, v)| match &before {
+            Some(f) => {
+                let mut f = f.clone();
+                f.insert(FIELDS[field].into(), field_value(field, v));
+                f
+            }
+            None => server.song(v),
+        });
+        tx.push(match &after {
+            Some(f) => sync_traits::Write::Put(Record::new(COLL, id.clone(), f.clone())),
+            None => sync_traits::Write::Delete {
+                collection: COLL.into(),
+                id: id.clone(),
+            },
+        });
+        planned.push((rec, before, after));
+    }
+    let report = store.transact(tx).await.map_err(fail)?;
+    let entries = store.pending(0, usize::MAX).await.map_err(fail)?;
+    for ((rec, before, after), existed) in planned.into_iter().zip(report.existed) {
+        if after.is_none() && !existed {
+            continue;
+        }
+        let e = entries
+            .iter()
+            .find(|e| e.id == ids[rec])
+            .ok_or_else(|| TestCaseError::fail("a transaction's write left no outbox entry"))?;
+        if e.tx != report.mark {
+            return Err(TestCaseError::fail(format!(
+                "a transaction's entry carries {:?}, not its mark {:?}",
+                e.tx, report.mark
+            )));
+        }
+        let changed = match &after {
+            Some(f) => sync_traits::changed_fields(before.as_ref(), Some(f))
+                .into_iter()
+                .collect(),
+            None => vec![],
+        };
+        log.lock().unwrap().push(Write {
+            rec,
+            change_id: e.change_id.clone(),
+            fields: after,
+            changed,
+        });
+    }
     Ok(())
 }
 
@@ -787,6 +858,10 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
             Step::ServerSyncsOther => server.sync_other().await,
             Step::DeclareOther(c) => clients[c].declare_other(),
             Step::ServerOddValue(r, v) => server.write(&ids[r], Some(server.odd_song(v))).await,
+            Step::Transaction(c, ref writes) => {
+                let cl = &clients[c];
+                transaction(&*cl.store, &cl.log, &ids, &*server, writes).await?;
+            }
             Step::ServerEdit(r, v) => server.write(&ids[r], Some(server.song(v))).await,
             Step::ServerDelete(r) => server.write(&ids[r], None).await,
             Step::Compact => server.compact().await,
@@ -1029,6 +1104,8 @@ pub fn step(clients: usize) -> impl Strategy<Value = Step> {
         1 => Just(Step::ServerSyncsOther),
         1 => c.clone().prop_map(Step::DeclareOther),
         1 => (rec.clone(), 0..100i64).prop_map(|(r, v)| Step::ServerOddValue(r, v)),
+        2 => (c.clone(), prop::collection::vec((rec.clone(), prop::option::weighted(0.8, (0..3usize, 0..100i64))), 2..5))
+            .prop_map(|(c, w)| Step::Transaction(c, w)),
     ]
 }
 

@@ -137,6 +137,7 @@ fn upgrade_v1(trees: &[::sled::Tree]) -> Result<(), StoreError> {
             n: e.n,
             base: e.base,
             changed: e.changed,
+            tx: None,
         };
         entries.push((k, to_json(&e)?));
     }

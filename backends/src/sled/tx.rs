@@ -94,7 +94,7 @@ impl Tx<'_> {
         Ok(self.t[OUTBOX_IDX].get(k)?.is_some())
     }
 
-    fn put_entry(&self, seq: &[u8], e: &Entry) -> TxResult<()> {
+    pub(super) fn put_entry(&self, seq: &[u8], e: &Entry) -> TxResult<()> {
         self.t[OUTBOX].insert(seq, to_json(e).or_else(abort)?)?;
         Ok(())
     }
@@ -290,6 +290,7 @@ impl crate::rules::Outbox for Tx<'_> {
             n,
             base,
             changed,
+            tx: None,
         };
         self.put_entry(&seq, &e)?;
         self.t[OUTBOX_IDX].insert(key(c, id.as_str()), &seq)?;

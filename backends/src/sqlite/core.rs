@@ -150,7 +150,11 @@ impl Core {
         Ok(out)
     }
 
-    fn read_row(conn: &Connection, t: &Table, id: &RecordId) -> Result<Option<Fields>, StoreError> {
+    pub(super) fn read_row(
+        conn: &Connection,
+        t: &Table,
+        id: &RecordId,
+    ) -> Result<Option<Fields>, StoreError> {
         let mut st = conn.prepare_cached(&t.select_one).map_err(sql_err)?;
         st.query_row([id.as_str()], |r| t.read_fields(r, 0))
             .optional()
@@ -169,7 +173,11 @@ impl Core {
         Ok(())
     }
 
-    fn delete_row(conn: &Connection, t: &Table, id: &RecordId) -> Result<bool, StoreError> {
+    pub(super) fn delete_row(
+        conn: &Connection,
+        t: &Table,
+        id: &RecordId,
+    ) -> Result<bool, StoreError> {
         let mut st = conn.prepare_cached(&t.delete).map_err(sql_err)?;
         Ok(st.execute([id.as_str()]).map_err(sql_err)? > 0)
     }
@@ -201,7 +209,7 @@ impl Core {
     }
 
     /// The outbox entry of a record: (seq, change_n, changed).
-    fn outbox_entry(
+    pub(super) fn outbox_entry(
         conn: &Connection,
         c: &str,
         id: &RecordId,
@@ -232,7 +240,7 @@ impl Core {
 
     /// Records a local write of a record of `t` in the outbox
     /// ([`crate::rules::record_write`]).
-    fn record_write(
+    pub(super) fn record_write(
         conn: &Connection,
         t: &Table,
         id: &RecordId,
@@ -243,7 +251,7 @@ impl Core {
     }
 
     /// An app's put, in `tx` (also a retried quarantined upsert).
-    fn put_in(
+    pub(super) fn put_in(
         tx: &Transaction<'_>,
         t: &Table,
         id: &RecordId,
@@ -404,8 +412,10 @@ impl Core {
                     base: base.map(|b| Version(stored_u64(b))),
                     op,
                     changed: parse_changed(&changed)?,
+                    tx: None,
                 });
             }
+            super::transaction::read_marks(tx, &mut out)?;
             Ok(out)
         })
     }
@@ -656,7 +666,7 @@ impl crate::rules::Txn for SqlTxn<'_> {
             .prepare_cached(OUTBOX_DELETE)
             .and_then(|mut s| s.execute([seq]))
             .map_err(sql_err)?;
-        Ok(())
+        super::transaction::forget_mark(self.tx, seq)
     }
 
     fn set_base(&self, _: &str, _: &RecordId, seq: i64, base: u64) -> Result<(), StoreError> {

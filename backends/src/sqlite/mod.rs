@@ -21,7 +21,9 @@
 //! `_tidemark_writers` (every writer id the file had, with the first change counter
 //! each issued), `_tidemark_outbox`, `_tidemark_versions`, `_tidemark_seen`,
 //! `_tidemark_quarantine`, `_tidemark_conflicts` (the conflict log),
-//! `_tidemark_parked` (pulled records of collections the schema does not declare)
+//! `_tidemark_parked` (pulled records of collections the schema does not declare),
+//! `_tidemark_outbox_tx` (the [`TxMark`](sync_traits::TxMark) of each outbox entry a
+//! multi-record transaction wrote, removed with the entry)
 //! and `_tidemark_collections` (the stored schema). A resync knows what it has seen
 //! without an extra table write per record: an applied change stamps its version
 //! row with the current epoch (which `begin_resync` moves on), and only records
@@ -148,6 +150,7 @@ mod inspect;
 mod open;
 mod sql;
 mod table;
+mod transaction;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -158,7 +161,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use sync_traits::{
     Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange, Quarantined,
-    Record, RecordId, StoreError, SyncState,
+    Record, RecordId, StoreError, SyncState, TxReport, Write,
 };
 
 use self::core::Core;
@@ -303,6 +306,12 @@ impl LocalStore for SqliteStore {
     async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
         let (c, id) = (collection.to_owned(), id.clone());
         self.run(move |s| s.delete(&c, &id)).await
+    }
+
+    /// One SQLite transaction (see `transaction.rs`): every write checked as
+    /// `put` checks it, a refused one rolls all back.
+    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        self.run(move |s| s.transact(&writes)).await
     }
 
     /// This open's writer id (taken at open, see the module docs); reads no SQLite.

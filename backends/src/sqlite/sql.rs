@@ -61,7 +61,15 @@ CREATE TABLE "_tidemark_quarantine" (
 ///   issued, so the next open gives them counters of its own fresh writer (see
 ///   the module docs, *Writes with plain SQL*). A `seq` no longer in the outbox is
 ///   ignored (outbox seqs are never reused).
+/// - `_tidemark_outbox_tx`: the transaction mark ([`sync_traits::TxMark`]) of
+///   each outbox entry (by `seq`) a multi-record transaction wrote: its id and
+///   the highest seq it wrote. Removed with the entry.
 pub(super) const LATER_DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS "_tidemark_outbox_tx" (
+  "seq" INTEGER PRIMARY KEY,
+  "tx" INTEGER NOT NULL,
+  "last" INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS "_tidemark_unstamped" (
   "seq" INTEGER PRIMARY KEY
 );

@@ -26,11 +26,14 @@ use crate::record::{
     Watermark,
 };
 use crate::store::LocalStore;
+use crate::transaction::{Transact, TxMark, Write};
 
 /// Collection with fields `title`, `artist` (text) and `order` (number).
 pub const SONGS: &str = "songs";
 /// Collection with field `name` (text).
 pub const FRIENDS: &str = "friends";
+/// A local-only collection with field `title` (text), for [`run_local_only`].
+pub const DRAFTS: &str = "drafts";
 
 fn fields(v: Value) -> Fields {
     match v {
@@ -113,6 +116,22 @@ where
     list_page_after_a_deleted_cursor(&make().await).await;
     list_page_is_stable_under_writes(&make().await).await;
     list_page_of_other_collections_is_as_list(&make().await).await;
+    a_transaction_applies_every_write_with_its_outbox_entry(&make().await).await;
+    a_failed_transaction_changes_nothing(&make().await).await;
+    writes_in_a_transaction_coalesce_as_sequential_writes(&make().await).await;
+    a_transaction_deletes_a_missing_record_as_delete_does(&make().await).await;
+}
+
+/// The cases that need a store holding [`DRAFTS`] local-only (with a `title`
+/// text field) besides [`SONGS`] and [`FRIENDS`]: a store whose constructor can
+/// declare a local-only collection runs them too.
+pub async fn run_local_only<F, Fut, S>(mut make: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+    S: LocalStore,
+{
+    a_transaction_writes_a_local_only_collection_as_put_does(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -1674,4 +1693,278 @@ pub async fn list_page_of_other_collections_is_as_list(s: &dyn LocalStore) {
             }
         }
     }
+}
+
+// ---- multi-record transactions ----
+
+/// A transaction applies every write, each with its outbox entry, all marked with
+/// the transaction's [`TxMark`] (the highest seq among them as `last`), and
+/// reports whether each record existed.
+pub async fn a_transaction_applies_every_write_with_its_outbox_entry(s: &dyn LocalStore) {
+    let (a, b, c) = (new_id(), new_id(), new_id());
+    s.put(Record::new(SONGS, b.clone(), song("b", 1)))
+        .await
+        .unwrap();
+    let before = s.pending(0, 10).await.unwrap();
+    let report = s
+        .transaction()
+        .put(Record::new(SONGS, a.clone(), song("a", 2)))
+        .put(Record::new(
+            FRIENDS,
+            c.clone(),
+            fields(json!({"name": "c"})),
+        ))
+        .delete(SONGS, &b)
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(
+        report.existed,
+        vec![false, false, true],
+        "a transaction reports whether each record existed"
+    );
+    assert_eq!(
+        s.get(SONGS, &a).await.unwrap().map(|r| r.fields),
+        Some(song("a", 2))
+    );
+    assert!(s.get(FRIENDS, &c).await.unwrap().is_some());
+    assert!(
+        s.get(SONGS, &b).await.unwrap().is_none(),
+        "the delete applied"
+    );
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 3, "one outbox entry per record written");
+    let mark = report
+        .mark
+        .expect("a transaction that wrote entries has a mark");
+    assert!(
+        p.iter().all(|e| e.tx == Some(mark)),
+        "every entry the transaction wrote carries its mark: {p:?}"
+    );
+    assert_eq!(
+        mark.last,
+        p.iter().map(|e| e.seq).max().unwrap(),
+        "the mark's last is the highest seq of its entries"
+    );
+    assert_eq!(
+        mark.id,
+        p.iter().map(|e| e.change_id.n).max().unwrap(),
+        "the mark's id is the counter of the transaction's newest write"
+    );
+    let eb = pushed(&p, &b);
+    assert_eq!(
+        (eb.seq, &eb.op, eb.base),
+        (before[0].seq, &Op::Delete, None),
+        "the delete folded into b's entry at its position"
+    );
+    assert!(
+        p.iter().all(|e| e.change_id.n > before[0].change_id.n),
+        "every write of the transaction took a new change counter"
+    );
+    assert_eq!(s.pending_count().await.unwrap(), 3);
+}
+
+/// A transaction with a write the store refuses fails with that write's error and
+/// changes nothing: no record, no outbox entry, no change counter.
+pub async fn a_failed_transaction_changes_nothing(s: &dyn LocalStore) {
+    let (a, b) = (new_id(), new_id());
+    s.put(Record::new(SONGS, b.clone(), song("b", 1)))
+        .await
+        .unwrap();
+    let before = s.pending(0, 10).await.unwrap();
+    let err = s
+        .transact(vec![
+            Write::Put(Record::new(SONGS, a.clone(), song("a", 2))),
+            Write::Put(Record::new(SONGS, b.clone(), song("b2", 3))),
+            Write::Delete {
+                collection: SONGS.into(),
+                id: b.clone(),
+            },
+            Write::Put(Record::new("no such collection!", new_id(), song("x", 0))),
+        ])
+        .await;
+    assert!(
+        matches!(err, Err(crate::error::StoreError::UnknownCollection(_))),
+        "the refused write's error is the transaction's: {err:?}"
+    );
+    assert!(
+        s.get(SONGS, &a).await.unwrap().is_none(),
+        "a failed transaction writes no record"
+    );
+    assert_eq!(
+        s.get(SONGS, &b).await.unwrap().map(|r| r.fields),
+        Some(song("b", 1)),
+        "a failed transaction changes and deletes no record"
+    );
+    assert_eq!(
+        s.pending(0, 10).await.unwrap(),
+        before,
+        "a failed transaction leaves the outbox as it was"
+    );
+    s.put(Record::new(SONGS, a.clone(), song("a", 4)))
+        .await
+        .unwrap();
+    let n = pushed(&s.pending(0, 10).await.unwrap(), &a).change_id.n;
+    assert_eq!(
+        n,
+        before[0].change_id.n + 1,
+        "a failed transaction takes no change counter"
+    );
+}
+
+/// Writes to one record inside a transaction coalesce as sequential writes do: one
+/// entry, at the record's old position if it had one, with the newest change id
+/// and the union of changed fields; a record created and deleted inside one is a
+/// delete based on nothing. An entry keeps the mark after a later plain put, and a
+/// later transaction's mark replaces it.
+pub async fn writes_in_a_transaction_coalesce_as_sequential_writes(s: &dyn LocalStore) {
+    let (a, b, c, d) = (new_id(), new_id(), new_id(), new_id());
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    s.put(Record::new(SONGS, b.clone(), song("b", 1)))
+        .await
+        .unwrap();
+    let old = s.pending(0, 10).await.unwrap();
+    let (a_seq, b_seq) = (pushed(&old, &a).seq, pushed(&old, &b).seq);
+    let mut a2 = song("a", 1);
+    a2.insert("title".into(), json!("a2"));
+    let mut a3 = a2.clone();
+    a3.insert("artist".into(), json!("other"));
+    let report = s
+        .transaction()
+        .put(Record::new(SONGS, a.clone(), a2))
+        .put(Record::new(SONGS, c.clone(), song("c", 1)))
+        .put(Record::new(SONGS, a.clone(), a3.clone()))
+        .put(Record::new(SONGS, d.clone(), song("d", 1)))
+        .delete(SONGS, &d)
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(report.existed, vec![true, false, true, false, true]);
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 4, "a, b, c and d have one entry each: {p:?}");
+    let ea = pushed(&p, &a);
+    assert_eq!(ea.seq, a_seq, "a keeps its outbox position");
+    assert_eq!(ea.op, Op::Upsert(a3), "a's entry holds its newest write");
+    assert_eq!(
+        ea.changed,
+        ["title", "artist", "order"].map(String::from).into(),
+        "changed fields are the union of the writes' (the create's included)"
+    );
+    let ed = pushed(&p, &d);
+    assert_eq!(
+        (&ed.op, ed.base),
+        (&Op::Delete, None),
+        "created and deleted inside the transaction: a delete based on nothing"
+    );
+    let mark = report.mark.unwrap();
+    let marked: Vec<&RecordId> = p
+        .iter()
+        .filter(|e| e.tx == Some(mark))
+        .map(|e| &e.id)
+        .collect();
+    assert_eq!(marked.len(), 3, "a, c and d carry the mark, b does not");
+    assert!(!marked.contains(&&b) && pushed(&p, &b).tx.is_none());
+    assert!(mark.last > b_seq && mark.last == pushed(&p, &d).seq.max(pushed(&p, &c).seq));
+    assert_eq!(
+        ea.change_id.n,
+        pushed(&p, &c).change_id.n + 1,
+        "a's entry carries the change id of its newest write (the one after c's)"
+    );
+    // A later plain put keeps the mark; a later transaction replaces it.
+    s.put(Record::new(SONGS, c.clone(), song("c", 2)))
+        .await
+        .unwrap();
+    assert_eq!(pushed(&s.pending(0, 10).await.unwrap(), &c).tx, Some(mark));
+    let second = s
+        .transaction()
+        .put(Record::new(SONGS, b.clone(), song("b", 2)))
+        .put(Record::new(SONGS, c.clone(), song("c", 3)))
+        .commit()
+        .await
+        .unwrap()
+        .mark
+        .unwrap();
+    assert!(second.id > mark.id, "transaction ids grow");
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(pushed(&p, &b).tx, Some(second));
+    assert_eq!(pushed(&p, &c).tx, Some(second));
+    assert_eq!(pushed(&p, &a).tx, Some(mark));
+    assert_eq!(
+        second,
+        TxMark {
+            id: second.id,
+            last: pushed(&p, &c).seq.max(pushed(&p, &b).seq)
+        }
+    );
+}
+
+/// A delete of a record that is not there inside a transaction writes nothing
+/// and is no error, as [`LocalStore::delete`]; a transaction that writes no entry
+/// (none but such deletes, or none at all) has no mark.
+pub async fn a_transaction_deletes_a_missing_record_as_delete_does(s: &dyn LocalStore) {
+    let (a, missing) = (new_id(), new_id());
+    let report = s
+        .transaction()
+        .delete(SONGS, &missing)
+        .put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(report.existed, vec![false, false]);
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1, "no entry for the missing record: {p:?}");
+    assert_eq!(p[0].id, a);
+    let none = s
+        .transaction()
+        .delete(SONGS, &missing)
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!((none.existed, none.mark), (vec![false], None));
+    let empty = s.transact(Vec::new()).await.unwrap();
+    assert_eq!((empty.existed.len(), empty.mark), (0, None));
+    assert_eq!(s.pending(0, 10).await.unwrap(), p, "nothing else changed");
+}
+
+/// Writes to a local-only collection inside a transaction are applied as `put`
+/// and `delete` apply them: the data changes, no outbox entry, no mark; the
+/// synced writes beside them get theirs.
+pub async fn a_transaction_writes_a_local_only_collection_as_put_does(s: &dyn LocalStore) {
+    let (a, d, e) = (new_id(), new_id(), new_id());
+    let title = |t: &str| fields(json!({ "title": t }));
+    s.put(Record::new(DRAFTS, e.clone(), title("e")))
+        .await
+        .unwrap();
+    assert_eq!(s.pending_count().await.unwrap(), 0);
+    let only = s
+        .transaction()
+        .put(Record::new(DRAFTS, d.clone(), title("d")))
+        .delete(DRAFTS, &e)
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!((only.existed, only.mark), (vec![false, true], None));
+    assert_eq!(s.pending_count().await.unwrap(), 0, "local-only: no entry");
+    assert_eq!(
+        s.get(DRAFTS, &d).await.unwrap().map(|r| r.fields),
+        Some(title("d"))
+    );
+    assert!(s.get(DRAFTS, &e).await.unwrap().is_none());
+    let mixed = s
+        .transaction()
+        .put(Record::new(DRAFTS, d.clone(), title("d2")))
+        .put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .commit()
+        .await
+        .unwrap();
+    let p = s.pending(0, 10).await.unwrap();
+    assert_eq!(p.len(), 1, "only the synced write has an entry: {p:?}");
+    assert_eq!((p[0].id.clone(), p[0].tx), (a, mixed.mark));
+    assert_eq!(mixed.mark.map(|m| m.last), Some(p[0].seq));
+    assert_eq!(
+        s.get(DRAFTS, &d).await.unwrap().map(|r| r.fields),
+        Some(title("d2"))
+    );
 }

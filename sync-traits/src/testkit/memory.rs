@@ -13,6 +13,7 @@ use crate::record::{
     Record, RemoteState, SyncState, Version, Watermark,
 };
 use crate::store::LocalStore;
+use crate::transaction::{TxMark, TxReport, Write};
 
 type Key = (String, RecordId);
 
@@ -231,6 +232,25 @@ impl Inner {
         }
     }
 
+    /// An app's put of a held collection's record, with its outbox entry.
+    fn put(&mut self, record: Record) {
+        let key = (record.collection, record.id);
+        let changed = changed_fields(self.records.get(&key), Some(&record.fields));
+        self.records.insert(key.clone(), record.fields.clone());
+        self.record_write(key, Op::Upsert(record.fields), changed);
+    }
+
+    /// An app's delete of a held collection's record, with its outbox entry;
+    /// whether the record was there.
+    fn delete(&mut self, key: Key) -> bool {
+        let Some(old) = self.records.remove(&key) else {
+            return false;
+        };
+        let changed = changed_fields(Some(&old), None);
+        self.record_write(key, Op::Delete, changed);
+        true
+    }
+
     fn record_write(&mut self, key: Key, op: Op, changed: BTreeSet<String>) {
         if self.local_only.contains(&key.0) {
             return;
@@ -259,6 +279,7 @@ impl Inner {
             base: self.versions.get(&key).copied(),
             op,
             changed,
+            tx: None,
         };
         self.outbox.insert(seq, entry);
         self.outbox_index.insert(key, seq);
@@ -340,23 +361,57 @@ impl LocalStore for MemoryStore {
     async fn put(&self, record: Record) -> Result<(), StoreError> {
         let mut g = self.lock()?;
         g.check_held(&record.collection)?;
-        let key = (record.collection, record.id);
-        let changed = changed_fields(g.records.get(&key), Some(&record.fields));
-        g.records.insert(key.clone(), record.fields.clone());
-        g.record_write(key, Op::Upsert(record.fields), changed);
+        g.put(record);
         Ok(())
     }
 
     async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
         let mut g = self.lock()?;
         g.check_held(collection)?;
-        let key = (collection.to_owned(), id.clone());
-        let Some(old) = g.records.remove(&key) else {
-            return Ok(false);
-        };
-        let changed = changed_fields(Some(&old), None);
-        g.record_write(key, Op::Delete, changed);
-        Ok(true)
+        Ok(g.delete((collection.to_owned(), id.clone())))
+    }
+
+    /// Every write is checked first (a collection held: the only thing this store
+    /// checks), then all are applied under the one lock.
+    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        let mut g = self.lock()?;
+        for w in &writes {
+            g.check_held(w.key().0)?;
+        }
+        let mut report = TxReport::default();
+        let mut wrote = Vec::new();
+        for w in writes {
+            let key = (w.key().0.to_owned(), w.key().1.clone());
+            let existed = g.records.contains_key(&key);
+            match w {
+                Write::Put(record) => g.put(record),
+                Write::Delete { .. } => {
+                    g.delete(key.clone());
+                }
+            }
+            // A put, or a delete that removed something, wrote the record.
+            if existed || g.records.contains_key(&key) {
+                wrote.push(key);
+            }
+            report.existed.push(existed);
+        }
+        let seqs: Vec<u64> = wrote
+            .iter()
+            .filter_map(|k| g.outbox_index.get(k).copied())
+            .collect();
+        if let Some(&last) = seqs.iter().max() {
+            let mark = TxMark {
+                id: g.counter,
+                last,
+            };
+            for seq in seqs {
+                if let Some(e) = g.outbox.get_mut(&seq) {
+                    e.tx = Some(mark);
+                }
+            }
+            report.mark = Some(mark);
+        }
+        Ok(report)
     }
 
     async fn client_id(&self) -> Result<RecordId, StoreError> {
