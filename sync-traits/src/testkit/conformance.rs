@@ -109,6 +109,7 @@ where
     a_first_sync_keeps_what_is_written_meanwhile(&make().await).await;
     a_first_sync_removes_a_server_state_an_ack_wrote_unless_delivered(&make().await).await;
     a_retried_change_keeps_a_value_of_another_type(&make().await).await;
+    sync_meta_is_kept_apart_from_the_data(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.
@@ -1387,4 +1388,48 @@ pub async fn a_retried_change_keeps_a_value_of_another_type(s: &dyn LocalStore) 
     assert_eq!(retried[0].op, Op::Upsert(edited));
     assert_eq!(retried[0].base, Some(Version(2)));
     assert!(s.quarantined().await.unwrap().is_empty());
+}
+
+/// The engine's notes ([`LocalStore::set_sync_meta`]) read back as set, overwrite,
+/// are removed by `None`, and touch no record, outbox entry or watermark. A store
+/// that does not keep them ([`LocalStore::keeps_sync_meta`] `false`) is skipped.
+pub async fn sync_meta_is_kept_apart_from_the_data(s: &dyn LocalStore) {
+    if !s.keeps_sync_meta() {
+        return;
+    }
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let before = (
+        s.sync_state().await.unwrap(),
+        s.pending_count().await.unwrap(),
+    );
+    assert_eq!(s.sync_meta("scope").await.unwrap(), None, "never set: None");
+    let json = r#"{"only":null,"filters":{"songs":"genre = 'jazz'"}}"#;
+    s.set_sync_meta("scope", Some(json.to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(s.sync_meta("scope").await.unwrap().as_deref(), Some(json));
+    assert_eq!(s.sync_meta("other").await.unwrap(), None, "keys are apart");
+    s.set_sync_meta("scope", Some("é two".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sync_meta("scope").await.unwrap().as_deref(),
+        Some("é two"),
+        "overwritten"
+    );
+    s.set_sync_meta("scope", None).await.unwrap();
+    assert_eq!(s.sync_meta("scope").await.unwrap(), None, "removed");
+    s.set_sync_meta("scope", None).await.unwrap();
+    let after = (
+        s.sync_state().await.unwrap(),
+        s.pending_count().await.unwrap(),
+    );
+    assert_eq!(
+        after, before,
+        "notes never touch the watermark or the outbox"
+    );
+    assert_eq!(s.list(SONGS).await.unwrap().len(), 1);
 }
