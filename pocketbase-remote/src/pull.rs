@@ -331,7 +331,7 @@ impl PocketBaseRemote {
             prev = seq;
             out.push((seq, id));
         }
-        let cut = (out.len() >= per).then(|| prev);
+        let cut = (out.len() >= per).then_some(prev);
         Ok((out, cut))
     }
 
@@ -491,7 +491,7 @@ impl PocketBaseRemote {
                 },
             });
         }
-        let cut = (out.len() >= per).then(|| prev);
+        let cut = (out.len() >= per).then_some(prev);
         Ok((out, cut))
     }
 
