@@ -135,8 +135,10 @@ impl From<Filter> for String {
 ///   snapshot pulled from zero, its local records not delivered removed, its
 ///   outbox kept and pushed; the other collections go on from the watermark. The
 ///   engine remembers the scope each collection was last synced with in the
-///   store ([`crate::LocalStore::set_sync_meta`]); a store that cannot keep it
-///   gets a resync of every filtered collection at an engine's first sync.
+///   store ([`crate::LocalStore::set_sync_meta`]); with a store that cannot keep
+///   it ([`crate::LocalStore::keeps_sync_meta`] `false`), an engine whose scope is
+///   not everything resyncs every collection it syncs at its first sync (it
+///   cannot know what an earlier engine left out), each alone as above.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncScope {
     /// The collections to sync (`None`: every collection the remote syncs).
