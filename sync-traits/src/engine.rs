@@ -491,7 +491,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// resync removes the ones and pulls the others. One extra request when the
     /// counts agree.
     ///
-    /// Skipped (reported as not resynced) while the outbox is not empty, since
+    /// Collections synced through a filter ([`crate::SyncScope`]) are checked by
+    /// the filter reconcile instead ([`SyncEngine::reconcile_filters`], run here
+    /// first, whatever the outbox holds).
+    ///
+    /// The count check is skipped (reported as not resynced) while the outbox is not empty, since
     /// unpushed creates would count too, and when the remote cannot count. A write
     /// landing on the server between the pull and the count can hide a stale record
     /// until the next reconcile, or start a resync that was not needed.
@@ -502,6 +506,10 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         let run = async {
             let mut report = self.sync_locked().await?;
             let synced = self.scoped_collections().await?;
+            // Filtered collections first: their check keeps records with an
+            // outbox entry itself, so it runs whatever the outbox holds.
+            self.reconcile_filters_locked(synced.as_ref(), &mut report)
+                .await?;
             if report.remaining > 0 {
                 info!(
                     remaining = report.remaining,
@@ -541,8 +549,6 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 self.resync(synced.clone(), &mut report).await?;
                 self.remember_scope().await?;
             }
-            self.reconcile_filters_locked(synced.as_ref(), &mut report)
-                .await?;
             Ok(report)
         }
         .instrument(info_span!("reconcile"));
