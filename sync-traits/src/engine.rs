@@ -151,9 +151,12 @@ pub enum SyncEvent {
         /// Why.
         rejection: Rejection,
     },
-    /// The watermark was older than the server's horizon: a full resync started.
+    /// The watermark was older than the server's horizon: a full resync started
+    /// (also sent when some collections are resynced alone, partial sync:
+    /// [`SyncReport::resynced_collections`]).
     ResyncStarted,
-    /// A full resync finished; `removed` local records no longer exist on the server.
+    /// A full resync (or a resync of some collections) finished; `removed` local
+    /// records no longer exist on the server (or no longer match the filter).
     ResyncFinished {
         /// Records removed locally.
         removed: usize,
