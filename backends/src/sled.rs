@@ -912,4 +912,37 @@ impl LocalStore for SledStore {
         })
         .await
     }
+
+    /// Kept in the meta tree, under `engine.<key>`.
+    fn keeps_sync_meta(&self) -> bool {
+        true
+    }
+
+    async fn sync_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = format!("engine.{key}");
+        self.run(
+            move |s| match s.trees[META].get(key.as_bytes()).map_err(sled_err)? {
+                None => Ok(None),
+                Some(v) => String::from_utf8(v.to_vec())
+                    .map(Some)
+                    .map_err(|_| corrupt(format!("metadata {key} is not text"))),
+            },
+        )
+        .await
+    }
+
+    async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
+        let key = format!("engine.{key}");
+        self.run(move |s| {
+            let _g = s.lock();
+            s.write(|tx| {
+                match &value {
+                    Some(v) => tx.t[META].insert(key.as_bytes(), v.as_bytes())?,
+                    None => tx.t[META].remove(key.as_bytes())?,
+                };
+                Ok(())
+            })
+        })
+        .await
+    }
 }

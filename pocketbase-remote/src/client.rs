@@ -781,7 +781,30 @@ impl RemoteStore for PocketBaseRemote {
         limit: usize,
         mode: PullMode,
     ) -> Result<Page, RemoteError> {
-        self.pull_page(since, limit, mode).await
+        self.pull_page(since, limit, mode, None).await
+    }
+
+    /// Partial sync over the same lists: each filter is sent through PocketBase's
+    /// list API (`filter=(<seq range>) && (<filter>)`), so the collection's list
+    /// rule applies for the caller as for every pull; in an incremental pull a
+    /// record changed in the range that does not match comes as a removal.
+    async fn pull_scoped(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+        scope: &sync_traits::PullScope,
+    ) -> Result<Page, RemoteError> {
+        self.pull_page(since, limit, mode, Some(scope)).await
+    }
+
+    /// The matching ids through the list API (ids and seqs only, 1000 a page, by id).
+    async fn matching(
+        &self,
+        collection: &str,
+        filter: &sync_traits::Filter,
+    ) -> Result<std::collections::BTreeMap<RecordId, sync_traits::Version>, RemoteError> {
+        self.matching_ids(collection, filter).await
     }
 
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {

@@ -17,6 +17,9 @@
 //!   exact change id, a refused change answered as rejected.
 //! - **hints**: [`PostgresRemote::subscribe`] turns LISTEN/NOTIFY into "changes
 //!   available"; correctness never depends on it.
+//! - **partial sync**: a subset of the collections works (the trait's default
+//!   `pull_scoped`); filters are refused with `RemoteError::Unsupported` (README,
+//!   "Missing / known limitations").
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), postgres_remote::PgError> {

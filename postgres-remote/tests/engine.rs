@@ -258,3 +258,51 @@ async fn users_sync_their_own_rows_only() {
     // reconcile agrees with the counts the server gives each user.
     assert!(!eb.reconcile().await.unwrap().resynced);
 }
+
+/// Partial sync: a subset works through the default `pull_scoped` (the other
+/// collections' changes are dropped from the plain pull); a filter is refused with
+/// `RemoteError::Unsupported` before anything is applied.
+#[tokio::test]
+async fn a_subset_syncs_and_a_filter_is_refused_as_unsupported() {
+    let (_s, r) = server().await;
+    let writer = Arc::new(MemoryStore::new());
+    writer
+        .put(Record::new(
+            "songs",
+            new_id(),
+            f(json!({"title": "s", "n": 1})),
+        ))
+        .await
+        .unwrap();
+    writer
+        .put(Record::new("notes", new_id(), f(json!({"body": "b"}))))
+        .await
+        .unwrap();
+    engine(&writer, &r).sync().await.unwrap();
+    let reader = Arc::new(MemoryStore::new());
+    let err = engine(&reader, &r)
+        .with_scope(
+            sync_traits::SyncScope::all()
+                .filter("songs", sync_traits::Filter::new("n = 1").unwrap()),
+        )
+        .sync()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.cause(),
+            sync_traits::SyncError::Remote(sync_traits::RemoteError::Unsupported(_))
+        ),
+        "{err}"
+    );
+    assert!(reader.all_records().is_empty(), "nothing applied");
+    let report = engine(&reader, &r)
+        .with_scope(sync_traits::SyncScope::only(["notes"]))
+        .sync()
+        .await
+        .unwrap();
+    assert_eq!(report.pulled, 1, "{report:?}");
+    let got = reader.all_records();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].collection, "notes");
+}

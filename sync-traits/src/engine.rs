@@ -17,6 +17,11 @@ use crate::record::{
 use crate::remote::{PullMode, RemoteStore};
 use crate::store::LocalStore;
 
+// Partial sync (the scope, collection resyncs, the filter reconcile): a child
+// module, so it shares the engine's private state.
+#[path = "engine_partial.rs"]
+mod partial_sync;
+
 /// Bounded exponential backoff for transient remote errors.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -147,9 +152,12 @@ pub enum SyncEvent {
         /// Why.
         rejection: Rejection,
     },
-    /// The watermark was older than the server's horizon: a full resync started.
+    /// The watermark was older than the server's horizon: a full resync started
+    /// (also sent when some collections are resynced alone, partial sync:
+    /// [`SyncReport::resynced_collections`]).
     ResyncStarted,
-    /// A full resync finished; `removed` local records no longer exist on the server.
+    /// A full resync (or a resync of some collections) finished; `removed` local
+    /// records no longer exist on the server (or no longer match the filter).
     ResyncFinished {
         /// Records removed locally.
         removed: usize,
@@ -201,6 +209,10 @@ pub struct SyncReport {
     /// Pulled values kept with another type than the local schema declares (each
     /// also sent as [`SyncEvent::Mistyped`]).
     pub mistyped: usize,
+    /// Collections resynced alone (their scope changed, or the filter reconcile
+    /// found records that stopped or started matching without a write; see
+    /// [`crate::SyncScope`]); a full resync is [`SyncReport::resynced`].
+    pub resynced_collections: std::collections::BTreeSet<String>,
 }
 
 /// Moves changes both ways between a local store and a remote.
@@ -226,6 +238,8 @@ pub struct SyncEngine<L, R> {
     running: Mutex<()>,
     progress: Arc<Progress>,
     status: crate::status::StatusCell,
+    scope: crate::partial::SyncScope,
+    scope_memo: std::sync::Mutex<partial_sync::Memo>,
 }
 
 /// When the running sync last made progress ([`SyncConfig::stall_limit`]).
@@ -274,6 +288,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             running: Mutex::new(()),
             progress: Arc::new(Progress::new()),
             status: crate::status::StatusCell::new(),
+            scope: crate::partial::SyncScope::default(),
+            scope_memo: std::sync::Mutex::default(),
         }
     }
 
@@ -437,9 +453,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// Push, then pull. A push that fails with anything but an auth error does not
     /// stop the pull: its error is returned after the pull ran.
     async fn sync_steps(&self, report: &mut SyncReport) -> Result<(), SyncError> {
-        let synced = self
-            .retry("collections", || self.remote.collections())
-            .await?;
+        let synced = self.scoped_collections().await?;
         let pushed = self
             .push_all(synced.as_ref(), report)
             .instrument(info_span!("push"))
@@ -459,7 +473,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             });
         }
         let pulled = self
-            .pull_all(synced, report)
+            .pull_all(synced.clone(), report)
             .instrument(info_span!("pull"))
             .await;
         if let (Err(push), Err(pull)) = (&pushed, &pulled) {
@@ -467,6 +481,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         }
         pushed?;
         pulled?;
+        self.reconcile_filters_if_due(synced.as_ref(), report)
+            .await?;
         report.remaining = self.local.pending_count().await?;
         Ok(())
     }
@@ -480,7 +496,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// resync removes the ones and pulls the others. One extra request when the
     /// counts agree.
     ///
-    /// Skipped (reported as not resynced) while the outbox is not empty, since
+    /// Collections synced through a filter ([`crate::SyncScope`]) are checked by
+    /// the filter reconcile instead ([`SyncEngine::reconcile_filters`], run here
+    /// first, whatever the outbox holds).
+    ///
+    /// The count check is skipped (reported as not resynced) while the outbox is not empty, since
     /// unpushed creates would count too, and when the remote cannot count. A write
     /// landing on the server between the pull and the count can hide a stale record
     /// until the next reconcile, or start a resync that was not needed.
@@ -490,8 +510,10 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         let _guard = self.running.lock().await;
         let run = async {
             let mut report = self.sync_locked().await?;
-            let synced = self
-                .retry("collections", || self.remote.collections())
+            let synced = self.scoped_collections().await?;
+            // Filtered collections first: their check keeps records with an
+            // outbox entry itself, so it runs whatever the outbox holds.
+            self.reconcile_filters_locked(synced.as_ref(), &mut report)
                 .await?;
             if report.remaining > 0 {
                 info!(
@@ -505,7 +527,11 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             };
             let mut stale = Vec::new();
             for (collection, remote) in &counts {
-                if synced.as_ref().is_some_and(|s| !s.contains(collection)) {
+                // A filtered collection holds less than the server counts: the
+                // filter reconcile below checks it.
+                if synced.as_ref().is_some_and(|s| !s.contains(collection))
+                    || self.scope.filters.contains_key(collection)
+                {
                     continue;
                 }
                 let local = match self.local.count(collection).await {
@@ -525,7 +551,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 );
                 self.emit(SyncEvent::ResyncStarted);
                 report.resynced = true;
-                self.resync(synced, &mut report).await?;
+                self.resync(synced.clone(), &mut report).await?;
+                self.remember_scope().await?;
             }
             Ok(report)
         }
@@ -982,22 +1009,35 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             info!("resuming an interrupted resync from zero");
             self.emit(SyncEvent::ResyncStarted);
             report.resynced = true;
-            return self.resync(synced, report).await;
+            self.resync(synced, report).await?;
+            return self.remember_scope().await;
         }
         if state.watermark.0 == 0 {
             // The first sync is a resync: anything the store holds that the server
             // lacks is removed at the end, and pages below the horizon are safe.
-            return self.resync(synced, report).await;
+            self.resync(synced, report).await?;
+            return self.remember_scope().await;
+        }
+        if let Some(plan) = self.scope_plan(synced.as_ref(), state.watermark).await? {
+            // Some collections' scope changed: resync them alone (the others are
+            // pulled from the watermark in the same pass).
+            return self.resync_collections(plan, synced, report).await;
         }
         match self
-            .pull_pages(state.watermark, PullMode::Incremental, report)
+            .pull_pages(
+                state.watermark,
+                PullMode::Incremental,
+                self.full_pull_scope(),
+                report,
+            )
             .await
         {
             Err(SyncError::Remote(RemoteError::WatermarkExpired { since, horizon })) => {
                 info!(?since, ?horizon, "watermark expired; full resync");
                 self.emit(SyncEvent::ResyncStarted);
                 report.resynced = true;
-                self.resync(synced, report).await
+                self.resync(synced, report).await?;
+                self.remember_scope().await
             }
             other => other,
         }
@@ -1014,8 +1054,13 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         for attempt in 0..=self.config.max_resyncs {
             let before = self.retry("horizon", || self.remote.horizon()).await?;
             self.local.begin_resync().await?;
-            self.pull_pages(Watermark(0), PullMode::Resync, report)
-                .await?;
+            self.pull_pages(
+                Watermark(0),
+                PullMode::Resync,
+                self.full_pull_scope(),
+                report,
+            )
+            .await?;
             let after = self.retry("horizon", || self.remote.horizon()).await?;
             if after == before {
                 let removed = self.local.finish_resync(synced.clone()).await?;
@@ -1047,6 +1092,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         &self,
         from: Watermark,
         mode: PullMode,
+        scope: Option<Arc<crate::partial::PullScope>>,
         report: &mut SyncReport,
     ) -> Result<(), SyncError> {
         let limit = self.config.page_size.max(1);
@@ -1059,9 +1105,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                     policy,
                     events,
                     &self.progress,
-                    wm,
-                    limit,
-                    mode,
+                    (wm, limit, mode),
+                    scope.as_deref(),
                 )
                 .await?;
                 wm = page.watermark;
@@ -1088,8 +1133,15 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             async move {
                 let mut wm = from;
                 loop {
-                    let page =
-                        pull_checked(&*remote, &policy, &events, &progress, wm, limit, mode).await;
+                    let page = pull_checked(
+                        &*remote,
+                        &policy,
+                        &events,
+                        &progress,
+                        (wm, limit, mode),
+                        scope.as_deref(),
+                    )
+                    .await;
                     let more = match &page {
                         Ok(p) => {
                             wm = p.watermark;
@@ -1193,12 +1245,14 @@ async fn pull_checked<R: RemoteStore + ?Sized>(
     policy: &RetryPolicy,
     events: &broadcast::Sender<SyncEvent>,
     progress: &Progress,
-    wm: Watermark,
-    limit: usize,
-    mode: PullMode,
+    (wm, limit, mode): (Watermark, usize, PullMode),
+    scope: Option<&crate::partial::PullScope>,
 ) -> Result<Page, SyncError> {
-    let page = retry(policy, events, progress, "pull", || {
-        remote.pull(wm, limit, mode)
+    let page = retry(policy, events, progress, "pull", || async move {
+        match scope {
+            Some(scope) => remote.pull_scoped(wm, limit, mode, scope).await,
+            None => remote.pull(wm, limit, mode).await,
+        }
     })
     .await?;
     check_page(wm, &page)?;
@@ -1313,6 +1367,7 @@ mod tests {
             .unwrap_or_else(new_id);
         let mut l = MockLocalStore::new();
         l.expect_client_id().returning(move || Ok(client.clone()));
+        l.expect_keeps_sync_meta().return_const(false);
         let n = pending.len();
         let count = Arc::new(AtomicUsize::new(n));
         let c2 = count.clone();

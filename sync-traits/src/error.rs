@@ -165,6 +165,10 @@ pub enum RemoteError {
     /// Any other permanent failure.
     #[error("remote error: {0}")]
     Permanent(String),
+    /// The remote cannot do what was asked (a filter, for a remote that cannot
+    /// filter: [`crate::RemoteStore::pull_scoped`]); asking again will not help.
+    #[error("not supported by this remote: {0}")]
+    Unsupported(String),
 }
 
 impl RemoteError {

@@ -79,6 +79,7 @@ mod engine;
 mod error;
 mod hints;
 mod id;
+mod partial;
 mod record;
 mod remote;
 mod schema;
@@ -94,6 +95,7 @@ pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
 pub use error::{Cause, FieldsError, InvalidId, RemoteError, StoreError, SyncError};
 pub use hints::Hints;
 pub use id::{new_id, ChangeId, RecordId, ID_LEN};
+pub use partial::{Filter, FilterError, PullScope, SyncScope, MAX_FILTER_LEN};
 pub use record::{
     changed_fields, Ack, ApplyReport, Conflict, Fields, LoggedConflict, Mistyped, Op, Page,
     PendingChange, PushChange, PushOutcome, Quarantined, Record, Rejection, RemoteChange,

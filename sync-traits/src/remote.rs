@@ -4,7 +4,8 @@ use async_trait::async_trait;
 
 use crate::error::RemoteError;
 use crate::id::RecordId;
-use crate::record::{Page, PushChange, PushOutcome, RemoteState, Watermark};
+use crate::partial::{Filter, PullScope};
+use crate::record::{Page, PushChange, PushOutcome, RemoteState, Version, Watermark};
 
 /// Whether a pull is part of a full resync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,6 +135,55 @@ pub trait RemoteStore: Send + Sync {
         Ok(None)
     }
 
+    /// [`pull`](RemoteStore::pull) narrowed by `scope` (partial sync): only the
+    /// changes `scope` asks for ([`PullScope`]'s rules: its collections, above each
+    /// collection's floor, through each collection's filter). A filter is evaluated
+    /// by the server for the caller under the same rules as every other read (never
+    /// with more rights than the caller has); a record changed in the range that
+    /// does not match its collection's filter is sent as a removal, a tombstone at
+    /// the record's version, unless [`PullScope::resyncs`] that collection. The
+    /// page's watermark and `more` mean what they mean for `pull`.
+    ///
+    /// The default answers a scope with filters with [`RemoteError::Unsupported`]
+    /// (a remote that cannot filter says so rather than sending too much) and
+    /// serves the rest through `pull`, dropping the changes the scope does not ask
+    /// for (correct, though it downloads them).
+    async fn pull_scoped(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+        scope: &PullScope,
+    ) -> Result<Page, RemoteError> {
+        if let Some((collection, _)) = scope.filters.iter().next() {
+            return Err(RemoteError::Unsupported(format!(
+                "this remote cannot filter what it syncs (a filter on {collection})"
+            )));
+        }
+        let mut page = self.pull(since, limit, mode).await?;
+        page.changes
+            .retain(|c| scope.wants(&c.collection, c.state.version.0));
+        Ok(page)
+    }
+
+    /// The ids, each with its current version, of every record of `collection`
+    /// the caller may see now and that matches `filter`, evaluated by the server as
+    /// [`pull_scoped`](RemoteStore::pull_scoped) does (ids and versions only, paged
+    /// by the remote). The engine's filter reconcile
+    /// ([`crate::SyncEngine::reconcile_filters`]) compares it with the store to find
+    /// records that stopped or started matching without a write. The default:
+    /// [`RemoteError::Unsupported`].
+    async fn matching(
+        &self,
+        collection: &str,
+        filter: &Filter,
+    ) -> Result<std::collections::BTreeMap<RecordId, Version>, RemoteError> {
+        let _ = filter;
+        Err(RemoteError::Unsupported(format!(
+            "this remote cannot filter what it syncs (a filter on {collection})"
+        )))
+    }
+
     /// Largest batch [`push`](RemoteStore::push) accepts.
     fn max_push_batch(&self) -> usize {
         500
@@ -164,6 +214,12 @@ macro_rules! forward_remote_store {
             }
             async fn schema(&self) -> Result<Option<crate::schema::RemoteSchema>, RemoteError> {
                 (**self).schema().await
+            }
+            async fn pull_scoped(&self, since: Watermark, limit: usize, mode: PullMode, scope: &PullScope) -> Result<Page, RemoteError> {
+                (**self).pull_scoped(since, limit, mode, scope).await
+            }
+            async fn matching(&self, c: &str, f: &Filter) -> Result<std::collections::BTreeMap<RecordId, Version>, RemoteError> {
+                (**self).matching(c, f).await
             }
             fn max_push_batch(&self) -> usize {
                 (**self).max_push_batch()

@@ -187,6 +187,31 @@ pub trait LocalStore: Send + Sync {
 
     /// Removes the logged conflicts with these ids; returns how many were removed.
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError>;
+
+    // ---- the engine's own notes ----
+
+    /// Whether this store keeps [`set_sync_meta`](LocalStore::set_sync_meta)'s
+    /// values across opens (default `false`: the engine then assumes nothing about
+    /// what an earlier open did; see [`crate::SyncScope`]).
+    fn keeps_sync_meta(&self) -> bool {
+        false
+    }
+
+    /// A small value the engine keeps in the store under `key` (the scope each
+    /// collection was last synced with), `None` if never set. Default: `None`.
+    async fn sync_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Sets (or, with `None`, removes) the value under `key`, in one transaction,
+    /// durable like any other write of the store. Never touches records, the
+    /// outbox or the watermark. Default: does nothing (and
+    /// [`keeps_sync_meta`](LocalStore::keeps_sync_meta) answers `false`).
+    async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
+        let _ = (key, value);
+        Ok(())
+    }
 }
 
 macro_rules! forward_local_store {
@@ -263,6 +288,15 @@ macro_rules! forward_local_store {
             }
             async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
                 (**self).clear_conflicts(ids).await
+            }
+            fn keeps_sync_meta(&self) -> bool {
+                (**self).keeps_sync_meta()
+            }
+            async fn sync_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+                (**self).sync_meta(key).await
+            }
+            async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
+                (**self).set_sync_meta(key, value).await
             }
         }
     };

@@ -386,4 +386,44 @@ impl LocalStore for SqliteStore {
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
         self.run(move |s| s.clear_conflicts(&ids)).await
     }
+
+    /// Kept in `_tidemark_meta`, under `engine.<key>`.
+    fn keeps_sync_meta(&self) -> bool {
+        true
+    }
+
+    async fn sync_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = format!("engine.{key}");
+        self.run(move |s| {
+            use rusqlite::OptionalExtension;
+            s.lock()
+                .query_row(
+                    r#"SELECT "value" FROM "_tidemark_meta" WHERE "key" = ?1"#,
+                    [&key],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(sql::sql_err)
+        })
+        .await
+    }
+
+    async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
+        let key = format!("engine.{key}");
+        self.run(move |s| {
+            s.write(|tx| {
+                match &value {
+                    Some(v) => tx.execute(
+                        r#"INSERT INTO "_tidemark_meta" ("key", "value") VALUES (?1, ?2)
+                           ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value""#,
+                        [&key, v],
+                    ),
+                    None => tx.execute(r#"DELETE FROM "_tidemark_meta" WHERE "key" = ?1"#, [&key]),
+                }
+                .map_err(sql::sql_err)?;
+                Ok(())
+            })
+        })
+        .await
+    }
 }

@@ -120,6 +120,7 @@ where
     a_failed_transaction_changes_nothing(&make().await).await;
     writes_in_a_transaction_coalesce_as_sequential_writes(&make().await).await;
     a_transaction_deletes_a_missing_record_as_delete_does(&make().await).await;
+    sync_meta_is_kept_apart_from_the_data(&make().await).await;
 }
 
 /// The cases that need a store holding [`DRAFTS`] local-only (with a `title`
@@ -1967,4 +1968,48 @@ pub async fn a_transaction_writes_a_local_only_collection_as_put_does(s: &dyn Lo
         s.get(DRAFTS, &d).await.unwrap().map(|r| r.fields),
         Some(title("d2"))
     );
+}
+
+/// The engine's notes ([`LocalStore::set_sync_meta`]) read back as set, overwrite,
+/// are removed by `None`, and touch no record, outbox entry or watermark. A store
+/// that does not keep them ([`LocalStore::keeps_sync_meta`] `false`) is skipped.
+pub async fn sync_meta_is_kept_apart_from_the_data(s: &dyn LocalStore) {
+    if !s.keeps_sync_meta() {
+        return;
+    }
+    let a = new_id();
+    s.put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .await
+        .unwrap();
+    let before = (
+        s.sync_state().await.unwrap(),
+        s.pending_count().await.unwrap(),
+    );
+    assert_eq!(s.sync_meta("scope").await.unwrap(), None, "never set: None");
+    let json = r#"{"only":null,"filters":{"songs":"genre = 'jazz'"}}"#;
+    s.set_sync_meta("scope", Some(json.to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(s.sync_meta("scope").await.unwrap().as_deref(), Some(json));
+    assert_eq!(s.sync_meta("other").await.unwrap(), None, "keys are apart");
+    s.set_sync_meta("scope", Some("é two".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sync_meta("scope").await.unwrap().as_deref(),
+        Some("é two"),
+        "overwritten"
+    );
+    s.set_sync_meta("scope", None).await.unwrap();
+    assert_eq!(s.sync_meta("scope").await.unwrap(), None, "removed");
+    s.set_sync_meta("scope", None).await.unwrap();
+    let after = (
+        s.sync_state().await.unwrap(),
+        s.pending_count().await.unwrap(),
+    );
+    assert_eq!(
+        after, before,
+        "notes never touch the watermark or the outbox"
+    );
+    assert_eq!(s.list(SONGS).await.unwrap().len(), 1);
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::RemoteError;
 use crate::id::{ChangeId, RecordId};
+use crate::partial::{Filter, PullScope};
 use crate::record::{
     Fields, Op, Page, PushChange, PushOutcome, Record, Rejection, RemoteChange, RemoteState,
     Version, Watermark,
@@ -163,6 +164,14 @@ impl FakeRemote {
     pub fn with_max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
         self
+    }
+
+    /// The caller's user id for filters (`""` for a superuser).
+    fn user(&self) -> &str {
+        match &self.access {
+            Access::All => "",
+            Access::User(u) => u,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Server> {
@@ -527,6 +536,98 @@ impl RemoteStore for FakeRemote {
 
     async fn collections(&self) -> Result<Option<BTreeSet<String>>, RemoteError> {
         Ok(self.lock().synced.clone())
+    }
+
+    /// Partial sync over the fake's log: filters in the subset of PocketBase's
+    /// syntax that `fake_filter` documents, evaluated on the record as the caller
+    /// sees it (so a filter never shows another user's record). A record changed
+    /// in the range that does not match is sent as a tombstone at its version,
+    /// unless the scope resyncs its collection.
+    async fn pull_scoped(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+        scope: &PullScope,
+    ) -> Result<Page, RemoteError> {
+        let mut s = self.lock();
+        s.pulls += 1;
+        if mode == PullMode::Incremental && since.0 > 0 && since.0 < s.horizon {
+            return Err(RemoteError::WatermarkExpired {
+                since,
+                horizon: Watermark(s.horizon),
+            });
+        }
+        let user = self.user();
+        let limit = limit.max(1);
+        let mut changes = Vec::new();
+        let mut watermark = Watermark(s.seq);
+        let mut more = false;
+        for (v, key) in s.by_version.range(since.0 + 1..) {
+            if !s.syncs(&key.0) || !scope.wants(&key.0, *v) {
+                continue;
+            }
+            let Some(mut state) = s.records.get(key).and_then(|e| self.access.view(e)) else {
+                continue;
+            };
+            if let (Some(filter), Some(fields)) = (scope.filter_of(&key.0), &state.fields) {
+                let hit =
+                    super::fake_filter::matches(filter.as_str(), fields, user).map_err(|e| {
+                        RemoteError::Permanent(format!("400 bad filter {filter:?}: {e}"))
+                    })?;
+                if !hit {
+                    if scope.resyncs(&key.0, mode) {
+                        continue;
+                    }
+                    state.fields = None;
+                }
+            }
+            if changes.len() == limit {
+                more = true;
+                break;
+            }
+            watermark = Watermark(*v);
+            changes.push(RemoteChange {
+                collection: key.0.clone(),
+                id: key.1.clone(),
+                state,
+            });
+        }
+        if !more {
+            watermark = Watermark(s.seq);
+        }
+        Ok(Page {
+            changes,
+            watermark,
+            more,
+        })
+    }
+
+    async fn matching(
+        &self,
+        collection: &str,
+        filter: &Filter,
+    ) -> Result<BTreeMap<RecordId, Version>, RemoteError> {
+        let s = self.lock();
+        let user = self.user();
+        let mut out = BTreeMap::new();
+        if !s.syncs(collection) {
+            return Ok(out);
+        }
+        for ((c, id), e) in &s.records {
+            if c != collection {
+                continue;
+            }
+            let Some(fields) = self.access.view(e).and_then(|v| v.fields) else {
+                continue;
+            };
+            if super::fake_filter::matches(filter.as_str(), &fields, user)
+                .map_err(|e| RemoteError::Permanent(format!("400 bad filter {filter:?}: {e}")))?
+            {
+                out.insert(id.clone(), e.version);
+            }
+        }
+        Ok(out)
     }
 
     fn max_push_batch(&self) -> usize {

@@ -174,6 +174,28 @@ impl<R: RemoteStore> RemoteStore for Faulty<R> {
         self.inner.schema().await
     }
 
+    /// Takes a pull's fault, like [`RemoteStore::pull`].
+    async fn pull_scoped(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+        scope: &crate::PullScope,
+    ) -> Result<Page, RemoteError> {
+        run(self.next(false), || {
+            self.inner.pull_scoped(since, limit, mode, scope)
+        })
+        .await
+    }
+
+    async fn matching(
+        &self,
+        collection: &str,
+        filter: &crate::Filter,
+    ) -> Result<std::collections::BTreeMap<RecordId, crate::Version>, RemoteError> {
+        self.inner.matching(collection, filter).await
+    }
+
     fn max_push_batch(&self) -> usize {
         self.inner.max_push_batch()
     }

@@ -41,6 +41,8 @@ struct Inner {
     resyncing: bool,
     seen: HashSet<Key>,
     quarantine: Vec<Quarantined>,
+    /// The engine's notes ([`LocalStore::set_sync_meta`]), kept by `reopen_copy`.
+    meta: BTreeMap<String, String>,
 }
 
 /// An in-memory [`LocalStore`]. Every method takes one lock, so each is atomic;
@@ -660,5 +662,23 @@ impl LocalStore for MemoryStore {
         let before = g.conflicts.len();
         g.conflicts.retain(|c| !ids.contains(&c.id));
         Ok(before - g.conflicts.len())
+    }
+
+    /// Its "file" is its memory: what it keeps, [`MemoryStore::reopen_copy`] keeps.
+    fn keeps_sync_meta(&self) -> bool {
+        true
+    }
+
+    async fn sync_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.meta.get(key).cloned())
+    }
+
+    async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        match value {
+            Some(v) => g.meta.insert(key.to_owned(), v),
+            None => g.meta.remove(key),
+        };
+        Ok(())
     }
 }

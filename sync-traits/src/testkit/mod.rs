@@ -5,6 +5,7 @@
 //! This is a testing aid, not a stable API.
 
 pub mod conformance;
+mod fake_filter;
 mod fake_remote;
 mod faults;
 mod memory;
