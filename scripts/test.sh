@@ -16,5 +16,8 @@ echo "PostgreSQL: $("$TIDEMARK_PG_BINDIR/postgres" --version)"
 python3 scripts/check-msrv.py
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The facade's features each build alone (an outside store author needs only testkit).
+cargo check -p tidemark --lib --locked --no-default-features --features testkit
+cargo check -p tidemark --lib --locked --no-default-features --features sqlite,postgres
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked

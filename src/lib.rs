@@ -60,12 +60,28 @@
 //! println!("{:?}", engine.sync().await?);
 //! # Ok(()) }
 //! ```
+//!
+//! ## Features
+//!
+//! - `sqlite`, `sled` (default): the local stores, in [`backends`];
+//! - `pocketbase` (default): the PocketBase remote, [`pocketbase`];
+//! - `postgres`: the PostgreSQL remote, `tidemark::postgres`;
+//! - `testkit`: `tidemark::testkit` — `MemoryStore`, `FakeRemote`, `Faulty` and the
+//!   store conformance suite (`testkit::conformance::run_all`), so the author of an
+//!   outside store needs only `tidemark = { default-features = false, features =
+//!   ["testkit"] }` to prove it.
 #![warn(missing_docs)]
 
 pub use sync_traits::*;
 
-/// Local stores: SQLite and sled.
+/// Local stores: SQLite and sled (features `sqlite`, `sled`).
+#[cfg(any(feature = "sqlite", feature = "sled"))]
 pub use tidemark_backends as backends;
 
-/// The PocketBase remote.
+/// The PocketBase remote (feature `pocketbase`).
+#[cfg(feature = "pocketbase")]
 pub use pocketbase_remote as pocketbase;
+
+/// The PostgreSQL remote (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use postgres_remote as postgres;
