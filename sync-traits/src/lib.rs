@@ -39,6 +39,7 @@
 mod conflict;
 mod engine;
 mod error;
+pub mod feed;
 mod hints;
 mod id;
 mod record;
@@ -52,6 +53,7 @@ pub mod testkit;
 pub use conflict::{ClientWins, ConflictPolicy, FieldMerge, Resolution, ServerWins};
 pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
 pub use error::{FieldsError, InvalidId, RemoteError, StoreError, SyncError};
+pub use feed::{Change, ChangeBatch, ChangeCause, ChangeHub, ChangeKind, ChangeWatcher};
 pub use hints::Hints;
 pub use id::{new_id, ChangeId, RecordId, ID_LEN};
 pub use record::{

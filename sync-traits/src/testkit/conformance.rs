@@ -27,6 +27,11 @@ use crate::record::{
 };
 use crate::store::LocalStore;
 
+pub use super::feed_cases::{
+    feed_coalesces_and_never_drops, feed_reports_exactly_what_a_pull_applied,
+    feed_reports_local_writes, feed_reports_records_an_ack_rewrote, feed_reports_resync_removals,
+};
+
 /// Collection with fields `title`, `artist` (text) and `order` (number).
 pub const SONGS: &str = "songs";
 /// Collection with field `name` (text).
@@ -109,6 +114,12 @@ where
     a_first_sync_keeps_what_is_written_meanwhile(&make().await).await;
     a_first_sync_removes_a_server_state_an_ack_wrote_unless_delivered(&make().await).await;
     a_retried_change_keeps_a_value_of_another_type(&make().await).await;
+    // The change feed (see crate::feed): a store without one fails these.
+    feed_reports_exactly_what_a_pull_applied(&make().await).await;
+    feed_reports_local_writes(&make().await).await;
+    feed_reports_records_an_ack_rewrote(&make().await).await;
+    feed_reports_resync_removals(&make().await).await;
+    feed_coalesces_and_never_drops(&make().await).await;
 }
 
 /// put/get/list/delete behave like a map.

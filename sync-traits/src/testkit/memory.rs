@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::error::StoreError;
+use crate::feed::{ChangeCause, ChangeHub, ChangeKind};
 use crate::id::{new_id, ChangeId, RecordId};
 use crate::record::{
     changed_fields, Ack, ApplyReport, Fields, LoggedConflict, Op, Page, PendingChange, Quarantined,
@@ -53,6 +54,9 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Reports every change (see [`crate::feed`]); a batch is taken before the
+    /// lock, always in that order.
+    hub: ChangeHub,
 }
 
 /// Checks a collection name: 1–64 characters of `[A-Za-z0-9_]`.
@@ -109,6 +113,7 @@ impl MemoryStore {
     /// version than the known one is stale). Returns how many live records were
     /// parked for it.
     pub fn declare(&self, collection: &str) -> usize {
+        let mut feed = self.hub.batch();
         let mut g = self.inner_mut();
         let Some(declared) = g.declared.as_mut() else {
             return 0;
@@ -137,9 +142,13 @@ impl MemoryStore {
                 {
                     continue;
                 }
-                g.set_server_state(key, &state);
+                if let Some(kind) = g.set_server_state(key.clone(), &state) {
+                    feed.record(&key.0, &key.1, kind, ChangeCause::Declared);
+                }
             }
         }
+        drop(g);
+        feed.publish();
         n
     }
 
@@ -157,6 +166,7 @@ impl MemoryStore {
         inner.new_writer();
         MemoryStore {
             inner: Mutex::new(inner),
+            hub: ChangeHub::new(),
         }
     }
 
@@ -260,17 +270,19 @@ impl Inner {
         self.outbox_index.remove(key);
     }
 
-    fn set_server_state(&mut self, key: Key, state: &RemoteState) {
-        match &state.fields {
+    /// Writes a server state; returns what happened to the record's data
+    /// (`None`: a deletion of a record it did not hold, nothing changed).
+    fn set_server_state(&mut self, key: Key, state: &RemoteState) -> Option<ChangeKind> {
+        let kind = match &state.fields {
             Some(f) => {
                 self.records.insert(key.clone(), f.clone());
+                Some(ChangeKind::Upserted)
             }
-            None => {
-                self.records.remove(&key);
-            }
-        }
+            None => self.records.remove(&key).map(|_| ChangeKind::Removed),
+        };
         let v = self.versions.entry(key).or_default();
         *v = (*v).max(state.version);
+        kind
     }
 }
 
@@ -295,16 +307,21 @@ impl LocalStore for MemoryStore {
     }
 
     async fn put(&self, record: Record) -> Result<(), StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         g.check_held(&record.collection)?;
         let key = (record.collection, record.id);
         let changed = changed_fields(g.records.get(&key), Some(&record.fields));
         g.records.insert(key.clone(), record.fields.clone());
+        feed.record(&key.0, &key.1, ChangeKind::Upserted, ChangeCause::Local);
         g.record_write(key, Op::Upsert(record.fields), changed);
+        drop(g);
+        feed.publish();
         Ok(())
     }
 
     async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         g.check_held(collection)?;
         let key = (collection.to_owned(), id.clone());
@@ -312,7 +329,10 @@ impl LocalStore for MemoryStore {
             return Ok(false);
         };
         let changed = changed_fields(Some(&old), None);
+        feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local);
         g.record_write(key, Op::Delete, changed);
+        drop(g);
+        feed.publish();
         Ok(true)
     }
 
@@ -333,6 +353,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         let mut report = ApplyReport::default();
         for c in &page.changes {
@@ -363,10 +384,14 @@ impl LocalStore for MemoryStore {
                 report.stale += 1;
                 continue;
             }
-            g.set_server_state(key, &c.state);
+            if let Some(kind) = g.set_server_state(key, &c.state) {
+                feed.record(&c.collection, &c.id, kind, ChangeCause::Pull);
+            }
             report.applied += 1;
         }
         g.watermark = g.watermark.max(page.watermark);
+        drop(g);
+        feed.publish();
         Ok(report)
     }
 
@@ -384,6 +409,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         for ack in acks {
             match ack {
@@ -419,13 +445,15 @@ impl LocalStore for MemoryStore {
                         continue;
                     };
                     if let Some(op) = &op {
-                        match op {
+                        let kind = match op {
                             Op::Upsert(f) => {
                                 g.records.insert(key.clone(), f.clone());
+                                Some(ChangeKind::Upserted)
                             }
-                            Op::Delete => {
-                                g.records.remove(&key);
-                            }
+                            Op::Delete => g.records.remove(&key).map(|_| ChangeKind::Removed),
+                        };
+                        if let Some(kind) = kind {
+                            feed.record(&key.0, &key.1, kind, ChangeCause::Settlement);
                         }
                     }
                     if let Some(e) = g.outbox.get_mut(&seq) {
@@ -446,7 +474,9 @@ impl LocalStore for MemoryStore {
                         continue;
                     };
                     g.remove_entry(&key, seq);
-                    g.set_server_state(key, &state);
+                    if let Some(kind) = g.set_server_state(key.clone(), &state) {
+                        feed.record(&key.0, &key.1, kind, ChangeCause::Settlement);
+                    }
                 }
                 Ack::Quarantine {
                     change,
@@ -456,11 +486,12 @@ impl LocalStore for MemoryStore {
                     let key = (change.collection.clone(), change.id.clone());
                     if let Some(seq) = g.matching(&key, &change.change_id) {
                         g.remove_entry(&key, seq);
-                        match &server {
-                            Some(s) => g.set_server_state(key, s),
-                            None => {
-                                g.records.remove(&key);
-                            }
+                        let kind = match &server {
+                            Some(s) => g.set_server_state(key.clone(), s),
+                            None => g.records.remove(&key).map(|_| ChangeKind::Removed),
+                        };
+                        if let Some(kind) = kind {
+                            feed.record(&key.0, &key.1, kind, ChangeCause::Settlement);
                         }
                     }
                     g.quarantine_seq += 1;
@@ -478,6 +509,8 @@ impl LocalStore for MemoryStore {
                 }
             }
         }
+        drop(g);
+        feed.publish();
         Ok(())
     }
 
@@ -492,6 +525,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         if !g.resyncing {
             return Ok(0);
@@ -507,9 +541,12 @@ impl LocalStore for MemoryStore {
         for k in &gone {
             g.records.remove(k);
             g.versions.remove(k);
+            feed.record(&k.0, &k.1, ChangeKind::Removed, ChangeCause::Resync);
         }
         g.resyncing = false;
         g.seen.clear();
+        drop(g);
+        feed.publish();
         Ok(gone.len())
     }
 
@@ -518,6 +555,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         let Some(i) = g.quarantine.iter().position(|q| q.id == id) else {
             return Ok(false);
@@ -529,15 +567,19 @@ impl LocalStore for MemoryStore {
             Op::Delete => None,
         };
         let changed = changed_fields(g.records.get(&key), new.as_ref());
-        match &new {
+        let kind = match &new {
             Some(f) => {
                 g.records.insert(key.clone(), f.clone());
+                Some(ChangeKind::Upserted)
             }
-            None => {
-                g.records.remove(&key);
-            }
+            None => g.records.remove(&key).map(|_| ChangeKind::Removed),
+        };
+        if let Some(kind) = kind {
+            feed.record(&key.0, &key.1, kind, ChangeCause::Local);
         }
         g.record_write(key, q.change.op, changed);
+        drop(g);
+        feed.publish();
         Ok(true)
     }
 
@@ -557,5 +599,10 @@ impl LocalStore for MemoryStore {
         let before = g.conflicts.len();
         g.conflicts.retain(|c| !ids.contains(&c.id));
         Ok(before - g.conflicts.len())
+    }
+
+    /// Every change of this store, reported (see [`crate::feed`]).
+    fn change_hub(&self) -> Option<ChangeHub> {
+        Some(self.hub.clone())
     }
 }

@@ -7,6 +7,7 @@
 pub mod conformance;
 mod fake_remote;
 mod faults;
+mod feed_cases;
 mod memory;
 
 pub use fake_remote::{Access, FakeRemote, WriteRules};

@@ -1,0 +1,500 @@
+//! The change feed: which records a store changed, reported so that an app cannot
+//! miss one.
+//!
+//! Every store write passes through the store, so the store reports it: each
+//! [`LocalStore`](crate::LocalStore) that supports the feed owns a [`ChangeHub`]
+//! and, in every mutating call, records in a [`ChangeBatch`] exactly the records
+//! it wrote or removed, then publishes the batch once its transaction has
+//! committed. An app asks for a [`ChangeWatcher`] of one collection
+//! ([`LocalStore::changes`](crate::LocalStore::changes)) or of all
+//! ([`LocalStore::all_changes`](crate::LocalStore::all_changes)) and calls
+//! [`ChangeWatcher::changed`] in a loop to refresh exactly the records named.
+//!
+//! # What is reported
+//!
+//! One [`Change`] (collection, id, [`ChangeKind`], [`ChangeCause`]) for every
+//! record whose local data a call wrote or removed:
+//! - a pulled change `apply_remote` applied ([`ChangeCause::Pull`]); changes it
+//!   skipped (stale, deferred behind an outbox entry, of a collection it does not
+//!   hold) are not reported, nor a pulled deletion of a record the store did not
+//!   hold (nothing changed);
+//! - a record `finish_resync` removed ([`ChangeCause::Resync`]);
+//! - a record an `ack` rewrote: a conflict resolution (the server's state taken,
+//!   or a merge written), a rejected change's record reset to the server's state
+//!   ([`ChangeCause::Settlement`]); an ack that only settles the outbox changes no
+//!   record and reports nothing;
+//! - an app's `put` and `delete`, and a retried quarantined change
+//!   ([`ChangeCause::Local`]); a `delete` of a record that is not there reports
+//!   nothing;
+//! - parked records applied when a collection is declared on an open store
+//!   ([`ChangeCause::Declared`]; SQLite and sled apply them while opening, before
+//!   any watcher can exist, so their effect is simply part of the state `open`
+//!   returns).
+//!
+//! A record is reported when the store wrote it, even if the values it wrote
+//! equal the ones it had (a pull applying the server's copy of the app's own
+//! acknowledged write, a put of the same values). Writes that bypass the store
+//! (plain SQL on a SQLite file from another connection) are not reported.
+//!
+//! # When, and in what order
+//!
+//! A call's changes are published after its transaction commits and before the
+//! call returns: a watcher never hears of a change a read cannot see yet, and once
+//! a write call has returned, its changes are waiting in every watcher that
+//! existed when it began. A watcher sees every change committed by a call that
+//! began after the watcher was created; creating a watcher waits for the store
+//! calls that are recording changes at that moment to publish them (at most the
+//! length of one store transaction), so "create the watcher, then read the
+//! initial state" misses nothing: a change committed before the read is in the
+//! read, one committed after it is reported.
+//!
+//! # Coalescing and memory
+//!
+//! A watcher keeps, per record, the latest change since its last read: kind and
+//! cause of the newest write win, and the record keeps the position of its first
+//! change since the last read. [`ChangeWatcher::changed`] returns them all and
+//! starts afresh. Nothing is ever dropped for lag; a watcher's memory is bounded
+//! by the number of distinct records changed since its last read. Writers never
+//! wait for a reader: publishing appends to each watcher's map under a short lock
+//! and wakes it. A collection nobody watches costs a store a map lookup per call
+//! (per collection of a page), and a watcher of one collection adds nothing to
+//! the work of applying another's records.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, Weak};
+
+use tokio::sync::Notify;
+
+use crate::id::RecordId;
+
+/// What happened to a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChangeKind {
+    /// The record was written (created or replaced): read it again.
+    Upserted,
+    /// The record was removed: it is no longer in the store.
+    Removed,
+}
+
+/// Which kind of store call changed a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChangeCause {
+    /// A pulled change `apply_remote` applied.
+    Pull,
+    /// A record a full resync removed because the server no longer has it.
+    Resync,
+    /// A record an `ack` rewrote: a conflict resolution (the server's state taken,
+    /// or a merge), or a rejected change's record reset to the server's state.
+    Settlement,
+    /// The app's own write: `put`, `delete`, or a retried quarantined change.
+    Local,
+    /// A parked record applied when its collection was declared.
+    Declared,
+}
+
+/// One changed record.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Change {
+    /// The record's collection.
+    pub collection: String,
+    /// The record's id.
+    pub id: RecordId,
+    /// What happened to it (the latest change since the watcher's last read).
+    pub kind: ChangeKind,
+    /// Which call changed it (the latest since the watcher's last read).
+    pub cause: ChangeCause,
+}
+
+/// What one watcher has not read yet.
+#[derive(Default)]
+struct Unread {
+    changes: Vec<Change>,
+    /// Position in `changes` of each record's entry.
+    index: HashMap<(String, RecordId), usize>,
+    closed: bool,
+}
+
+impl Unread {
+    fn add(&mut self, c: &Change) {
+        match self.index.get(&(c.collection.clone(), c.id.clone())) {
+            Some(&i) => {
+                if let Some(e) = self.changes.get_mut(i) {
+                    e.kind = c.kind;
+                    e.cause = c.cause;
+                }
+            }
+            None => {
+                self.index
+                    .insert((c.collection.clone(), c.id.clone()), self.changes.len());
+                self.changes.push(c.clone());
+            }
+        }
+    }
+}
+
+/// A watcher's mailbox, shared between it and the hub.
+#[derive(Default)]
+struct Slot {
+    unread: Mutex<Unread>,
+    notify: Notify,
+    /// Set when the watcher is dropped: publishing skips it.
+    gone: AtomicBool,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Unread> {
+        // A panic while holding this lock cannot leave `Unread` inconsistent in a
+        // way that matters more than a lost wake-up: go on with it.
+        self.unread.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live(&self) -> bool {
+        !self.gone.load(Ordering::Acquire)
+    }
+}
+
+/// The watchers of one store.
+#[derive(Default)]
+struct Registry {
+    by_collection: HashMap<String, Vec<Arc<Slot>>>,
+    all: Vec<Arc<Slot>>,
+}
+
+impl Registry {
+    fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.by_collection.is_empty()
+    }
+
+    fn watched(&self, collection: &str) -> bool {
+        self.all.iter().any(|s| s.live())
+            || self
+                .by_collection
+                .get(collection)
+                .is_some_and(|v| v.iter().any(|s| s.live()))
+    }
+
+    fn prune(&mut self) {
+        self.all.retain(|s| s.live());
+        self.by_collection.retain(|_, v| {
+            v.retain(|s| s.live());
+            !v.is_empty()
+        });
+    }
+}
+
+impl Drop for Registry {
+    /// The store is gone: every watcher returns what it holds, then `None`.
+    fn drop(&mut self) {
+        let slots = self.all.iter().chain(self.by_collection.values().flatten());
+        for s in slots {
+            s.lock().closed = true;
+            s.notify.notify_one();
+        }
+    }
+}
+
+/// The hub through which a store reports its changes to its watchers.
+///
+/// A store implementation owns one (for its whole open life; clones share it),
+/// returns it from [`LocalStore::change_hub`](crate::LocalStore::change_hub), and
+/// in every mutating call: takes a [`ChangeBatch`] ([`ChangeHub::batch`])
+/// *before* it starts its transaction, records in it every record it writes or
+/// removes, and calls [`ChangeBatch::publish`] after the transaction has
+/// committed (dropping the batch instead, when the call fails, reports nothing).
+/// A call must not take a second batch of the same hub while it holds one.
+#[derive(Clone, Default)]
+pub struct ChangeHub {
+    reg: Arc<RwLock<Registry>>,
+}
+
+impl fmt::Debug for ChangeHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.read();
+        f.debug_struct("ChangeHub")
+            .field("watched_collections", &r.by_collection.len())
+            .field("all_watchers", &r.all.len())
+            .finish()
+    }
+}
+
+impl ChangeHub {
+    /// A hub with no watchers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        // The registry is only a list of mailboxes: usable after a panic.
+        self.reg.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn subscribe(&self, collection: Option<&str>) -> ChangeWatcher {
+        let slot = Arc::new(Slot::default());
+        // The write lock waits for every batch in flight to publish: the watcher
+        // sees exactly the calls that begin after this.
+        let mut r = self.reg.write().unwrap_or_else(|e| e.into_inner());
+        r.prune();
+        match collection {
+            Some(c) => r
+                .by_collection
+                .entry(c.to_owned())
+                .or_default()
+                .push(slot.clone()),
+            None => r.all.push(slot.clone()),
+        }
+        ChangeWatcher {
+            slot,
+            reg: Arc::downgrade(&self.reg),
+        }
+    }
+
+    /// A watcher of `collection`'s changes, from the next store call on (see the
+    /// [module docs](self)). Waits for the store calls publishing at this moment.
+    pub fn watch(&self, collection: &str) -> ChangeWatcher {
+        self.subscribe(Some(collection))
+    }
+
+    /// A watcher of every collection's changes.
+    pub fn watch_all(&self) -> ChangeWatcher {
+        self.subscribe(None)
+    }
+
+    /// Starts recording one store call's changes. Hold it from before the call's
+    /// transaction begins until [`ChangeBatch::publish`] after it commits.
+    pub fn batch(&self) -> ChangeBatch<'_> {
+        let reg = self.read();
+        let idle = reg.is_empty();
+        ChangeBatch {
+            reg,
+            idle,
+            changes: Vec::new(),
+        }
+    }
+}
+
+/// The changes of one store call, published to the watchers when it commits.
+///
+/// While a batch exists, no watcher is added to its hub (see
+/// [`ChangeHub::batch`]), so [`ChangeBatch::watched`] stays true or false for the
+/// whole call.
+pub struct ChangeBatch<'a> {
+    reg: RwLockReadGuard<'a, Registry>,
+    /// No watcher at all: every check answers at once.
+    idle: bool,
+    changes: Vec<Change>,
+}
+
+impl fmt::Debug for ChangeBatch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeBatch")
+            .field("changes", &self.changes.len())
+            .finish()
+    }
+}
+
+impl ChangeBatch<'_> {
+    /// Whether anyone watches `collection`: a store may skip recording the
+    /// changes of a collection nobody watches (they would be dropped anyway).
+    /// A map lookup; nothing when the hub has no watcher.
+    pub fn watched(&self, collection: &str) -> bool {
+        !self.idle && self.reg.watched(collection)
+    }
+
+    /// Records a change of a record of `collection` if anyone watches it.
+    pub fn record(
+        &mut self,
+        collection: &str,
+        id: &RecordId,
+        kind: ChangeKind,
+        cause: ChangeCause,
+    ) {
+        if self.watched(collection) {
+            self.push(collection, id, kind, cause);
+        }
+    }
+
+    /// Records a change unconditionally (for a caller that checked
+    /// [`watched`](Self::watched) once for many records).
+    pub fn push(&mut self, collection: &str, id: &RecordId, kind: ChangeKind, cause: ChangeCause) {
+        self.changes.push(Change {
+            collection: collection.to_owned(),
+            id: id.clone(),
+            kind,
+            cause,
+        });
+    }
+
+    /// How many changes are recorded so far.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Hands the recorded changes to the watchers of their collections and wakes
+    /// them. Call it after the call's transaction has committed. Never blocks on a
+    /// reader (a watcher's mailbox lock is held only to add or take changes).
+    pub fn publish(self) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let all: Vec<&Arc<Slot>> = self.reg.all.iter().filter(|s| s.live()).collect();
+        // Changes come mostly in runs of one collection: look each run up once.
+        let mut i = 0;
+        while i < self.changes.len() {
+            let coll = &self.changes[i].collection;
+            let end = self.changes[i..]
+                .iter()
+                .position(|c| c.collection != *coll)
+                .map_or(self.changes.len(), |n| i + n);
+            let run = &self.changes[i..end];
+            let own = self.reg.by_collection.get(coll.as_str());
+            for slot in own
+                .into_iter()
+                .flatten()
+                .filter(|s| s.live())
+                .chain(all.iter().copied())
+            {
+                let mut u = slot.lock();
+                for c in run {
+                    u.add(c);
+                }
+                drop(u);
+                slot.notify.notify_one();
+            }
+            i = end;
+        }
+    }
+}
+
+/// A subscription to a store's changes (one collection, or all): see the
+/// [module docs](self) for what it reports and when.
+///
+/// Created by [`LocalStore::changes`](crate::LocalStore::changes) or
+/// [`LocalStore::all_changes`](crate::LocalStore::all_changes). Dropping it
+/// ends the subscription.
+pub struct ChangeWatcher {
+    slot: Arc<Slot>,
+    reg: Weak<RwLock<Registry>>,
+}
+
+impl fmt::Debug for ChangeWatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeWatcher")
+            .field("unread", &self.slot.lock().changes.len())
+            .finish()
+    }
+}
+
+impl ChangeWatcher {
+    /// Waits until at least one change is unread, then returns every change since
+    /// the last read, one per record (its latest kind and cause), in the order of
+    /// each record's first change since then. `None` once the store is gone and
+    /// every change has been read.
+    ///
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn changed(&mut self) -> Option<Vec<Change>> {
+        loop {
+            {
+                let mut u = self.slot.lock();
+                if !u.changes.is_empty() {
+                    u.index.clear();
+                    return Some(std::mem::take(&mut u.changes));
+                }
+                if u.closed {
+                    return None;
+                }
+            }
+            // A permit stored by a publish between the check and here wakes this
+            // at once: no wake-up is lost.
+            self.slot.notify.notified().await;
+        }
+    }
+
+    /// Every change since the last read, without waiting (empty if none).
+    pub fn try_changed(&mut self) -> Vec<Change> {
+        let mut u = self.slot.lock();
+        u.index.clear();
+        std::mem::take(&mut u.changes)
+    }
+
+    /// How many records have unread changes.
+    pub fn unread(&self) -> usize {
+        self.slot.lock().changes.len()
+    }
+}
+
+impl Drop for ChangeWatcher {
+    fn drop(&mut self) {
+        self.slot.gone.store(true, Ordering::Release);
+        // Unregister now if no store call holds the registry; else the next
+        // subscription prunes it (publishing already skips it).
+        if let Some(reg) = self.reg.upgrade() {
+            if let Ok(mut r) = reg.try_write() {
+                r.prune();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::new_id;
+
+    #[tokio::test]
+    async fn coalesces_per_record_latest_kind_wins_and_keeps_first_position() {
+        let hub = ChangeHub::new();
+        let mut w = hub.watch("songs");
+        let (a, b) = (new_id(), new_id());
+        let mut batch = hub.batch();
+        batch.record("songs", &a, ChangeKind::Upserted, ChangeCause::Pull);
+        batch.record("songs", &b, ChangeKind::Upserted, ChangeCause::Pull);
+        batch.record("other", &b, ChangeKind::Upserted, ChangeCause::Pull);
+        batch.publish();
+        let mut batch = hub.batch();
+        batch.record("songs", &a, ChangeKind::Removed, ChangeCause::Local);
+        batch.publish();
+        let got = w.changed().await.expect("open");
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].id.clone(), got[0].kind, got[0].cause),
+            (a, ChangeKind::Removed, ChangeCause::Local)
+        );
+        assert_eq!((got[1].id.clone(), got[1].kind), (b, ChangeKind::Upserted));
+        assert!(w.try_changed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unwatched_collections_record_nothing_and_a_dropped_hub_closes() {
+        let hub = ChangeHub::new();
+        let mut batch = hub.batch();
+        assert!(!batch.watched("songs"));
+        batch.record("songs", &new_id(), ChangeKind::Upserted, ChangeCause::Pull);
+        assert!(batch.is_empty());
+        drop(batch);
+        let mut all = hub.watch_all();
+        let w = hub.watch("songs");
+        drop(w);
+        let mut batch = hub.batch();
+        assert!(
+            batch.watched("friends"),
+            "an all-collections watcher watches every one"
+        );
+        batch.record(
+            "friends",
+            &new_id(),
+            ChangeKind::Upserted,
+            ChangeCause::Pull,
+        );
+        batch.publish();
+        drop(hub);
+        assert_eq!(all.changed().await.map(|v| v.len()), Some(1));
+        assert_eq!(all.changed().await, None);
+    }
+}
