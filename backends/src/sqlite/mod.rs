@@ -364,4 +364,11 @@ impl LocalStore for SqliteStore {
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
         self.run(move |s| s.clear_conflicts(&ids)).await
     }
+
+    /// Every change made through this store (any clone of it), reported; writes
+    /// with plain SQL (other connections, [`SqliteStore::with_connection`]) are
+    /// not (see `sync_traits::feed`).
+    fn change_hub(&self) -> Option<sync_traits::ChangeHub> {
+        Some(self.core.hub.clone())
+    }
 }

@@ -147,8 +147,9 @@ impl MemoryStore {
                 }
             }
         }
-        drop(g);
+        // Published under the lock: watchers get calls' changes in commit order.
         feed.publish();
+        drop(g);
         n
     }
 
@@ -315,8 +316,9 @@ impl LocalStore for MemoryStore {
         g.records.insert(key.clone(), record.fields.clone());
         feed.record(&key.0, &key.1, ChangeKind::Upserted, ChangeCause::Local);
         g.record_write(key, Op::Upsert(record.fields), changed);
-        drop(g);
+        // Published under the lock: watchers get calls' changes in commit order.
         feed.publish();
+        drop(g);
         Ok(())
     }
 
@@ -331,8 +333,9 @@ impl LocalStore for MemoryStore {
         let changed = changed_fields(Some(&old), None);
         feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local);
         g.record_write(key, Op::Delete, changed);
-        drop(g);
+        // Published under the lock: watchers get calls' changes in commit order.
         feed.publish();
+        drop(g);
         Ok(true)
     }
 
@@ -390,8 +393,9 @@ impl LocalStore for MemoryStore {
             report.applied += 1;
         }
         g.watermark = g.watermark.max(page.watermark);
-        drop(g);
+        // Published under the lock: watchers get calls' changes in commit order.
         feed.publish();
+        drop(g);
         Ok(report)
     }
 
@@ -509,8 +513,9 @@ impl LocalStore for MemoryStore {
                 }
             }
         }
-        drop(g);
+        // Published under the lock: watchers get calls' changes in commit order.
         feed.publish();
+        drop(g);
         Ok(())
     }
 
@@ -545,8 +550,9 @@ impl LocalStore for MemoryStore {
         }
         g.resyncing = false;
         g.seen.clear();
-        drop(g);
+        // Published under the lock: watchers get calls' changes in commit order.
         feed.publish();
+        drop(g);
         Ok(gone.len())
     }
 
@@ -578,8 +584,9 @@ impl LocalStore for MemoryStore {
             feed.record(&key.0, &key.1, kind, ChangeCause::Local);
         }
         g.record_write(key, q.change.op, changed);
-        drop(g);
+        // Published under the lock: watchers get calls' changes in commit order.
         feed.publish();
+        drop(g);
         Ok(true)
     }
 
