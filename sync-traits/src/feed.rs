@@ -107,18 +107,38 @@ pub struct Change {
     pub cause: ChangeCause,
 }
 
-/// What one watcher has not read yet.
+/// Unread changes past which a publish folds a watcher's queue (see [`Unread`]).
+const FOLD_SLACK: usize = 65_536;
+
+/// What one watcher has not read yet: the batches as published (appended whole,
+/// so a publish costs the writer no per-change work), and what was folded of them
+/// (coalesced per record). The reader folds on its own task when it reads; a
+/// publish folds only when the queue outgrows twice the folded records plus
+/// [`FOLD_SLACK`] (a reader that is not reading), which bounds the memory by the
+/// distinct records changed since the last read.
 #[derive(Default)]
 struct Unread {
-    changes: Vec<Change>,
-    /// Position in `changes` of each record's entry.
-    index: HashMap<(String, RecordId), usize>,
+    batches: Vec<Vec<Change>>,
+    queued: usize,
+    folded: Folded,
     closed: bool,
 }
 
-impl Unread {
-    fn add(&mut self, c: &Change) {
-        match self.index.get(&(c.collection.clone(), c.id.clone())) {
+/// Changes coalesced per record, in the order of each record's first change.
+#[derive(Default)]
+struct Folded {
+    changes: Vec<Change>,
+    /// Per collection, the position in `changes` of each record's entry.
+    index: HashMap<String, HashMap<RecordId, usize>>,
+}
+
+impl Folded {
+    fn add(&mut self, c: Change) {
+        let per = match self.index.get_mut(c.collection.as_str()) {
+            Some(per) => per,
+            None => self.index.entry(c.collection.clone()).or_default(),
+        };
+        match per.get(&c.id) {
             Some(&i) => {
                 if let Some(e) = self.changes.get_mut(i) {
                     e.kind = c.kind;
@@ -126,11 +146,30 @@ impl Unread {
                 }
             }
             None => {
-                self.index
-                    .insert((c.collection.clone(), c.id.clone()), self.changes.len());
-                self.changes.push(c.clone());
+                per.insert(c.id.clone(), self.changes.len());
+                self.changes.push(c);
             }
         }
+    }
+
+    fn fold(&mut self, batches: Vec<Vec<Change>>) {
+        for b in batches {
+            for c in b {
+                self.add(c);
+            }
+        }
+    }
+}
+
+impl Unread {
+    fn fold(&mut self) {
+        let batches = std::mem::take(&mut self.batches);
+        self.queued = 0;
+        self.folded.fold(batches);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queued == 0 && self.folded.changes.is_empty()
     }
 }
 
@@ -145,13 +184,36 @@ struct Slot {
 
 impl Slot {
     fn lock(&self) -> std::sync::MutexGuard<'_, Unread> {
-        // A panic while holding this lock cannot leave `Unread` inconsistent in a
-        // way that matters more than a lost wake-up: go on with it.
+        // Only ever left half-updated by a panic in an allocation: go on with it.
         self.unread.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn live(&self) -> bool {
         !self.gone.load(Ordering::Acquire)
+    }
+
+    /// Everything unread, coalesced; the folding runs outside the lock.
+    fn take(&self) -> Vec<Change> {
+        let (batches, mut folded) = {
+            let mut u = self.lock();
+            u.queued = 0;
+            (
+                std::mem::take(&mut u.batches),
+                std::mem::take(&mut u.folded),
+            )
+        };
+        if folded.changes.is_empty() && batches.len() == 1 {
+            // One batch: coalesce only if it names a record twice.
+            let mut seen: HashMap<(&str, &RecordId), ()> = HashMap::new();
+            let b = &batches[0];
+            if b.iter()
+                .all(|c| seen.insert((c.collection.as_str(), &c.id), ()).is_none())
+            {
+                return batches.into_iter().next().unwrap_or_default();
+            }
+        }
+        folded.fold(batches);
+        folded.changes
     }
 }
 
@@ -269,7 +331,9 @@ impl ChangeHub {
         ChangeBatch {
             reg,
             idle,
-            changes: Vec::new(),
+            out: Vec::new(),
+            last: None,
+            len: 0,
         }
     }
 }
@@ -278,18 +342,23 @@ impl ChangeHub {
 ///
 /// While a batch exists, no watcher is added to its hub (see
 /// [`ChangeHub::batch`]), so [`ChangeBatch::watched`] stays true or false for the
-/// whole call.
+/// whole call. Each change goes straight to the list of every watcher it concerns,
+/// so publishing hands each watcher its list whole.
 pub struct ChangeBatch<'a> {
     reg: RwLockReadGuard<'a, Registry>,
     /// No watcher at all: every check answers at once.
     idle: bool,
-    changes: Vec<Change>,
+    /// Per watcher concerned, its changes.
+    out: Vec<(Arc<Slot>, Vec<Change>)>,
+    /// The collection last pushed, and the positions in `out` of its watchers.
+    last: Option<(String, Vec<usize>)>,
+    len: usize,
 }
 
 impl fmt::Debug for ChangeBatch<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChangeBatch")
-            .field("changes", &self.changes.len())
+            .field("changes", &self.len)
             .finish()
     }
 }
@@ -315,59 +384,85 @@ impl ChangeBatch<'_> {
         }
     }
 
-    /// Records a change unconditionally (for a caller that checked
-    /// [`watched`](Self::watched) once for many records).
+    /// The positions in `out` of `collection`'s watchers (added if new).
+    fn targets(&mut self, collection: &str) -> Vec<usize> {
+        let reg = &self.reg;
+        let slots = reg
+            .by_collection
+            .get(collection)
+            .into_iter()
+            .flatten()
+            .chain(reg.all.iter())
+            .filter(|s| s.live());
+        let mut at = Vec::new();
+        for slot in slots {
+            let i = match self.out.iter().position(|(s, _)| Arc::ptr_eq(s, slot)) {
+                Some(i) => i,
+                None => {
+                    self.out.push((slot.clone(), Vec::new()));
+                    self.out.len() - 1
+                }
+            };
+            at.push(i);
+        }
+        at
+    }
+
+    /// Records a change for the watchers of `collection` (none: nothing), for a
+    /// caller that checked [`watched`](Self::watched) once for many records.
     pub fn push(&mut self, collection: &str, id: &RecordId, kind: ChangeKind, cause: ChangeCause) {
-        self.changes.push(Change {
+        let at = match &self.last {
+            Some((c, at)) if c == collection => at.clone(),
+            _ => {
+                let at = self.targets(collection);
+                self.last = Some((collection.to_owned(), at.clone()));
+                at
+            }
+        };
+        let Some((&final_at, rest)) = at.split_last() else {
+            return;
+        };
+        let change = Change {
             collection: collection.to_owned(),
             id: id.clone(),
             kind,
             cause,
-        });
+        };
+        for &i in rest {
+            self.out[i].1.push(change.clone());
+        }
+        self.out[final_at].1.push(change);
+        self.len += 1;
     }
 
     /// How many changes are recorded so far.
     pub fn len(&self) -> usize {
-        self.changes.len()
+        self.len
     }
 
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.len == 0
     }
 
-    /// Hands the recorded changes to the watchers of their collections and wakes
-    /// them. Call it after the call's transaction has committed. Never blocks on a
-    /// reader (a watcher's mailbox lock is held only to add or take changes).
-    pub fn publish(self) {
-        if self.changes.is_empty() {
-            return;
-        }
-        let all: Vec<&Arc<Slot>> = self.reg.all.iter().filter(|s| s.live()).collect();
-        // Changes come mostly in runs of one collection: look each run up once.
-        let mut i = 0;
-        while i < self.changes.len() {
-            let coll = &self.changes[i].collection;
-            let end = self.changes[i..]
-                .iter()
-                .position(|c| c.collection != *coll)
-                .map_or(self.changes.len(), |n| i + n);
-            let run = &self.changes[i..end];
-            let own = self.reg.by_collection.get(coll.as_str());
-            for slot in own
-                .into_iter()
-                .flatten()
-                .filter(|s| s.live())
-                .chain(all.iter().copied())
-            {
-                let mut u = slot.lock();
-                for c in run {
-                    u.add(c);
-                }
-                drop(u);
-                slot.notify.notify_one();
+    /// Hands each watcher its changes and wakes it. Call it after the call's
+    /// transaction has committed, before the store lets another call commit (so
+    /// watchers get calls' changes in commit order). Never waits for a reader: a
+    /// watcher's mailbox lock is held only to append (or, for a watcher far
+    /// behind, to fold its queue).
+    pub fn publish(mut self) {
+        for (slot, changes) in std::mem::take(&mut self.out) {
+            if changes.is_empty() {
+                continue;
             }
-            i = end;
+            let mut u = slot.lock();
+            u.queued += changes.len();
+            u.batches.push(changes);
+            if u.queued > 2 * u.folded.changes.len() + FOLD_SLACK {
+                u.fold();
+            }
+            drop(u);
+            slot.notify.notify_one();
         }
     }
 }
@@ -386,7 +481,7 @@ pub struct ChangeWatcher {
 impl fmt::Debug for ChangeWatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChangeWatcher")
-            .field("unread", &self.slot.lock().changes.len())
+            .field("queued", &self.slot.lock().queued)
             .finish()
     }
 }
@@ -401,12 +496,13 @@ impl ChangeWatcher {
     pub async fn changed(&mut self) -> Option<Vec<Change>> {
         loop {
             {
-                let mut u = self.slot.lock();
-                if !u.changes.is_empty() {
-                    u.index.clear();
-                    return Some(std::mem::take(&mut u.changes));
+                let u = self.slot.lock();
+                let (empty, closed) = (u.is_empty(), u.closed);
+                drop(u);
+                if !empty {
+                    return Some(self.slot.take());
                 }
-                if u.closed {
+                if closed {
                     return None;
                 }
             }
@@ -418,14 +514,14 @@ impl ChangeWatcher {
 
     /// Every change since the last read, without waiting (empty if none).
     pub fn try_changed(&mut self) -> Vec<Change> {
-        let mut u = self.slot.lock();
-        u.index.clear();
-        std::mem::take(&mut u.changes)
+        self.slot.take()
     }
 
     /// How many records have unread changes.
     pub fn unread(&self) -> usize {
-        self.slot.lock().changes.len()
+        let mut u = self.slot.lock();
+        u.fold();
+        u.folded.changes.len()
     }
 }
 
