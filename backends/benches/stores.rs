@@ -2,7 +2,9 @@
 //! rows (the incremental case), a first sync of 50k records into a fresh store
 //! through the engine (the first-sync path: resync mode, many pages, the engine's
 //! batching) vs a raw bulk insert of the same rows, local put-with-outbox vs a raw
-//! single-row insert, opening a 100k store.
+//! single-row insert, opening a 100k store; each apply and first sync also with
+//! the change feed on (a watcher of the applied collection) and with a watcher of
+//! another collection, side by side.
 //!
 //! cargo bench -p tidemark-backends --bench stores -- --warm-up-time 1 --measurement-time 3
 
@@ -106,6 +108,43 @@ fn bench_apply(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The change feed, side by side (see also examples/feed_cost.rs): no watcher,
+    // a watcher of the applied collection, a watcher of another collection. The
+    // store, its folder and the watcher are dropped outside the timing in all three.
+    for (name, watch) in [
+        ("feed_off", None),
+        ("feed_on", Some("songs")),
+        ("feed_other_collection", Some("friends")),
+    ] {
+        g.bench_function(format!("sqlite_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sqlite();
+                    let w = watch.map(|c| s.changes(c).unwrap());
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    rt.block_on(s.apply_remote(&p)).unwrap();
+                    (d, s, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function(format!("sled_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sled();
+                    let w = watch.map(|c| s.changes(c).unwrap());
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    rt.block_on(s.apply_remote(&p)).unwrap();
+                    (d, s, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.bench_function("sled_raw_batch", |b| {
         b.iter_batched(
             || {
@@ -189,6 +228,38 @@ fn bench_first_sync(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The change feed, side by side: a watcher of the synced collection, and one
+    // of another collection (compare with `sqlite_store` / `sled_store`).
+    for (name, watch) in [("feed_on", "songs"), ("feed_other_collection", "friends")] {
+        g.bench_function(format!("sqlite_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sqlite();
+                    let w = s.changes(watch).unwrap();
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    first_sync(&rt, &server, s, SyncConfig::default().resync_batch);
+                    (d, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function(format!("sled_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sled();
+                    let w = s.changes(watch).unwrap();
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    first_sync(&rt, &server, s, SyncConfig::default().resync_batch);
+                    (d, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.bench_function("sled_store_page_by_page", |b| {
         b.iter_batched(
             fresh_sled,
