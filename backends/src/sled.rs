@@ -64,6 +64,14 @@
 //! 0.3–1.8 ms to ~0.07 ms, see `BENCHMARKS.md`), trading the durability of the last
 //! ~500 ms of calls — never their atomicity. The writer an open takes is always
 //! flushed before `open` returns.
+//!
+//! # Change feed
+//!
+//! [`LocalStore::changes`] watches a collection (see `sync_traits::feed`): every
+//! call reports exactly the records it wrote or removed, after its transaction
+//! commits and before it releases the write lock, so in commit order. Writes
+//! straight to the trees of [`SledStore::db`] are not reported; parked records
+//! applied at open are part of the state `open` returns.
 
 mod inspect;
 mod open;

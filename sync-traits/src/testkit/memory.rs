@@ -51,6 +51,11 @@ struct Inner {
 /// it hold only some (like a store with a schema), [`MemoryStore::declare`] adds
 /// one later, and [`MemoryStore::with_local_only`] declares collections that are
 /// never synced.
+///
+/// It reports every change through its change feed ([`LocalStore::changes`],
+/// see [`crate::feed`]), published under its lock, in commit order; parked
+/// records applied by [`declare`](Self::declare) are reported with
+/// [`ChangeCause::Declared`].
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
