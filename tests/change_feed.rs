@@ -89,7 +89,7 @@ fn spawn_ui<S: LocalStore + 'static>(
                 }
             };
             for c in changes {
-                if c.collection != SONGS {
+                if &*c.collection != SONGS {
                     ui.foreign += 1;
                     continue;
                 }
@@ -250,7 +250,7 @@ async fn scenario<S: LocalStore + 'static>(name: &str, store: S) {
     let lazy_ids: BTreeSet<RecordId> = all.iter().map(|c| c.id.clone()).collect();
     assert_eq!(lazy_ids.len(), all.len(), "{name}: one entry per record");
     assert!(
-        all.iter().all(|c| c.collection == SONGS),
+        all.iter().all(|c| &*c.collection == SONGS),
         "{name}: only songs"
     );
     assert_eq!(
@@ -272,7 +272,7 @@ async fn scenario<S: LocalStore + 'static>(name: &str, store: S) {
         "{name}: the friends watcher saw its own collection ({})",
         friends.len()
     );
-    assert!(friends.iter().all(|c| c.collection == FRIENDS));
+    assert!(friends.iter().all(|c| &*c.collection == FRIENDS));
 }
 
 async fn bounded<S: LocalStore + 'static>(name: &str, store: S) {

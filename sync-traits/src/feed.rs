@@ -9,6 +9,41 @@
 //! ([`LocalStore::changes`](crate::LocalStore::changes)) or of all
 //! ([`LocalStore::all_changes`](crate::LocalStore::all_changes)) and calls
 //! [`ChangeWatcher::changed`] in a loop to refresh exactly the records named.
+//! Unlike [`SyncEvent`](crate::SyncEvent)s (a broadcast that drops what a slow
+//! receiver has not taken), nothing here is ever lost, and it covers every
+//! writer of the store, the app's own writes included.
+//!
+//! ```
+//! # #[cfg(feature = "testkit")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use sync_traits::testkit::MemoryStore;
+//! use sync_traits::{new_id, LocalStore, Record};
+//!
+//! let store = MemoryStore::new();
+//! // First the watcher, then the initial read: nothing falls between them.
+//! let mut songs = store.changes("songs")?;
+//! let mut view: BTreeMap<_, _> =
+//!     store.list("songs").await?.into_iter().map(|r| (r.id, r.fields)).collect();
+//!
+//! let id = new_id();
+//! let fields = serde_json::json!({"title": "a"}).as_object().cloned().unwrap();
+//! store.put(Record::new("songs", id.clone(), fields)).await?; // or a sync, a resync...
+//! store.put(Record::new("friends", new_id(), Default::default())).await?; // not ours
+//!
+//! // In a UI task: `while let Some(changes) = songs.changed().await { ... }`
+//! for c in songs.changed().await.unwrap_or_default() {
+//!     match store.get("songs", &c.id).await? {
+//!         Some(r) => view.insert(c.id, r.fields),
+//!         None => view.remove(&c.id),
+//!     };
+//! }
+//! assert_eq!(view.len(), 1);
+//! assert!(songs.try_changed().is_empty());
+//! # Ok(()) }
+//! # #[cfg(not(feature = "testkit"))] fn main() {}
+//! ```
 //!
 //! # What is reported
 //!
@@ -46,7 +81,12 @@
 //! calls that are recording changes at that moment to publish them (at most the
 //! length of one store transaction), so "create the watcher, then read the
 //! initial state" misses nothing: a change committed before the read is in the
-//! read, one committed after it is reported.
+//! read, one committed after it is reported. (Do not create one while holding a
+//! store's own lock, such as inside `SqliteStore::with_connection`.)
+//!
+//! Stores publish a call's changes before they let the next call commit, so a
+//! watcher receives calls' changes in commit order, and a record's latest kind
+//! matches what the store holds once the calls that changed it have returned.
 //!
 //! # Coalescing and memory
 //!
@@ -109,7 +149,8 @@ pub enum ChangeCause {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Change {
     /// The record's collection.
-    pub collection: String,
+    /// (Shared: every change of one call's collection holds the same name.)
+    pub collection: Arc<str>,
     /// The record's id.
     pub id: RecordId,
     /// What happened to it (the latest change since the watcher's last read).
@@ -152,9 +193,9 @@ impl Folded {
             while let Some(first) = it.next() {
                 // A run of one collection: its map looked up once.
                 let coll = first.collection.clone();
-                let per = match self.index.get_mut(coll.as_str()) {
+                let per = match self.index.get_mut(&*coll) {
                     Some(per) => per,
-                    None => self.index.entry(coll.clone()).or_default(),
+                    None => self.index.entry(coll.to_string()).or_default(),
                 };
                 per.reserve(total.min(1 << 20));
                 let mut next = Some(first);
@@ -224,7 +265,7 @@ impl Slot {
             let mut seen: HashMap<(&str, &RecordId), ()> = HashMap::new();
             let b = &batches[0];
             if b.iter()
-                .all(|c| seen.insert((c.collection.as_str(), &c.id), ()).is_none())
+                .all(|c| seen.insert((&*c.collection, &c.id), ()).is_none())
             {
                 return batches.into_iter().next().unwrap_or_default();
             }
@@ -368,7 +409,7 @@ pub struct ChangeBatch<'a> {
     /// Per watcher concerned, its changes.
     out: Vec<(Arc<Slot>, Vec<Change>)>,
     /// The collection last pushed, and the positions in `out` of its watchers.
-    last: Option<(String, Vec<usize>)>,
+    last: Option<(Arc<str>, Vec<usize>)>,
     len: usize,
 }
 
@@ -428,18 +469,18 @@ impl ChangeBatch<'_> {
     /// Records a change for the watchers of `collection` (none: nothing), for a
     /// caller that checked [`watched`](Self::watched) once for many records.
     pub fn push(&mut self, collection: &str, id: &RecordId, kind: ChangeKind, cause: ChangeCause) {
-        if !matches!(&self.last, Some((c, _)) if c == collection) {
+        if !matches!(&self.last, Some((c, _)) if **c == *collection) {
             let at = self.targets(collection);
-            self.last = Some((collection.to_owned(), at));
+            self.last = Some((Arc::from(collection), at));
         }
-        let Some((_, at)) = &self.last else {
+        let Some((name, at)) = &self.last else {
             return;
         };
         let Some((&final_at, rest)) = at.split_last() else {
             return;
         };
         let change = Change {
-            collection: collection.to_owned(),
+            collection: name.clone(),
             id: id.clone(),
             kind,
             cause,
@@ -449,6 +490,17 @@ impl ChangeBatch<'_> {
         }
         self.out[final_at].1.push(change);
         self.len += 1;
+    }
+
+    /// Makes room for `n` more changes of `collection` (a hint for a store about
+    /// to push a page's worth; nothing if nobody watches it).
+    pub fn reserve(&mut self, collection: &str, n: usize) {
+        if !self.watched(collection) {
+            return;
+        }
+        for i in self.targets(collection) {
+            self.out[i].1.reserve(n);
+        }
     }
 
     /// How many changes are recorded so far.

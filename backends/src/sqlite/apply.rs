@@ -143,6 +143,10 @@ impl Core {
         self.write_reporting(|tx, feed| {
             // Per collection of the page, once: whether anyone watches it.
             let watched: Vec<bool> = page.names.iter().map(|n| feed.watched(n)).collect();
+            if let [name] = &page.names[..] {
+                // A page of one collection (the usual one): room for all of it.
+                feed.reserve(name, page.changes.len());
+            }
             let resyncing = Self::meta_i64(tx, "resyncing")? != 0;
             let outbox_empty: bool = tx
                 .query_row(

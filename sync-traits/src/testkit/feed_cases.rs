@@ -61,7 +61,7 @@ fn drain(w: &mut ChangeWatcher) -> Seen {
     let n = v.len();
     let set: Seen = v
         .into_iter()
-        .map(|c| (c.collection, c.id, c.kind, c.cause))
+        .map(|c| (c.collection.to_string(), c.id, c.kind, c.cause))
         .collect();
     assert_eq!(set.len(), n, "a record is named once per read");
     set
