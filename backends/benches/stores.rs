@@ -4,7 +4,8 @@
 //! batching) vs a raw bulk insert of the same rows, local put-with-outbox vs a raw
 //! single-row insert, opening a 100k store, a typed put
 //! (`store.collection::<Song>("songs").put(&song)`) vs an untyped put of the same
-//! record.
+//! record; each apply and first sync also with the change feed on (a watcher of
+//! the applied collection) and with a watcher of another collection, side by side.
 //!
 //! cargo bench -p tidemark-backends --bench stores -- --warm-up-time 1 --measurement-time 3
 
@@ -112,6 +113,43 @@ fn bench_apply(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The change feed, side by side (see also examples/feed_cost.rs): no watcher,
+    // a watcher of the applied collection, a watcher of another collection. The
+    // store, its folder and the watcher are dropped outside the timing in all three.
+    for (name, watch) in [
+        ("feed_off", None),
+        ("feed_on", Some("songs")),
+        ("feed_other_collection", Some("friends")),
+    ] {
+        g.bench_function(format!("sqlite_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sqlite();
+                    let w = watch.map(|c| s.changes(c).unwrap());
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    rt.block_on(s.apply_remote(&p)).unwrap();
+                    (d, s, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function(format!("sled_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sled();
+                    let w = watch.map(|c| s.changes(c).unwrap());
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    rt.block_on(s.apply_remote(&p)).unwrap();
+                    (d, s, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.bench_function("sled_raw_batch", |b| {
         b.iter_batched(
             || {
@@ -195,6 +233,43 @@ fn bench_first_sync(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The change feed, side by side: no watcher, a watcher of the synced
+    // collection, one of another collection (folder and watcher dropped outside
+    // the timing in all three).
+    for (name, watch) in [
+        ("feed_off", None),
+        ("feed_on", Some("songs")),
+        ("feed_other_collection", Some("friends")),
+    ] {
+        g.bench_function(format!("sqlite_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sqlite();
+                    let w = watch.map(|c| s.changes(c).unwrap());
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    first_sync(&rt, &server, s, SyncConfig::default().resync_batch);
+                    (d, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function(format!("sled_store_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (d, s) = fresh_sled();
+                    let w = watch.map(|c| s.changes(c).unwrap());
+                    (d, s, w)
+                },
+                |(d, s, w)| {
+                    first_sync(&rt, &server, s, SyncConfig::default().resync_batch);
+                    (d, w)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.bench_function("sled_store_page_by_page", |b| {
         b.iter_batched(
             fresh_sled,

@@ -66,6 +66,14 @@
 //! 0.3–1.8 ms to ~0.07 ms, see `BENCHMARKS.md`), trading the durability of the last
 //! ~500 ms of calls — never their atomicity. The writer an open takes is always
 //! flushed before `open` returns.
+//!
+//! # Change feed
+//!
+//! [`LocalStore::changes`] watches a collection (see `sync_traits::feed`): every
+//! call reports exactly the records it wrote or removed, after its transaction
+//! commits and before it releases the write lock, so in commit order. Writes
+//! straight to the trees of [`SledStore::db`] are not reported; parked records
+//! applied at open are part of the state `open` returns.
 
 mod inspect;
 mod open;
@@ -83,9 +91,9 @@ use ::sled::{Db, IVec, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sync_traits::{
-    Ack, ApplyReport, Cause, ChangeId, Fields, LocalStore, LoggedConflict, Mistyped, Op, Page,
-    PendingChange, Quarantined, Record, RecordId, Rejection, StoreError, SyncState, Version,
-    Watermark,
+    Ack, ApplyReport, Cause, ChangeBatch, ChangeCause, ChangeHub, ChangeId, ChangeKind, Fields,
+    LocalStore, LoggedConflict, Mistyped, Op, Page, PendingChange, Quarantined, Record, RecordId,
+    Rejection, StoreError, SyncState, Version, Watermark,
 };
 
 use crate::rules::{Holds, What};
@@ -254,6 +262,9 @@ struct Shared {
     client: RecordId,
     write_lock: Mutex<()>,
     flush: bool,
+    /// Reports every change the store's calls make (see `sync_traits::feed`): a
+    /// call takes its batch before the write lock, publishes it after commit.
+    hub: ChangeHub,
 }
 
 /// A [`LocalStore`] in a sled database (see the [module docs](self)).
@@ -366,13 +377,47 @@ impl Shared {
     /// Runs `f` as one transaction over every tree, then flushes if configured.
     /// The caller holds the write lock.
     fn write<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        self.write_changes(f).map(|(out, _)| out)
+    }
+
+    /// [`Shared::write`], also returning the records the committed attempt wrote
+    /// or removed through [`Tx`]'s ack and retry paths (for the change feed).
+    #[allow(clippy::type_complexity)]
+    fn write_changes<T>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> Result<(T, Vec<(String, RecordId, ChangeKind)>), StoreError> {
         let out = self.trees[..]
-            .transaction(|t: &Vec<TransactionalTree>| f(&Tx { t, s: self }))
+            .transaction(|t: &Vec<TransactionalTree>| {
+                let tx = Tx::new(t, self);
+                let out = f(&tx)?;
+                Ok((out, tx.changed.take()))
+            })
             .map_err(tx_err)?;
         if self.flush {
             self.db.flush().map_err(sled_err)?;
         }
         Ok(out)
+    }
+
+    /// The name of the collection in tree `tree`.
+    fn name_of(&self, tree: usize) -> Option<&str> {
+        self.colls
+            .iter()
+            .find(|(_, (i, _))| *i == tree)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Hands what `write_changes` reported to the feed, with `cause`.
+    fn publish(
+        mut feed: ChangeBatch<'_>,
+        changed: Vec<(String, RecordId, ChangeKind)>,
+        cause: ChangeCause,
+    ) {
+        for (c, id, kind) in changed {
+            feed.record(&c, &id, kind, cause);
+        }
+        feed.publish();
     }
 
     fn meta_u64(&self, k: &str) -> Result<u64, StoreError> {
@@ -441,11 +486,14 @@ impl Shared {
         watermark: Watermark,
         mut prepared: Vec<Prepared>,
     ) -> Result<ApplyReport, StoreError> {
+        let mut feed = self.hub.batch();
         let _g = self.lock();
-        let (mut report, applied) = self.write(|tx| {
+        let (mut report, applied, removed) = self.write(|tx| {
             let resyncing = tx.meta("resyncing")? != 0;
             let mut report = ApplyReport::default();
             let mut applied = Vec::new();
+            // Applied deletions of records the store held (the others changed nothing).
+            let mut removed = Vec::new();
             for (n, p) in prepared.iter().enumerate() {
                 match p {
                     Prepared::Skip => report.skipped += 1,
@@ -504,7 +552,9 @@ impl Shared {
                                 tx.t[*tree].insert(id.as_str(), d.as_slice())?;
                             }
                             None => {
-                                tx.t[*tree].remove(id.as_str())?;
+                                if tx.t[*tree].remove(id.as_str())?.is_some() {
+                                    removed.push(n);
+                                }
                             }
                         }
                         tx.t[VERSIONS].insert(key.as_slice(), &version.to_be_bytes())?;
@@ -516,13 +566,37 @@ impl Shared {
             if watermark.0 > tx.meta("watermark")? {
                 tx.set_meta("watermark", watermark.0)?;
             }
-            Ok((report, applied))
+            Ok((report, applied, removed))
         })?;
+        // Per tree of the page, once: whether anyone watches its collection.
+        let mut watched: Vec<Option<Option<&str>>> = vec![None; self.trees.len()];
+        let mut removed = removed.into_iter().peekable();
         for n in applied {
-            if let Some(Prepared::Apply { mistyped, .. }) = prepared.get_mut(n) {
+            if let Some(Prepared::Apply {
+                mistyped,
+                tree,
+                id,
+                data,
+                ..
+            }) = prepared.get_mut(n)
+            {
                 report.mistyped.append(mistyped);
+                let name = *watched[*tree]
+                    .get_or_insert_with(|| self.name_of(*tree).filter(|name| feed.watched(name)));
+                let kind = match data {
+                    Some(_) => Some(ChangeKind::Upserted),
+                    None if removed.next_if_eq(&n).is_some() => Some(ChangeKind::Removed),
+                    None => None,
+                };
+                if let (Some(name), Some(kind)) = (name, kind) {
+                    feed.push(name, id, kind, ChangeCause::Pull);
+                }
             }
         }
+        // Published under the write lock: watchers get calls' changes in commit
+        // order.
+        feed.publish();
+        drop(_g);
         Ok(report)
     }
 
@@ -573,6 +647,7 @@ impl Shared {
     }
 
     fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
+        let mut feed = self.hub.batch();
         let _g = self.lock();
         match self.meta_u64("resyncing")? {
             0 => return Ok(0),
@@ -605,7 +680,7 @@ impl Shared {
             }
         }
         let seen = self.keys_of(SEEN)?;
-        self.write(|tx| {
+        let n = self.write(|tx| {
             for (i, id, k) in &gone {
                 tx.t[*i].remove(id)?;
                 tx.t[VERSIONS].remove(k.as_slice())?;
@@ -615,7 +690,16 @@ impl Shared {
             }
             tx.set_meta("resyncing", 0)?;
             Ok(gone.len())
-        })
+        })?;
+        for (i, id, _) in &gone {
+            if let Some(name) = self.name_of(*i).filter(|n| feed.watched(n)) {
+                let id = record_id_of(id)?;
+                feed.push(name, &id, ChangeKind::Removed, ChangeCause::Resync);
+            }
+        }
+        feed.publish();
+        drop(_g);
+        Ok(n)
     }
 }
 
@@ -699,7 +783,8 @@ impl LocalStore for SledStore {
         self.shared.coll(&record.collection)?;
         self.run(move |s| {
             let (i, c) = s.coll(&record.collection)?;
-            let _g = s.lock();
+            let mut feed = s.hub.batch();
+            let g = s.lock();
             s.write(|tx| {
                 let old = tx.read(i, &record.id)?;
                 let fields =
@@ -707,7 +792,16 @@ impl LocalStore for SledStore {
                         .or_else(abort)?;
                 tx.t[i].insert(record.id.as_str(), to_json(&fields).or_else(abort)?)?;
                 tx.record_write(&record.collection, &record.id, old.as_ref(), Some(&fields))
-            })
+            })?;
+            feed.record(
+                &record.collection,
+                &record.id,
+                ChangeKind::Upserted,
+                ChangeCause::Local,
+            );
+            feed.publish();
+            drop(g);
+            Ok(())
         })
         .await
     }
@@ -716,15 +810,22 @@ impl LocalStore for SledStore {
         let (i, _) = self.shared.coll(collection)?;
         let (collection, id) = (collection.to_owned(), id.clone());
         self.run(move |s| {
-            let _g = s.lock();
-            s.write(|tx| {
+            let mut feed = s.hub.batch();
+            let g = s.lock();
+            let existed = s.write(|tx| {
                 let Some(old) = tx.read(i, &id)? else {
                     return Ok(false);
                 };
                 tx.t[i].remove(id.as_str())?;
                 tx.record_write(&collection, &id, Some(&old), None)?;
                 Ok(true)
-            })
+            })?;
+            if existed {
+                feed.record(&collection, &id, ChangeKind::Removed, ChangeCause::Local);
+                feed.publish();
+            }
+            drop(g);
+            Ok(existed)
         })
         .await
     }
@@ -789,14 +890,15 @@ impl LocalStore for SledStore {
 
     async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
         self.run(move |s| {
-            let _g = s.lock();
+            let feed = s.hub.batch();
+            let g = s.lock();
             // A resync begun on empty trees (2) skips finish_resync's scan, as every
             // record is one it applied or one with an outbox entry. An ack can write
             // a record's server state with no outbox entry, which an ordinary resync
             // removes unless it delivered it: so the resync becomes an ordinary one
             // (its seen marks are kept in both modes).
             let fresh = s.meta_u64("resyncing")? == 2;
-            s.write(|tx| {
+            let ((), changed) = s.write_changes(|tx| {
                 if fresh {
                     tx.set_meta("resyncing", 1)?;
                 }
@@ -804,7 +906,10 @@ impl LocalStore for SledStore {
                     tx.ack(a)?;
                 }
                 Ok(())
-            })
+            })?;
+            Shared::publish(feed, changed, ChangeCause::Settlement);
+            drop(g);
+            Ok(())
         })
         .await
     }
@@ -866,8 +971,12 @@ impl LocalStore for SledStore {
     /// removal from the quarantine.
     async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
         self.run(move |s| {
-            let _g = s.lock();
-            s.write(|tx| tx.retry_quarantined(id))
+            let feed = s.hub.batch();
+            let g = s.lock();
+            let (retried, changed) = s.write_changes(|tx| tx.retry_quarantined(id))?;
+            Shared::publish(feed, changed, ChangeCause::Local);
+            drop(g);
+            Ok(retried)
         })
         .await
     }
@@ -895,6 +1004,12 @@ impl LocalStore for SledStore {
             Ok(out)
         })
         .await
+    }
+
+    /// Every change made through this store, reported; writes straight to the
+    /// trees of [`SledStore::db`] are not (see `sync_traits::feed`).
+    fn change_hub(&self) -> Option<ChangeHub> {
+        Some(self.shared.hub.clone())
     }
 
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {

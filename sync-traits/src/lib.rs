@@ -77,6 +77,7 @@ mod collection;
 mod conflict;
 mod engine;
 mod error;
+pub mod feed;
 mod hints;
 mod id;
 mod partial;
@@ -93,6 +94,7 @@ pub use collection::{Collection, CollectionError, CollectionPage, LocalStoreExt}
 pub use conflict::{ClientWins, ConflictPolicy, FieldMerge, Resolution, ServerWins};
 pub use engine::{RetryPolicy, SyncConfig, SyncEngine, SyncEvent, SyncReport};
 pub use error::{Cause, FieldsError, InvalidId, RemoteError, StoreError, SyncError};
+pub use feed::{Change, ChangeBatch, ChangeCause, ChangeHub, ChangeKind, ChangeWatcher};
 pub use hints::Hints;
 pub use id::{new_id, ChangeId, RecordId, ID_LEN};
 pub use partial::{Filter, FilterError, PullScope, SyncScope, MAX_FILTER_LEN};

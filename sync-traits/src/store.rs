@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use std::collections::BTreeSet;
 
 use crate::error::StoreError;
+use crate::feed::{ChangeHub, ChangeWatcher};
 use crate::id::{ChangeId, RecordId};
 use crate::record::{
     Ack, ApplyReport, LoggedConflict, Page, PendingChange, Quarantined, Record, SyncState,
@@ -212,6 +213,48 @@ pub trait LocalStore: Send + Sync {
         let _ = (key, value);
         Ok(())
     }
+
+    // ---- the change feed (see [`crate::feed`]) ----
+
+    /// The hub through which this store reports every record it changes, or
+    /// `None` (the default) if it reports none.
+    ///
+    /// A store that returns one promises the contract of [`crate::feed`]: every
+    /// mutating method records in a [`ChangeHub::batch`] taken before its
+    /// transaction exactly the records it wrote or removed (applied pulled
+    /// changes, resync removals, records an ack rewrote, local writes), and
+    /// publishes it after its transaction commits, before returning; a failed
+    /// call publishes nothing. `crate::testkit::conformance` checks it.
+    fn change_hub(&self) -> Option<ChangeHub> {
+        None
+    }
+
+    /// A watcher of the changes of `collection` from now on (see
+    /// [`crate::feed`]): create it, then read the initial state, then refresh
+    /// the records each [`ChangeWatcher::changed`] names. Waits for the store
+    /// calls recording changes at this moment to publish them (at most one
+    /// transaction).
+    ///
+    /// Errors: [`StoreError::Backend`] if the store reports no changes
+    /// ([`change_hub`](LocalStore::change_hub) is `None`).
+    fn changes(&self, collection: &str) -> Result<ChangeWatcher, StoreError> {
+        match self.change_hub() {
+            Some(h) => Ok(h.watch(collection)),
+            None => Err(no_feed()),
+        }
+    }
+
+    /// A watcher of every collection's changes; as [`changes`](LocalStore::changes).
+    fn all_changes(&self) -> Result<ChangeWatcher, StoreError> {
+        match self.change_hub() {
+            Some(h) => Ok(h.watch_all()),
+            None => Err(no_feed()),
+        }
+    }
+}
+
+fn no_feed() -> StoreError {
+    StoreError::Backend("this store reports no changes (LocalStore::change_hub is None)".into())
 }
 
 macro_rules! forward_local_store {
@@ -297,6 +340,9 @@ macro_rules! forward_local_store {
             }
             async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
                 (**self).set_sync_meta(key, value).await
+            }
+            fn change_hub(&self) -> Option<ChangeHub> {
+                (**self).change_hub()
             }
         }
     };

@@ -270,10 +270,11 @@ fn init(db: Db, schema: Schema, flush: bool) -> Result<Shared, StoreError> {
         client: writer.clone(),
         write_lock: Mutex::new(()),
         flush,
+        hub: sync_traits::ChangeHub::new(),
     };
     shared.trees[..]
         .transaction(|t: &Vec<TransactionalTree>| {
-            let tx = Tx { t, s: &shared };
+            let tx = Tx::new(t, &shared);
             // The schema, this open's writer and the parked records: one commit.
             for (k, v) in &schema_rows {
                 t[META].insert(k.as_bytes(), v.as_slice())?;

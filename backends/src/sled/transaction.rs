@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use sync_traits::{RecordId, StoreError, TxMark, TxReport, Write};
+use sync_traits::{ChangeCause, ChangeKind, RecordId, StoreError, TxMark, TxReport, Write};
 
 use super::tx::Tx;
 use super::{abort, key, to_json, u64_of, Shared, TxResult};
@@ -19,8 +19,9 @@ impl Shared {
             .iter()
             .map(|w| self.coll(w.key().0))
             .collect::<Result<Vec<_>, _>>()?;
-        let _g = self.lock();
-        self.write(|tx| {
+        let mut feed = self.hub.batch();
+        let g = self.lock();
+        let report = self.write(|tx| {
             let mut report = TxReport::default();
             let mut wrote: BTreeSet<(&str, &RecordId)> = BTreeSet::new();
             for (w, (i, c)) in writes.iter().zip(&colls) {
@@ -48,7 +49,23 @@ impl Shared {
             }
             report.mark = mark(tx, &wrote)?;
             Ok(report)
-        })
+        })?;
+        // Committed: report what each write changed (a put wrote its record, a
+        // delete removed one that was there), in order, under the store's lock.
+        for (w, existed) in writes.iter().zip(&report.existed) {
+            match w {
+                Write::Put(r) => {
+                    feed.record(&r.collection, &r.id, ChangeKind::Upserted, ChangeCause::Local)
+                }
+                Write::Delete { collection, id } if *existed => {
+                    feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local)
+                }
+                Write::Delete { .. } => {}
+            }
+        }
+        feed.publish();
+        drop(g);
+        Ok(report)
     }
 }
 

@@ -1,13 +1,14 @@
 //! One transaction's view of the store's trees, and the writes every call shares
 //! (a local write and its outbox entry, a server state, an ack).
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use ::sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use ::sled::IVec;
 use sync_traits::{
-    Ack, ChangeId, Conflict, Fields, Op, PendingChange, RecordId, Rejection, RemoteState,
-    StoreError,
+    Ack, ChangeId, ChangeKind, Conflict, Fields, Op, PendingChange, RecordId, Rejection,
+    RemoteState, StoreError,
 };
 
 use super::{
@@ -20,6 +21,25 @@ use crate::schema::canonical_remote_fields;
 pub(super) struct Tx<'a> {
     pub(super) t: &'a [TransactionalTree],
     pub(super) s: &'a Shared,
+    /// The records this attempt of the transaction wrote or removed outside an
+    /// apply (acks, retried changes), for the change feed.
+    pub(super) changed: RefCell<Vec<(String, RecordId, ChangeKind)>>,
+}
+
+impl<'a> Tx<'a> {
+    pub(super) fn new(t: &'a [TransactionalTree], s: &'a Shared) -> Self {
+        Tx {
+            t,
+            s,
+            changed: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn changed(&self, coll: &str, id: &RecordId, kind: ChangeKind) {
+        self.changed
+            .borrow_mut()
+            .push((coll.to_owned(), id.clone(), kind));
+    }
 }
 
 impl Tx<'_> {
@@ -167,10 +187,13 @@ impl Tx<'_> {
                 let (i, c) = self.s.coll(coll).or_else(abort)?;
                 let f = crate::rules::retried_fields(c, id, f);
                 self.t[i].insert(id.as_str(), to_json(&f).or_else(abort)?)?;
+                self.changed(coll, id, ChangeKind::Upserted);
                 Some(f)
             }
             Op::Delete => {
-                self.t[i].remove(id.as_str())?;
+                if self.t[i].remove(id.as_str())?.is_some() {
+                    self.changed(coll, id, ChangeKind::Removed);
+                }
                 None
             }
         };
@@ -218,9 +241,17 @@ impl crate::rules::Txn for Tx<'_> {
 
     fn set_record(&self, c: &str, id: &RecordId, fields: Option<&Fields>) -> TxResult<()> {
         match fields {
-            Some(f) => self.write_row(c, id, f),
-            None => self.delete_row(c, id).map(|_| ()),
+            Some(f) => {
+                self.write_row(c, id, f)?;
+                self.changed(c, id, ChangeKind::Upserted);
+            }
+            None => {
+                if self.delete_row(c, id)? {
+                    self.changed(c, id, ChangeKind::Removed);
+                }
+            }
         }
+        Ok(())
     }
 
     fn raise_version(&self, c: &str, id: &RecordId, v: u64) -> TxResult<()> {

@@ -3,7 +3,10 @@
 //! then applied in one transaction off the async workers.
 
 use rusqlite::params;
-use sync_traits::{ApplyReport, Mistyped, Page, RemoteChange, StoreError, Watermark};
+use sync_traits::{
+    ApplyReport, ChangeCause, ChangeKind, Mistyped, Page, RecordId, RemoteChange, StoreError,
+    Watermark,
+};
 
 use super::core::Core;
 use super::sql::{
@@ -137,7 +140,13 @@ impl Core {
             Cell::Text(a, b) => page.rows.str(a, b),
             _ => "",
         };
-        self.write(|tx| {
+        self.write_reporting(|tx, feed| {
+            // Per collection of the page, once: whether anyone watches it.
+            let watched: Vec<bool> = page.names.iter().map(|n| feed.watched(n)).collect();
+            if let [name] = &page.names[..] {
+                // A page of one collection (the usual one): room for all of it.
+                feed.reserve(name, page.changes.len());
+            }
             let resyncing = Self::meta_i64(tx, "resyncing")? != 0;
             let outbox_empty: bool = tx
                 .query_row(
@@ -218,11 +227,29 @@ impl Core {
                         if let Some(m) = page.mistyped.get(mistyped.0..mistyped.1) {
                             report.mistyped.extend(m.iter().cloned());
                         }
+                        if watched[c.coll] {
+                            feed.push(
+                                coll,
+                                &RecordId::parse(id)?,
+                                ChangeKind::Upserted,
+                                ChangeCause::Pull,
+                            );
+                        }
                     }
                     None => {
-                        tx.prepare_cached(&t.delete)
+                        let removed = tx
+                            .prepare_cached(&t.delete)
                             .and_then(|mut s| s.execute([id]))
                             .map_err(sql_err)?;
+                        // A deletion of a record the store does not hold changed nothing.
+                        if removed > 0 && watched[c.coll] {
+                            feed.push(
+                                coll,
+                                &RecordId::parse(id)?,
+                                ChangeKind::Removed,
+                                ChangeCause::Pull,
+                            );
+                        }
                     }
                 }
                 report.applied += 1;

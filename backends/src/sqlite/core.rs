@@ -7,8 +7,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sync_traits::{
-    Ack, ChangeId, Conflict, Fields, LoggedConflict, Op, PendingChange, Quarantined, Record,
-    RecordId, Rejection, StoreError, SyncState, Version, Watermark,
+    Ack, ChangeBatch, ChangeCause, ChangeHub, ChangeId, ChangeKind, Conflict, Fields,
+    LoggedConflict, Op, PendingChange, Quarantined, Record, RecordId, Rejection, StoreError,
+    SyncState, Version, Watermark,
 };
 
 use super::sql::{
@@ -27,6 +28,9 @@ pub(super) struct Core {
     pub(super) conn: Mutex<Connection>,
     pub(super) client: RecordId,
     pub(super) tables: HashMap<String, Table>,
+    /// Reports every change the store's calls make (see `sync_traits::feed`): a
+    /// call takes its batch before the connection, publishes it after commit.
+    pub(super) hub: ChangeHub,
 }
 
 /// The writer ids a store had, in the order it took them, each with the first
@@ -109,6 +113,25 @@ impl Core {
             .map_err(sql_err)?;
         let out = f(&tx)?;
         tx.commit().map_err(sql_err)?;
+        Ok(out)
+    }
+
+    /// [`Core::write`] for a call that changes records: `f` records them in the
+    /// call's [`ChangeBatch`] (taken before the connection), published after the
+    /// commit and before the connection is released, so watchers get calls'
+    /// changes in commit order (see `sync_traits::feed`).
+    pub(super) fn write_reporting<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, &mut ChangeBatch<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut feed = self.hub.batch();
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        let out = f(&tx, &mut feed)?;
+        tx.commit().map_err(sql_err)?;
+        feed.publish();
         Ok(out)
     }
 
@@ -329,17 +352,27 @@ impl Core {
 
     pub(super) fn put(&self, record: &Record) -> Result<(), StoreError> {
         let t = self.table(&record.collection)?;
-        self.write(|tx| Self::put_in(tx, t, &record.id, &record.fields))
+        self.write_reporting(|tx, feed| {
+            Self::put_in(tx, t, &record.id, &record.fields)?;
+            feed.record(
+                &record.collection,
+                &record.id,
+                ChangeKind::Upserted,
+                ChangeCause::Local,
+            );
+            Ok(())
+        })
     }
 
     pub(super) fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
         let t = self.table(collection)?;
-        self.write(|tx| {
+        self.write_reporting(|tx, feed| {
             let Some(old) = Self::read_row(tx, t, id)? else {
                 return Ok(false);
             };
             Self::delete_row(tx, t, id)?;
             Self::record_write(tx, t, id, Some(&old), None)?;
+            feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local);
             Ok(true)
         })
     }
@@ -430,7 +463,7 @@ impl Core {
     }
 
     pub(super) fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_reporting(|tx, feed| {
             // A resync begun on empty tables (2) skips finish_resync's scan, as
             // every record is one it applied or one with an outbox entry. An ack can
             // write a record's server state with no outbox entry, which an ordinary
@@ -443,6 +476,7 @@ impl Core {
                 core: self,
                 tx,
                 writers: Writers::load(tx)?,
+                feed: std::cell::RefCell::new(feed),
             };
             for ack in &acks {
                 crate::rules::settle(&txn, ack)?;
@@ -485,7 +519,7 @@ impl Core {
         &self,
         synced: Option<BTreeSet<String>>,
     ) -> Result<usize, StoreError> {
-        self.write(|tx| {
+        self.write_reporting(|tx, feed| {
             let resyncing = Self::meta_i64(tx, "resyncing")?;
             if resyncing == 0 {
                 return Ok(0);
@@ -513,9 +547,22 @@ impl Core {
                     [],
                 )
                 .map_err(sql_err)?;
-                removed += tx
-                    .execute(&format!("DELETE FROM {t} WHERE \"id\" IN ({unseen})"), [])
-                    .map_err(sql_err)?;
+                let delete = format!("DELETE FROM {t} WHERE \"id\" IN ({unseen})");
+                if feed.watched(name) {
+                    // Watched: the removed ids, for the feed.
+                    let mut st = tx
+                        .prepare(&format!("{delete} RETURNING \"id\""))
+                        .map_err(sql_err)?;
+                    let mut rows = st.query([]).map_err(sql_err)?;
+                    while let Some(row) = rows.next().map_err(sql_err)? {
+                        let id: String = row.get(0).map_err(sql_err)?;
+                        let id = RecordId::parse(&id)?;
+                        feed.push(name, &id, ChangeKind::Removed, ChangeCause::Resync);
+                        removed += 1;
+                    }
+                } else {
+                    removed += tx.execute(&delete, []).map_err(sql_err)?;
+                }
             }
             Self::set_meta(tx, "resyncing", 0)?;
             tx.execute(r#"DELETE FROM "_tidemark_seen""#, [])
@@ -572,7 +619,7 @@ impl Core {
     }
 
     pub(super) fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        self.write_reporting(|tx, feed| {
             let Some(change) = Self::take_quarantined(tx, id)? else {
                 return Ok(false);
             };
@@ -583,6 +630,12 @@ impl Core {
                     let fields = crate::rules::retried_fields(&t.schema, &change.id, f);
                     Self::write_row(tx, t, &change.id, &fields)?;
                     Self::record_write(tx, t, &change.id, old.as_ref(), Some(&fields))?;
+                    feed.record(
+                        &change.collection,
+                        &change.id,
+                        ChangeKind::Upserted,
+                        ChangeCause::Local,
+                    );
                 }
                 Op::Delete => {
                     // A new write of the delete, whether or not the record is
@@ -590,6 +643,14 @@ impl Core {
                     let old = Self::read_row(tx, t, &change.id)?;
                     Self::delete_row(tx, t, &change.id)?;
                     Self::record_write(tx, t, &change.id, old.as_ref(), None)?;
+                    if old.is_some() {
+                        feed.record(
+                            &change.collection,
+                            &change.id,
+                            ChangeKind::Removed,
+                            ChangeCause::Local,
+                        );
+                    }
                 }
             }
             Ok(true)
@@ -638,13 +699,15 @@ impl Core {
 
 /// A write transaction of the store, as the shared rules see it
 /// ([`crate::rules::Txn`]).
-struct SqlTxn<'a> {
+struct SqlTxn<'a, 'f> {
     core: &'a Core,
     tx: &'a Transaction<'a>,
     writers: Writers,
+    /// The records the ack rewrites, for the feed.
+    feed: std::cell::RefCell<&'a mut ChangeBatch<'f>>,
 }
 
-impl crate::rules::Txn for SqlTxn<'_> {
+impl crate::rules::Txn for SqlTxn<'_, '_> {
     type Seq = i64;
     type Error = StoreError;
 
@@ -697,10 +760,18 @@ impl crate::rules::Txn for SqlTxn<'_> {
         fields: Option<&Fields>,
     ) -> Result<(), StoreError> {
         let t = self.core.table(c)?;
-        match fields {
-            Some(f) => Core::write_row(self.tx, t, id, f),
-            None => Core::delete_row(self.tx, t, id).map(|_| ()),
-        }
+        let kind = match fields {
+            Some(f) => {
+                Core::write_row(self.tx, t, id, f)?;
+                ChangeKind::Upserted
+            }
+            None if Core::delete_row(self.tx, t, id)? => ChangeKind::Removed,
+            None => return Ok(()),
+        };
+        self.feed
+            .borrow_mut()
+            .record(c, id, kind, ChangeCause::Settlement);
+        Ok(())
     }
 
     fn raise_version(&self, c: &str, id: &RecordId, v: u64) -> Result<(), StoreError> {

@@ -116,6 +116,7 @@ fn read(conn: Connection) -> Result<Inspection, StoreError> {
     // The store's own read functions, on this read-only connection. The writer id
     // is only a placeholder: nothing here stamps a change.
     let core = Core {
+        hub: sync_traits::ChangeHub::new(),
         conn: Mutex::new(conn),
         client: writer.clone().unwrap_or_else(sync_traits::new_id),
         tables,

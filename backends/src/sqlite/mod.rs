@@ -135,6 +135,16 @@
 //! (`backends/BENCHMARKS.md`). To choose them, create the file with
 //! `PRAGMA page_size` before opening it as a store.
 //!
+//! # Change feed
+//!
+//! [`LocalStore::changes`] watches a collection (see `sync_traits::feed`): every
+//! call reports exactly the records it wrote or removed, after its transaction
+//! commits and while it still holds the connection, so in commit order. A
+//! collection nobody watches costs one lookup per collection of a page. Writes
+//! through other connections or [`SqliteStore::with_connection`] (plain SQL) are
+//! not reported; parked records applied at open are part of the state `open`
+//! returns.
+//!
 //! # Durability
 //!
 //! WAL mode, `synchronous = NORMAL`: every call is one transaction, atomic across a
@@ -425,5 +435,12 @@ impl LocalStore for SqliteStore {
             })
         })
         .await
+    }
+
+    /// Every change made through this store (any clone of it), reported; writes
+    /// with plain SQL (other connections, [`SqliteStore::with_connection`]) are
+    /// not (see `sync_traits::feed`).
+    fn change_hub(&self) -> Option<sync_traits::ChangeHub> {
+        Some(self.core.hub.clone())
     }
 }

@@ -156,6 +156,7 @@ impl Core {
             conn: Mutex::new(conn),
             client,
             tables,
+            hub: sync_traits::ChangeHub::new(),
         })
     }
 }

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params, Connection, Transaction};
-use sync_traits::{PendingChange, RecordId, StoreError, TxMark, TxReport, Write};
+use sync_traits::{
+    ChangeCause, ChangeKind, PendingChange, RecordId, StoreError, TxMark, TxReport, Write,
+};
 
 use super::core::Core;
 use super::sql::{sql_err, stored_u64};
@@ -27,7 +29,7 @@ impl Core {
             .iter()
             .map(|w| self.table(w.key().0))
             .collect::<Result<Vec<_>, _>>()?;
-        self.write(|tx| {
+        self.write_reporting(|tx, feed| {
             let mut report = TxReport::default();
             let mut wrote: BTreeSet<(&str, &RecordId)> = BTreeSet::new();
             for (w, t) in writes.iter().zip(&tables) {
@@ -35,6 +37,7 @@ impl Core {
                     Write::Put(r) => {
                         let existed = Self::read_row(tx, t, &r.id)?.is_some();
                         Self::put_in(tx, t, &r.id, &r.fields)?;
+                        feed.record(&r.collection, &r.id, ChangeKind::Upserted, ChangeCause::Local);
                         if !t.schema.local_only {
                             wrote.insert((&r.collection, &r.id));
                         }
@@ -44,6 +47,7 @@ impl Core {
                         Some(old) => {
                             Self::delete_row(tx, t, id)?;
                             Self::record_write(tx, t, id, Some(&old), None)?;
+                            feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local);
                             if !t.schema.local_only {
                                 wrote.insert((collection, id));
                             }

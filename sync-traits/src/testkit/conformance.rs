@@ -28,6 +28,11 @@ use crate::record::{
 use crate::store::LocalStore;
 use crate::transaction::{Transact, TxMark, Write};
 
+pub use super::feed_cases::{
+    feed_coalesces_and_never_drops, feed_reports_exactly_what_a_pull_applied,
+    feed_reports_local_writes, feed_reports_records_an_ack_rewrote, feed_reports_resync_removals,
+};
+
 /// Collection with fields `title`, `artist` (text) and `order` (number).
 pub const SONGS: &str = "songs";
 /// Collection with field `name` (text).
@@ -121,6 +126,12 @@ where
     writes_in_a_transaction_coalesce_as_sequential_writes(&make().await).await;
     a_transaction_deletes_a_missing_record_as_delete_does(&make().await).await;
     sync_meta_is_kept_apart_from_the_data(&make().await).await;
+    // The change feed (see crate::feed): a store without one fails these.
+    feed_reports_exactly_what_a_pull_applied(&make().await).await;
+    feed_reports_local_writes(&make().await).await;
+    feed_reports_records_an_ack_rewrote(&make().await).await;
+    feed_reports_resync_removals(&make().await).await;
+    feed_coalesces_and_never_drops(&make().await).await;
 }
 
 /// The cases that need a store holding [`DRAFTS`] local-only (with a `title`

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::error::StoreError;
+use crate::feed::{ChangeCause, ChangeHub, ChangeKind};
 use crate::id::{new_id, ChangeId, RecordId};
 use crate::record::{
     changed_fields, Ack, ApplyReport, Fields, LoggedConflict, Op, Page, PendingChange, Quarantined,
@@ -53,9 +54,17 @@ struct Inner {
 /// it hold only some (like a store with a schema), [`MemoryStore::declare`] adds
 /// one later, and [`MemoryStore::with_local_only`] declares collections that are
 /// never synced.
+///
+/// It reports every change through its change feed ([`LocalStore::changes`],
+/// see [`crate::feed`]), published under its lock, in commit order; parked
+/// records applied by [`declare`](Self::declare) are reported with
+/// [`ChangeCause::Declared`].
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Reports every change (see [`crate::feed`]); a batch is taken before the
+    /// lock, always in that order.
+    hub: ChangeHub,
 }
 
 /// The keys of `collection`'s records after `after` (all of them for `None`)
@@ -127,6 +136,7 @@ impl MemoryStore {
     /// version than the known one is stale). Returns how many live records were
     /// parked for it.
     pub fn declare(&self, collection: &str) -> usize {
+        let mut feed = self.hub.batch();
         let mut g = self.inner_mut();
         let Some(declared) = g.declared.as_mut() else {
             return 0;
@@ -155,9 +165,14 @@ impl MemoryStore {
                 {
                     continue;
                 }
-                g.set_server_state(key, &state);
+                if let Some(kind) = g.set_server_state(key.clone(), &state) {
+                    feed.record(&key.0, &key.1, kind, ChangeCause::Declared);
+                }
             }
         }
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
         n
     }
 
@@ -175,6 +190,7 @@ impl MemoryStore {
         inner.new_writer();
         MemoryStore {
             inner: Mutex::new(inner),
+            hub: ChangeHub::new(),
         }
     }
 
@@ -298,17 +314,19 @@ impl Inner {
         self.outbox_index.remove(key);
     }
 
-    fn set_server_state(&mut self, key: Key, state: &RemoteState) {
-        match &state.fields {
+    /// Writes a server state; returns what happened to the record's data
+    /// (`None`: a deletion of a record it did not hold, nothing changed).
+    fn set_server_state(&mut self, key: Key, state: &RemoteState) -> Option<ChangeKind> {
+        let kind = match &state.fields {
             Some(f) => {
                 self.records.insert(key.clone(), f.clone());
+                Some(ChangeKind::Upserted)
             }
-            None => {
-                self.records.remove(&key);
-            }
-        }
+            None => self.records.remove(&key).map(|_| ChangeKind::Removed),
+        };
         let v = self.versions.entry(key).or_default();
         *v = (*v).max(state.version);
+        kind
     }
 }
 
@@ -361,21 +379,40 @@ impl LocalStore for MemoryStore {
     }
 
     async fn put(&self, record: Record) -> Result<(), StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         g.check_held(&record.collection)?;
+        feed.record(
+            &record.collection,
+            &record.id,
+            ChangeKind::Upserted,
+            ChangeCause::Local,
+        );
         g.put(record);
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
         Ok(())
     }
 
     async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         g.check_held(collection)?;
-        Ok(g.delete((collection.to_owned(), id.clone())))
+        let existed = g.delete((collection.to_owned(), id.clone()));
+        if existed {
+            feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local);
+        }
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
+        Ok(existed)
     }
 
     /// Every write is checked first (a collection held: the only thing this store
     /// checks), then all are applied under the one lock.
     async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         for w in &writes {
             g.check_held(w.key().0)?;
@@ -392,7 +429,14 @@ impl LocalStore for MemoryStore {
                 }
             }
             // A put, or a delete that removed something, wrote the record.
-            if existed || g.records.contains_key(&key) {
+            let now = g.records.contains_key(&key);
+            if existed || now {
+                let kind = if now {
+                    ChangeKind::Upserted
+                } else {
+                    ChangeKind::Removed
+                };
+                feed.record(&key.0, &key.1, kind, ChangeCause::Local);
                 wrote.push(key);
             }
             report.existed.push(existed);
@@ -413,6 +457,9 @@ impl LocalStore for MemoryStore {
             }
             report.mark = Some(mark);
         }
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
         Ok(report)
     }
 
@@ -433,6 +480,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn apply_remote(&self, page: &Page) -> Result<ApplyReport, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         let mut report = ApplyReport::default();
         for c in &page.changes {
@@ -463,10 +511,15 @@ impl LocalStore for MemoryStore {
                 report.stale += 1;
                 continue;
             }
-            g.set_server_state(key, &c.state);
+            if let Some(kind) = g.set_server_state(key, &c.state) {
+                feed.record(&c.collection, &c.id, kind, ChangeCause::Pull);
+            }
             report.applied += 1;
         }
         g.watermark = g.watermark.max(page.watermark);
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
         Ok(report)
     }
 
@@ -484,6 +537,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn ack(&self, acks: Vec<Ack>) -> Result<(), StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         for ack in acks {
             match ack {
@@ -519,13 +573,15 @@ impl LocalStore for MemoryStore {
                         continue;
                     };
                     if let Some(op) = &op {
-                        match op {
+                        let kind = match op {
                             Op::Upsert(f) => {
                                 g.records.insert(key.clone(), f.clone());
+                                Some(ChangeKind::Upserted)
                             }
-                            Op::Delete => {
-                                g.records.remove(&key);
-                            }
+                            Op::Delete => g.records.remove(&key).map(|_| ChangeKind::Removed),
+                        };
+                        if let Some(kind) = kind {
+                            feed.record(&key.0, &key.1, kind, ChangeCause::Settlement);
                         }
                     }
                     // A re-based change is a new write: a new change id.
@@ -551,7 +607,9 @@ impl LocalStore for MemoryStore {
                         continue;
                     };
                     g.remove_entry(&key, seq);
-                    g.set_server_state(key, &state);
+                    if let Some(kind) = g.set_server_state(key.clone(), &state) {
+                        feed.record(&key.0, &key.1, kind, ChangeCause::Settlement);
+                    }
                 }
                 Ack::Quarantine {
                     change,
@@ -561,11 +619,12 @@ impl LocalStore for MemoryStore {
                     let key = (change.collection.clone(), change.id.clone());
                     if let Some(seq) = g.matching(&key, &change.change_id) {
                         g.remove_entry(&key, seq);
-                        match &server {
-                            Some(s) => g.set_server_state(key, s),
-                            None => {
-                                g.records.remove(&key);
-                            }
+                        let kind = match &server {
+                            Some(s) => g.set_server_state(key.clone(), s),
+                            None => g.records.remove(&key).map(|_| ChangeKind::Removed),
+                        };
+                        if let Some(kind) = kind {
+                            feed.record(&key.0, &key.1, kind, ChangeCause::Settlement);
                         }
                     }
                     g.quarantine_seq += 1;
@@ -583,6 +642,9 @@ impl LocalStore for MemoryStore {
                 }
             }
         }
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
         Ok(())
     }
 
@@ -597,6 +659,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn finish_resync(&self, synced: Option<BTreeSet<String>>) -> Result<usize, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         if !g.resyncing {
             return Ok(0);
@@ -612,9 +675,13 @@ impl LocalStore for MemoryStore {
         for k in &gone {
             g.records.remove(k);
             g.versions.remove(k);
+            feed.record(&k.0, &k.1, ChangeKind::Removed, ChangeCause::Resync);
         }
         g.resyncing = false;
         g.seen.clear();
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
         Ok(gone.len())
     }
 
@@ -623,6 +690,7 @@ impl LocalStore for MemoryStore {
     }
 
     async fn retry_quarantined(&self, id: u64) -> Result<bool, StoreError> {
+        let mut feed = self.hub.batch();
         let mut g = self.lock()?;
         let Some(i) = g.quarantine.iter().position(|q| q.id == id) else {
             return Ok(false);
@@ -634,15 +702,20 @@ impl LocalStore for MemoryStore {
             Op::Delete => None,
         };
         let changed = changed_fields(g.records.get(&key), new.as_ref());
-        match &new {
+        let kind = match &new {
             Some(f) => {
                 g.records.insert(key.clone(), f.clone());
+                Some(ChangeKind::Upserted)
             }
-            None => {
-                g.records.remove(&key);
-            }
+            None => g.records.remove(&key).map(|_| ChangeKind::Removed),
+        };
+        if let Some(kind) = kind {
+            feed.record(&key.0, &key.1, kind, ChangeCause::Local);
         }
         g.record_write(key, q.change.op, changed);
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
         Ok(true)
     }
 
@@ -680,5 +753,10 @@ impl LocalStore for MemoryStore {
             None => g.meta.remove(key),
         };
         Ok(())
+    }
+
+    /// Every change of this store, reported (see [`crate::feed`]).
+    fn change_hub(&self) -> Option<ChangeHub> {
+        Some(self.hub.clone())
     }
 }

@@ -8,6 +8,7 @@ pub mod conformance;
 mod fake_filter;
 mod fake_remote;
 mod faults;
+mod feed_cases;
 mod memory;
 pub mod typed;
 
