@@ -27,6 +27,7 @@ impl LocalStore for MyStore {
     async fn put(&self, r: Record) -> Result<(), StoreError> { self.0.put(r).await }
     async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> { self.0.delete(c, id).await }
     async fn transact(&self, w: Vec<Write>) -> Result<TxReport, StoreError> { self.0.transact(w).await }
+    fn change_hub(&self) -> Option<tidemark::ChangeHub> { self.0.change_hub() }
     async fn client_id(&self) -> Result<RecordId, StoreError> { self.0.client_id().await }
     async fn made_here(&self, c: &ChangeId) -> Result<bool, StoreError> { self.0.made_here(c).await }
     async fn sync_state(&self) -> Result<SyncState, StoreError> { self.0.sync_state().await }

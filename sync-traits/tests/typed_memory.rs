@@ -46,6 +46,9 @@ impl LocalStore for Outside {
     async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
         self.0.transact(writes).await
     }
+    fn change_hub(&self) -> Option<sync_traits::ChangeHub> {
+        self.0.change_hub()
+    }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
         self.0.client_id().await
     }

@@ -54,9 +54,12 @@ impl Shared {
         // delete removed one that was there), in order, under the store's lock.
         for (w, existed) in writes.iter().zip(&report.existed) {
             match w {
-                Write::Put(r) => {
-                    feed.record(&r.collection, &r.id, ChangeKind::Upserted, ChangeCause::Local)
-                }
+                Write::Put(r) => feed.record(
+                    &r.collection,
+                    &r.id,
+                    ChangeKind::Upserted,
+                    ChangeCause::Local,
+                ),
                 Write::Delete { collection, id } if *existed => {
                     feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local)
                 }

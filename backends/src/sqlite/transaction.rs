@@ -37,7 +37,12 @@ impl Core {
                     Write::Put(r) => {
                         let existed = Self::read_row(tx, t, &r.id)?.is_some();
                         Self::put_in(tx, t, &r.id, &r.fields)?;
-                        feed.record(&r.collection, &r.id, ChangeKind::Upserted, ChangeCause::Local);
+                        feed.record(
+                            &r.collection,
+                            &r.id,
+                            ChangeKind::Upserted,
+                            ChangeCause::Local,
+                        );
                         if !t.schema.local_only {
                             wrote.insert((&r.collection, &r.id));
                         }

@@ -29,8 +29,9 @@ use crate::store::LocalStore;
 use crate::transaction::{Transact, TxMark, Write};
 
 pub use super::feed_cases::{
-    feed_coalesces_and_never_drops, feed_reports_exactly_what_a_pull_applied,
-    feed_reports_local_writes, feed_reports_records_an_ack_rewrote, feed_reports_resync_removals,
+    feed_coalesces_and_never_drops, feed_reports_a_transactions_writes,
+    feed_reports_exactly_what_a_pull_applied, feed_reports_local_writes,
+    feed_reports_records_an_ack_rewrote, feed_reports_resync_removals,
 };
 
 /// Collection with fields `title`, `artist` (text) and `order` (number).
@@ -132,6 +133,7 @@ where
     feed_reports_records_an_ack_rewrote(&make().await).await;
     feed_reports_resync_removals(&make().await).await;
     feed_coalesces_and_never_drops(&make().await).await;
+    feed_reports_a_transactions_writes(&make().await).await;
 }
 
 /// The cases that need a store holding [`DRAFTS`] local-only (with a `title`

@@ -14,6 +14,7 @@ use crate::record::{
     Ack, Fields, Op, Page, Record, Rejection, RemoteChange, RemoteState, Version, Watermark,
 };
 use crate::store::LocalStore;
+use crate::transaction::Transact;
 
 use ChangeCause::{Local, Pull, Resync, Settlement};
 use ChangeKind::{Removed, Upserted};
@@ -425,5 +426,47 @@ pub async fn feed_coalesces_and_never_drops(s: &dyn LocalStore) {
     assert!(
         !got_ids.contains(&early),
         "a change before the watcher existed is not reported"
+    );
+}
+
+/// A transaction reports every record it wrote, by the time it returns: a put as
+/// upserted, a delete of a record that was there as removed (a record written
+/// then deleted inside it: removed), a delete of nothing not at all; a failed
+/// transaction reports nothing.
+pub async fn feed_reports_a_transactions_writes(s: &dyn LocalStore) {
+    let (a, b, c, missing) = (new_id(), new_id(), new_id(), new_id());
+    s.put(Record::new(SONGS, b.clone(), song("b", 1)))
+        .await
+        .unwrap();
+    let mut songs = watch(s, Some(SONGS));
+    s.transaction()
+        .put(Record::new(SONGS, a.clone(), song("a", 1)))
+        .delete(SONGS, &b)
+        .delete(SONGS, &missing)
+        .put(Record::new(SONGS, c.clone(), song("c", 1)))
+        .delete(SONGS, &c)
+        .put(Record::new(FRIENDS, new_id(), friend("f")))
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&mut songs),
+        seen(&[
+            (SONGS, &a, Upserted, Local),
+            (SONGS, &b, Removed, Local),
+            (SONGS, &c, Removed, Local),
+        ]),
+        "a transaction's writes, reported by the time it returns"
+    );
+    assert!(s
+        .transaction()
+        .put(Record::new(SONGS, new_id(), song("x", 2)))
+        .put(Record::new("no such collection!", new_id(), song("y", 3)))
+        .commit()
+        .await
+        .is_err());
+    assert!(
+        drain(&mut songs).is_empty(),
+        "a failed transaction reports nothing"
     );
 }
