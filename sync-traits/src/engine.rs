@@ -56,6 +56,12 @@ impl RetryPolicy {
 }
 
 /// Tuning for [`SyncEngine`].
+///
+/// Set the fields you need and take the rest from the default
+/// (`SyncConfig { push_batch: 200, ..SyncConfig::default() }`): every field added
+/// later comes with a default, so code written that way keeps compiling. (That
+/// pattern is why this struct, unlike the reports and errors, is not
+/// `#[non_exhaustive]`: that would forbid it outside this crate.)
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
     /// Outbox entries per push (also capped by [`RemoteStore::max_push_batch`]).

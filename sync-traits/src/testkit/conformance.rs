@@ -53,7 +53,12 @@ pub fn song(title: &str, order: i64) -> Fields {
     fields(json!({"title": title, "artist": "someone", "order": order}))
 }
 
-fn remote(collection: &str, id: &RecordId, version: u64, f: Option<Fields>) -> RemoteChange {
+pub(super) fn remote(
+    collection: &str,
+    id: &RecordId,
+    version: u64,
+    f: Option<Fields>,
+) -> RemoteChange {
     RemoteChange {
         collection: collection.into(),
         id: id.clone(),
@@ -65,7 +70,7 @@ fn remote(collection: &str, id: &RecordId, version: u64, f: Option<Fields>) -> R
     }
 }
 
-fn page(changes: Vec<RemoteChange>, watermark: u64) -> Page {
+pub(super) fn page(changes: Vec<RemoteChange>, watermark: u64) -> Page {
     Page {
         changes,
         watermark: Watermark(watermark),

@@ -7,12 +7,10 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use super::conformance::{song, FRIENDS, SONGS};
+use super::conformance::{page, remote, song, FRIENDS, SONGS};
 use crate::feed::{ChangeCause, ChangeKind, ChangeWatcher};
 use crate::id::{new_id, RecordId};
-use crate::record::{
-    Ack, Fields, Op, Page, Record, Rejection, RemoteChange, RemoteState, Version, Watermark,
-};
+use crate::record::{Ack, Fields, Op, Record, Rejection, RemoteState, Version};
 use crate::store::LocalStore;
 use crate::transaction::Transact;
 
@@ -20,26 +18,6 @@ use ChangeCause::{Local, Pull, Resync, Settlement};
 use ChangeKind::{Removed, Upserted};
 
 type Seen = BTreeSet<(String, RecordId, ChangeKind, ChangeCause)>;
-
-fn remote(collection: &str, id: &RecordId, version: u64, f: Option<Fields>) -> RemoteChange {
-    RemoteChange {
-        collection: collection.into(),
-        id: id.clone(),
-        state: RemoteState {
-            version: Version(version),
-            fields: f,
-            change_id: None,
-        },
-    }
-}
-
-fn page(changes: Vec<RemoteChange>, watermark: u64) -> Page {
-    Page {
-        changes,
-        watermark: Watermark(watermark),
-        more: false,
-    }
-}
 
 fn friend(name: &str) -> Fields {
     json!({ "name": name })
