@@ -302,6 +302,24 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
         Ok(())
     }
 
+    /// The ids of the records the store holds in `collection`, read a page at a
+    /// time ([`LocalStore::list_page`]: the records themselves are not kept).
+    async fn held_ids(&self, collection: &str) -> Result<HashSet<RecordId>, StoreError> {
+        const PAGE: usize = 1000;
+        let mut ids = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = self.local.list_page(collection, after.take(), PAGE).await?;
+            let full = page.len() == PAGE;
+            let last = page.last().map(|r| r.id.clone());
+            ids.extend(page.into_iter().map(|r| r.id));
+            match last {
+                Some(id) if full => after = Some(id),
+                _ => return Ok(ids),
+            }
+        }
+    }
+
     pub(super) async fn reconcile_filters_locked(
         &self,
         synced: Option<&BTreeSet<String>>,
@@ -318,8 +336,8 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
             if !self.scope.includes(collection) || synced.is_some_and(|s| !s.contains(collection)) {
                 continue;
             }
-            let local = match self.local.list(collection).await {
-                Ok(records) => records,
+            let held = match self.held_ids(collection).await {
+                Ok(ids) => ids,
                 // Not held here: nothing to compare.
                 Err(StoreError::UnknownCollection(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -328,10 +346,9 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
                 .retry("matching", || self.remote.matching(collection, filter))
                 .await?;
             let pend = pending.get(collection).unwrap_or(&none);
-            let held: HashSet<&RecordId> = local.iter().map(|r| &r.id).collect();
-            let stale = local
+            let stale = held
                 .iter()
-                .filter(|r| !matched.contains_key(&r.id) && !pend.contains(&r.id))
+                .filter(|id| !matched.contains_key(*id) && !pend.contains(*id))
                 .count();
             let missing = matched
                 .iter()
