@@ -178,6 +178,73 @@ impl FakeRemote {
         self.server.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// One page of the log after `since` (the horizon checked for incremental
+    /// pulls), in version order, as the caller sees it; with a `scope`
+    /// ([`RemoteStore::pull_scoped`]), only the changes it wants, and a record
+    /// changed in the range that does not match its collection's filter is sent as
+    /// a tombstone at its version, unless the scope resyncs that collection.
+    fn page(
+        &self,
+        since: Watermark,
+        limit: usize,
+        mode: PullMode,
+        scope: Option<&PullScope>,
+    ) -> Result<Page, RemoteError> {
+        let mut s = self.lock();
+        s.pulls += 1;
+        if mode == PullMode::Incremental && since.0 > 0 && since.0 < s.horizon {
+            return Err(RemoteError::WatermarkExpired {
+                since,
+                horizon: Watermark(s.horizon),
+            });
+        }
+        // Filters see the record as the caller sees it.
+        let user = self.user();
+        let limit = limit.max(1);
+        let mut changes = Vec::new();
+        let mut watermark = Watermark(s.seq);
+        let mut more = false;
+        for (v, key) in s.by_version.range(since.0 + 1..) {
+            if !s.syncs(&key.0) || scope.is_some_and(|sc| !sc.wants(&key.0, *v)) {
+                continue;
+            }
+            let Some(mut state) = s.records.get(key).and_then(|e| self.access.view(e)) else {
+                continue;
+            };
+            let filter = scope.and_then(|sc| sc.filter_of(&key.0).map(|f| (sc, f)));
+            if let (Some((scope, filter)), Some(fields)) = (filter, &state.fields) {
+                let hit =
+                    super::fake_filter::matches(filter.as_str(), fields, user).map_err(|e| {
+                        RemoteError::Permanent(format!("400 bad filter {filter:?}: {e}"))
+                    })?;
+                if !hit {
+                    if scope.resyncs(&key.0, mode) {
+                        continue;
+                    }
+                    state.fields = None;
+                }
+            }
+            if changes.len() == limit {
+                more = true;
+                break;
+            }
+            watermark = Watermark(*v);
+            changes.push(RemoteChange {
+                collection: key.0.clone(),
+                id: key.1.clone(),
+                state,
+            });
+        }
+        if !more {
+            watermark = Watermark(s.seq);
+        }
+        Ok(Page {
+            changes,
+            watermark,
+            more,
+        })
+    }
+
     /// Drops every tombstone and sets the retention horizon to the current head, as
     /// the server's retention job does for "older than the period". Returns the new
     /// horizon.
@@ -433,44 +500,7 @@ impl RemoteStore for FakeRemote {
         limit: usize,
         mode: PullMode,
     ) -> Result<Page, RemoteError> {
-        let mut s = self.lock();
-        s.pulls += 1;
-        if mode == PullMode::Incremental && since.0 > 0 && since.0 < s.horizon {
-            return Err(RemoteError::WatermarkExpired {
-                since,
-                horizon: Watermark(s.horizon),
-            });
-        }
-        let limit = limit.max(1);
-        let mut changes = Vec::new();
-        let mut watermark = Watermark(s.seq);
-        let mut more = false;
-        for (v, key) in s.by_version.range(since.0 + 1..) {
-            if !s.syncs(&key.0) {
-                continue;
-            }
-            let Some(state) = s.records.get(key).and_then(|e| self.access.view(e)) else {
-                continue;
-            };
-            if changes.len() == limit {
-                more = true;
-                break;
-            }
-            watermark = Watermark(*v);
-            changes.push(RemoteChange {
-                collection: key.0.clone(),
-                id: key.1.clone(),
-                state,
-            });
-        }
-        if !more {
-            watermark = Watermark(s.seq);
-        }
-        Ok(Page {
-            changes,
-            watermark,
-            more,
-        })
+        self.page(since, limit, mode, None)
     }
 
     async fn push(&self, changes: Vec<PushChange>) -> Result<Vec<PushOutcome>, RemoteError> {
@@ -550,57 +580,7 @@ impl RemoteStore for FakeRemote {
         mode: PullMode,
         scope: &PullScope,
     ) -> Result<Page, RemoteError> {
-        let mut s = self.lock();
-        s.pulls += 1;
-        if mode == PullMode::Incremental && since.0 > 0 && since.0 < s.horizon {
-            return Err(RemoteError::WatermarkExpired {
-                since,
-                horizon: Watermark(s.horizon),
-            });
-        }
-        let user = self.user();
-        let limit = limit.max(1);
-        let mut changes = Vec::new();
-        let mut watermark = Watermark(s.seq);
-        let mut more = false;
-        for (v, key) in s.by_version.range(since.0 + 1..) {
-            if !s.syncs(&key.0) || !scope.wants(&key.0, *v) {
-                continue;
-            }
-            let Some(mut state) = s.records.get(key).and_then(|e| self.access.view(e)) else {
-                continue;
-            };
-            if let (Some(filter), Some(fields)) = (scope.filter_of(&key.0), &state.fields) {
-                let hit =
-                    super::fake_filter::matches(filter.as_str(), fields, user).map_err(|e| {
-                        RemoteError::Permanent(format!("400 bad filter {filter:?}: {e}"))
-                    })?;
-                if !hit {
-                    if scope.resyncs(&key.0, mode) {
-                        continue;
-                    }
-                    state.fields = None;
-                }
-            }
-            if changes.len() == limit {
-                more = true;
-                break;
-            }
-            watermark = Watermark(*v);
-            changes.push(RemoteChange {
-                collection: key.0.clone(),
-                id: key.1.clone(),
-                state,
-            });
-        }
-        if !more {
-            watermark = Watermark(s.seq);
-        }
-        Ok(Page {
-            changes,
-            watermark,
-            more,
-        })
+        self.page(since, limit, mode, Some(scope))
     }
 
     async fn matching(
