@@ -12,49 +12,11 @@
 use std::time::{Duration, Instant};
 
 use pocketbase_remote::harness::TestServer;
-use serde_json::{json, Value};
+use serde_json::json;
 use sync_traits::{
     new_id, ChangeId, Filter, Op, PushChange, RemoteStore, SyncConfig, SyncEngine, SyncScope,
 };
 use tidemark_backends::{Schema, SqliteStore};
-
-/// Downloads every record matching `filter` with the list API (1000 per page, in
-/// `tm_seq` order), doing nothing with them; returns how many arrived.
-async fn download_filtered(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    expected: usize,
-) -> usize {
-    let (mut last, mut n) = (0u64, 0);
-    loop {
-        let v: Value = http
-            .get(format!("{url}/api/collections/songs/records"))
-            .query(&[
-                ("filter", format!("tm_seq>{last} && artist='jazz'")),
-                ("sort", "tm_seq".into()),
-                ("perPage", "1000".into()),
-                ("skipTotal", "1".into()),
-            ])
-            .header("Authorization", token)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("list: {e}"))
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("list: {e}"));
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        n += items.len();
-        match items.last() {
-            // Stops at `expected`: one more (empty) filtered request would meet
-            // PocketBase's randomized empty-result throttle.
-            Some(it) if items.len() == 1000 && n < expected => {
-                last = it["tm_seq"].as_u64().unwrap_or(0)
-            }
-            _ => return n,
-        }
-    }
-}
 
 /// One first sync into a fresh SQLite file with `scope`; wall time and records.
 async fn first_sync(srv: &TestServer, scope: SyncScope) -> (Duration, usize) {
@@ -125,7 +87,15 @@ async fn main() {
         assert_eq!((fn_, pn), (n, tenth), "every record, and exactly the 10%");
         let t = Instant::now();
         assert_eq!(
-            download_filtered(&http, srv.url(), &token, tenth).await,
+            pocketbase_remote::harness::download_matching_pages(
+                &http,
+                srv.url(),
+                &token,
+                "songs",
+                Some("artist='jazz'"),
+                tenth,
+            )
+            .await,
             tenth
         );
         let d = t.elapsed();

@@ -391,12 +391,26 @@ pub async fn download_list_pages(
     collection: &str,
     expected: usize,
 ) -> usize {
+    download_matching_pages(http, url, token, collection, None, expected).await
+}
+
+/// As [`download_list_pages`], of the records that also match `filter` (PocketBase
+/// filter syntax, `None`: every record): the baseline of a filtered first sync.
+pub async fn download_matching_pages(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    collection: &str,
+    filter: Option<&str>,
+    expected: usize,
+) -> usize {
     let (mut last, mut n) = (0u64, 0);
+    let and = filter.map(|f| format!(" && ({f})")).unwrap_or_default();
     loop {
         let v: Value = http
             .get(format!("{url}/api/collections/{collection}/records"))
             .query(&[
-                ("filter", format!("tm_seq>{last}")),
+                ("filter", format!("tm_seq>{last}{and}")),
                 ("sort", "tm_seq".into()),
                 ("perPage", "1000".into()),
                 ("skipTotal", "1".into()),
