@@ -13,10 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pocketbase_remote::harness::TestServer;
-use serde_json::json;
-use sync_traits::{
-    new_id, ChangeId, LocalStore, Op, PushChange, RemoteStore, SyncConfig, SyncEngine,
-};
+use sync_traits::{LocalStore, RemoteStore, SyncConfig, SyncEngine};
 use tidemark_backends::{Schema, SledStore, SqliteStore};
 
 /// `pages` joined into batches of `batch` changes, as `SyncEngine` applies a
@@ -125,25 +122,8 @@ async fn main() {
     let srv = TestServer::start();
     let owner = srv.create_user("bench@t.io").await;
     let remote = srv.user("bench@t.io").await;
-    let client = new_id();
     let t = Instant::now();
-    for chunk in 0..n.div_ceil(1000) {
-        let changes: Vec<PushChange> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|i| PushChange {
-                change_id: ChangeId { client: client.clone(), n: i as u64 + 1 },
-                collection: "songs".into(),
-                id: new_id(),
-                base: None,
-                op: Op::Upsert(
-                    json!({"title": format!("song {i}"), "artist": "someone", "order": i, "owner": owner.as_str()})
-                        .as_object()
-                        .cloned()
-                        .unwrap_or_default(),
-                ),
-            })
-            .collect();
-        remote.push(changes).await.expect("seed push");
-    }
+    pocketbase_remote::harness::seed_songs(&remote, &owner, n, |_| "someone").await;
     eprintln!("seeded {n} records in {:.1?}", t.elapsed());
 
     let token = remote.token().await.expect("token");

@@ -12,10 +12,7 @@
 use std::time::{Duration, Instant};
 
 use pocketbase_remote::harness::TestServer;
-use serde_json::json;
-use sync_traits::{
-    new_id, ChangeId, Filter, Op, PushChange, RemoteStore, SyncConfig, SyncEngine, SyncScope,
-};
+use sync_traits::{Filter, SyncConfig, SyncEngine, SyncScope};
 use tidemark_backends::{Schema, SqliteStore};
 
 /// One first sync into a fresh SQLite file with `scope`; wall time and records.
@@ -46,26 +43,15 @@ async fn main() {
     let srv = TestServer::start();
     let owner = srv.create_user("bench@t.io").await;
     let remote = srv.user("bench@t.io").await;
-    let client = new_id();
     let t = Instant::now();
-    for chunk in 0..n.div_ceil(1000) {
-        let changes: Vec<PushChange> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|i| PushChange {
-                change_id: ChangeId { client: client.clone(), n: i as u64 + 1 },
-                collection: "songs".into(),
-                id: new_id(),
-                base: None,
-                op: Op::Upsert(
-                    json!({"title": format!("song {i}"), "artist": if i % 10 == 0 { "jazz" } else { "rock" },
-                           "order": i, "owner": owner.as_str()})
-                        .as_object()
-                        .cloned()
-                        .unwrap_or_default(),
-                ),
-            })
-            .collect();
-        remote.push(changes).await.expect("seed push");
-    }
+    pocketbase_remote::harness::seed_songs(&remote, &owner, n, |i| {
+        if i % 10 == 0 {
+            "jazz"
+        } else {
+            "rock"
+        }
+    })
+    .await;
     let tenth = n.div_ceil(10);
     eprintln!("seeded {n} records ({tenth} jazz) in {:.1?}", t.elapsed());
     let jazz = || SyncScope::all().filter("songs", Filter::new("artist = 'jazz'").expect("filter"));

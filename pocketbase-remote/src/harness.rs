@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sync_traits::RecordId;
+use sync_traits::{new_id, ChangeId, Op, PushChange, RecordId, RemoteStore};
 
 use crate::server::{free_port, ExtensionDirs, Launcher, PocketBase, POCKETBASE_VERSION};
 use crate::PocketBaseRemote;
@@ -376,6 +376,39 @@ impl TestServer {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("user connect {email}: {e}"))
+    }
+}
+
+/// Seeds `n` songs owned by `owner` through `remote`, 1000 a push, from one
+/// writer: `title` "song {i}", `artist` `artist(i)`, `order` i (the data the
+/// first-sync benchmarks pull). Panics if a push fails.
+pub async fn seed_songs(
+    remote: &PocketBaseRemote,
+    owner: &RecordId,
+    n: usize,
+    artist: impl Fn(usize) -> &'static str,
+) {
+    let client = new_id();
+    for chunk in 0..n.div_ceil(1000) {
+        let changes: Vec<PushChange> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| PushChange {
+                change_id: ChangeId {
+                    client: client.clone(),
+                    n: i as u64 + 1,
+                },
+                collection: "songs".into(),
+                id: new_id(),
+                base: None,
+                op: Op::Upsert(
+                    json!({"title": format!("song {i}"), "artist": artist(i), "order": i,
+                           "owner": owner.as_str()})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                ),
+            })
+            .collect();
+        remote.push(changes).await.expect("seed push");
     }
 }
 
