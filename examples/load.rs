@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use pocketbase_remote::harness::TestServer;
 use pocketbase_remote::PocketBaseRemote;
 use serde_json::json;
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange,
     Quarantined, Record, RecordId, RemoteStore, StoreError, SyncEngine, SyncState,
@@ -44,27 +45,17 @@ struct Timed {
 }
 
 #[async_trait]
-impl LocalStore for Timed {
-    async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        self.inner.get(c, id).await
-    }
-    async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
-        self.inner.list(c).await
+impl SyncStore for Timed {
+    async fn list_page(
+        &self,
+        c: &str,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.inner.list_page(c, after, limit).await
     }
     async fn count(&self, c: &str) -> Result<usize, StoreError> {
         self.inner.count(c).await
-    }
-    async fn put(&self, r: Record) -> Result<(), StoreError> {
-        self.inner.put(r).await
-    }
-    async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
-        self.inner.delete(c, id).await
-    }
-    async fn transact(
-        &self,
-        w: Vec<sync_traits::Write>,
-    ) -> Result<sync_traits::TxReport, StoreError> {
-        self.inner.transact(w).await
     }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
         self.inner.client_id().await
@@ -129,6 +120,28 @@ impl LocalStore for Timed {
     }
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
         self.inner.clear_conflicts(ids).await
+    }
+}
+
+#[async_trait]
+impl LocalStore for Timed {
+    async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.inner.get(c, id).await
+    }
+    async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
+        self.inner.list(c).await
+    }
+    async fn put(&self, r: Record) -> Result<(), StoreError> {
+        self.inner.put(r).await
+    }
+    async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
+        self.inner.delete(c, id).await
+    }
+    async fn transact(
+        &self,
+        w: Vec<sync_traits::Write>,
+    ) -> Result<sync_traits::TxReport, StoreError> {
+        self.inner.transact(w).await
     }
 }
 

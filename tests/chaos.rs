@@ -36,6 +36,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Map, Value};
 use sync_traits::testkit::{Fault, Faulty};
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, ClientWins, LocalStore, Record, RecordId, RemoteStore, RetryPolicy, ServerWins,
     SyncConfig, SyncEngine,

@@ -6,6 +6,7 @@
 //! coerces.
 
 use std::path::Path;
+use sync_traits::SyncStore;
 
 use pocketbase_remote::harness::TestServer;
 use pocketbase_remote::PocketBaseRemote;

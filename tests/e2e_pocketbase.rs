@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use sync_traits::SyncStore;
 
 use pocketbase_remote::harness::TestServer;
 use pocketbase_remote::PocketBaseRemote;

@@ -2,6 +2,7 @@
 //! The property test covers interleavings; these pin down named behaviours.
 
 use std::sync::Arc;
+use sync_traits::SyncStore;
 
 use serde_json::json;
 use sync_traits::testkit::{FakeRemote, MemoryStore};

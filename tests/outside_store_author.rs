@@ -14,20 +14,15 @@ use std::collections::BTreeSet;
 use tidemark::testkit::{conformance, MemoryStore};
 use tidemark::{
     async_trait, Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange,
-    Quarantined, Record, RecordId, StoreError, SyncState, TxReport, Write,
+    Quarantined, Record, RecordId, StoreError, SyncState, SyncStore, TxReport, Write,
 };
 
 /// An outside store: here it forwards to MemoryStore.
 struct MyStore(MemoryStore);
 
 #[async_trait]
-impl LocalStore for MyStore {
-    async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> { self.0.get(c, id).await }
-    async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> { self.0.list(c).await }
-    async fn put(&self, r: Record) -> Result<(), StoreError> { self.0.put(r).await }
-    async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> { self.0.delete(c, id).await }
-    async fn transact(&self, w: Vec<Write>) -> Result<TxReport, StoreError> { self.0.transact(w).await }
-    fn change_hub(&self) -> Option<tidemark::ChangeHub> { self.0.change_hub() }
+impl SyncStore for MyStore {
+    async fn list_page(&self, c: &str, after: Option<RecordId>, limit: usize) -> Result<Vec<Record>, StoreError> { self.0.list_page(c, after, limit).await }
     async fn client_id(&self) -> Result<RecordId, StoreError> { self.0.client_id().await }
     async fn made_here(&self, c: &ChangeId) -> Result<bool, StoreError> { self.0.made_here(c).await }
     async fn sync_state(&self) -> Result<SyncState, StoreError> { self.0.sync_state().await }
@@ -42,6 +37,16 @@ impl LocalStore for MyStore {
     async fn discard_quarantined(&self, id: u64) -> Result<bool, StoreError> { self.0.discard_quarantined(id).await }
     async fn conflicts(&self) -> Result<Vec<LoggedConflict>, StoreError> { self.0.conflicts().await }
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> { self.0.clear_conflicts(ids).await }
+}
+
+#[async_trait]
+impl LocalStore for MyStore {
+    async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> { self.0.get(c, id).await }
+    async fn put(&self, r: Record) -> Result<(), StoreError> { self.0.put(r).await }
+    async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> { self.0.delete(c, id).await }
+    async fn transact(&self, w: Vec<Write>) -> Result<TxReport, StoreError> { self.0.transact(w).await }
+    fn change_hub(&self) -> Option<tidemark::ChangeHub> { self.0.change_hub() }
+}
 }
 
 #[tokio::main(flavor = "current_thread")]

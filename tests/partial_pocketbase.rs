@@ -8,6 +8,7 @@
 use pocketbase_remote::harness::TestServer;
 use serde_json::json;
 use sync_traits::testkit::{Fault, Faulty};
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, Fields, Filter, LocalStore, Record, RecordId, RemoteStore, RetryPolicy, SyncConfig,
     SyncEngine, SyncScope,

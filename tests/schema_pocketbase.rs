@@ -7,6 +7,7 @@
 use pocketbase_remote::harness::TestServer;
 use pocketbase_remote::PocketBaseRemote;
 use serde_json::{json, Value};
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, Fields, LocalStore, PullMode, Record, RecordId, RemoteFieldKind, RemoteStore,
     StoreError, SyncEngine, Watermark,

@@ -7,6 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use sync_traits::SyncStore;
 
 use pocketbase_remote::harness::{TestServer, USER_PASSWORD};
 use pocketbase_remote::PocketBaseRemote;

@@ -10,6 +10,7 @@
 //! cargo bench -p tidemark-backends --bench stores -- --warm-up-time 1 --measurement-time 3
 
 use std::time::{Duration, Instant};
+use sync_traits::SyncStore;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;

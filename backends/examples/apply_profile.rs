@@ -1,8 +1,9 @@
 //! Times applying a 10k page against a raw bulk insert, alternating, to see the ratio.
 use std::time::Instant;
+use sync_traits::SyncStore;
 
 use serde_json::json;
-use sync_traits::{new_id, LocalStore, Page, RemoteChange, RemoteState, Version, Watermark};
+use sync_traits::{new_id, Page, RemoteChange, RemoteState, Version, Watermark};
 use tidemark_backends::{Schema, SqliteStore};
 
 // The same raw baseline as the criterion bench.

@@ -7,6 +7,7 @@
 //!   --example sled_timing
 
 use std::time::{Duration, Instant};
+use sync_traits::SyncStore;
 
 use serde_json::json;
 use sync_traits::{

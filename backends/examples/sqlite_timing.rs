@@ -10,6 +10,7 @@
 //! store has, so the same file measures an older one.
 
 use std::time::Instant;
+use sync_traits::SyncStore;
 
 use serde_json::json;
 use sync_traits::{

@@ -69,7 +69,7 @@ pub(crate) fn canonical_write(
 }
 
 /// The fields a retried quarantined upsert writes
-/// ([`LocalStore::retry_quarantined`](sync_traits::LocalStore::retry_quarantined)):
+/// ([`SyncStore::retry_quarantined`](sync_traits::SyncStore::retry_quarantined)):
 /// the mistyped-value rule, once for every backend.
 ///
 /// Guarantees: the change's data made canonical, and a value of another type than

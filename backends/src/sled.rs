@@ -36,7 +36,7 @@
 //! durably, with the first counter it will issue; the change counter goes on from
 //! where it was. A copy of the directory (a backup restored, a device cloned) so
 //! never stamps a change id that the original also stamped, and
-//! [`LocalStore::made_here`] answers only for the counters each writer issued. A
+//! [`SyncStore::made_here`] answers only for the counters each writer issued. A
 //! database of format 1 (one client id) is upgraded in place at open: its client
 //! id becomes the first writer, from counter 1.
 //!
@@ -90,6 +90,7 @@ use ::sled::transaction::{
 use ::sled::{Db, IVec, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use sync_traits::SyncStore;
 use sync_traits::{
     Ack, ApplyReport, Cause, ChangeBatch, ChangeCause, ChangeHub, ChangeId, ChangeKind, Fields,
     LocalStore, LoggedConflict, Mistyped, Op, Page, PendingChange, Quarantined, Record, RecordId,
@@ -479,7 +480,7 @@ impl Shared {
         }
     }
 
-    /// [`LocalStore::apply_remote`] once the page is checked and encoded: one
+    /// [`SyncStore::apply_remote`] once the page is checked and encoded: one
     /// transaction.
     fn apply_prepared(
         &self,
@@ -704,37 +705,7 @@ impl Shared {
 }
 
 #[async_trait]
-impl LocalStore for SledStore {
-    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        let (i, _) = self.shared.coll(collection)?;
-        let (collection, id) = (collection.to_owned(), id.clone());
-        self.run(
-            move |s| match s.trees[i].get(id.as_str()).map_err(sled_err)? {
-                Some(v) => Ok(Some(Record::new(collection, id, fields_of(&v)?))),
-                None => Ok(None),
-            },
-        )
-        .await
-    }
-
-    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
-        let (i, _) = self.shared.coll(collection)?;
-        let collection = collection.to_owned();
-        self.run(move |s| {
-            let mut out = Vec::new();
-            for item in s.trees[i].iter() {
-                let (k, v) = item.map_err(sled_err)?;
-                out.push(Record::new(
-                    collection.as_str(),
-                    record_id_of(&k)?,
-                    fields_of(&v)?,
-                ));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
+impl SyncStore for SledStore {
     /// A range scan of the collection's tree from just after `after`: reads
     /// `limit` entries, not the tree.
     async fn list_page(
@@ -771,75 +742,6 @@ impl LocalStore for SledStore {
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
         let (i, _) = self.shared.coll(collection)?;
         self.run(move |s| Ok(s.trees[i].len())).await
-    }
-
-    /// Checks the record against its collection's schema: a value that does not
-    /// fit its declared kind is refused ([`StoreError::Schema`], or
-    /// [`StoreError::InvalidId`] for a relation) and nothing changes, unless the
-    /// stored record already holds exactly that value (a mistyped value a pull
-    /// kept, which the app left unchanged). Local-only collections get no outbox
-    /// entry.
-    async fn put(&self, record: Record) -> Result<(), StoreError> {
-        self.shared.coll(&record.collection)?;
-        self.run(move |s| {
-            let (i, c) = s.coll(&record.collection)?;
-            let mut feed = s.hub.batch();
-            let g = s.lock();
-            s.write(|tx| {
-                let old = tx.read(i, &record.id)?;
-                let fields =
-                    crate::rules::canonical_write(c, &record.id, &record.fields, old.as_ref())
-                        .or_else(abort)?;
-                tx.t[i].insert(record.id.as_str(), to_json(&fields).or_else(abort)?)?;
-                tx.record_write(&record.collection, &record.id, old.as_ref(), Some(&fields))
-            })?;
-            feed.record(
-                &record.collection,
-                &record.id,
-                ChangeKind::Upserted,
-                ChangeCause::Local,
-            );
-            feed.publish();
-            drop(g);
-            Ok(())
-        })
-        .await
-    }
-
-    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
-        let (i, _) = self.shared.coll(collection)?;
-        let (collection, id) = (collection.to_owned(), id.clone());
-        self.run(move |s| {
-            let mut feed = s.hub.batch();
-            let g = s.lock();
-            let existed = s.write(|tx| {
-                let Some(old) = tx.read(i, &id)? else {
-                    return Ok(false);
-                };
-                tx.t[i].remove(id.as_str())?;
-                tx.record_write(&collection, &id, Some(&old), None)?;
-                Ok(true)
-            })?;
-            if existed {
-                feed.record(&collection, &id, ChangeKind::Removed, ChangeCause::Local);
-                feed.publish();
-            }
-            drop(g);
-            Ok(existed)
-        })
-        .await
-    }
-
-    /// One sled transaction over every tree (`sled/transaction.rs`): each write
-    /// checked as `put` checks it; a refused one aborts it all.
-    async fn transact(
-        &self,
-        writes: Vec<sync_traits::Write>,
-    ) -> Result<sync_traits::TxReport, StoreError> {
-        for w in &writes {
-            self.shared.coll(w.key().0)?;
-        }
-        self.run(move |s| s.transact(&writes)).await
     }
 
     /// This open's writer id: a new one at every open (see the
@@ -1006,12 +908,6 @@ impl LocalStore for SledStore {
         .await
     }
 
-    /// Every change made through this store, reported; writes straight to the
-    /// trees of [`SledStore::db`] are not (see `sync_traits::feed`).
-    fn change_hub(&self) -> Option<ChangeHub> {
-        Some(self.shared.hub.clone())
-    }
-
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
         self.run(move |s| {
             let _g = s.lock();
@@ -1059,5 +955,113 @@ impl LocalStore for SledStore {
             })
         })
         .await
+    }
+}
+
+#[async_trait]
+impl LocalStore for SledStore {
+    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let (i, _) = self.shared.coll(collection)?;
+        let (collection, id) = (collection.to_owned(), id.clone());
+        self.run(
+            move |s| match s.trees[i].get(id.as_str()).map_err(sled_err)? {
+                Some(v) => Ok(Some(Record::new(collection, id, fields_of(&v)?))),
+                None => Ok(None),
+            },
+        )
+        .await
+    }
+
+    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
+        let (i, _) = self.shared.coll(collection)?;
+        let collection = collection.to_owned();
+        self.run(move |s| {
+            let mut out = Vec::new();
+            for item in s.trees[i].iter() {
+                let (k, v) = item.map_err(sled_err)?;
+                out.push(Record::new(
+                    collection.as_str(),
+                    record_id_of(&k)?,
+                    fields_of(&v)?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Checks the record against its collection's schema: a value that does not
+    /// fit its declared kind is refused ([`StoreError::Schema`], or
+    /// [`StoreError::InvalidId`] for a relation) and nothing changes, unless the
+    /// stored record already holds exactly that value (a mistyped value a pull
+    /// kept, which the app left unchanged). Local-only collections get no outbox
+    /// entry.
+    async fn put(&self, record: Record) -> Result<(), StoreError> {
+        self.shared.coll(&record.collection)?;
+        self.run(move |s| {
+            let (i, c) = s.coll(&record.collection)?;
+            let mut feed = s.hub.batch();
+            let g = s.lock();
+            s.write(|tx| {
+                let old = tx.read(i, &record.id)?;
+                let fields =
+                    crate::rules::canonical_write(c, &record.id, &record.fields, old.as_ref())
+                        .or_else(abort)?;
+                tx.t[i].insert(record.id.as_str(), to_json(&fields).or_else(abort)?)?;
+                tx.record_write(&record.collection, &record.id, old.as_ref(), Some(&fields))
+            })?;
+            feed.record(
+                &record.collection,
+                &record.id,
+                ChangeKind::Upserted,
+                ChangeCause::Local,
+            );
+            feed.publish();
+            drop(g);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
+        let (i, _) = self.shared.coll(collection)?;
+        let (collection, id) = (collection.to_owned(), id.clone());
+        self.run(move |s| {
+            let mut feed = s.hub.batch();
+            let g = s.lock();
+            let existed = s.write(|tx| {
+                let Some(old) = tx.read(i, &id)? else {
+                    return Ok(false);
+                };
+                tx.t[i].remove(id.as_str())?;
+                tx.record_write(&collection, &id, Some(&old), None)?;
+                Ok(true)
+            })?;
+            if existed {
+                feed.record(&collection, &id, ChangeKind::Removed, ChangeCause::Local);
+                feed.publish();
+            }
+            drop(g);
+            Ok(existed)
+        })
+        .await
+    }
+
+    /// One sled transaction over every tree (`sled/transaction.rs`): each write
+    /// checked as `put` checks it; a refused one aborts it all.
+    async fn transact(
+        &self,
+        writes: Vec<sync_traits::Write>,
+    ) -> Result<sync_traits::TxReport, StoreError> {
+        for w in &writes {
+            self.shared.coll(w.key().0)?;
+        }
+        self.run(move |s| s.transact(&writes)).await
+    }
+
+    /// Every change made through this store, reported; writes straight to the
+    /// trees of [`SledStore::db`] are not (see `sync_traits::feed`).
+    fn change_hub(&self) -> Option<ChangeHub> {
+        Some(self.shared.hub.clone())
     }
 }

@@ -2,6 +2,7 @@
 //! without changing a byte of it.
 
 use std::path::{Path, PathBuf};
+use sync_traits::SyncStore;
 
 use serde_json::json;
 use sync_traits::{LocalStore, Record};

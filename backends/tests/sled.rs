@@ -2,6 +2,7 @@
 #![cfg(feature = "sled")]
 
 use serde_json::{json, Value};
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, Fields, LocalStore, Page, Record, RemoteChange, RemoteState, StoreError, Version,
     Watermark,

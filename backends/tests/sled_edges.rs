@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use sync_traits::SyncStore;
 
 use serde_json::{json, Value};
 use sync_traits::{

@@ -4,6 +4,7 @@
 #![cfg(feature = "sled")]
 
 use std::path::Path;
+use sync_traits::SyncStore;
 
 use serde_json::{json, Value};
 use sync_traits::testkit::FakeRemote;

@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use sync_traits::SyncStore;
 
 use serde_json::json;
 use sync_traits::{

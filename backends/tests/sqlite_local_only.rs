@@ -4,6 +4,7 @@
 
 use rusqlite::Connection;
 use serde_json::{json, Value};
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, Fields, LocalStore, Page, Record, RecordId, RemoteChange, RemoteState, StoreError,
     Version, Watermark,

@@ -5,6 +5,7 @@
 #![cfg(feature = "sqlite")]
 
 use serde_json::{json, Value};
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, Fields, LocalStore, Mistyped, Op, Page, Record, RecordId, RemoteChange, RemoteState,
     StoreError, Version, Watermark,

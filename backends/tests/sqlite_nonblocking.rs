@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use sync_traits::SyncStore;
 
 use rusqlite::Connection;
 use serde_json::json;

@@ -4,6 +4,7 @@
 #![cfg(feature = "sqlite")]
 
 use serde_json::{json, Value};
+use sync_traits::SyncStore;
 use sync_traits::{
     new_id, Fields, LocalStore, Page, RecordId, RemoteChange, RemoteState, Version, Watermark,
 };

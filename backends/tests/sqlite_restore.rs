@@ -5,6 +5,7 @@
 #![cfg(feature = "sqlite")]
 
 use std::path::{Path, PathBuf};
+use sync_traits::SyncStore;
 
 use rusqlite::Connection;
 use serde_json::{json, Value};

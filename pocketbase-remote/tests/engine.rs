@@ -1,6 +1,7 @@
 //! End to end: two devices (in-memory local stores) of one user converge through
 //! `SyncEngine` and a real PocketBase.
 
+use sync_traits::SyncStore;
 mod common;
 
 use common::song;

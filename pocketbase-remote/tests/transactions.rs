@@ -8,6 +8,7 @@
 //! - A change of the transaction that conflicts does not stop the others: each
 //!   change gets its own outcome (the batch is refused, and sent again without it).
 
+use sync_traits::SyncStore;
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! The engine end to end: MemoryStore clients syncing through SyncEngine over a
 //! real PostgreSQL.
 
+use sync_traits::SyncStore;
 mod common;
 
 use std::sync::Arc;

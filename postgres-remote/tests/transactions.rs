@@ -4,6 +4,7 @@
 //! of it the server refuses (a CHECK constraint) is rejected alone and the rest
 //! commits.
 
+use sync_traits::SyncStore;
 mod common;
 
 use std::sync::Arc;

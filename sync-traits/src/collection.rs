@@ -153,7 +153,7 @@ impl<S: LocalStore + ?Sized> LocalStoreExt for S {}
 ///
 /// [`page`](Collection::page) returns up to `limit` values in id order and the
 /// cursor of the next page; the walk is stable under concurrent writes (see
-/// [`LocalStore::list_page`]): every record that exists throughout is seen
+/// [`SyncStore::list_page`]): every record that exists throughout is seen
 /// exactly once.
 ///
 /// ```
@@ -241,7 +241,7 @@ impl<'a, S: LocalStore + ?Sized, T> Collection<'a, S, T> {
             .map_err(|e| self.store_err(e))
     }
 
-    /// How many records the collection holds (the store's [`LocalStore::count`]).
+    /// How many records the collection holds (the store's [`SyncStore::count`]).
     pub async fn count(&self) -> Result<usize, CollectionError> {
         self.store
             .count(self.name)
@@ -274,7 +274,7 @@ impl<'a, S: LocalStore + ?Sized, T: DeserializeOwned> Collection<'a, S, T> {
 
     /// Up to `limit` records after `after` (from the first for `None`), in id
     /// order, each with its id (for types without an `id` field). One
-    /// [`LocalStore::list_page`]: the store reads `limit` records, not the
+    /// [`SyncStore::list_page`]: the store reads `limit` records, not the
     /// collection. The first record that does not deserialise fails the call.
     pub async fn entries(
         &self,

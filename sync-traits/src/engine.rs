@@ -1,4 +1,5 @@
-//! The sync algorithm, written once over [`LocalStore`] and [`RemoteStore`].
+//! The sync algorithm, written once over [`SyncStore`] (the engine-facing part of
+//! [`LocalStore`](crate::LocalStore)) and [`RemoteStore`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::record::{
     Watermark,
 };
 use crate::remote::{PullMode, RemoteStore};
-use crate::store::LocalStore;
+use crate::store::SyncStore;
 
 // Partial sync (the scope, collection resyncs, the filter reconcile): a child
 // module, so it shares the engine's private state.
@@ -281,7 +282,7 @@ impl Progress {
     }
 }
 
-impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
+impl<L: SyncStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// An engine with the default config and the [`FieldMerge`] conflict policy.
     pub fn new(local: L, remote: R) -> Self {
         let (events, _) = broadcast::channel(1024);
@@ -1328,7 +1329,7 @@ mod tests {
     use crate::id::{new_id, ChangeId, RecordId};
     use crate::record::{ApplyReport, Op, PushOutcome, RemoteChange, SyncState, Version};
     use crate::remote::MockRemoteStore;
-    use crate::store::MockLocalStore;
+    use crate::store::MockSyncStore;
     use mockall::predicate::eq;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -1361,17 +1362,17 @@ mod tests {
         }
     }
 
-    fn local_with(pending: Vec<PendingChange>, wm: u64) -> MockLocalStore {
+    fn local_with(pending: Vec<PendingChange>, wm: u64) -> MockSyncStore {
         local_counted(pending, wm).0
     }
 
     /// A mock store whose outbox empties when the returned counter is set to 0.
-    fn local_counted(pending: Vec<PendingChange>, wm: u64) -> (MockLocalStore, Arc<AtomicUsize>) {
+    fn local_counted(pending: Vec<PendingChange>, wm: u64) -> (MockSyncStore, Arc<AtomicUsize>) {
         let client = pending
             .first()
             .map(|p| p.change_id.client.clone())
             .unwrap_or_else(new_id);
-        let mut l = MockLocalStore::new();
+        let mut l = MockSyncStore::new();
         l.expect_client_id().returning(move || Ok(client.clone()));
         l.expect_keeps_sync_meta().return_const(false);
         let n = pending.len();
@@ -1396,7 +1397,7 @@ mod tests {
         (l, c3)
     }
 
-    fn fast<L: LocalStore, R: RemoteStore + 'static>(e: SyncEngine<L, R>) -> SyncEngine<L, R> {
+    fn fast<L: SyncStore, R: RemoteStore + 'static>(e: SyncEngine<L, R>) -> SyncEngine<L, R> {
         e.with_config(SyncConfig {
             retry: RetryPolicy::immediate(3),
             ..SyncConfig::default()
@@ -1780,7 +1781,7 @@ mod tests {
 
     #[tokio::test]
     async fn store_failure_stops_the_sync() {
-        let mut local = MockLocalStore::new();
+        let mut local = MockSyncStore::new();
         local
             .expect_pending_count()
             .returning(|| Err(StoreError::Busy("database is locked".into())));

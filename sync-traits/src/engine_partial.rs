@@ -15,13 +15,13 @@ use crate::id::RecordId;
 use crate::partial::{PullScope, ScopeNote, SyncScope};
 use crate::record::Watermark;
 use crate::remote::{PullMode, RemoteStore};
-use crate::store::LocalStore;
+use crate::store::SyncStore;
 
 /// What the engine remembers in memory about its scope.
 #[derive(Debug, Default)]
 pub(super) struct Memo {
     /// The scope this engine last finished a sync of the filtered collections
-    /// with, for stores that do not keep it ([`LocalStore::keeps_sync_meta`]).
+    /// with, for stores that do not keep it ([`SyncStore::keeps_sync_meta`]).
     remembered: Option<ScopeNote>,
     /// When the filtered collections were last reconciled or resynced.
     checked: Option<Instant>,
@@ -37,7 +37,7 @@ pub(super) struct Plan {
     collections: BTreeSet<String>,
 }
 
-impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
+impl<L: SyncStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     /// Syncs only what `scope` says: a subset of the remote's collections, a
     /// server-side filter per collection (see [`SyncScope`] for what happens to
     /// records that stop matching, and to a collection whose scope changes).
@@ -303,7 +303,7 @@ impl<L: LocalStore, R: RemoteStore + 'static> SyncEngine<L, R> {
     }
 
     /// The ids of the records the store holds in `collection`, read a page at a
-    /// time ([`LocalStore::list_page`]: the records themselves are not kept).
+    /// time ([`SyncStore::list_page`]: the records themselves are not kept).
     async fn held_ids(&self, collection: &str) -> Result<HashSet<RecordId>, StoreError> {
         const PAGE: usize = 1000;
         let mut ids = HashSet::new();

@@ -126,7 +126,7 @@ impl<'de> Deserialize<'de> for RecordId {
 /// and the engine can tell its own earlier write from a foreign one in a conflict.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChangeId {
-    /// The writer that made the write ([`crate::LocalStore::client_id`]): a
+    /// The writer that made the write ([`crate::SyncStore::client_id`]): a
     /// persistent store takes a fresh one at every open, so a change id is never
     /// made twice even when a store file is restored from a backup or copied.
     pub client: RecordId,

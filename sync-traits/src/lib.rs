@@ -2,7 +2,10 @@
 //!
 //! The types that cross the seam between an application's local store and a remote
 //! server, the two traits [`LocalStore`] and [`RemoteStore`], and [`SyncEngine`],
-//! the sync algorithm written once over them.
+//! the sync algorithm written once over them. The engine drives a local store
+//! through [`SyncStore`], the engine-facing part `LocalStore` extends; an app reads
+//! and writes through `LocalStore` (and its typed handle). [`prelude`] imports the
+//! traits whose methods a store's users call.
 //!
 //! With the `testkit` feature: [`testkit::MemoryStore`] (a complete in-memory
 //! `LocalStore`), [`testkit::FakeRemote`] (an in-memory PocketBase-like server),
@@ -15,7 +18,8 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use sync_traits::testkit::{FakeRemote, MemoryStore};
-//! use sync_traits::{new_id, LocalStore, Record, ServerWins, SyncEngine, SyncEvent};
+//! use sync_traits::prelude::*;
+//! use sync_traits::{new_id, Record, ServerWins, SyncEngine, SyncEvent};
 //!
 //! let server = FakeRemote::new();
 //! let engine = SyncEngine::new(MemoryStore::new(), server.clone()).with_policy(ServerWins);
@@ -36,7 +40,7 @@
 //! Apps usually read and write through a typed handle instead of raw
 //! [`Record`]s: [`LocalStoreExt::collection`] (on every `LocalStore`) gives a
 //! [`Collection`] of a serde type, with paged listing so a screen loads one page,
-//! not the collection ([`LocalStore::list_page`] underneath):
+//! not the collection ([`SyncStore::list_page`] underneath):
 //!
 //! ```
 //! # #[cfg(feature = "testkit")]
@@ -106,7 +110,15 @@ pub use record::{
 pub use remote::{PullMode, RemoteStore};
 pub use schema::{RemoteCollection, RemoteField, RemoteFieldKind, RemoteSchema};
 pub use status::{SyncPhase, SyncStatus};
-pub use store::LocalStore;
+pub use store::{LocalStore, SyncStore, COUNT_PAGE};
+
+/// The traits whose methods the users of a store or a remote call:
+/// `use sync_traits::prelude::*;` brings [`LocalStore`], [`SyncStore`] (the
+/// engine-facing part: `pending_count`, `sync_state`, `conflicts`, ...),
+/// [`LocalStoreExt`] (typed collections, transactions) and [`RemoteStore`] into scope.
+pub mod prelude {
+    pub use crate::{LocalStore, LocalStoreExt, RemoteStore, SyncStore};
+}
 pub use transaction::{Transact, TxBuilder, TxMark, TxReport, Write};
 
 /// Re-exported for implementors of the traits.

@@ -135,8 +135,8 @@ impl From<Filter> for String {
 ///   snapshot pulled from zero, its local records not delivered removed, its
 ///   outbox kept and pushed; the other collections go on from the watermark. The
 ///   engine remembers the scope each collection was last synced with in the
-///   store ([`crate::LocalStore::set_sync_meta`]); with a store that cannot keep
-///   it ([`crate::LocalStore::keeps_sync_meta`] `false`), an engine whose scope is
+///   store ([`crate::SyncStore::set_sync_meta`]); with a store that cannot keep
+///   it ([`crate::SyncStore::keeps_sync_meta`] `false`), an engine whose scope is
 ///   not everything resyncs every collection it syncs at its first sync (it
 ///   cannot know what an earlier engine left out), each alone as above.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -234,7 +234,7 @@ pub enum PushOutcome {
     Rejected(Rejection),
 }
 
-/// What [`crate::LocalStore::apply_remote`] did with a page.
+/// What [`crate::SyncStore::apply_remote`] did with a page.
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ApplyReport {
@@ -274,7 +274,7 @@ pub struct Mistyped {
 
 /// A conflict as it happened: the local change that met a newer server state, that
 /// state, and what the policy decided. Every conflict the engine meets is persisted
-/// in the store ([`Ack::Conflict`], [`crate::LocalStore::conflicts`]); events are a
+/// in the store ([`Ack::Conflict`], [`crate::SyncStore::conflicts`]); events are a
 /// convenience, never the only record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conflict {
@@ -296,7 +296,7 @@ pub struct LoggedConflict {
 }
 
 /// How to settle one pushed outbox entry; passed in a batch to
-/// [`crate::LocalStore::ack`], which applies the whole batch atomically.
+/// [`crate::SyncStore::ack`], which applies the whole batch atomically.
 ///
 /// Every variant names the `change_id` it settles. If the record's outbox entry has
 /// since been superseded by a newer local write (its `change_id` differs), the store
@@ -378,7 +378,7 @@ impl Ack {
 }
 
 /// A refused change kept by the store for the application to inspect, retry
-/// ([`crate::LocalStore::retry_quarantined`]) or discard.
+/// ([`crate::SyncStore::retry_quarantined`]) or discard.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Quarantined {
     /// Store-assigned id, increasing in the order changes were quarantined.

@@ -1,4 +1,5 @@
-//! The local side of the seam.
+//! The local side of the seam: [`SyncStore`], what the engine drives, and
+//! [`LocalStore`], what an application uses (every `LocalStore` is a `SyncStore`).
 
 use async_trait::async_trait;
 
@@ -11,89 +12,67 @@ use crate::record::{
     Ack, ApplyReport, LoggedConflict, Page, PendingChange, Quarantined, Record, SyncState,
 };
 
-/// A local store that always works, offline included.
+/// How many records [`SyncStore::count`]'s and [`LocalStore::list`]'s defaults
+/// read per [`SyncStore::list_page`] call.
+pub const COUNT_PAGE: usize = 1000;
+
+/// The part of a local store the sync engine drives: the watermark, the outbox,
+/// applying pulled pages, acks, resyncs, the quarantine and the conflict log, and
+/// two bounded reads (a page of a collection, a count). [`crate::SyncEngine`]
+/// needs only this trait. What an application calls is [`LocalStore`], which
+/// extends it (`LocalStore: SyncStore`), so a store can offer the application a
+/// richer API than the engine needs without the engine's trait pinning it.
 ///
 /// Implementations must make each method atomic: a call that returns an error has
 /// changed nothing, and a crash at any point leaves either the whole call's effect or
 /// none of it. Run [`crate::testkit::conformance`] (feature `testkit`) from your tests
 /// to check an implementation against this contract.
 ///
-/// The trait is object-safe: `Box<dyn LocalStore>` and `Arc<dyn LocalStore>` work.
+/// The trait is object-safe: `Box<dyn SyncStore>` and `Arc<dyn SyncStore>` work.
+/// Calling its methods on a concrete store needs the trait in scope
+/// (`use sync_traits::SyncStore;`).
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
-pub trait LocalStore: Send + Sync {
-    // ---- application-facing ----
-
-    /// The record, if present locally.
-    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError>;
-
-    /// Every record of a collection, ordered by id.
-    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError>;
+pub trait SyncStore: Send + Sync {
+    // ---- bounded reads ----
 
     /// Up to `limit` records of a collection whose id is greater than `after`
     /// (every record when `after` is `None`), in ascending id order: one page of
-    /// [`list`](LocalStore::list), for walking a collection without loading it.
+    /// the collection, for walking it without loading it.
     ///
     /// Paging by the last id returned is stable: a record that exists from the
     /// first page to the last is returned exactly once, whatever is inserted or
     /// deleted between pages (the pages split the id space into disjoint ranges,
     /// and each page is read consistently). A cursor whose record has since been
-    /// deleted still works. `limit == 0` returns no record. A collection the
-    /// store cannot list is the same error as from `list`.
+    /// deleted still works. `limit == 0` returns no record.
     ///
-    /// The default filters [`list`](LocalStore::list), which is correct for any
-    /// store; stores should answer with a range read of `limit` records.
+    /// Required: a store answers with a range read of `limit` records. The engine
+    /// walks a collection only this way (to reconcile a filtered collection), and
+    /// [`LocalStore::list`]'s default is built on it.
     async fn list_page(
         &self,
         collection: &str,
         after: Option<RecordId>,
         limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
-        let all = self.list(collection).await?;
-        Ok(all
-            .into_iter()
-            .filter(|r| after.as_ref().is_none_or(|a| r.id > *a))
-            .take(limit)
-            .collect())
-    }
+    ) -> Result<Vec<Record>, StoreError>;
 
-    /// How many records a collection holds locally. The default counts
-    /// [`list`](LocalStore::list); stores should answer without loading the records.
+    /// How many records a collection holds locally. The default walks
+    /// [`list_page`](SyncStore::list_page) in pages of [`COUNT_PAGE`] records;
+    /// stores should answer without loading the records.
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
-        Ok(self.list(collection).await?.len())
+        let mut n = 0;
+        let mut after = None;
+        loop {
+            let page = self.list_page(collection, after.take(), COUNT_PAGE).await?;
+            n += page.len();
+            match page.last() {
+                Some(last) if page.len() == COUNT_PAGE => after = Some(last.id.clone()),
+                _ => return Ok(n),
+            }
+        }
     }
 
-    /// Creates or replaces a record and records the write in the outbox, in one
-    /// transaction. Writes to a record that already has an outbox entry are coalesced
-    /// into it (new change id, union of changed fields, same outbox position).
-    async fn put(&self, record: Record) -> Result<(), StoreError>;
-
-    /// Deletes a record and records the delete in the outbox, in one transaction.
-    /// Returns whether the record existed locally.
-    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError>;
-
-    /// Applies several puts and deletes, with their outbox entries, in one
-    /// transaction: all of them or, on any error, none (a crash included). Each
-    /// write is checked and applied as [`put`](LocalStore::put) or
-    /// [`delete`](LocalStore::delete) would apply it, in order, seeing the ones
-    /// before it; writes to one record coalesce into one outbox entry as sequential
-    /// puts would, and writes to local-only collections make no entry. A write the
-    /// store refuses fails the whole call with the error `put` or `delete` would
-    /// have returned for it, and nothing changes. Every outbox entry the
-    /// transaction wrote gets its [`TxMark`](crate::TxMark), so the engine pushes
-    /// them in one batch when they fit in one ([`crate::Transact`] has the
-    /// builder, and says what is atomic on the server).
-    ///
-    /// There is no default: a store must implement it natively (one storage
-    /// transaction), since a default made of single puts and deletes would not be
-    /// atomic. A wrapper store forwards it. Run
-    /// [`crate::testkit::conformance`] to check an implementation.
-    async fn transact(
-        &self,
-        writes: Vec<crate::transaction::Write>,
-    ) -> Result<crate::transaction::TxReport, StoreError>;
-
-    // ---- engine-facing ----
+    // ---- the outbox, the watermark and what the engine settles ----
 
     /// The writer id this store stamps on the change ids it makes now
     /// ([`ChangeId::client`]); stable for the life of this open store.
@@ -102,7 +81,7 @@ pub trait LocalStore: Send + Sync {
     /// opens: a file restored from a backup rolls it back, and a copied file makes
     /// two writers of one counter. So persistent stores take a fresh writer id (an
     /// incarnation) at every open, with the counter going on, and remember the
-    /// writer ids they had (see [`made_here`](LocalStore::made_here)): a change id
+    /// writer ids they had (see [`made_here`](SyncStore::made_here)): a change id
     /// is then never reused for different content, whatever happens to the file.
     /// (Two stores open on one file at once share its counter; each change id names
     /// the writer whose counter range holds it, so ids stay unique.)
@@ -191,7 +170,7 @@ pub trait LocalStore: Send + Sync {
 
     // ---- the engine's own notes ----
 
-    /// Whether this store keeps [`set_sync_meta`](LocalStore::set_sync_meta)'s
+    /// Whether this store keeps [`set_sync_meta`](SyncStore::set_sync_meta)'s
     /// values across opens (default `false`: the engine then assumes nothing about
     /// what an earlier open did; see [`crate::SyncScope`]).
     fn keeps_sync_meta(&self) -> bool {
@@ -208,11 +187,75 @@ pub trait LocalStore: Send + Sync {
     /// Sets (or, with `None`, removes) the value under `key`, in one transaction,
     /// durable like any other write of the store. Never touches records, the
     /// outbox or the watermark. Default: does nothing (and
-    /// [`keeps_sync_meta`](LocalStore::keeps_sync_meta) answers `false`).
+    /// [`keeps_sync_meta`](SyncStore::keeps_sync_meta) answers `false`).
     async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
         let _ = (key, value);
         Ok(())
     }
+}
+
+/// A local store that always works, offline included: what an application
+/// reads and writes. Every `LocalStore` is a [`SyncStore`], the part the engine
+/// drives.
+///
+/// The atomicity contract of [`SyncStore`] holds for every method here too. Run
+/// [`crate::testkit::conformance`] (feature `testkit`) from your tests to check an
+/// implementation.
+///
+/// The trait is object-safe: `Box<dyn LocalStore>` and `Arc<dyn LocalStore>` work
+/// (and are [`SyncStore`]s too).
+#[async_trait]
+pub trait LocalStore: SyncStore {
+    /// The record, if present locally.
+    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError>;
+
+    /// Every record of a collection, ordered by id. The default walks
+    /// [`list_page`](SyncStore::list_page) in pages of [`COUNT_PAGE`] records, so
+    /// a store need not implement it; an app showing part of a large collection
+    /// uses `list_page` (or the typed handle's page) instead.
+    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
+        let mut all: Vec<Record> = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list_page(collection, after.take(), COUNT_PAGE).await?;
+            let full = page.len() == COUNT_PAGE;
+            all.extend(page);
+            match all.last() {
+                Some(last) if full => after = Some(last.id.clone()),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Creates or replaces a record and records the write in the outbox, in one
+    /// transaction. Writes to a record that already has an outbox entry are coalesced
+    /// into it (new change id, union of changed fields, same outbox position).
+    async fn put(&self, record: Record) -> Result<(), StoreError>;
+
+    /// Deletes a record and records the delete in the outbox, in one transaction.
+    /// Returns whether the record existed locally.
+    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError>;
+
+    /// Applies several puts and deletes, with their outbox entries, in one
+    /// transaction: all of them or, on any error, none (a crash included). Each
+    /// write is checked and applied as [`put`](LocalStore::put) or
+    /// [`delete`](LocalStore::delete) would apply it, in order, seeing the ones
+    /// before it; writes to one record coalesce into one outbox entry as sequential
+    /// puts would, and writes to local-only collections make no entry. A write the
+    /// store refuses fails the whole call with the error `put` or `delete` would
+    /// have returned for it, and nothing changes. Every outbox entry the
+    /// transaction wrote gets its [`TxMark`](crate::TxMark), so the engine pushes
+    /// them in one batch when they fit in one ([`crate::Transact`] has the
+    /// builder, and says what is atomic on the server).
+    ///
+    /// There is no default: a store must implement it natively (one storage
+    /// transaction), since a default made of single puts and deletes would not be
+    /// atomic. A wrapper store forwards it. Run
+    /// [`crate::testkit::conformance`] to check an implementation.
+    async fn transact(
+        &self,
+        writes: Vec<crate::transaction::Write>,
+    ) -> Result<crate::transaction::TxReport, StoreError>;
 
     // ---- the change feed (see [`crate::feed`]) ----
 
@@ -257,19 +300,10 @@ fn no_feed() -> StoreError {
     StoreError::Backend("this store reports no changes (LocalStore::change_hub is None)".into())
 }
 
-macro_rules! forward_local_store {
+macro_rules! forward_stores {
     ($($ptr:ident)::+) => {
         #[async_trait]
-        impl<T: LocalStore + ?Sized> LocalStore for $($ptr)::+<T> {
-            async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-                (**self).get(c, id).await
-            }
-            async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
-                (**self).list(c).await
-            }
-            async fn count(&self, c: &str) -> Result<usize, StoreError> {
-                (**self).count(c).await
-            }
+        impl<T: SyncStore + ?Sized> SyncStore for $($ptr)::+<T> {
             async fn list_page(
                 &self,
                 c: &str,
@@ -278,17 +312,8 @@ macro_rules! forward_local_store {
             ) -> Result<Vec<Record>, StoreError> {
                 (**self).list_page(c, after, limit).await
             }
-            async fn put(&self, r: Record) -> Result<(), StoreError> {
-                (**self).put(r).await
-            }
-            async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
-                (**self).delete(c, id).await
-            }
-            async fn transact(
-                &self,
-                w: Vec<crate::transaction::Write>,
-            ) -> Result<crate::transaction::TxReport, StoreError> {
-                (**self).transact(w).await
+            async fn count(&self, c: &str) -> Result<usize, StoreError> {
+                (**self).count(c).await
             }
             async fn client_id(&self) -> Result<RecordId, StoreError> {
                 (**self).client_id().await
@@ -341,6 +366,28 @@ macro_rules! forward_local_store {
             async fn set_sync_meta(&self, key: &str, value: Option<String>) -> Result<(), StoreError> {
                 (**self).set_sync_meta(key, value).await
             }
+        }
+
+        #[async_trait]
+        impl<T: LocalStore + ?Sized> LocalStore for $($ptr)::+<T> {
+            async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+                (**self).get(c, id).await
+            }
+            async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
+                (**self).list(c).await
+            }
+            async fn put(&self, r: Record) -> Result<(), StoreError> {
+                (**self).put(r).await
+            }
+            async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
+                (**self).delete(c, id).await
+            }
+            async fn transact(
+                &self,
+                w: Vec<crate::transaction::Write>,
+            ) -> Result<crate::transaction::TxReport, StoreError> {
+                (**self).transact(w).await
+            }
             fn change_hub(&self) -> Option<ChangeHub> {
                 (**self).change_hub()
             }
@@ -348,5 +395,5 @@ macro_rules! forward_local_store {
     };
 }
 
-forward_local_store!(std::sync::Arc);
-forward_local_store!(Box);
+forward_stores!(std::sync::Arc);
+forward_stores!(Box);

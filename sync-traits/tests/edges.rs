@@ -4,6 +4,7 @@
 //! and conflicts that must never vanish. Each test names the rule it pins down.
 
 use std::sync::Arc;
+use sync_traits::SyncStore;
 
 use serde_json::json;
 use sync_traits::testkit::{FakeRemote, MemoryStore};

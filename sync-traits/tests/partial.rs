@@ -4,6 +4,7 @@
 //! changed scope resyncing only the collections it changed, outbox kept.
 
 use std::sync::Arc;
+use sync_traits::SyncStore;
 
 use serde_json::json;
 use sync_traits::testkit::{FakeRemote, Fault, Faulty, MemoryStore};

@@ -7,7 +7,7 @@ use sync_traits::testkit::{conformance, typed, MemoryStore};
 use sync_traits::{
     async_trait, Ack, ApplyReport, ChangeId, CollectionError, LocalStore, LocalStoreExt,
     LoggedConflict, Page, PendingChange, Quarantined, Record, RecordId, StoreError, SyncState,
-    TxReport, Write,
+    SyncStore, TxReport, Write,
 };
 
 #[tokio::test]
@@ -26,28 +26,18 @@ async fn arc_and_boxed_dyn_stores_pass_the_typed_cases() {
 }
 
 /// A store from outside the crate that implements only the required methods, so
-/// `list_page` and `count` are the trait's defaults (filtering `list`).
+/// `count` and `list` are the traits' defaults (walking `list_page`).
 struct Outside(MemoryStore);
 
 #[async_trait]
-impl LocalStore for Outside {
-    async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        self.0.get(c, id).await
-    }
-    async fn list(&self, c: &str) -> Result<Vec<Record>, StoreError> {
-        self.0.list(c).await
-    }
-    async fn put(&self, r: Record) -> Result<(), StoreError> {
-        self.0.put(r).await
-    }
-    async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
-        self.0.delete(c, id).await
-    }
-    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
-        self.0.transact(writes).await
-    }
-    fn change_hub(&self) -> Option<sync_traits::ChangeHub> {
-        self.0.change_hub()
+impl SyncStore for Outside {
+    async fn list_page(
+        &self,
+        c: &str,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.0.list_page(c, after, limit).await
     }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
         self.0.client_id().await
@@ -93,6 +83,25 @@ impl LocalStore for Outside {
     }
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
         self.0.clear_conflicts(ids).await
+    }
+}
+
+#[async_trait]
+impl LocalStore for Outside {
+    async fn get(&self, c: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.0.get(c, id).await
+    }
+    async fn put(&self, r: Record) -> Result<(), StoreError> {
+        self.0.put(r).await
+    }
+    async fn delete(&self, c: &str, id: &RecordId) -> Result<bool, StoreError> {
+        self.0.delete(c, id).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        self.0.transact(writes).await
+    }
+    fn change_hub(&self) -> Option<sync_traits::ChangeHub> {
+        self.0.change_hub()
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use sync_traits::SyncStore;
 use sync_traits::{
     Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange, Quarantined,
     Record, RecordId, StoreError, SyncState, TxReport, Write as TxWrite,
@@ -69,51 +70,17 @@ impl Logged {
 }
 
 #[async_trait]
-impl LocalStore for Logged {
-    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        self.inner.get(collection, id).await
-    }
-    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
-        self.inner.list(collection).await
+impl SyncStore for Logged {
+    async fn list_page(
+        &self,
+        c: &str,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.inner.list_page(c, after, limit).await
     }
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
         self.inner.count(collection).await
-    }
-    async fn put(&self, record: Record) -> Result<(), StoreError> {
-        let _g = self.gate.lock().await;
-        let (c, id) = (record.collection.clone(), record.id.clone());
-        self.inner.put(record).await?;
-        self.note(&c, &id, false).await
-    }
-    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
-        let _g = self.gate.lock().await;
-        let done = self.inner.delete(collection, id).await?;
-        if done {
-            self.note(collection, id, true).await?;
-        }
-        Ok(done)
-    }
-    /// Logs each record the transaction wrote once, with the change id of its
-    /// newest write (what its outbox entry carries).
-    async fn transact(&self, writes: Vec<TxWrite>) -> Result<TxReport, StoreError> {
-        let _g = self.gate.lock().await;
-        let keys: Vec<(String, RecordId, bool)> = writes
-            .iter()
-            .map(|w| {
-                let (c, id) = w.key();
-                (c.to_owned(), id.clone(), matches!(w, TxWrite::Put(_)))
-            })
-            .collect();
-        let report = self.inner.transact(writes).await?;
-        let mut noted = BTreeSet::new();
-        for (i, (c, id, put)) in keys.iter().enumerate().rev() {
-            let wrote = *put || report.existed.get(i).copied().unwrap_or(false);
-            if wrote && noted.insert((c.clone(), id.clone())) {
-                let gone = self.inner.get(c, id).await?.is_none();
-                self.note(c, id, gone).await?;
-            }
-        }
-        Ok(report)
     }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
         self.inner.client_id().await
@@ -157,5 +124,51 @@ impl LocalStore for Logged {
     }
     async fn clear_conflicts(&self, ids: Vec<u64>) -> Result<usize, StoreError> {
         self.inner.clear_conflicts(ids).await
+    }
+}
+
+#[async_trait]
+impl LocalStore for Logged {
+    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.inner.get(collection, id).await
+    }
+    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
+        self.inner.list(collection).await
+    }
+    async fn put(&self, record: Record) -> Result<(), StoreError> {
+        let _g = self.gate.lock().await;
+        let (c, id) = (record.collection.clone(), record.id.clone());
+        self.inner.put(record).await?;
+        self.note(&c, &id, false).await
+    }
+    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
+        let _g = self.gate.lock().await;
+        let done = self.inner.delete(collection, id).await?;
+        if done {
+            self.note(collection, id, true).await?;
+        }
+        Ok(done)
+    }
+    /// Logs each record the transaction wrote once, with the change id of its
+    /// newest write (what its outbox entry carries).
+    async fn transact(&self, writes: Vec<TxWrite>) -> Result<TxReport, StoreError> {
+        let _g = self.gate.lock().await;
+        let keys: Vec<(String, RecordId, bool)> = writes
+            .iter()
+            .map(|w| {
+                let (c, id) = w.key();
+                (c.to_owned(), id.clone(), matches!(w, TxWrite::Put(_)))
+            })
+            .collect();
+        let report = self.inner.transact(writes).await?;
+        let mut noted = BTreeSet::new();
+        for (i, (c, id, put)) in keys.iter().enumerate().rev() {
+            let wrote = *put || report.existed.get(i).copied().unwrap_or(false);
+            if wrote && noted.insert((c.clone(), id.clone())) {
+                let gone = self.inner.get(c, id).await?.is_none();
+                self.note(c, id, gone).await?;
+            }
+        }
+        Ok(report)
     }
 }

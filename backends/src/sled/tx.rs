@@ -169,7 +169,7 @@ impl Tx<'_> {
         crate::rules::settle(self, ack)
     }
 
-    /// [`LocalStore::retry_quarantined`](sync_traits::LocalStore::retry_quarantined)
+    /// [`SyncStore::retry_quarantined`](sync_traits::SyncStore::retry_quarantined)
     /// inside its transaction.
     pub(super) fn retry_quarantined(&self, qid: u64) -> TxResult<bool> {
         let qk = qid.to_be_bytes();

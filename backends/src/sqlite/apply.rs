@@ -133,7 +133,7 @@ impl Core {
         Ok(())
     }
 
-    /// [`LocalStore::apply_remote`](sync_traits::LocalStore::apply_remote) of a
+    /// [`SyncStore::apply_remote`](sync_traits::SyncStore::apply_remote) of a
     /// prepared page: one IMMEDIATE transaction.
     pub(super) fn apply_prepared(&self, page: &PreparedPage) -> Result<ApplyReport, StoreError> {
         let text = |c: Cell| match c {

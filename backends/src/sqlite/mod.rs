@@ -32,13 +32,13 @@
 //!
 //! # Writer incarnations
 //!
-//! Every open takes a fresh writer id ([`LocalStore::client_id`]) whose counters go
+//! Every open takes a fresh writer id ([`SyncStore::client_id`]) whose counters go
 //! on from the file's change counter, and records it in `_tidemark_writers` in the
 //! open transaction. A change id is its writer and counter; an outbox entry's
 //! writer is the one whose counter range holds the entry's counter. So a file
 //! restored from a backup, or copied to another device, never issues a change id
 //! it (or the original) issued before for other content, and
-//! [`LocalStore::made_here`] answers `false` for changes the original made after
+//! [`SyncStore::made_here`] answers `false` for changes the original made after
 //! the copy. A file from before writers existed (one `client` id) is upgraded in
 //! place: that id becomes the first writer, from counter 1.
 //!
@@ -118,7 +118,7 @@
 //! runtime's other tasks go on meanwhile, on a current-thread runtime too. A
 //! call's transaction runs to its end even if its future is dropped (it is
 //! atomic either way). Outside a tokio runtime the work runs on the calling
-//! thread. [`LocalStore::client_id`] reads no SQLite. `apply_remote` first turns
+//! thread. [`SyncStore::client_id`] reads no SQLite. `apply_remote` first turns
 //! the page, on the calling task, into owned bind-ready rows (a classification
 //! and type check of each value, no SQLite, no locks: the work binding did inside
 //! the transaction before), yielding to the runtime every 1000 changes. The synchronous
@@ -169,6 +169,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
+use sync_traits::SyncStore;
 use sync_traits::{
     Ack, ApplyReport, ChangeId, LocalStore, LoggedConflict, Page, PendingChange, Quarantined,
     Record, RecordId, StoreError, SyncState, TxReport, Write,
@@ -280,17 +281,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl LocalStore for SqliteStore {
-    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        let (c, id) = (collection.to_owned(), id.clone());
-        self.run(move |s| s.get(&c, &id)).await
-    }
-
-    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
-        let c = collection.to_owned();
-        self.run(move |s| s.list(&c)).await
-    }
-
+impl SyncStore for SqliteStore {
     /// A range of the table's primary-key index (`WHERE "id" > ? ORDER BY "id"
     /// LIMIT ?`): reads `limit` rows, not the table.
     async fn list_page(
@@ -307,21 +298,6 @@ impl LocalStore for SqliteStore {
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
         let c = collection.to_owned();
         self.run(move |s| s.count(&c)).await
-    }
-
-    async fn put(&self, record: Record) -> Result<(), StoreError> {
-        self.run(move |s| s.put(&record)).await
-    }
-
-    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
-        let (c, id) = (collection.to_owned(), id.clone());
-        self.run(move |s| s.delete(&c, &id)).await
-    }
-
-    /// One SQLite transaction (see `transaction.rs`): every write checked as
-    /// `put` checks it, a refused one rolls all back.
-    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
-        self.run(move |s| s.transact(&writes)).await
     }
 
     /// This open's writer id (taken at open, see the module docs); reads no SQLite.
@@ -435,6 +411,34 @@ impl LocalStore for SqliteStore {
             })
         })
         .await
+    }
+}
+
+#[async_trait]
+impl LocalStore for SqliteStore {
+    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let (c, id) = (collection.to_owned(), id.clone());
+        self.run(move |s| s.get(&c, &id)).await
+    }
+
+    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
+        let c = collection.to_owned();
+        self.run(move |s| s.list(&c)).await
+    }
+
+    async fn put(&self, record: Record) -> Result<(), StoreError> {
+        self.run(move |s| s.put(&record)).await
+    }
+
+    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
+        let (c, id) = (collection.to_owned(), id.clone());
+        self.run(move |s| s.delete(&c, &id)).await
+    }
+
+    /// One SQLite transaction (see `transaction.rs`): every write checked as
+    /// `put` checks it, a refused one rolls all back.
+    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        self.run(move |s| s.transact(&writes)).await
     }
 
     /// Every change made through this store (any clone of it), reported; writes

@@ -1454,7 +1454,7 @@ pub async fn a_retried_change_keeps_a_value_of_another_type(s: &dyn LocalStore) 
     assert!(s.quarantined().await.unwrap().is_empty());
 }
 
-/// Walks `collection` with [`LocalStore::list_page`] pages of `limit`, checking
+/// Walks `collection` with [`SyncStore::list_page`] pages of `limit`, checking
 /// each page's order, size and exclusive cursor; returns every id in walk order.
 async fn walk_pages(s: &dyn LocalStore, collection: &str, limit: usize) -> Vec<RecordId> {
     assert!(limit > 0);
@@ -1988,9 +1988,9 @@ pub async fn a_transaction_writes_a_local_only_collection_as_put_does(s: &dyn Lo
     );
 }
 
-/// The engine's notes ([`LocalStore::set_sync_meta`]) read back as set, overwrite,
+/// The engine's notes ([`SyncStore::set_sync_meta`]) read back as set, overwrite,
 /// are removed by `None`, and touch no record, outbox entry or watermark. A store
-/// that does not keep them ([`LocalStore::keeps_sync_meta`] `false`) is skipped.
+/// that does not keep them ([`SyncStore::keeps_sync_meta`] `false`) is skipped.
 pub async fn sync_meta_is_kept_apart_from_the_data(s: &dyn LocalStore) {
     if !s.keeps_sync_meta() {
         return;

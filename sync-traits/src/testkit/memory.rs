@@ -1,6 +1,7 @@
 //! [`MemoryStore`]: a complete in-memory [`LocalStore`], the reference
 //! implementation of the contract.
 
+use crate::SyncStore;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -42,7 +43,7 @@ struct Inner {
     resyncing: bool,
     seen: HashSet<Key>,
     quarantine: Vec<Quarantined>,
-    /// The engine's notes ([`LocalStore::set_sync_meta`]), kept by `reopen_copy`.
+    /// The engine's notes ([`SyncStore::set_sync_meta`]), kept by `reopen_copy`.
     meta: BTreeMap<String, String>,
 }
 
@@ -331,25 +332,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl LocalStore for MemoryStore {
-    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        let g = self.lock()?;
-        g.check_held(collection)?;
-        Ok(g.records
-            .get(&(collection.to_owned(), id.clone()))
-            .map(|f| Record::new(collection, id.clone(), f.clone())))
-    }
-
-    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
-        let g = self.lock()?;
-        g.check_held(collection)?;
-        Ok(g.records
-            .iter()
-            .filter(|((c, _), _)| c == collection)
-            .map(|((c, id), f)| Record::new(c.clone(), id.clone(), f.clone()))
-            .collect())
-    }
-
+impl SyncStore for MemoryStore {
     /// A range read of the record map from just after `after`: reads `limit`
     /// records, not the collection.
     async fn list_page(
@@ -376,91 +359,6 @@ impl LocalStore for MemoryStore {
             .range(collection_range(collection, None))
             .take_while(|((c, _), _)| c == collection)
             .count())
-    }
-
-    async fn put(&self, record: Record) -> Result<(), StoreError> {
-        let mut feed = self.hub.batch();
-        let mut g = self.lock()?;
-        g.check_held(&record.collection)?;
-        feed.record(
-            &record.collection,
-            &record.id,
-            ChangeKind::Upserted,
-            ChangeCause::Local,
-        );
-        g.put(record);
-        // Published under the lock: watchers get calls' changes in commit order.
-        feed.publish();
-        drop(g);
-        Ok(())
-    }
-
-    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
-        let mut feed = self.hub.batch();
-        let mut g = self.lock()?;
-        g.check_held(collection)?;
-        let existed = g.delete((collection.to_owned(), id.clone()));
-        if existed {
-            feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local);
-        }
-        // Published under the lock: watchers get calls' changes in commit order.
-        feed.publish();
-        drop(g);
-        Ok(existed)
-    }
-
-    /// Every write is checked first (a collection held: the only thing this store
-    /// checks), then all are applied under the one lock.
-    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
-        let mut feed = self.hub.batch();
-        let mut g = self.lock()?;
-        for w in &writes {
-            g.check_held(w.key().0)?;
-        }
-        let mut report = TxReport::default();
-        let mut wrote = Vec::new();
-        for w in writes {
-            let key = (w.key().0.to_owned(), w.key().1.clone());
-            let existed = g.records.contains_key(&key);
-            match w {
-                Write::Put(record) => g.put(record),
-                Write::Delete { .. } => {
-                    g.delete(key.clone());
-                }
-            }
-            // A put, or a delete that removed something, wrote the record.
-            let now = g.records.contains_key(&key);
-            if existed || now {
-                let kind = if now {
-                    ChangeKind::Upserted
-                } else {
-                    ChangeKind::Removed
-                };
-                feed.record(&key.0, &key.1, kind, ChangeCause::Local);
-                wrote.push(key);
-            }
-            report.existed.push(existed);
-        }
-        let seqs: Vec<u64> = wrote
-            .iter()
-            .filter_map(|k| g.outbox_index.get(k).copied())
-            .collect();
-        if let Some(&last) = seqs.iter().max() {
-            let mark = TxMark {
-                id: g.counter,
-                last,
-            };
-            for seq in seqs {
-                if let Some(e) = g.outbox.get_mut(&seq) {
-                    e.tx = Some(mark);
-                }
-            }
-            report.mark = Some(mark);
-        }
-        // Published under the lock: watchers get calls' changes in commit order.
-        feed.publish();
-        drop(g);
-        Ok(report)
     }
 
     async fn client_id(&self) -> Result<RecordId, StoreError> {
@@ -753,6 +651,112 @@ impl LocalStore for MemoryStore {
             None => g.meta.remove(key),
         };
         Ok(())
+    }
+}
+
+#[async_trait]
+impl LocalStore for MemoryStore {
+    async fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        let g = self.lock()?;
+        g.check_held(collection)?;
+        Ok(g.records
+            .get(&(collection.to_owned(), id.clone()))
+            .map(|f| Record::new(collection, id.clone(), f.clone())))
+    }
+
+    async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
+        let g = self.lock()?;
+        g.check_held(collection)?;
+        Ok(g.records
+            .iter()
+            .filter(|((c, _), _)| c == collection)
+            .map(|((c, id), f)| Record::new(c.clone(), id.clone(), f.clone()))
+            .collect())
+    }
+
+    async fn put(&self, record: Record) -> Result<(), StoreError> {
+        let mut feed = self.hub.batch();
+        let mut g = self.lock()?;
+        g.check_held(&record.collection)?;
+        feed.record(
+            &record.collection,
+            &record.id,
+            ChangeKind::Upserted,
+            ChangeCause::Local,
+        );
+        g.put(record);
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
+        Ok(())
+    }
+
+    async fn delete(&self, collection: &str, id: &RecordId) -> Result<bool, StoreError> {
+        let mut feed = self.hub.batch();
+        let mut g = self.lock()?;
+        g.check_held(collection)?;
+        let existed = g.delete((collection.to_owned(), id.clone()));
+        if existed {
+            feed.record(collection, id, ChangeKind::Removed, ChangeCause::Local);
+        }
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
+        Ok(existed)
+    }
+
+    /// Every write is checked first (a collection held: the only thing this store
+    /// checks), then all are applied under the one lock.
+    async fn transact(&self, writes: Vec<Write>) -> Result<TxReport, StoreError> {
+        let mut feed = self.hub.batch();
+        let mut g = self.lock()?;
+        for w in &writes {
+            g.check_held(w.key().0)?;
+        }
+        let mut report = TxReport::default();
+        let mut wrote = Vec::new();
+        for w in writes {
+            let key = (w.key().0.to_owned(), w.key().1.clone());
+            let existed = g.records.contains_key(&key);
+            match w {
+                Write::Put(record) => g.put(record),
+                Write::Delete { .. } => {
+                    g.delete(key.clone());
+                }
+            }
+            // A put, or a delete that removed something, wrote the record.
+            let now = g.records.contains_key(&key);
+            if existed || now {
+                let kind = if now {
+                    ChangeKind::Upserted
+                } else {
+                    ChangeKind::Removed
+                };
+                feed.record(&key.0, &key.1, kind, ChangeCause::Local);
+                wrote.push(key);
+            }
+            report.existed.push(existed);
+        }
+        let seqs: Vec<u64> = wrote
+            .iter()
+            .filter_map(|k| g.outbox_index.get(k).copied())
+            .collect();
+        if let Some(&last) = seqs.iter().max() {
+            let mark = TxMark {
+                id: g.counter,
+                last,
+            };
+            for seq in seqs {
+                if let Some(e) = g.outbox.get_mut(&seq) {
+                    e.tx = Some(mark);
+                }
+            }
+            report.mark = Some(mark);
+        }
+        // Published under the lock: watchers get calls' changes in commit order.
+        feed.publish();
+        drop(g);
+        Ok(report)
     }
 
     /// Every change of this store, reported (see [`crate::feed`]).
