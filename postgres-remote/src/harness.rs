@@ -321,7 +321,12 @@ impl TestServer {
                                 .await;
                             drop(client);
                             let _ = h.await;
-                            r.map_err(|e| e.to_string())
+                            // The server's message ("... already exists"), not just "db error".
+                            r.map_err(|e| {
+                                e.as_db_error()
+                                    .map(|d| d.message().to_owned())
+                                    .unwrap_or_else(|| e.to_string())
+                            })
                         }
                         Err(e) => Err(e.to_string()),
                     }
@@ -411,6 +416,115 @@ impl TestServer {
             .await
             .unwrap_or_else(|e| panic!("connect as {name}: {e}"))
     }
+
+    /// Kills the server as a crash would: the postmaster is frozen (SIGSTOP, so it
+    /// forks nothing more), then it and every backend get SIGKILL, with no
+    /// shutdown checkpoint. Returns once none of them runs. The data directory and
+    /// the port stay; [`TestServer::restart`] starts the server on them again.
+    pub fn kill9(&mut self) {
+        let Ok(pid) = i32::try_from(self.child.id()) else {
+            panic!("postmaster pid out of range");
+        };
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
+        let children = child_pids(pid);
+        for p in std::iter::once(pid).chain(children.iter().copied()) {
+            // SAFETY: signalling the postmaster and its backends, which we started.
+            unsafe {
+                libc::kill(p, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children.iter().any(|&p| running(p)) {
+            assert!(
+                Instant::now() < deadline,
+                "backends still running 10 s after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data directory and port (after
+    /// [`TestServer::kill9`]); PostgreSQL runs its crash recovery from the WAL.
+    /// Panics with the server's log if it is not ready within 30 s.
+    pub fn restart(&mut self) {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap_or_else(|e| panic!("server.log: {e}"));
+        let log2 = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("server.log: {e}"));
+        let mut cmd = Command::new(bindir().join("postgres"));
+        if self.tls {
+            cmd.args(["-c", "ssl=on", "-c"])
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    dir.join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
+        cmd.arg("-D")
+            .arg(dir.join("data"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"])
+            .arg(dir)
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=128MB",
+            ])
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .stdin(Stdio::null());
+        as_user(&mut cmd, server_user());
+        self.child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn postgres: {e}"));
+        if let Err(e) = self.wait_ready() {
+            panic!("restart: {e}");
+        }
+    }
+}
+
+/// The processes whose parent is `parent` (from /proc).
+fn child_pids(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if stat_field(pid, 1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Field `n` after the command name of /proc/<pid>/stat (0: state, 1: ppid).
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n).map(str::to_owned)
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    stat_field(pid, 0).is_some_and(|s| s != "Z")
 }
 
 impl Drop for TestServer {
