@@ -1,4 +1,5 @@
-//! The convergence property test (tests/convergence.rs) against a real PocketBase
+//! The remote contract (`sync_traits::testkit::remote_contract`, as in
+//! tests/convergence.rs) against a real PocketBase
 //! 0.40.6 running the tidemark extension: the same random interleavings of offline
 //! edits on 2–4 clients, crashes after a push or a pull, lost and duplicated
 //! responses, direct admin edits and deletes, rejected writes and compaction — but
@@ -29,17 +30,17 @@
 //! `PB_PROPTEST_CASES` sets the case count (default 12); the seed is printed, and
 //! `TIDEMARK_PB_SEED=<seed>` runs the same cases again.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pocketbase_remote::harness::TestServer;
 use pocketbase_remote::PocketBaseRemote;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::{json, Value};
-use support::{run_case_with, scenario, Server, Step, StoreKind};
+use sync_traits::testkit::remote_contract::{
+    run_contract_case, run_remote_contract, ContractConfig, ContractServer, ContractTarget, Step,
+    StoreKind,
+};
 use sync_traits::{
     async_trait, ChangeId, Fields, Op, PushChange, PushOutcome, RecordId, Watermark,
 };
@@ -186,7 +187,7 @@ impl Pb {
 }
 
 #[async_trait]
-impl Server for Pb {
+impl ContractServer for Pb {
     async fn write_in(&self, coll: &str, id: &RecordId, fields: Option<Fields>) {
         let one = format!("{}/api/collections/{coll}/records/{id}", self.url);
         let (status, body) = match fields {
@@ -336,88 +337,52 @@ impl Server for Pb {
     }
 }
 
+/// The shared server; each case is a user of its own.
+struct PbTarget {
+    srv: TestServer,
+    n: AtomicUsize,
+}
+
+#[async_trait]
+impl ContractTarget for PbTarget {
+    type Remote = PocketBaseRemote;
+    async fn case(
+        &self,
+        clients: usize,
+    ) -> Result<(Arc<dyn ContractServer>, Vec<PocketBaseRemote>), String> {
+        let srv = &self.srv;
+        let email = format!("case{}@t.io", self.n.fetch_add(1, Ordering::SeqCst));
+        let owner = srv.create_user(&email).await;
+        let mut remotes = Vec::new();
+        for _ in 0..clients {
+            remotes.push(srv.user(&email).await);
+        }
+        let admin = srv.superuser().await;
+        let server = Pb {
+            url: srv.url().to_owned(),
+            admin_token: admin.token().await.map_err(|e| e.to_string())?,
+            admin,
+            owner,
+            http: reqwest::Client::new(),
+            noop_deletes: Mutex::default(),
+            compacted: Mutex::default(),
+        };
+        Ok((Arc::new(server), remotes))
+    }
+}
+
 #[test]
 fn converges_against_real_pocketbase() {
-    let srv = TestServer::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    // Its own variable: `PROPTEST_CASES` sized for the in-memory tests (thousands)
-    // would run for hours against a real server.
-    let cases = std::env::var("PB_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    let seed: u64 = std::env::var("TIDEMARK_PB_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand_seed);
-    eprintln!("seed {seed} (TIDEMARK_PB_SEED={seed} runs the same cases)");
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(
-        Config {
-            cases,
-            max_shrink_iters: 200,
-            ..Config::default()
-        },
-        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
-    );
-    let n = AtomicUsize::new(0);
-    let result = runner.run(&scenario(), |(policies, steps)| {
-        rt.block_on(run_pb_case(&srv, &n, &policies, &steps))
-    });
-    if let Err(e) = result {
-        panic!("{e} (seed {seed})");
-    }
-}
-
-/// A seed from the OS (std's hasher keys are random per process).
-fn rand_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0u64)
-}
-
-/// One scenario on the shared server, as a user of its own.
-async fn run_pb_case(
-    srv: &TestServer,
-    n: &AtomicUsize,
-    policies: &[u8],
-    steps: &[Step],
-) -> Result<(), TestCaseError> {
-    let email = format!("case{}@t.io", n.fetch_add(1, Ordering::SeqCst));
-    let owner = srv.create_user(&email).await;
-    let mut remotes = Vec::new();
-    for _ in policies {
-        remotes.push(srv.user(&email).await);
-    }
-    let admin = srv.superuser().await;
-    let server = Pb {
-        url: srv.url().to_owned(),
-        admin_token: admin.token().await.unwrap(),
-        admin,
-        owner,
-        http: reqwest::Client::new(),
-        noop_deletes: Mutex::default(),
-        compacted: Mutex::default(),
+    let target = PbTarget {
+        srv: TestServer::start(),
+        n: AtomicUsize::new(0),
     };
-    let remotes = Mutex::new(remotes);
-    let kinds = vec![StoreKind::Memory; policies.len()];
-    run_case_with(
-        Arc::new(server),
-        || {
-            remotes
-                .lock()
-                .unwrap()
-                .pop()
-                .expect("one remote per client")
-        },
-        &kinds,
-        policies,
-        steps,
-    )
-    .await
+    // Its own variables: `PROPTEST_CASES` sized for the in-memory tests (thousands)
+    // would run for hours against a real server.
+    run_remote_contract(
+        &target,
+        &ContractConfig::from_env("PB_PROPTEST_CASES", 12, "TIDEMARK_PB_SEED"),
+    );
 }
 
 /// Cases this test once failed on, run every time (as proptest's regression files
@@ -487,14 +452,17 @@ fn pocketbase_regressions() {
             Sync(1), WriteDuringPush(2, 2, 33), Compact, Create(2, 0, 97),
         ]),
     ];
-    let srv = TestServer::start();
+    let target = PbTarget {
+        srv: TestServer::start(),
+        n: AtomicUsize::new(0),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let n = AtomicUsize::new(0);
     for (policies, steps) in cases {
-        if let Err(e) = rt.block_on(run_pb_case(&srv, &n, &policies, &steps)) {
+        let kinds = vec![StoreKind::Memory; policies.len()];
+        if let Err(e) = rt.block_on(run_contract_case(&target, &kinds, &policies, &steps)) {
             panic!("{e}\n{policies:?} {steps:?}");
         }
     }

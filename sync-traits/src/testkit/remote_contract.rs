@@ -1,7 +1,86 @@
-//! The convergence harness shared by the property tests: clients, steps, the final
-//! quiet round and the invariant checks.
-
-#![allow(dead_code)]
+//! The contract every [`RemoteStore`] must pass, as a randomised suite a remote
+//! author runs from their own tests (feature `testkit`).
+//!
+//! Each case runs 2–4 clients, each a [`SyncEngine`] over its own local store and
+//! the remote under test, through a random scenario of [`Step`]s: offline edits and
+//! deletes on a small pool of records (so clients collide), syncs, offline periods,
+//! crashes after a push or a pull (a new engine over the same store), lost and
+//! duplicated push responses, transient pull errors, writes the app makes while a
+//! push or a pull is in flight, records the server refuses, direct admin writes and
+//! deletes on the server, log compaction (also in the middle of a resync), restored
+//! backups and copied stores, local-only records, transactions, a second collection
+//! that starts syncing midway, and values of another type than the stores declare.
+//! Then a quiet round (everyone online, no faults, four syncs each) and the checks:
+//!
+//! 1. **convergence**: every client's `songs` and `friends` equal the server's live
+//!    records (read by the oracle, not through the remote);
+//! 2. **no silent loss**: every local write was applied on the server (as the oracle
+//!    tells), superseded by a later write of the same client to the same record, or
+//!    kept in the store's conflict log or quarantine;
+//! 3. **caught up**: each client's watermark is the server's head, no resync open;
+//! 4. **crash safety**: no outbox left, and no change applied twice (where the
+//!    oracle can count, [`ContractServer::applied_twice`]);
+//! 5. **conflicts are real**: none reported against the client's own write;
+//! 6. **local-only records** are exactly what the client wrote;
+//! 7. after every step, **read your writes**: a record with an unpushed write shows
+//!    exactly it.
+//!
+//! # Running it for a remote
+//!
+//! Implement [`ContractServer`] (the oracle: it writes to and reads the server
+//! *directly*, as an admin would, never through the remote under test) and
+//! [`ContractTarget`] (a fresh, isolated case: the oracle and one remote per
+//! client), then call [`run_remote_contract`] from a test. The server must sync the
+//! collections [`COLL`] (`title`, `artist` text, `order` number) and [`OTHER`]
+//! (`name` text); the oracle's [`ContractServer::song`] adds what the server needs
+//! (an owner, say).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sync_traits::testkit::remote_contract::{
+//!     run_remote_contract, ContractConfig, ContractServer, ContractTarget,
+//! };
+//! use sync_traits::testkit::FakeRemote;
+//!
+//! struct MyTarget;
+//!
+//! #[sync_traits::async_trait]
+//! impl ContractTarget for MyTarget {
+//!     type Remote = FakeRemote; // your remote
+//!     async fn case(
+//!         &self,
+//!         clients: usize,
+//!     ) -> Result<(Arc<dyn ContractServer>, Vec<FakeRemote>), String> {
+//!         // A fresh server (or a user of its own on a shared one) and its oracle;
+//!         // here the fake, which is its own oracle.
+//!         let server = FakeRemote::new();
+//!         server.set_synced(Some(["songs", "friends"]));
+//!         Ok((Arc::new(server.clone()), vec![server; clients]))
+//!     }
+//! }
+//!
+//! #[test]
+//! fn my_remote_keeps_the_contract() {
+//!     // MY_CASES sets the case count, MY_SEED repeats a printed seed.
+//!     run_remote_contract(&MyTarget, &ContractConfig::from_env("MY_CASES", 16, "MY_SEED"));
+//! }
+//! ```
+//!
+//! A case fails with the broken invariant; [`run_remote_contract`] shrinks it to a
+//! smaller scenario and panics with it and the seed. [`run_contract_case`] runs one
+//! given scenario (for regression cases); [`scenario`] is the strategy, for a
+//! `proptest!` of your own. Clients use [`MemoryStore`] unless
+//! [`ContractConfig::stores`] names other stores ([`StoreKind::Open`]).
+//!
+//! What the oracle cannot see it may leave out: a server that keeps no count of
+//! applications answers `None` from [`ContractServer::applied_twice`]; a server
+//! that remembers only each writer's newest change to a record may count an
+//! earlier change as applied when a later one of the same writer is
+//! (tidemark's PocketBase and PostgreSQL oracles do); a server whose compaction
+//! drops what the oracle reads keeps a copy before compacting
+//! ([`ContractServer::compact`]).
+//!
+//! This is a testing aid, not a stable API.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -9,8 +88,9 @@ use std::sync::{Arc, Mutex};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
-use sync_traits::testkit::{FakeRemote, Fault, Faulty, MemoryStore};
-use sync_traits::{
+
+use crate::testkit::{FakeRemote, Fault, Faulty, MemoryStore};
+use crate::{
     async_trait, new_id, ChangeId, ClientWins, FieldMerge, Fields, LocalStore, Op, Page, PullMode,
     PushChange, PushOutcome, Record, RecordId, RemoteError, RemoteState, RemoteStore, RetryPolicy,
     ServerWins, SyncConfig, SyncEngine, SyncEvent, Watermark,
@@ -42,7 +122,7 @@ const FIELDS: [&str; 3] = ["title", "artist", "order"];
 /// would) and what it asks of it for the final checks. Implemented for the in-memory
 /// `FakeRemote` here and for a real PocketBase in `tests/pocketbase_convergence.rs`.
 #[async_trait]
-pub trait Server: Send + Sync + 'static {
+pub trait ContractServer: Send + Sync + 'static {
     /// A write made directly on the server (admin UI) to a record of `COLL`: `None`
     /// deletes.
     async fn write(&self, id: &RecordId, fields: Option<Fields>) {
@@ -81,7 +161,7 @@ pub trait Server: Send + Sync + 'static {
 }
 
 #[async_trait]
-impl Server for FakeRemote {
+impl ContractServer for FakeRemote {
     async fn write_in(&self, collection: &str, id: &RecordId, fields: Option<Fields>) {
         self.server_write(collection, id, fields);
     }
@@ -208,15 +288,30 @@ pub enum Step {
     Transaction(usize, Vec<(usize, Option<(usize, i64)>)>),
 }
 
+/// Opens a fresh, empty store for one client (see [`StoreKind::Open`]).
+pub type OpenStore = Arc<dyn Fn() -> Result<Arc<dyn LocalStore>, String> + Send + Sync>;
+
 /// Which local store a client uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum StoreKind {
-    /// `MemoryStore`.
+    /// [`MemoryStore`] holding [`COLL`] and local-only [`LOCAL_ONLY`]; it learns
+    /// [`OTHER`] on a [`Step::DeclareOther`], and its backups and copies
+    /// ([`Step::Snapshot`], [`Step::Restore`], [`Step::CloneStore`]) are taken.
     Memory,
-    /// `SqliteStore` on an in-memory database.
-    Sqlite,
-    /// `SledStore` on a temporary database.
-    Sled,
+    /// Another store, opened fresh and empty by the function: it must hold [`COLL`]
+    /// and [`OTHER`] (the conformance suite's `songs` and `friends`) and the
+    /// local-only text collection [`LOCAL_ONLY`] (field `title`) from the start.
+    /// Backups, restores and copies are skipped for it. The name shows in failures.
+    Open(&'static str, OpenStore),
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Memory => f.write_str("Memory"),
+            StoreKind::Open(name, _) => f.write_str(name),
+        }
+    }
 }
 
 /// What one local write meant.
@@ -243,7 +338,7 @@ type PendingPull = Arc<Mutex<Option<(usize, usize, i64)>>>;
 #[derive(Clone)]
 struct Interleave<R: RemoteStore + Clone> {
     inner: Faulty<R>,
-    server: Arc<dyn Server>,
+    server: Arc<dyn ContractServer>,
     store: Arc<dyn LocalStore>,
     during_push: Pending,
     log: Log,
@@ -384,27 +479,13 @@ type Made = (Arc<dyn LocalStore>, Option<Arc<MemoryStore>>);
 /// A client's backup: the store's copy, its write log and its local-only records then.
 type Backup = (Arc<MemoryStore>, Vec<Write>, BTreeMap<RecordId, Fields>);
 
-fn make_store(kind: StoreKind) -> Result<Made, TestCaseError> {
-    let schema = || {
-        tidemark_backends::Schema::conformance().collection(
-            tidemark_backends::CollectionSchema::new(LOCAL_ONLY)
-                .text("title")
-                .local_only(),
-        )
-    };
+fn make_store(kind: &StoreKind) -> Result<Made, TestCaseError> {
     Ok(match kind {
         StoreKind::Memory => {
             let m = Arc::new(MemoryStore::with_collections([COLL]).with_local_only([LOCAL_ONLY]));
             (m.clone(), Some(m))
         }
-        StoreKind::Sqlite => (
-            Arc::new(tidemark_backends::SqliteStore::open_in_memory(schema()).map_err(fail)?),
-            None,
-        ),
-        StoreKind::Sled => (
-            Arc::new(tidemark_backends::SledStore::open_temporary(schema()).map_err(fail)?),
-            None,
-        ),
+        StoreKind::Open(_, open) => (open().map_err(fail)?, None),
     })
 }
 
@@ -465,7 +546,7 @@ async fn write(
         return Ok(());
     }
     let changed = match &fields {
-        Some(f) => sync_traits::changed_fields(before.as_ref(), Some(f))
+        Some(f) => crate::changed_fields(before.as_ref(), Some(f))
             .into_iter()
             .collect(),
         None => vec![],
@@ -491,7 +572,7 @@ async fn transaction(
     store: &dyn LocalStore,
     log: &Log,
     ids: &[RecordId],
-    server: &dyn Server,
+    server: &dyn ContractServer,
     writes: &[(usize, Option<(usize, i64)>)],
 ) -> Result<(), TestCaseError> {
     let mut seen = HashSet::new();
@@ -512,8 +593,8 @@ async fn transaction(
             None => server.song(v),
         });
         tx.push(match &after {
-            Some(f) => sync_traits::Write::Put(Record::new(COLL, id.clone(), f.clone())),
-            None => sync_traits::Write::Delete {
+            Some(f) => crate::Write::Put(Record::new(COLL, id.clone(), f.clone())),
+            None => crate::Write::Delete {
                 collection: COLL.into(),
                 id: id.clone(),
             },
@@ -537,7 +618,7 @@ async fn transaction(
             )));
         }
         let changed = match &after {
-            Some(f) => sync_traits::changed_fields(before.as_ref(), Some(f))
+            Some(f) => crate::changed_fields(before.as_ref(), Some(f))
                 .into_iter()
                 .collect(),
             None => vec![],
@@ -660,39 +741,175 @@ fn fail(e: impl std::fmt::Display) -> TestCaseError {
     TestCaseError::fail(e.to_string())
 }
 
+/// What a remote under test provides the suite: for each case, a fresh view of its
+/// server (the oracle) and one remote per client, all talking to the same server
+/// and kept apart from other cases (a fresh server, or a user of its own).
+#[async_trait]
+pub trait ContractTarget: Send + Sync {
+    /// The remote the clients' engines talk to.
+    type Remote: RemoteStore + Clone + 'static;
+    /// A fresh case for `clients` clients: the oracle and exactly `clients` remotes.
+    async fn case(
+        &self,
+        clients: usize,
+    ) -> Result<(Arc<dyn ContractServer>, Vec<Self::Remote>), String>;
+}
+
+/// The reference target: a fresh [`FakeRemote`] per case that behaves like
+/// PocketBase where remotes may differ (a push is a PATCH: fields a write leaves out
+/// stay; the server normalises what it stores: titles upper-cased), syncing [`COLL`]
+/// until a [`Step::ServerSyncsOther`].
+pub struct FakeTarget;
+
+/// Upper-cases a song's title: the fake's stand-in for a server that normalises.
 fn upper_title(_: &str, f: &mut Fields) {
     if let Some(Value::String(t)) = f.get_mut("title") {
         *t = t.to_uppercase();
     }
 }
 
-/// Runs one scenario against the in-memory `FakeRemote` and checks every invariant.
-pub fn run_case(kinds: &[StoreKind], policies: &[u8], steps: &[Step]) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(fail)?;
-    // Like PocketBase: a push is a PATCH (fields a write leaves out stay) and the
-    // server normalises what it stores (here: titles upper-cased).
-    let server = FakeRemote::new().with_write_rules(sync_traits::testkit::WriteRules {
-        patch: true,
-        normalise: Some(upper_title),
-    });
-    server.set_synced(Some([COLL]));
-    let remote = server.clone();
-    rt.block_on(run_case_with(
-        Arc::new(server),
-        move || remote.clone(),
-        kinds,
-        policies,
+#[async_trait]
+impl ContractTarget for FakeTarget {
+    type Remote = FakeRemote;
+    async fn case(
+        &self,
+        clients: usize,
+    ) -> Result<(Arc<dyn ContractServer>, Vec<FakeRemote>), String> {
+        let server = FakeRemote::new().with_write_rules(crate::testkit::WriteRules {
+            patch: true,
+            normalise: Some(upper_title),
+        });
+        server.set_synced(Some([COLL]));
+        Ok((Arc::new(server.clone()), vec![server; clients]))
+    }
+}
+
+/// Runs one scenario on a fresh case of `target`: client `i` uses store `kinds[i]`
+/// and conflict policy `policies[i]` (0 server wins, 1 client wins, 2 field merge,
+/// modulo 3); then a quiet round, then every invariant (see the module docs).
+/// Fails with the broken invariant.
+pub async fn run_contract_case<T: ContractTarget + ?Sized>(
+    target: &T,
+    kinds: &[StoreKind],
+    policies: &[u8],
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
+    let n = kinds.len().min(policies.len());
+    let (server, remotes) = target.case(n).await.map_err(fail)?;
+    if remotes.len() != n {
+        return Err(TestCaseError::fail(format!(
+            "the target gave {} remotes for {n} clients",
+            remotes.len()
+        )));
+    }
+    let remotes = Mutex::new(remotes);
+    run_case_with(
+        server,
+        || {
+            remotes
+                .lock()
+                .map(|mut r| r.pop())
+                .ok()
+                .flatten()
+                .expect("one remote per client, counted above")
+        },
+        &kinds[..n],
+        &policies[..n],
         steps,
-    ))
+    )
+    .await
+}
+
+/// How [`run_remote_contract`] runs: how many random cases, from which seed, and
+/// which stores the clients use.
+#[derive(Clone, Debug)]
+pub struct ContractConfig {
+    /// Random scenarios to run.
+    pub cases: u32,
+    /// The seed of the scenario generator; `None` draws one (it is printed either
+    /// way, so a failure can be repeated).
+    pub seed: Option<u64>,
+    /// How hard a failure is shrunk to a smaller scenario.
+    pub max_shrink_iters: u32,
+    /// The stores clients take in turn: client `i` of a case uses
+    /// `stores[(i + policies[0]) % stores.len()]`. Empty means all [`StoreKind::Memory`].
+    pub stores: Vec<StoreKind>,
+}
+
+impl ContractConfig {
+    /// `cases` from the environment variable `cases_var` (else `default_cases`), the
+    /// seed from `seed_var` (else random), every client on a [`MemoryStore`].
+    pub fn from_env(cases_var: &str, default_cases: u32, seed_var: &str) -> Self {
+        ContractConfig {
+            cases: std::env::var(cases_var)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default_cases),
+            seed: std::env::var(seed_var).ok().and_then(|s| s.parse().ok()),
+            max_shrink_iters: 200,
+            stores: vec![],
+        }
+    }
+
+    /// The same, with clients taking `stores` in turn.
+    pub fn with_stores(mut self, stores: Vec<StoreKind>) -> Self {
+        self.stores = stores;
+        self
+    }
+
+    /// The store of each client of a case with these policies.
+    pub fn kinds(&self, policies: &[u8]) -> Vec<StoreKind> {
+        let first = policies.first().copied().unwrap_or(0) as usize;
+        (0..policies.len())
+            .map(|i| {
+                if self.stores.is_empty() {
+                    StoreKind::Memory
+                } else {
+                    self.stores[(i + first) % self.stores.len()].clone()
+                }
+            })
+            .collect()
+    }
+}
+
+/// The remote contract: `config.cases` random [`scenario`]s, each on a fresh case of
+/// `target` ([`run_contract_case`]), on a runtime of its own. Prints the seed first
+/// (`seed N`); panics with the shrunk failing scenario and the seed.
+pub fn run_remote_contract<T: ContractTarget + ?Sized>(target: &T, config: &ContractConfig) {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let seed = config.seed.unwrap_or_else(|| {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(0u64)
+    });
+    eprintln!("remote contract: seed {seed}, {} cases", config.cases);
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: config.cases,
+            max_shrink_iters: config.max_shrink_iters,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    );
+    let result = runner.run(&scenario(), |(policies, steps)| {
+        let kinds = config.kinds(&policies);
+        rt.block_on(run_contract_case(target, &kinds, &policies, &steps))
+    });
+    if let Err(e) = result {
+        panic!("remote contract failed: {e} (seed {seed})");
+    }
 }
 
 /// Runs one scenario against `server`, each client talking to it through its own
 /// `remote()`, and checks every invariant the server lets the harness observe.
-pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
-    server: Arc<dyn Server>,
+async fn run_case_with<R: RemoteStore + Clone + 'static>(
+    server: Arc<dyn ContractServer>,
     remote: impl Fn() -> R,
     kinds: &[StoreKind],
     policies: &[u8],
@@ -702,7 +919,7 @@ pub async fn run_case_with<R: RemoteStore + Clone + 'static>(
     let ids: Arc<Vec<RecordId>> = Arc::new((0..2 * RECORDS).map(|_| new_id()).collect());
     let mut clients = Vec::new();
     for (k, p) in kinds.iter().zip(policies) {
-        let (store, memory) = make_store(*k)?;
+        let (store, memory) = make_store(k)?;
         let holds_other = memory.is_none();
         let log = Log::default();
         let remote = Interleave {
@@ -955,7 +1172,7 @@ fn supersedes(later: &Write, earlier: &Write) -> bool {
 }
 
 async fn check_invariants<R: RemoteStore + Clone + 'static>(
-    server: &dyn Server,
+    server: &dyn ContractServer,
     ids: &[RecordId],
     clients: &[Client<R>],
 ) -> Result<(), TestCaseError> {
