@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use sync_traits::SyncStore;
 
 use postgres_remote::harness::{TestServer, USER_PASSWORD};
 use postgres_remote::PostgresRemote;

@@ -47,7 +47,6 @@ impl LocalStore for MyStore {
     async fn transact(&self, w: Vec<Write>) -> Result<TxReport, StoreError> { self.0.transact(w).await }
     fn change_hub(&self) -> Option<tidemark::ChangeHub> { self.0.change_hub() }
 }
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
