@@ -75,7 +75,7 @@ pub struct TxMark {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use sync_traits::testkit::MemoryStore;
-/// use sync_traits::{new_id, LocalStore, Record, Transact};
+/// use sync_traits::{new_id, LocalStore, Record, SyncStore, Transact};
 ///
 /// let store = MemoryStore::new();
 /// let (a, b) = (new_id(), new_id());
