@@ -61,12 +61,14 @@ pub trait SyncStore: Send + Sync {
     /// stores should answer without loading the records.
     async fn count(&self, collection: &str) -> Result<usize, StoreError> {
         let mut n = 0;
-        let mut after = None;
+        let mut after: Option<RecordId> = None;
         loop {
-            let page = self.list_page(collection, after.take(), COUNT_PAGE).await?;
+            let page = self
+                .list_page(collection, after.clone(), COUNT_PAGE)
+                .await?;
             n += page.len();
             match page.last() {
-                Some(last) if page.len() == COUNT_PAGE => after = Some(last.id.clone()),
+                Some(last) if page.len() == COUNT_PAGE => after = Some(advance(&after, last)?),
                 _ => return Ok(n),
             }
         }
@@ -215,13 +217,15 @@ pub trait LocalStore: SyncStore {
     /// uses `list_page` (or the typed handle's page) instead.
     async fn list(&self, collection: &str) -> Result<Vec<Record>, StoreError> {
         let mut all: Vec<Record> = Vec::new();
-        let mut after = None;
+        let mut after: Option<RecordId> = None;
         loop {
-            let page = self.list_page(collection, after.take(), COUNT_PAGE).await?;
+            let page = self
+                .list_page(collection, after.clone(), COUNT_PAGE)
+                .await?;
             let full = page.len() == COUNT_PAGE;
             all.extend(page);
             match all.last() {
-                Some(last) if full => after = Some(last.id.clone()),
+                Some(last) if full => after = Some(advance(&after, last)?),
                 _ => return Ok(all),
             }
         }
@@ -293,6 +297,22 @@ pub trait LocalStore: SyncStore {
             Some(h) => Ok(h.watch_all()),
             None => Err(no_feed()),
         }
+    }
+}
+
+/// The next cursor of a default walk over [`SyncStore::list_page`]: the page's
+/// last id, which must be past the cursor the page was asked after (a store
+/// whose pages do not advance would otherwise be walked forever).
+fn advance(after: &Option<RecordId>, last: &Record) -> Result<RecordId, StoreError> {
+    match after {
+        Some(a) if last.id <= *a => Err(StoreError::Backend(
+            format!(
+                "list_page after {a} returned {} (not past the cursor)",
+                last.id
+            )
+            .into(),
+        )),
+        _ => Ok(last.id.clone()),
     }
 }
 

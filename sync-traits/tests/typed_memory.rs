@@ -27,7 +27,8 @@ async fn arc_and_boxed_dyn_stores_pass_the_typed_cases() {
 
 /// A store from outside the crate that implements only the required methods, so
 /// `count` and `list` are the traits' defaults (walking `list_page`).
-struct Outside(MemoryStore);
+/// With `true`, its `list_page` ignores the cursor (a broken store).
+struct Outside(MemoryStore, bool);
 
 #[async_trait]
 impl SyncStore for Outside {
@@ -37,6 +38,7 @@ impl SyncStore for Outside {
         after: Option<RecordId>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
+        let after = if self.1 { None } else { after };
         self.0.list_page(c, after, limit).await
     }
     async fn client_id(&self) -> Result<RecordId, StoreError> {
@@ -106,9 +108,9 @@ impl LocalStore for Outside {
 }
 
 #[tokio::test]
-async fn the_default_list_page_passes_conformance_and_the_typed_cases() {
-    conformance::run_all(|| async { Outside(MemoryStore::new()) }).await;
-    typed::run_all(|| async { Outside(MemoryStore::new()) }, 500).await;
+async fn the_default_list_and_count_pass_conformance_and_the_typed_cases() {
+    conformance::run_all(|| async { Outside(MemoryStore::new(), false) }).await;
+    typed::run_all(|| async { Outside(MemoryStore::new(), false) }, 500).await;
 }
 
 #[tokio::test]
@@ -157,5 +159,30 @@ async fn local_only_and_undeclared_collections_through_the_handle() {
             "the store error is the source"
         );
         assert!(!err.is_transient());
+    }
+}
+
+#[tokio::test]
+async fn the_default_walks_stop_with_an_error_on_pages_that_do_not_advance() {
+    let store = Outside(MemoryStore::new(), true);
+    let songs = store.collection::<typed::Song>("songs");
+    for n in 0..sync_traits::COUNT_PAGE + 1 {
+        songs
+            .insert(&typed::Song {
+                title: format!("song {n}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for err in [
+        store.count("songs").await.unwrap_err(),
+        store.list("songs").await.map(|_| ()).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, StoreError::Backend(_))
+                && err.to_string().contains("not past the cursor"),
+            "{err}"
+        );
     }
 }
